@@ -1,0 +1,5 @@
+"""Allow ``python -m backupctl``."""
+
+from backupctl.cli import main
+
+main()

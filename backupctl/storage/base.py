@@ -1,0 +1,121 @@
+"""The small storage interface every repository driver implements.
+
+Keys are ``/``-separated and relative to the repository root; a driver adds its own root (a directory,
+or a bucket and prefix). Writes are all-or-nothing: an object appears under its key only once it is
+complete and durable, so a reader never sees half an object and a killed writer leaves no visible key.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import BinaryIO
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What a listing or a HEAD tells about one stored object."""
+
+    key: str
+    size: int
+    modified: datetime
+    etag: str | None = None
+
+
+class ObjectWriter(abc.ABC):
+    """A streaming write to one key; the object becomes visible only on ``commit``.
+
+    Used as a context manager: a clean exit commits, an exception aborts and removes every trace.
+    """
+
+    @abc.abstractmethod
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Append bytes; returns how many were taken (always all of them)."""
+
+    @abc.abstractmethod
+    def commit(self) -> None:
+        """Make the object durable and visible under its key."""
+
+    @abc.abstractmethod
+    def abort(self) -> None:
+        """Discard everything written; safe to call more than once."""
+
+    def writable(self) -> bool:
+        """File-like protocol, so the writer can be handed to code that expects a binary file."""
+        return True
+
+    def flush(self) -> None:
+        """Nothing to flush: durability comes from ``commit``."""
+
+    def __enter__(self) -> ObjectWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+
+class Storage(abc.ABC):
+    """One repository store: a local directory or an S3 bucket and prefix."""
+
+    #: Where the repository lives, for messages ("/var/lib/backupctl/repo", "s3://bucket/prefix").
+    location: str
+
+    @abc.abstractmethod
+    def open_write(self, key: str) -> ObjectWriter:
+        """Start a streaming write; see ``ObjectWriter``."""
+
+    def put(self, key: str, data: bytes) -> None:
+        """Store a whole object, replacing any object under the same key."""
+        with self.open_write(key) as writer:
+            writer.write(data)
+
+    @abc.abstractmethod
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Store ``data`` only if nothing is stored under ``key``; False when something already is.
+
+        Atomic against concurrent writers on any host: this is what leases and idempotent WAL pushes
+        are built on.
+        """
+
+    @abc.abstractmethod
+    def get(self, key: str) -> BinaryIO:
+        """Open an object for streaming reads; raises ``ObjectNotFound`` when it does not exist."""
+
+    def get_bytes(self, key: str) -> bytes:
+        """Read a small object whole (manifests, markers)."""
+        with self.get(key) as stream:
+            return stream.read()
+
+    @abc.abstractmethod
+    def head(self, key: str) -> ObjectInfo | None:
+        """Size and time of one object, or None when it does not exist."""
+
+    @abc.abstractmethod
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Every object whose key starts with ``prefix``, recursively, in key order."""
+
+    @abc.abstractmethod
+    def list_prefixes(self, prefix: str) -> list[str]:
+        """The immediate "directories" under ``prefix`` (which ends with ``/`` or is empty).
+
+        Each returned entry ends with ``/``; this lets a reader find sources and backups without listing
+        every object below them.
+        """
+
+    @abc.abstractmethod
+    def delete(self, keys: Iterable[str]) -> None:
+        """Remove objects; keys that do not exist are ignored."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, most drivers hold nothing
+        """Release connections and threads."""
