@@ -64,7 +64,7 @@ class RepositoryConfig:
     request_checksum: Literal["when_supported", "when_required"] = "when_supported"
     response_checksum: Literal["when_supported", "when_required"] = "when_supported"
     verify_tls: bool = True
-    part_size: Size = Size(16 * 1024**2)
+    part_size: Size = 16 * 1024**2  # type: ignore[assignment]
     upload_jobs: int = 4
     max_attempts: int = 8
 

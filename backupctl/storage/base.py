@@ -47,7 +47,7 @@ class ObjectWriter(abc.ABC):
         """File-like protocol, so the writer can be handed to code that expects a binary file."""
         return True
 
-    def flush(self) -> None:
+    def flush(self) -> None:  # noqa: B027 - a no-op by design, not an abstract hook
         """Nothing to flush: durability comes from ``commit``."""
 
     def __enter__(self) -> ObjectWriter:

@@ -22,7 +22,8 @@ from backupctl.storage.base import ObjectInfo, ObjectWriter, Storage
 TEMP_PREFIX = ".tmp-"
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename or unlink in ``path`` durable (POSIX needs the directory itself synced)."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -68,7 +69,7 @@ class _LocalWriter(ObjectWriter):
         try:
             self._finish_temp()
             os.replace(self._temp, self._final)
-            _fsync_dir(self._final.parent)
+            fsync_dir(self._final.parent)
         except OSError as exc:
             self.abort()
             raise _storage_error(exc, f"cannot store {self._key}") from None
@@ -84,7 +85,7 @@ class _LocalWriter(ObjectWriter):
             raise _storage_error(exc, f"cannot store {self._key}") from None
         finally:
             self.abort()
-        _fsync_dir(self._final.parent)
+        fsync_dir(self._final.parent)
         return True
 
     def abort(self) -> None:
@@ -118,7 +119,7 @@ class LocalStorage(Storage):
 
     def get(self, key: str) -> BinaryIO:
         try:
-            return open(self.path_for(key), "rb")  # noqa: SIM115 - the caller closes the stream
+            return open(self.path_for(key), "rb")
         except (FileNotFoundError, NotADirectoryError):
             raise ObjectNotFound(f"{key} does not exist in {self.location}") from None
         except OSError as exc:

@@ -1,0 +1,240 @@
+"""The command line: parse, load the config, call one service function, render the result.
+
+Failures the user can act on are ``BackupctlError``s and print as one line with their exit code
+(2 for usage and config, 1 for a failed operation); a traceback appears only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from backupctl import __version__, log
+from backupctl.errors import EXIT_FAILED, EXIT_USAGE, BackupctlError, ConfigError
+
+OUTPUT = click.option(
+    "--output", "-o", type=click.Choice(["table", "json"]), default="table", show_default=True,
+    help="Result format: a table for people, JSON for programs.",
+)
+
+
+@dataclass
+class State:
+    """What the group options give every command."""
+
+    config_file: str | None
+    debug: bool
+
+    def config(self) -> Any:
+        from backupctl.config import config_path, load_config
+
+        return load_config(config_path(self.config_file))
+
+    def repository(self) -> Any:
+        from backupctl.repository import open_repository
+
+        return open_repository(self.config())
+
+
+class _Interrupted(BackupctlError):
+    """SIGTERM arrived: unwind so every temp file and upload is cleaned up."""
+
+    exit_code = 128 + signal.SIGTERM
+
+
+def _on_sigterm(signum: int, _frame: Any) -> NoReturn:
+    raise _Interrupted("interrupted by SIGTERM: nothing was published; partial uploads were removed")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option(
+    "--config", "config_file", metavar="FILE",
+    help="Config file (default: $BACKUPCTL_CONFIG, then /etc/backupctl/backupctl.toml).",
+)
+@click.option("--debug", is_flag=True, help="Debug logs, and a traceback on errors.")
+@click.version_option(__version__, prog_name="backupctl")
+@click.pass_context
+def cli(ctx: click.Context, config_file: str | None, debug: bool) -> None:
+    """Backups and point-in-time recovery for PostgreSQL, and SQLite for development."""
+    log.configure(debug=debug)
+    ctx.obj = State(config_file, debug)
+
+
+pass_state = click.make_pass_decorator(State)
+
+
+@cli.command()
+@pass_state
+def init(state: State) -> None:
+    """Create the repository (local directory or S3 bucket/prefix) named by the config."""
+    from backupctl.repository import init_repository
+
+    repo, created = init_repository(state.config())
+    with repo:
+        verb = "created" if created else "already exists, left unchanged:"
+        enc = "encrypted with age" if repo.meta.get("encryption") else "not encrypted"
+        click.echo(f"repository {verb} {repo.storage.location} ({enc}, format {repo.meta['version']})")
+
+
+@cli.command()
+@click.argument("source")
+@click.option("--export-json", is_flag=True, help="SQLite: also store each table as JSON lines, and the DDL.")
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="Tag the backup (repeatable).")
+@OUTPUT
+@pass_state
+def backup(state: State, source: str, export_json: bool, labels: tuple[str, ...], output: str) -> None:
+    """Back up a configured SOURCE into the repository."""
+    from backupctl.backup import BackupOptions, backup_sqlite
+    from backupctl.render import emit_json, human_size
+    from backupctl.repository import open_repository
+
+    parsed = []
+    for label in labels:
+        key, sep, value = label.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--label {label!r} must look like KEY=VALUE")
+        parsed.append((key, value))
+    config = state.config()
+    src = config.source(source)
+    with open_repository(config) as repo:
+        manifest = backup_sqlite(repo, src, BackupOptions(export_json=export_json, labels=tuple(parsed)))
+    summary = manifest.summary()
+    if output == "json":
+        emit_json(summary)
+    else:
+        click.echo(
+            f"backup {manifest.id} of {source}: {human_size(manifest.size)} -> "
+            f"{human_size(manifest.stored_size)} stored in {manifest.duration:.1f}s"
+        )
+
+
+@cli.command(name="list")
+@click.argument("source", required=False)
+@OUTPUT
+@pass_state
+def list_(state: State, source: str | None, output: str) -> None:
+    """List backups, newest first (all sources, or one)."""
+    from backupctl.render import backups_table, emit_json
+
+    with state.repository() as repo:
+        manifests, damaged = repo.catalog.scan(source)
+    for key, problem in damaged.items():
+        log.get_logger(__name__).warning("damaged manifest skipped", key=key, problem=problem)
+    summaries = [m.summary() for m in manifests]
+    if output == "json":
+        emit_json(summaries)
+    else:
+        backups_table(summaries)
+
+
+@cli.command()
+@click.argument("backup_id")
+@OUTPUT
+@pass_state
+def show(state: State, backup_id: str, output: str) -> None:
+    """Show one backup's manifest (the data's description too, when the identity can open it)."""
+    from backupctl.catalog import open_details
+    from backupctl.render import emit_json, manifest_view
+
+    with state.repository() as repo:
+        manifest = repo.catalog.find(backup_id)
+        if manifest.details is None and repo.pipeline.can_decrypt():
+            open_details(manifest, repo.pipeline)
+    doc = manifest.to_document()
+    doc["details"] = manifest.details
+    doc.pop("sealed_details", None)
+    if output == "json":
+        emit_json(doc)
+    else:
+        manifest_view(doc)
+
+
+@cli.command()
+@click.argument("backup_id", required=False)
+@click.option("--all", "all_", is_flag=True, help="Verify every backup in the repository.")
+@click.option("--source", help="With --all: only this source's backups.")
+@OUTPUT
+@pass_state
+def verify(state: State, backup_id: str | None, all_: bool, source: str | None, output: str) -> None:
+    """Read every object of a backup back and check it against the manifest (exit 1 on damage)."""
+    from backupctl.render import emit_json, verify_table
+    from backupctl.verify import verify_all, verify_backup
+
+    if bool(backup_id) == all_:
+        raise ConfigError("give either a BACKUP_ID or --all")
+    with state.repository() as repo:
+        if all_:
+            results = verify_all(repo, source)
+        else:
+            results = [verify_backup(repo, repo.catalog.find(backup_id or ""))]
+    data = [r.to_json() for r in results]
+    if output == "json":
+        emit_json(data)
+    else:
+        verify_table(data)
+    bad = [r for r in results if not r.ok]
+    if bad:
+        raise BackupctlError(f"{len(bad)} of {len(results)} backups are damaged: {bad[0].problems[0]}")
+
+
+@cli.command()
+@click.argument("backup_id")
+@click.option("--to", "target", required=True, type=click.Path(path_type=Path),
+              help="Database file to write.")
+@click.option("--force", is_flag=True, help="Replace an existing file.")
+@pass_state
+def restore(state: State, backup_id: str, target: Path, force: bool) -> None:
+    """Restore a backup (SQLite: to a file), checking every byte before it is put in place."""
+    from backupctl.restore import restore_sqlite
+
+    with state.repository() as repo:
+        manifest = repo.catalog.find(backup_id)
+        written = restore_sqlite(repo, manifest, target, force)
+    click.echo(f"restored {backup_id} to {written}")
+
+
+@cli.command()
+@click.option("--output", "output", required=True, type=click.Path(path_type=Path), metavar="FILE",
+              help="Where to write the identity (private key); never overwritten.")
+def keygen(output: Path) -> None:
+    """Make an age key pair: identity to FILE (mode 0600), recipient (public key) on stdout."""
+    from backupctl.crypto import generate_key_file
+
+    click.echo(generate_key_file(output))
+    click.echo(f"identity written to {output}; put the recipient above in encryption.recipients", err=True)
+
+
+def _fail(message: str, code: int, debug: bool) -> NoReturn:
+    if debug:
+        traceback.print_exc()
+    click.echo(f"backupctl: error: {message}", err=True)
+    sys.exit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: one line per failure, the documented exit codes."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        cli.main(args=args, prog_name="backupctl", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(EXIT_USAGE)
+    except click.Abort:
+        _fail("aborted", 128 + signal.SIGINT, debug)
+    except KeyboardInterrupt:
+        _fail("interrupted: nothing was published; partial uploads were removed", 128 + signal.SIGINT, debug)
+    except BackupctlError as exc:
+        _fail(str(exc), exc.exit_code, debug)
+    except Exception as exc:
+        message = f"unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)"
+        _fail(message, EXIT_FAILED, debug)

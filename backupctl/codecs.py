@@ -1,0 +1,106 @@
+"""Compression codecs behind one incremental interface: ``compress``/``flush`` and ``decompress``/``eof``.
+
+Each stored object is one standard frame (zstd with its content checksum, lz4 frame, gzip), so it can
+be read back with the ordinary command-line tools when backupctl itself is not at hand.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class Compressor(Protocol):
+    def compress(self, data: bytes) -> bytes: ...
+    def flush(self) -> bytes: ...
+
+
+class Decompressor(Protocol):
+    def decompress(self, data: bytes) -> bytes: ...
+
+    @property
+    def eof(self) -> bool: ...
+
+
+class _Identity:
+    """'none': bytes pass through; the end of the stream is the end of the object."""
+
+    eof = True
+
+    def compress(self, data: bytes) -> bytes:
+        return data
+
+    def flush(self) -> bytes:
+        return b""
+
+    def decompress(self, data: bytes) -> bytes:
+        return data
+
+
+class _Lz4Compressor:
+    """lz4's frame compressor needs an explicit begin; adapt it to compress/flush."""
+
+    def __init__(self, level: int) -> None:
+        import lz4.frame
+
+        self._inner = lz4.frame.LZ4FrameCompressor(compression_level=level, content_checksum=True)
+        self._header: bytes | None = self._inner.begin()
+
+    def compress(self, data: bytes) -> bytes:
+        out = self._inner.compress(data)
+        if self._header is not None:
+            out, self._header = self._header + out, None
+        return out
+
+    def flush(self) -> bytes:
+        return (self._header or b"") + self._inner.flush()
+
+
+@dataclass(frozen=True)
+class Codec:
+    """One compression algorithm at one level."""
+
+    name: str
+    extension: str
+    level: int
+    threads: int = 0
+
+    def compressor(self) -> Compressor:
+        if self.name == "zstd":
+            import zstandard
+
+            threads = self.threads or min(4, os.cpu_count() or 1)
+            return zstandard.ZstdCompressor(
+                level=self.level, threads=threads, write_checksum=True
+            ).compressobj()
+        if self.name == "lz4":
+            return _Lz4Compressor(self.level)
+        if self.name == "gzip":
+            return zlib.compressobj(self.level, zlib.DEFLATED, 31)
+        return _Identity()
+
+    def decompressor(self) -> Decompressor:
+        if self.name == "zstd":
+            import zstandard
+
+            return zstandard.ZstdDecompressor().decompressobj()
+        if self.name == "lz4":
+            import lz4.frame
+
+            return lz4.frame.LZ4FrameDecompressor()
+        if self.name == "gzip":
+            return zlib.decompressobj(31)
+        return _Identity()
+
+
+_DEFAULTS = {"zstd": (".zst", 3), "lz4": (".lz4", 0), "gzip": (".gz", 6), "none": ("", 0)}
+
+
+def codec(name: str, level: int | None = None, threads: int = 0) -> Codec:
+    """The codec for a config's [compression] section or a manifest entry."""
+    if name not in _DEFAULTS:
+        raise ValueError(f"unknown compression {name!r}")
+    extension, default_level = _DEFAULTS[name]
+    return Codec(name, extension, default_level if level is None else level, threads)

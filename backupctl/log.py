@@ -1,0 +1,53 @@
+"""Structured logs on stderr: readable lines on a terminal, JSON lines for cron, systemd and files.
+
+Stdout is reserved for results, so a command's output can be piped while its logs go elsewhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+_SECRET_WORDS = ("password", "secret", "token", "identity", "credential")
+
+
+def _redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Never let a secret reach a log line, whoever passed it."""
+    for key in list(event):
+        if any(word in key.lower() for word in _SECRET_WORDS):
+            event[key] = "***"
+    return event
+
+
+def configure(debug: bool = False, stream: Any = None) -> None:
+    """Set up structlog once per process; JSON unless stderr is a terminal."""
+    stream = stream or sys.stderr
+    interactive = hasattr(stream, "isatty") and stream.isatty()
+    renderer: Any
+    if interactive:
+        colors = "NO_COLOR" not in os.environ
+        renderer = structlog.dev.ConsoleRenderer(colors=colors)
+    else:
+        renderer = structlog.processors.JSONRenderer()
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _redact,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG if debug else logging.INFO),
+        logger_factory=structlog.PrintLoggerFactory(stream),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
+    """A logger that names the module it comes from."""
+    return structlog.get_logger(logger_name=name)

@@ -1,0 +1,301 @@
+"""One streaming pass per byte: read -> compress -> encrypt -> sha256 -> store, and back.
+
+Nothing is staged: the compressor pulls from the source, age pulls from the compressor and pushes into a
+hashing writer that feeds the store's streaming writer (which uploads parts in its own threads). Memory
+stays at a few buffers whatever the object's size. On the way back the stored bytes are hashed as they
+arrive and the decompressor checks its frame end, so corruption and truncation are both caught.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import shutil
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from backupctl import crypto
+from backupctl.codecs import Codec, Decompressor, codec
+from backupctl.config import Config
+from backupctl.errors import BackupctlError, DecryptionError, IntegrityError
+from backupctl.storage import Storage
+
+CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """A manifest's record of one object: enough to find, check and decode it."""
+
+    key: str
+    size: int  # bytes before compression
+    stored_size: int  # bytes in the repository
+    sha256: str  # of the stored bytes
+    compression: str
+    encryption: str | None  # "age" or None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> StoredObject:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+
+
+class _CompressingReader(io.RawIOBase):
+    """Pulls raw bytes from a source and hands out compressed bytes; counts what it read."""
+
+    def __init__(self, source: BinaryIO, codec_: Codec) -> None:
+        self._source = source
+        self._compressor = codec_.compressor()
+        self._pending = memoryview(b"")
+        self._done = False
+        self.size = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._pending and not self._done:
+            chunk = self._source.read(CHUNK)
+            if chunk:
+                self.size += len(chunk)
+                self._pending = memoryview(self._compressor.compress(chunk))
+            else:
+                self._pending = memoryview(self._compressor.flush())
+                self._done = True
+        n = min(len(buffer), len(self._pending))
+        buffer[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+
+class _HashingWriter(io.RawIOBase):
+    """Hashes and counts the exact bytes that go to the store."""
+
+    def __init__(self, sink: Any) -> None:
+        self._sink = sink
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.hash.update(data)
+        self.size += len(data)
+        self._sink.write(data)
+        return len(data)
+
+
+class _HashingReader(io.RawIOBase):
+    """Hashes and counts the stored bytes as they are read back."""
+
+    def __init__(self, source: BinaryIO) -> None:
+        self._source = source
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._source.read(len(buffer))
+        n = len(data)
+        buffer[:n] = data
+        self.hash.update(data)
+        self.size += n
+        return n
+
+    def finish(self) -> None:
+        """Read what the decoder left (trailing bytes), so the hash covers the whole object."""
+        while chunk := self._source.read(CHUNK):
+            self.hash.update(chunk)
+            self.size += len(chunk)
+
+
+class _DecompressingWriter(io.RawIOBase):
+    """Takes stored (decrypted) bytes, writes the original bytes to ``sink``."""
+
+    def __init__(self, sink: BinaryIO, decompressor: Decompressor) -> None:
+        self._sink = sink
+        self._decompressor = decompressor
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        out = self._decompressor.decompress(bytes(data))
+        if out:
+            self._sink.write(out)
+            self.size += len(out)
+        return len(data)
+
+
+class _NullSink(io.RawIOBase):
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        return len(data)
+
+
+class Pipeline:
+    """Stores and reads objects for one repository with the config's compression and encryption."""
+
+    def __init__(self, storage: Storage, config: Config) -> None:
+        self.storage = storage
+        self.codec = codec(config.compression.algorithm, config.compression.level, config.compression.threads)
+        enc = config.encryption
+        self.recipients = (
+            crypto.parse_recipients(enc.recipients, f"{config.file}: encryption.recipients") if enc else []
+        )
+        self.recipient_names = [str(r) for r in self.recipients]
+        self._identity_file = Path(enc.identity_file) if enc and enc.identity_file else None
+        self._identity: Any = None
+
+    @property
+    def encrypted(self) -> bool:
+        return bool(self.recipients)
+
+    def encryption_record(self) -> dict[str, Any] | None:
+        """How new objects are encrypted, as manifests and the repository marker record it."""
+        return {"method": "age", "recipients": self.recipient_names} if self.encrypted else None
+
+    def identity(self) -> Any:
+        """The private key, loaded on first need: backups never need it."""
+        if self._identity is None:
+            if self._identity_file is None:
+                raise DecryptionError(
+                    "this needs the private key: set encryption.identity_file in the config "
+                    "(the file written by `backupctl keygen`)"
+                )
+            self._identity = crypto.load_identity(self._identity_file)
+        return self._identity
+
+    def can_decrypt(self) -> bool:
+        return self._identity_file is not None
+
+    def check_recipient(self, recipients: list[str], what: str) -> None:
+        """Fail before any download when our identity is not one that ``what`` was encrypted to."""
+        mine = crypto.public_key(self.identity())
+        if mine not in recipients:
+            raise DecryptionError(
+                f"the identity in {self._identity_file} ({mine}) cannot open {what}: "
+                f"it was encrypted to {', '.join(recipients)}"
+            )
+
+    def store(self, key: str, source: BinaryIO) -> StoredObject:
+        """Stream ``source`` into the repository under ``key`` plus the codec's extensions."""
+        full_key = key + self.codec.extension + (".age" if self.encrypted else "")
+        reader = _CompressingReader(source, self.codec)
+        with self.storage.open_write(full_key) as writer:
+            hashing = _HashingWriter(writer)
+            if self.encrypted:
+                crypto.encrypt_stream(reader, hashing, self.recipients)
+            else:
+                shutil.copyfileobj(reader, hashing, CHUNK)
+        return StoredObject(
+            key=full_key,
+            size=reader.size,
+            stored_size=hashing.size,
+            sha256=hashing.hash.hexdigest(),
+            compression=self.codec.name,
+            encryption="age" if self.encrypted else None,
+        )
+
+    def store_bytes(self, key: str, data: bytes) -> StoredObject:
+        return self.store(key, io.BytesIO(data))
+
+    def read(self, obj: StoredObject, sink: BinaryIO, decode: bool = True) -> None:
+        """Stream one object back into ``sink``, proving it whole on the way.
+
+        With ``decode`` false only the stored bytes are checked (size and sha256): what a host without
+        the private key can do. With it, the object is decrypted and decompressed as well, which also
+        checks age's authentication tags and the compressed frame's end.
+        """
+        identity = self.identity() if decode and obj.encryption else None
+        with self.storage.get(obj.key) as raw:
+            reader = _HashingReader(raw)
+            try:
+                if decode:
+                    self._decode(obj, reader, sink, identity)
+            except DecryptionError as exc:
+                # A damaged age header also reads as "no matching key": the checksum tells them apart.
+                reader.finish()
+                self._check_stored(obj, reader)
+                raise DecryptionError(
+                    f"cannot decrypt {obj.key} with identity {self._identity_file} "
+                    f"({crypto.public_key(identity)}): {exc}; is it the key this backup was encrypted to?"
+                ) from None
+            except BackupctlError:
+                raise
+            except Exception as exc:  # zstd, lz4, zlib and age each raise their own types for bad data
+                reader.finish()
+                self._check_stored(obj, reader)
+                raise IntegrityError(
+                    f"{obj.key} cannot be decoded ({type(exc).__name__}: {exc}) although its checksum matches"
+                ) from None
+            reader.finish()
+        self._check_stored(obj, reader)
+
+    def _decode(self, obj: StoredObject, reader: _HashingReader, sink: BinaryIO, identity: Any) -> None:
+        decompressor = codec(obj.compression).decompressor()
+        out = _DecompressingWriter(sink, decompressor)
+        if identity is not None:
+            crypto.decrypt_stream(reader, out, identity)
+        else:
+            shutil.copyfileobj(reader, out, CHUNK)
+        if not decompressor.eof:
+            reader.finish()
+            self._check_stored(obj, reader)
+            raise IntegrityError(f"{obj.key} is truncated: its compressed stream has no end")
+        if out.size != obj.size:
+            raise IntegrityError(f"{obj.key} decodes to {out.size} bytes, the manifest says {obj.size}")
+
+    @staticmethod
+    def _check_stored(obj: StoredObject, reader: _HashingReader) -> None:
+        digest = reader.hash.hexdigest()
+        if reader.size != obj.stored_size or digest != obj.sha256:
+            raise IntegrityError(
+                f"{obj.key} is damaged: {reader.size} bytes with sha256 {digest[:16]}..., "
+                f"the manifest recorded {obj.stored_size} bytes with sha256 {obj.sha256[:16]}..."
+            )
+
+    def check(self, obj: StoredObject, decode: bool) -> None:
+        """Read an object to nowhere; raises on any damage (see ``read``)."""
+        self.read(obj, _NullSink(), decode=decode)  # type: ignore[arg-type]
+
+    def seal(self, data: bytes) -> bytes:
+        """Encrypt a small private document (a manifest's description of the data)."""
+        return crypto.encrypt_bytes(data, self.recipients)
+
+    def unseal(self, data: bytes) -> bytes:
+        return crypto.decrypt_bytes(data, self.identity())
+
+
+def iter_reader(chunks: Iterator[bytes]) -> BinaryIO:
+    """A file-like reader over generated chunks (e.g. JSON lines), for ``Pipeline.store``."""
+
+    class _Reader(io.RawIOBase):
+        def __init__(self) -> None:
+            self._pending = b""
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buffer: Any) -> int:
+            while not self._pending:
+                try:
+                    self._pending = next(chunks)
+                except StopIteration:
+                    return 0
+            n = min(len(buffer), len(self._pending))
+            buffer[:n] = self._pending[:n]
+            self._pending = self._pending[n:]
+            return n
+
+    return io.BufferedReader(_Reader(), CHUNK)  # type: ignore[return-value]
