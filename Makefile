@@ -1,0 +1,27 @@
+# The two commands of the README. Both install into .venv (made with the system's /usr/bin/python3,
+# so that the PostgreSQL server's OS user can run it later for archive_command).
+PYTHON ?= /usr/bin/python3
+VENV := .venv
+
+.PHONY: install demo test lint clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/python -m backupctl.demo
+
+test: install
+	$(VENV)/bin/ruff check backupctl tests bench
+	$(VENV)/bin/pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check backupctl tests bench
+
+clean:
+	rm -rf $(VENV) .demo .pytest_cache

@@ -1,0 +1,528 @@
+"""A repository in an S3 bucket (AWS or any S3-compatible store), below an optional prefix.
+
+Small objects (up to twice ``part_size``, so a 16 MiB WAL segment with the default settings) go up in
+one PutObject. Larger streams become a multipart upload whose parts are sent by ``upload_jobs`` threads
+while the caller keeps writing; the writer blocks when every thread is busy, so memory stays near
+``upload_jobs + 1`` parts whatever the object's size. Only a completed PutObject or
+CompleteMultipartUpload makes a key visible, which gives the all-or-nothing writes the interface promises.
+
+Requests are retried by botocore's "standard" mode (exponential backoff with jitter on throttling, 5xx
+and connection errors); reads that break mid-body are resumed with a ranged GET pinned to the first
+ETag. Every botocore failure leaves this module as a one-line ``StorageError`` that says how to fix it.
+This is the only module that imports boto3: it costs ~150 ms, which commands that never touch S3 skip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import random
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime
+from itertools import islice
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import boto3
+import botocore.config
+import botocore.session
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionError,
+    HTTPClientError,
+    IncompleteReadError,
+    NoCredentialsError,
+    PartialCredentialsError,
+    ProfileNotFound,
+    ReadTimeoutError,
+    SSLError,
+)
+
+from backupctl.config import RepositoryConfig
+from backupctl.errors import ObjectNotFound, StorageError
+from backupctl.storage.base import ObjectInfo, ObjectWriter, Storage
+
+log = logging.getLogger(__name__)
+
+MAX_PART_SIZE = 5 * 1024**3  # S3's limit for one part and for one PutObject
+MAX_PARTS = 10_000  # S3's limit on parts per multipart upload
+PARTS_PER_SIZE_STEP = 1000  # the part size doubles after every this many parts
+DELETE_BATCH = 1000  # DeleteObjects takes at most this many keys
+CONNECT_TIMEOUT = 10  # seconds; a black-holed endpoint should fail in minutes, not hours
+
+# Errors that break a response body in flight (reset, timeout, short body): worth a ranged re-GET.
+_BROKEN_READ = (HTTPClientError, IncompleteReadError)
+_CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
+                     "InvalidClientTokenId", "TokenRefreshRequired"}
+_REGION_CODES = {"PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException"}
+_NOT_FOUND_CODES = {"NoSuchKey", "NotFound", "404"}
+_CONFLICT_CODES = {"PreconditionFailed", "ConditionalRequestConflict"}
+
+
+def _one_line(text: str) -> str:
+    """Server messages can span lines; the CLI prints errors as exactly one."""
+    return " ".join(text.split())
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _status(exc: ClientError) -> int | None:
+    return exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost OS-level reason ("connection refused") that botocore and urllib3 wrap."""
+    seen: BaseException | None = exc
+    reason = ""
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.strerror:
+            reason = seen.strerror
+        seen = seen.__cause__ or seen.__context__
+    return reason.lower() or type(exc).__name__
+
+
+def _normalise_prefix(prefix: str) -> str:
+    """No leading slash, exactly one trailing slash when non-empty: keys are then ``prefix + key``."""
+    prefix = prefix.strip("/")
+    return f"{prefix}/" if prefix else ""
+
+
+def _check_key(key: str) -> None:
+    """Refuse the keys the local driver refuses, so both drivers accept the same repository layout.
+
+    S3 would store ``a/../b`` literally, but stores built on a filesystem (SeaweedFS's filer) resolve
+    such paths, which could leave the prefix.
+    """
+    if not key or any(part in ("", ".", "..") for part in key.split("/")):
+        raise StorageError(f"invalid object key {key!r}")
+
+
+def _make_client(config: RepositoryConfig) -> Any:
+    """A client honouring every [repository] knob; creating one costs ~100 ms, so a storage keeps one."""
+    core = botocore.session.Session(
+        # A configured credentials file must win over stray AWS_* variables in the environment; an
+        # explicit profile is how botocore turns the environment provider off.
+        profile=config.profile or ("default" if config.credentials_file else None)
+    )
+    if config.credentials_file:
+        if not Path(config.credentials_file).is_file():
+            raise StorageError(
+                f"credentials file {config.credentials_file} does not exist or is not a file: "
+                "fix repository.credentials_file"
+            )
+        core.set_config_variable("credentials_file", str(config.credentials_file))
+    client_config = botocore.config.Config(
+        region_name=config.region,
+        s3={"addressing_style": config.addressing_style},
+        retries={"mode": "standard", "total_max_attempts": config.max_attempts},
+        request_checksum_calculation=config.request_checksum,
+        response_checksum_validation=config.response_checksum,
+        # Room for every part in flight plus readers, listings and small puts of other threads.
+        max_pool_connections=config.upload_jobs + 8,
+        connect_timeout=CONNECT_TIMEOUT,
+    )
+    session = boto3.Session(botocore_session=core)
+    return session.client(
+        "s3", endpoint_url=config.endpoint_url, verify=config.verify_tls, config=client_config
+    )
+
+
+class S3Storage(Storage):
+    """Objects live in ``bucket`` under ``prefix``; the keys this class takes and returns omit the prefix."""
+
+    def __init__(self, config: RepositoryConfig) -> None:
+        assert config.bucket, "validated by config"
+        self.config = config
+        self.bucket = config.bucket
+        self.prefix = _normalise_prefix(config.prefix)
+        self.location = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+        self.endpoint = config.endpoint_url or "AWS S3"
+        with self._translated("connect", None):
+            self._client = _make_client(config)
+        self.endpoint = self._client.meta.endpoint_url
+        self._write_args = {
+            name: value
+            for name, value in (
+                ("StorageClass", config.storage_class),
+                ("ServerSideEncryption", config.sse),
+                ("SSEKMSKeyId", config.sse_kms_key_id),
+            )
+            if value
+        }
+
+    # -- errors ---------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _translated(self, operation: str, key: str | None) -> Iterator[None]:
+        """Turn any botocore failure inside the block into a one-line StorageError."""
+        try:
+            yield
+        except (BotoCoreError, ClientError) as exc:
+            raise self._error(exc, operation, key) from exc
+
+    def _credential_source(self) -> str:
+        if self.config.credentials_file:
+            return f"profile {self.config.profile or 'default'} of {self.config.credentials_file}"
+        if self.config.profile:
+            return f"AWS profile {self.config.profile}"
+        return "the AWS credential chain (environment, shared files, instance role)"
+
+    def _error(self, exc: BotoCoreError | ClientError, operation: str, key: str | None) -> StorageError:
+        """Say what failed and how to fix it, in one line, never quoting a secret."""
+        what = f"{operation} {key}" if key else operation
+        if isinstance(exc, SSLError):
+            text = (f"TLS connection to {self.endpoint} failed ({_reason(exc)}): check its certificate, "
+                    "or set repository.verify_tls = false for a store with a self-signed one")
+        elif isinstance(exc, ConnectionError):
+            text = (f"cannot reach S3 endpoint {self.endpoint} ({_reason(exc)}): "
+                    "check repository.endpoint_url and the network")
+        elif isinstance(exc, ReadTimeoutError):
+            text = (f"S3 endpoint {self.endpoint} stopped answering during {what}: "
+                    "check the network and the store's load")
+        elif isinstance(exc, NoCredentialsError):
+            text = (f"no AWS credentials found for {self.location}: set repository.credentials_file or "
+                    "repository.profile, or provide them through the environment or an instance role")
+        elif isinstance(exc, PartialCredentialsError | ProfileNotFound):
+            text = f"unusable AWS credentials in {self._credential_source()}: {exc}"
+        elif isinstance(exc, ClientError):
+            return self._client_error(exc, what, key)
+        else:
+            text = f"S3 {what} in {self.location} failed: {exc}"
+        return StorageError(_one_line(text))
+
+    def _client_error(self, exc: ClientError, what: str, key: str | None) -> StorageError:
+        code = _code(exc)
+        message = exc.response.get("Error", {}).get("Message") or ""
+        if code == "NoSuchBucket":
+            return StorageError(
+                f"bucket {self.bucket} does not exist at {self.endpoint}: create it or fix repository.bucket"
+            )
+        if code in _NOT_FOUND_CODES:
+            return ObjectNotFound(f"{key} does not exist in {self.location}")
+        if code in _CREDENTIAL_CODES:
+            return StorageError(
+                f"credentials rejected by {self.endpoint} ({code}): "
+                f"check the access key and secret key in {self._credential_source()}"
+            )
+        if code in _REGION_CODES:
+            return StorageError(_one_line(
+                f"bucket {self.bucket} is not served by region {self.config.region or 'default'} "
+                f"({code}: {message}): set repository.region to the bucket's region"
+            ))
+        if code in ("AccessDenied", "403", "AllAccessDisabled"):
+            return StorageError(_one_line(
+                f"access denied: {what} in {self.location} ({message or code}): "
+                "the credentials' policy must allow it"
+            ))
+        attempts = exc.response.get("ResponseMetadata", {}).get("RetryAttempts", 0) + 1
+        after = ""
+        if attempts > 1:
+            after = f" after {attempts} attempts (retry later or raise repository.max_attempts)"
+        return StorageError(_one_line(
+            f"S3 {what} in {self.location} failed: {code or _status(exc)} {message}{after}"
+        ))
+
+    # -- keys -----------------------------------------------------------------------------------------
+
+    def _full_key(self, key: str) -> str:
+        _check_key(key)
+        return self.prefix + key
+
+    def _relative(self, full_key: str) -> str:
+        return full_key[len(self.prefix):]
+
+    # -- the interface --------------------------------------------------------------------------------
+
+    def open_write(self, key: str) -> ObjectWriter:
+        return _S3Writer(self, key)
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        full_key = self._full_key(key)
+        with self._translated("PutObject", key):
+            try:
+                self._client.put_object(
+                    Bucket=self.bucket, Key=full_key, Body=data, IfNoneMatch="*", **self._write_args
+                )
+            except ClientError as exc:
+                # 412: the key exists. 409: AWS's answer while another conditional write to the key is
+                # in flight; one of the racers wins, so for this caller the key is taken either way.
+                if _code(exc) in _CONFLICT_CODES or _status(exc) == 412:
+                    return False
+                raise
+        return True
+
+    def get(self, key: str) -> BinaryIO:
+        full_key = self._full_key(key)
+        with self._translated("GetObject", key):
+            response = self._client.get_object(Bucket=self.bucket, Key=full_key)
+        # Small reads are served from the buffer; reads of a buffer's size or more go to the raw
+        # reader directly, so the pipeline's large reads cost no extra copy.
+        return io.BufferedReader(_S3Reader(self, key, response), buffer_size=1024**2)
+
+    def head(self, key: str) -> ObjectInfo | None:
+        try:
+            with self._translated("HeadObject", key):
+                response = self._client.head_object(Bucket=self.bucket, Key=self._full_key(key))
+        except ObjectNotFound:
+            return None
+        return ObjectInfo(key, response["ContentLength"], response["LastModified"],
+                          response["ETag"].strip('"'))
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        paginator = self._client.get_paginator("list_objects_v2")
+        with self._translated("ListObjectsV2", prefix or "/"):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
+                for item in page.get("Contents", []):
+                    yield ObjectInfo(self._relative(item["Key"]), item["Size"], item["LastModified"],
+                                     item["ETag"].strip('"'))
+
+    def list_prefixes(self, prefix: str) -> list[str]:
+        paginator = self._client.get_paginator("list_objects_v2")
+        found: list[str] = []
+        with self._translated("ListObjectsV2", prefix or "/"):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix, Delimiter="/"):
+                found.extend(self._relative(p["Prefix"]) for p in page.get("CommonPrefixes", []))
+        return found
+
+    def delete(self, keys: Iterable[str]) -> None:
+        pending = iter(keys)
+        while batch := list(islice(pending, DELETE_BATCH)):
+            objects = [{"Key": self._full_key(key)} for key in batch]
+            with self._translated("DeleteObjects", f"({len(batch)} keys)"):
+                response = self._client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": objects, "Quiet": True}
+                )
+            errors = response.get("Errors", [])
+            if errors:
+                shown = "; ".join(
+                    f"{self._relative(e['Key'])}: {e.get('Code')} {e.get('Message', '')}" for e in errors[:3]
+                )
+                more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+                raise StorageError(_one_line(f"could not delete {len(errors)} of {len(batch)} objects "
+                                             f"in {self.location}: {shown}{more}"))
+
+    def abort_incomplete_uploads(self, older_than: datetime) -> int:
+        """Abort multipart uploads under the prefix started before ``older_than``; returns how many.
+
+        A writer killed mid-upload leaves its parts stored (and billed) but invisible; the garbage
+        collector calls this with a cutoff well past any live upload's age.
+        """
+        paginator = self._client.get_paginator("list_multipart_uploads")
+        aborted = 0
+        with self._translated("ListMultipartUploads", self.prefix or "/"):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
+                for upload in page.get("Uploads", []):
+                    if upload["Initiated"] < older_than:
+                        self._abort_upload(upload["Key"], upload["UploadId"])
+                        aborted += 1
+        return aborted
+
+    def _abort_upload(self, full_key: str, upload_id: str) -> None:
+        try:
+            self._client.abort_multipart_upload(Bucket=self.bucket, Key=full_key, UploadId=upload_id)
+        except ClientError as exc:
+            if _code(exc) != "NoSuchUpload":  # already completed or aborted by someone else
+                raise
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _part_size(base: int, number: int) -> int:
+    """Size of part ``number`` (from 2): doubling every 1000 parts keeps a huge stream within 10,000."""
+    return min(base << ((number - 2) // PARTS_PER_SIZE_STEP), MAX_PART_SIZE)
+
+
+class _S3Writer(ObjectWriter):
+    """Buffers a stream into parts and uploads them in parallel; see the module docstring.
+
+    The first buffer holds up to ``2 × part_size``: a stream that ends within it is one PutObject, and
+    one that goes on sends that buffer as part 1 unchanged (parts need not be equal), so no byte is
+    copied twice. Later parts are ``part_size``, doubling every 1000 parts, at most 5 GiB each. The
+    largest object is therefore about 1,022,000 × part_size: 4.9 TiB at the smallest part_size (5 MiB),
+    S3's own 5 TiB cap from 6 MiB up.
+    """
+
+    def __init__(self, storage: S3Storage, key: str) -> None:
+        self._storage = storage
+        self._key = key
+        self._full_key = storage._full_key(key)
+        self._base_size = storage.config.part_size
+        self._jobs = storage.config.upload_jobs
+        self._buffer = bytearray()
+        self._limit = min(2 * self._base_size, MAX_PART_SIZE)  # the first buffer's capacity
+        self._upload_id: str | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._slots = threading.Semaphore(self._jobs)  # parts in flight; the writer waits for one
+        self._parts: list[Future[dict[str, Any]]] = []
+        self._failure: BaseException | None = None  # the first failed part, reported on the next write
+        self._closed = False
+        # With request checksums on, parts carry CRC32s and the upload must be declared with the same
+        # algorithm (what boto3's own transfer manager does).
+        checksums = storage.config.request_checksum == "when_supported"
+        self._checksum_args = {"ChecksumAlgorithm": "CRC32"} if checksums else {}
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        assert not self._closed, "write after commit or abort"
+        view = memoryview(data).cast("B")
+        taken = len(view)
+        while view:
+            if len(self._buffer) == self._limit:  # full, and more data follows: ship it
+                self._send_part()
+            room = self._limit - len(self._buffer)
+            self._buffer += view[:room]
+            view = view[room:]
+        return taken
+
+    def _send_part(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+        if self._upload_id is None:
+            self._start_upload()
+        number = len(self._parts) + 1
+        if number > MAX_PARTS:
+            raise StorageError(
+                f"{self._key} needs more than S3's {MAX_PARTS} parts: raise repository.part_size"
+            )
+        body, self._buffer = self._buffer, bytearray()
+        self._limit = _part_size(self._base_size, number + 1)
+        self._slots.acquire()  # bounded memory: wait while every upload thread is busy
+        assert self._pool is not None
+        future = self._pool.submit(self._upload_part, number, body)
+        future.add_done_callback(self._part_done)
+        self._parts.append(future)
+
+    def _start_upload(self) -> None:
+        storage = self._storage
+        with storage._translated("CreateMultipartUpload", self._key):
+            response = storage._client.create_multipart_upload(
+                Bucket=storage.bucket, Key=self._full_key, **storage._write_args, **self._checksum_args
+            )
+        self._upload_id = response["UploadId"]
+        self._pool = ThreadPoolExecutor(self._jobs, thread_name_prefix="s3-part")
+
+    def _upload_part(self, number: int, body: bytearray) -> dict[str, Any]:
+        storage = self._storage
+        with storage._translated("UploadPart", self._key):
+            response = storage._client.upload_part(
+                Bucket=storage.bucket, Key=self._full_key, UploadId=self._upload_id,
+                PartNumber=number, Body=body, **self._checksum_args,
+            )
+        part = {"PartNumber": number, "ETag": response["ETag"]}
+        if "ChecksumCRC32" in response:
+            part["ChecksumCRC32"] = response["ChecksumCRC32"]
+        return part
+
+    def _part_done(self, future: Future[dict[str, Any]]) -> None:
+        self._slots.release()
+        if not future.cancelled() and future.exception() is not None and self._failure is None:
+            self._failure = future.exception()
+
+    def commit(self) -> None:
+        assert not self._closed, "commit after commit or abort"
+        storage = self._storage
+        try:
+            if self._upload_id is None:
+                with storage._translated("PutObject", self._key):
+                    storage._client.put_object(
+                        Bucket=storage.bucket, Key=self._full_key, Body=self._buffer, **storage._write_args
+                    )
+            else:
+                self._send_part()  # the last part: never empty, since a part ships only when more follows
+                parts = [future.result() for future in self._parts]
+                with storage._translated("CompleteMultipartUpload", self._key):
+                    storage._client.complete_multipart_upload(
+                        Bucket=storage.bucket, Key=self._full_key, UploadId=self._upload_id,
+                        MultipartUpload={"Parts": parts},
+                    )
+        except BaseException:
+            self.abort()
+            raise
+        self._close()
+
+    def abort(self) -> None:
+        if self._closed:
+            return
+        self._close()
+        if self._upload_id is not None:
+            # Best effort: the caller is already handling a failure, which must not be masked. Parts of
+            # an upload that cannot be aborted now are removed by abort_incomplete_uploads later.
+            try:
+                self._storage._abort_upload(self._full_key, self._upload_id)
+            except (BotoCoreError, ClientError) as exc:
+                log.warning("could not abort the multipart upload of %s in %s: %s",
+                            self._key, self._storage.location, exc)
+
+    def _close(self) -> None:
+        """Release the buffer and wait for parts in flight, so none lands after an abort."""
+        self._closed = True
+        self._buffer = bytearray()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _S3Reader(io.RawIOBase):
+    """The body of one GET; a connection that breaks mid-body is resumed with a ranged GET.
+
+    The re-GET carries ``If-Match`` with the first response's ETag: if the object was replaced in
+    between, S3 answers 412 and the read fails instead of splicing two versions together.
+    """
+
+    def __init__(self, storage: S3Storage, key: str, response: dict[str, Any]) -> None:
+        super().__init__()
+        self._storage = storage
+        self._key = key
+        self._body = response["Body"]
+        self._etag = response["ETag"]
+        self._offset = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        if not view:
+            return 0
+        failures = 0
+        while True:
+            try:
+                chunk = self._body.read(len(view))
+                break
+            except _BROKEN_READ as exc:
+                failures += 1
+                if failures >= self._storage.config.max_attempts:
+                    raise self._storage._error(exc, "GetObject", self._key) from exc
+                time.sleep(random.uniform(0, min(0.1 * 2**failures, 5)))
+                self._resume()
+        view[: len(chunk)] = chunk
+        self._offset += len(chunk)
+        return len(chunk)
+
+    def _resume(self) -> None:
+        storage = self._storage
+        self._body.close()
+        try:
+            with storage._translated("GetObject", self._key):
+                response = storage._client.get_object(
+                    Bucket=storage.bucket, Key=storage._full_key(self._key),
+                    Range=f"bytes={self._offset}-", IfMatch=self._etag,
+                )
+        except StorageError as exc:
+            if not isinstance(exc.__cause__, ClientError) or _code(exc.__cause__) != "PreconditionFailed":
+                raise
+            raise StorageError(
+                f"{self._key} in {storage.location} was replaced while it was being read: read it again"
+            ) from exc
+        self._body = response["Body"]
+
+    def close(self) -> None:
+        if not self.closed:
+            self._body.close()
+        super().close()
