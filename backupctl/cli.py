@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 import click
 
 from backupctl import __version__, log
-from backupctl.errors import EXIT_FAILED, EXIT_USAGE, BackupctlError, ConfigError
+from backupctl.errors import EXIT_FAILED, EXIT_USAGE, BackupctlError, ConfigError, Interrupted
 
 OUTPUT = click.option(
     "--output", "-o", type=click.Choice(["table", "json"]), default="table", show_default=True,
@@ -42,14 +42,9 @@ class State:
         return open_repository(self.config())
 
 
-class _Interrupted(BackupctlError):
-    """SIGTERM arrived: unwind so every temp file and upload is cleaned up."""
-
-    exit_code = 128 + signal.SIGTERM
-
-
-def _on_sigterm(signum: int, _frame: Any) -> NoReturn:
-    raise _Interrupted("interrupted by SIGTERM: nothing was published; partial uploads were removed")
+def _on_signal(signum: int, _frame: Any) -> NoReturn:
+    """Unwind on SIGTERM/SIGHUP so every temp file and partial upload is cleaned up."""
+    raise Interrupted(signum)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -219,7 +214,8 @@ def _fail(message: str, code: int, debug: bool) -> NoReturn:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one line per failure, the documented exit codes."""
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _on_signal)
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     try:
@@ -232,7 +228,12 @@ def main(argv: list[str] | None = None) -> None:
     except click.Abort:
         _fail("aborted", 128 + signal.SIGINT, debug)
     except KeyboardInterrupt:
-        _fail("interrupted: nothing was published; partial uploads were removed", 128 + signal.SIGINT, debug)
+        _fail("interrupted by SIGINT: nothing was published; partial uploads were removed",
+              128 + signal.SIGINT, debug)
+    except Interrupted as exc:
+        name = signal.Signals(exc.signum).name
+        _fail(f"interrupted by {name}: nothing was published; partial uploads were removed",
+              128 + exc.signum, debug)
     except BackupctlError as exc:
         _fail(str(exc), exc.exit_code, debug)
     except Exception as exc:

@@ -168,8 +168,12 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
     config = loader.build(Config, {**top, "file": path}, "")
     config = dataclasses.replace(config, sources=sources)
     _check_repository(config.repository, loader)
-    if config.encryption is not None and not config.encryption.recipients:
-        raise loader.error("encryption.recipients", "needs at least one age recipient (age1...)")
+    if config.encryption is not None:
+        if not config.encryption.recipients:
+            raise loader.error("encryption.recipients", "needs at least one age recipient (age1...)")
+        from backupctl.crypto import parse_recipients
+
+        parse_recipients(config.encryption.recipients, f"{path}: encryption.recipients")
     return config
 
 

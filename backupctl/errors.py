@@ -34,3 +34,15 @@ class IntegrityError(BackupctlError):
 
 class DecryptionError(BackupctlError):
     """An object cannot be decrypted with the configured identity."""
+
+
+class Interrupted(BaseException):
+    """A signal asked the process to stop.
+
+    A BaseException, like KeyboardInterrupt, so that no ``except Exception`` on the way up mistakes it
+    for bad data and keeps working; ``finally`` blocks still remove temp files and abort uploads.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum

@@ -19,7 +19,7 @@ from typing import Any, BinaryIO
 from backupctl import crypto
 from backupctl.codecs import Codec, Decompressor, codec
 from backupctl.config import Config
-from backupctl.errors import BackupctlError, DecryptionError, IntegrityError
+from backupctl.errors import BackupctlError, DecryptionError, IntegrityError, StorageError
 from backupctl.storage import Storage
 
 CHUNK = 1024 * 1024
@@ -44,7 +44,43 @@ class StoredObject:
         return cls(**{k: data[k] for k in cls.__dataclass_fields__})
 
 
-class _CompressingReader(io.RawIOBase):
+class _Stage(io.RawIOBase):
+    """A pipeline stage that remembers the first exception raised through it.
+
+    pyrage turns any exception raised in a read or write callback into its own generic error; the
+    pipeline re-raises the remembered original, so a storage failure or a signal keeps its meaning.
+    """
+
+    error: BaseException | None = None
+
+    def readinto(self, buffer: Any) -> int:
+        try:
+            return self._readinto(buffer)
+        except BaseException as exc:
+            self.error = self.error or exc
+            raise
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._write(data)
+        except BaseException as exc:
+            self.error = self.error or exc
+            raise
+
+    def _readinto(self, buffer: Any) -> int:
+        raise io.UnsupportedOperation("read")
+
+    def _write(self, data: Any) -> int:
+        raise io.UnsupportedOperation("write")
+
+
+def _raise_captured(*stages: _Stage) -> None:
+    for stage in stages:
+        if stage.error is not None:
+            raise stage.error
+
+
+class _CompressingReader(_Stage):
     """Pulls raw bytes from a source and hands out compressed bytes; counts what it read."""
 
     def __init__(self, source: BinaryIO, codec_: Codec) -> None:
@@ -57,7 +93,7 @@ class _CompressingReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: Any) -> int:
+    def _readinto(self, buffer: Any) -> int:
         while not self._pending and not self._done:
             chunk = self._source.read(CHUNK)
             if chunk:
@@ -72,7 +108,7 @@ class _CompressingReader(io.RawIOBase):
         return n
 
 
-class _HashingWriter(io.RawIOBase):
+class _HashingWriter(_Stage):
     """Hashes and counts the exact bytes that go to the store."""
 
     def __init__(self, sink: Any) -> None:
@@ -83,14 +119,14 @@ class _HashingWriter(io.RawIOBase):
     def writable(self) -> bool:
         return True
 
-    def write(self, data: Any) -> int:
+    def _write(self, data: Any) -> int:
         self.hash.update(data)
         self.size += len(data)
         self._sink.write(data)
         return len(data)
 
 
-class _HashingReader(io.RawIOBase):
+class _HashingReader(_Stage):
     """Hashes and counts the stored bytes as they are read back."""
 
     def __init__(self, source: BinaryIO) -> None:
@@ -101,7 +137,7 @@ class _HashingReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: Any) -> int:
+    def _readinto(self, buffer: Any) -> int:
         data = self._source.read(len(buffer))
         n = len(data)
         buffer[:n] = data
@@ -116,7 +152,7 @@ class _HashingReader(io.RawIOBase):
             self.size += len(chunk)
 
 
-class _DecompressingWriter(io.RawIOBase):
+class _DecompressingWriter(_Stage):
     """Takes stored (decrypted) bytes, writes the original bytes to ``sink``."""
 
     def __init__(self, sink: BinaryIO, decompressor: Decompressor) -> None:
@@ -127,7 +163,7 @@ class _DecompressingWriter(io.RawIOBase):
     def writable(self) -> bool:
         return True
 
-    def write(self, data: Any) -> int:
+    def _write(self, data: Any) -> int:
         out = self._decompressor.decompress(bytes(data))
         if out:
             self._sink.write(out)
@@ -195,7 +231,11 @@ class Pipeline:
         with self.storage.open_write(full_key) as writer:
             hashing = _HashingWriter(writer)
             if self.encrypted:
-                crypto.encrypt_stream(reader, hashing, self.recipients)
+                try:
+                    crypto.encrypt_stream(reader, hashing, self.recipients)
+                except Exception:
+                    _raise_captured(reader, hashing)
+                    raise
             else:
                 shutil.copyfileobj(reader, hashing, CHUNK)
         return StoredObject(
@@ -223,22 +263,13 @@ class Pipeline:
             try:
                 if decode:
                     self._decode(obj, reader, sink, identity)
-            except DecryptionError as exc:
-                # A damaged age header also reads as "no matching key": the checksum tells them apart.
-                reader.finish()
-                self._check_stored(obj, reader)
-                raise DecryptionError(
-                    f"cannot decrypt {obj.key} with identity {self._identity_file} "
-                    f"({crypto.public_key(identity)}): {exc}; is it the key this backup was encrypted to?"
-                ) from None
-            except BackupctlError:
-                raise
+            except StorageError:
+                raise  # the store failed us: no verdict on the data
             except Exception as exc:  # zstd, lz4, zlib and age each raise their own types for bad data
+                # Damage to the stored bytes explains any decoding failure, so it is reported first.
                 reader.finish()
                 self._check_stored(obj, reader)
-                raise IntegrityError(
-                    f"{obj.key} cannot be decoded ({type(exc).__name__}: {exc}) although its checksum matches"
-                ) from None
+                raise self._decode_failure(obj, exc, identity) from None
             reader.finish()
         self._check_stored(obj, reader)
 
@@ -246,15 +277,30 @@ class Pipeline:
         decompressor = codec(obj.compression).decompressor()
         out = _DecompressingWriter(sink, decompressor)
         if identity is not None:
-            crypto.decrypt_stream(reader, out, identity)
+            try:
+                crypto.decrypt_stream(reader, out, identity)
+            except Exception:
+                _raise_captured(reader, out)
+                raise
         else:
             shutil.copyfileobj(reader, out, CHUNK)
         if not decompressor.eof:
-            reader.finish()
-            self._check_stored(obj, reader)
             raise IntegrityError(f"{obj.key} is truncated: its compressed stream has no end")
         if out.size != obj.size:
             raise IntegrityError(f"{obj.key} decodes to {out.size} bytes, the manifest says {obj.size}")
+
+    def _decode_failure(self, obj: StoredObject, exc: Exception, identity: Any) -> BackupctlError:
+        """The error to report when intact stored bytes still do not decode."""
+        if isinstance(exc, DecryptionError):
+            return DecryptionError(
+                f"cannot decrypt {obj.key} with identity {self._identity_file} "
+                f"({crypto.public_key(identity)}): {exc}; is it the key this backup was encrypted to?"
+            )
+        if isinstance(exc, BackupctlError):
+            return exc
+        return IntegrityError(
+            f"{obj.key} cannot be decoded ({type(exc).__name__}: {exc}) although its checksum matches"
+        )
 
     @staticmethod
     def _check_stored(obj: StoredObject, reader: _HashingReader) -> None:

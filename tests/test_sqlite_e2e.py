@@ -182,7 +182,9 @@ def test_damage_detected_by_verify_and_restore(
     assert not list(tmp_path.glob(".restored.sqlite3.backupctl-*"))
 
 
-def test_damaged_manifest_is_reported_not_trusted(tmp_path: Path, local_backend: Backend, cli: CliRunner) -> None:
+def test_damaged_manifest_is_reported_not_trusted(
+    tmp_path: Path, local_backend: Backend, cli: CliRunner
+) -> None:
     make_sample_sqlite(tmp_path / "dev.sqlite3", customers=50)
     config = make_config(tmp_path, local_backend)
     cli(config, "init")
@@ -209,7 +211,7 @@ def test_identities(tmp_path: Path, backend: Backend, cli: CliRunner) -> None:
     config = make_config(tmp_path, backend, encrypted=True, cli=cli)
     document_text = config.read_text()
     public_only = tmp_path / "public.toml"
-    public_only.write_text("\n".join(l for l in document_text.splitlines() if "identity_file" not in l))
+    public_only.write_text("\n".join(x for x in document_text.splitlines() if "identity_file" not in x))
 
     cli(public_only, "init")
     bid = backup_id(cli(public_only, "backup", "devdb", "-o", "json"))
@@ -278,7 +280,7 @@ def test_interrupted_backup_is_invisible(
 ) -> None:
     db = tmp_path / "dev.sqlite3"
     _random_db(db, 160)
-    config = make_config(tmp_path, backend, compression="none", db=db)
+    config = make_config(tmp_path, backend, compression="none", db=db, encrypted=sig == signal.SIGTERM)
     cli(config, "init")
     tmp_dir = tmp_path / "stage"
     tmp_dir.mkdir()
@@ -323,7 +325,7 @@ def test_backup_of_missing_or_foreign_source(tmp_path: Path, local_backend: Back
     assert json.loads(cli(config, "list", "-o", "json").stdout) == []
 
 
-def test_sample_counts_helper_matches_manifest(tmp_path: Path, local_backend: Backend, cli: CliRunner) -> None:
+def test_manifest_counts_every_table(tmp_path: Path, local_backend: Backend, cli: CliRunner) -> None:
     """The manifest's row counts are exact, for every table, including WITHOUT ROWID ones."""
     db = tmp_path / "dev.sqlite3"
     make_sample_sqlite(db, customers=200)
