@@ -71,7 +71,9 @@ class Codec:
         if self.name == "zstd":
             import zstandard
 
-            threads = self.threads or min(4, os.cpu_count() or 1)
+            # One worker per two cores, at most four: each zstd worker buffers ~50 MB at level 3, and
+            # I/O and hashing need the remaining cores. A worker overlaps compression with I/O.
+            threads = self.threads or max(1, min(4, (os.cpu_count() or 1) // 2))
             return zstandard.ZstdCompressor(
                 level=self.level, threads=threads, write_checksum=True
             ).compressobj()

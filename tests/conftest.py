@@ -6,6 +6,7 @@ archive_command would run it: everything it needs comes from the config file.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
@@ -147,3 +148,31 @@ def run_cli(config: Path | None, *args: str, timeout: float = 300) -> Result:
 @pytest.fixture
 def cli() -> CliRunner:
     return run_cli
+
+
+def make_config(
+    tmp_path: Path,
+    backend: Backend,
+    *,
+    compression: str = "zstd",
+    encrypted: bool = False,
+    cli: CliRunner = run_cli,
+    db: Path | None = None,
+) -> Path:
+    """A config with one SQLite source; with encryption, a fresh key pair made by `keygen`."""
+    document: dict[str, Any] = {
+        "repository": backend.repository,
+        "compression": {"algorithm": compression},
+        "sources": {"devdb": {"kind": "sqlite", "path": str(db or tmp_path / "dev.sqlite3")}},
+    }
+    if encrypted:
+        key = tmp_path / "age.key"
+        result = cli(None, "keygen", "--output", str(key))
+        assert result.code == 0, result.stderr
+        document["encryption"] = {"recipients": [result.stdout.strip()], "identity_file": str(key)}
+    return write_toml(tmp_path / "backupctl.toml", document)
+
+
+def backup_id(result: Any) -> str:
+    assert result.code == 0, result.stderr
+    return json.loads(result.stdout)["id"]

@@ -11,44 +11,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
-from conftest import Backend, CliRunner, cli_env, make_backend, run_cli, write_toml
+from conftest import Backend, CliRunner, backup_id, cli_env, make_backend, make_config
 
 from backupctl.config import load_config
 from backupctl.demo import Writer, make_sample_sqlite, table_counts, table_rows
 from backupctl.pipeline import Pipeline, StoredObject
 
 TABLES = ("customers", "orders", "order_items", "events")
-
-
-def make_config(
-    tmp_path: Path,
-    backend: Backend,
-    *,
-    compression: str = "zstd",
-    encrypted: bool = False,
-    cli: CliRunner = run_cli,
-    db: Path | None = None,
-) -> Path:
-    """A config with one SQLite source; with encryption, a fresh key pair made by `keygen`."""
-    document: dict[str, Any] = {
-        "repository": backend.repository,
-        "compression": {"algorithm": compression},
-        "sources": {"devdb": {"kind": "sqlite", "path": str(db or tmp_path / "dev.sqlite3")}},
-    }
-    if encrypted:
-        key = tmp_path / "age.key"
-        result = cli(None, "keygen", "--output", str(key))
-        assert result.code == 0, result.stderr
-        document["encryption"] = {"recipients": [result.stdout.strip()], "identity_file": str(key)}
-    return write_toml(tmp_path / "backupctl.toml", document)
-
-
-def backup_id(result: Any) -> str:
-    assert result.code == 0, result.stderr
-    return json.loads(result.stdout)["id"]
 
 
 def assert_same_rows(source: Path, restored: Path) -> None:
