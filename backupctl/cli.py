@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 
 import click
 
-from backupctl import __version__, log
+from backupctl import __version__, log, signals
 from backupctl.errors import EXIT_FAILED, EXIT_USAGE, BackupctlError, ConfigError, Interrupted
 
 OUTPUT = click.option(
@@ -40,11 +40,6 @@ class State:
         from backupctl.repository import open_repository
 
         return open_repository(self.config())
-
-
-def _on_signal(signum: int, _frame: Any) -> NoReturn:
-    """Unwind on SIGTERM/SIGHUP so every temp file and partial upload is cleaned up."""
-    raise Interrupted(signum)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -214,8 +209,7 @@ def _fail(message: str, code: int, debug: bool) -> NoReturn:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one line per failure, the documented exit codes."""
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _on_signal)
+    signals.install()
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     try:

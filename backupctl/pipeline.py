@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from backupctl import crypto
+from backupctl import crypto, signals
 from backupctl.codecs import Codec, Decompressor, codec
 from backupctl.config import Config
 from backupctl.errors import BackupctlError, DecryptionError, IntegrityError, StorageError
@@ -75,9 +75,11 @@ class _Stage(io.RawIOBase):
 
 
 def _raise_captured(*stages: _Stage) -> None:
+    """Re-raise what really went wrong inside pyrage's callbacks (or the signal that arrived)."""
     for stage in stages:
         if stage.error is not None:
             raise stage.error
+    signals.raise_pending()
 
 
 class _CompressingReader(_Stage):

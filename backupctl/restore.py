@@ -17,6 +17,7 @@ from backupctl.engines import sqlite
 from backupctl.errors import ConfigError
 from backupctl.log import get_logger
 from backupctl.repository import Repository
+from backupctl.signals import shielded
 from backupctl.storage.local import fsync_dir
 
 log = get_logger(__name__)
@@ -51,9 +52,10 @@ def restore_sqlite(repo: Repository, manifest: Manifest, target: Path, force: bo
         os.replace(temp, target)
         fsync_dir(target.parent)
     finally:
-        for leftover in (temp, Path(f"{temp}-wal"), Path(f"{temp}-shm")):
-            with contextlib.suppress(FileNotFoundError):
-                leftover.unlink()
+        with shielded():
+            for leftover in (temp, Path(f"{temp}-wal"), Path(f"{temp}-shm")):
+                with contextlib.suppress(FileNotFoundError):
+                    leftover.unlink()
     log.info(
         "restore finished",
         backup_id=manifest.id,

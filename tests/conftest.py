@@ -158,6 +158,7 @@ def make_config(
     encrypted: bool = False,
     cli: CliRunner = run_cli,
     db: Path | None = None,
+    tmp_dir: Path | None = None,
 ) -> Path:
     """A config with one SQLite source; with encryption, a fresh key pair made by `keygen`."""
     document: dict[str, Any] = {
@@ -165,6 +166,8 @@ def make_config(
         "compression": {"algorithm": compression},
         "sources": {"devdb": {"kind": "sqlite", "path": str(db or tmp_path / "dev.sqlite3")}},
     }
+    if tmp_dir is not None:
+        document["sources"]["devdb"]["tmp_dir"] = str(tmp_dir)
     if encrypted:
         key = tmp_path / "age.key"
         result = cli(None, "keygen", "--output", str(key))

@@ -47,7 +47,8 @@ def test_newer_or_foreign_repository_is_refused(
 
     storage.put("backupctl.json", json.dumps({**json.loads(original), "version": 99}).encode())
     newer = cli(config, "backup", "devdb")
-    assert newer.code == 1 and "format version 99" in newer.error_line and "upgrade backupctl" in newer.error_line
+    assert newer.code == 1 and "format version 99" in newer.error_line
+    assert "upgrade backupctl" in newer.error_line
 
     storage.put("backupctl.json", b'{"hello": "world"}')
     foreign = cli(config, "list")

@@ -251,11 +251,12 @@ def test_interrupted_backup_is_invisible(
 ) -> None:
     db = tmp_path / "dev.sqlite3"
     _random_db(db, 160)
-    config = make_config(tmp_path, backend, compression="none", db=db, encrypted=sig == signal.SIGTERM)
-    cli(config, "init")
     tmp_dir = tmp_path / "stage"
     tmp_dir.mkdir()
-    config.write_text(config.read_text() + f'tmp_dir = "{tmp_dir}"\n')
+    config = make_config(
+        tmp_path, backend, compression="none", db=db, encrypted=sig == signal.SIGTERM, tmp_dir=tmp_dir
+    )
+    cli(config, "init")
     proc = subprocess.Popen(
         [sys.executable, "-m", "backupctl", "--config", str(config), "backup", "devdb"],
         env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,

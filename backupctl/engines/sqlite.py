@@ -24,6 +24,7 @@ from typing import Any
 
 from backupctl.config import SqliteSource
 from backupctl.errors import BackupctlError, IntegrityError
+from backupctl.signals import shielded
 
 HEADER = b"SQLite format 3\x00"
 BUSY_TIMEOUT_SECONDS = 60.0
@@ -123,7 +124,8 @@ def snapshot(source: SqliteSource, tmp_root: Path) -> Iterator[Snapshot]:
         details["source_path"] = str(path)
         yield Snapshot(copy, details)
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        with shielded():
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _online_copy(path: Path, copy: Path) -> None:

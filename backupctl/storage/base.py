@@ -14,6 +14,8 @@ from datetime import datetime
 from types import TracebackType
 from typing import BinaryIO
 
+from backupctl.signals import shielded
+
 
 @dataclass(frozen=True)
 class ObjectInfo:
@@ -62,7 +64,8 @@ class ObjectWriter(abc.ABC):
         if exc_type is None:
             self.commit()
         else:
-            self.abort()
+            with shielded():
+                self.abort()
 
 
 class Storage(abc.ABC):

