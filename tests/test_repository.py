@@ -7,7 +7,9 @@ import os
 import stat
 from pathlib import Path
 
-from conftest import Backend, CliRunner, backup_id, make_config, write_toml
+import pytest
+from conftest import Backend, CliRunner, backup_id, make_backend, make_config, write_toml
+from s3_servers import FaultProxy, free_port
 
 from backupctl.demo import make_sample_sqlite
 
@@ -118,3 +120,37 @@ def test_unknown_backup_id(tmp_path: Path, local_backend: Backend, cli: CliRunne
     assert "is not a backup id" in cli(config, "show", "latest").error_line
     missing = cli(config, "restore", "20261125T021500123Z-S-k3x", "--to", str(tmp_path / "x"))
     assert missing.code == 1 and "no backup 20261125T021500123Z-S-k3x" in missing.error_line
+
+
+def test_init_refuses_a_store_without_conditional_writes(
+    tmp_path: Path, request: pytest.FixtureRequest, cli: CliRunner
+) -> None:
+    """A store that ignores If-None-Match (here: a proxy that drops it) is reported, not trusted."""
+    endpoint = request.getfixturevalue("moto_endpoint")
+    proxy = FaultProxy(endpoint.url)
+    try:
+        backend = make_backend("moto", tmp_path, request)
+        backend.repository["endpoint_url"] = proxy.url
+        config = make_config(tmp_path, backend)
+        proxy.drop_headers = {"if-none-match"}
+        refused = cli(config, "init")
+        assert refused.code == 1 and "does not honour conditional writes" in refused.error_line
+        assert list(backend.storage().list("")) == []  # no marker, and the probe cleaned up
+        proxy.drop_headers = set()
+        assert cli(config, "init").code == 0
+    finally:
+        proxy.close()
+
+
+def test_unreachable_store_and_missing_bucket(
+    tmp_path: Path, request: pytest.FixtureRequest, cli: CliRunner
+) -> None:
+    backend = make_backend("moto", tmp_path, request)
+    config = make_config(tmp_path, backend)
+    cli(config, "init")
+    closed = dict(backend.repository, endpoint_url=f"http://127.0.0.1:{free_port()}", max_attempts=2)
+    unreachable = cli(make_config(tmp_path, Backend("moto", closed)), "list")
+    assert unreachable.code == 1 and "cannot reach S3 endpoint" in unreachable.error_line
+    missing = dict(backend.repository, bucket="no-such-bucket-here")
+    nobucket = cli(make_config(tmp_path, Backend("moto", missing)), "list")
+    assert nobucket.code == 1 and "bucket no-such-bucket-here does not exist" in nobucket.error_line

@@ -9,20 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import http.client
 import os
-import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 from conftest import Backend, make_backend
-from s3_servers import S3Endpoint, free_port
+from s3_servers import FaultProxy, S3Endpoint, free_port
 
 from backupctl.errors import ObjectNotFound, StorageError
 from backupctl.storage import Storage
@@ -243,89 +239,6 @@ def test_abort_incomplete_uploads(tmp_path: Path, request: pytest.FixtureRequest
 
 
 # -- S3: faults through a proxy ---------------------------------------------------------------------------
-
-SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
-             b"<Message>Please reduce your request rate.</Message></Error>")
-HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "date", "server", "expect"}
-
-
-class FaultProxy:
-    """An HTTP proxy on 127.0.0.1 in front of an S3 endpoint that breaks chosen requests for real.
-
-    ``fail_next`` requests get 503 SlowDown; with ``cut_next_get`` set, the next GET sends its full
-    Content-Length but only that many body bytes, then the connection is shut (``on_cut`` runs first).
-    """
-
-    def __init__(self, upstream: str) -> None:
-        target = urlsplit(upstream)
-        self.upstream = (target.hostname or "127.0.0.1", target.port or 80)
-        self.seen: list[tuple[str, dict[str, str]]] = []  # method and headers of each request
-        self.fail_next = 0
-        self.cut_next_get: int | None = None
-        self.on_cut: Callable[[], None] = lambda: None
-        self._lock = threading.Lock()
-        proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self) -> None:
-                proxy.relay(self)
-
-            do_PUT = do_POST = do_DELETE = do_HEAD = do_GET
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
-
-    def relay(self, handler: BaseHTTPRequestHandler) -> None:
-        body = handler.rfile.read(int(handler.headers.get("Content-Length", 0)))
-        with self._lock:
-            self.seen.append((handler.command, dict(handler.headers)))
-            fail, self.fail_next = self.fail_next > 0, max(self.fail_next - 1, 0)
-            cut = self.cut_next_get if handler.command == "GET" else None
-            if cut is not None:
-                self.cut_next_get = None
-        if fail:
-            handler.send_response(503)
-            handler.send_header("Content-Type", "application/xml")
-            handler.send_header("Content-Length", str(len(SLOW_DOWN)))
-            handler.end_headers()
-            handler.wfile.write(SLOW_DOWN)
-            return
-        headers = {k: v for k, v in handler.headers.items() if k.lower() not in HOP_BY_HOP}
-        connection = http.client.HTTPConnection(*self.upstream, timeout=30)
-        connection.request(handler.command, handler.path, body=body, headers=headers)
-        response = connection.getresponse()
-        payload = response.read()
-        connection.close()
-        handler.send_response(response.status, response.reason)
-        for name, value in response.getheaders():
-            if name.lower() not in HOP_BY_HOP:
-                handler.send_header(name, value)
-        length = response.getheader("Content-Length", "0") if handler.command == "HEAD" else len(payload)
-        handler.send_header("Content-Length", str(length))
-        handler.end_headers()
-        if cut is None:
-            handler.wfile.write(payload)
-            return
-        self.on_cut()
-        handler.wfile.write(payload[:cut])
-        handler.wfile.flush()
-        handler.close_connection = True
-        handler.connection.shutdown(socket.SHUT_RDWR)
-
-    def gets(self) -> list[dict[str, str]]:
-        return [headers for method, headers in self.seen if method == "GET"]
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
 
 @pytest.fixture
 def proxy(moto_endpoint: S3Endpoint) -> Iterator[FaultProxy]:
