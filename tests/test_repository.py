@@ -154,3 +154,43 @@ def test_unreachable_store_and_missing_bucket(
     missing = dict(backend.repository, bucket="no-such-bucket-here")
     nobucket = cli(make_config(tmp_path, Backend("moto", missing)), "list")
     assert nobucket.code == 1 and "bucket no-such-bucket-here does not exist" in nobucket.error_line
+
+
+def test_listing_costs_one_request_per_backup_not_per_object(
+    tmp_path: Path, request: pytest.FixtureRequest, cli: CliRunner
+) -> None:
+    endpoint = request.getfixturevalue("moto_endpoint")
+    proxy = FaultProxy(endpoint.url)
+    try:
+        backend = make_backend("moto", tmp_path, request)
+        backend.repository["endpoint_url"] = proxy.url
+        make_sample_sqlite(tmp_path / "dev.sqlite3", customers=50)
+        config = make_config(tmp_path, backend)
+        cli(config, "init")
+        for _ in range(3):  # each backup: the database, the schema and four table exports
+            backup_id(cli(config, "backup", "devdb", "--export-json", "-o", "json"))
+        assert len(list(backend.storage().list("devdb/backups/"))) == 3 * 7
+        proxy.seen.clear()
+        listed = cli(config, "list", "devdb", "-o", "json")
+        assert len(json.loads(listed.stdout)) == 3
+        # The marker, one listing of the source's backups, and one GET per manifest.
+        assert len(proxy.seen) == 1 + 1 + 3, proxy.seen
+    finally:
+        proxy.close()
+
+
+def test_secrets_never_reach_the_output(
+    tmp_path: Path, request: pytest.FixtureRequest, cli: CliRunner
+) -> None:
+    backend = make_backend("seaweedfs", tmp_path, request)
+    make_sample_sqlite(tmp_path / "dev.sqlite3", customers=20)
+    config = make_config(tmp_path, backend, encrypted=True, cli=cli)
+    outputs = [cli(config, "--debug", *args) for args in (("init",), ("backup", "devdb"), ("list",))]
+    bid = json.loads(cli(config, "list", "-o", "json").stdout)[0]["id"]
+    outputs.append(cli(config, "--debug", "restore", bid, "--to", str(tmp_path / "r.sqlite3")))
+    assert all(result.code == 0 for result in outputs)
+    secret_key = (tmp_path / "age.key").read_text().split()[-1]
+    for result in outputs:
+        text = result.stdout + result.stderr
+        assert backend.endpoint is not None and backend.endpoint.secret_key not in text
+        assert secret_key not in text
