@@ -45,6 +45,7 @@ from botocore.exceptions import (
 
 from backupctl.config import RepositoryConfig
 from backupctl.errors import ObjectNotFound, StorageError
+from backupctl.signals import shielded
 from backupctl.storage.base import ObjectInfo, ObjectWriter, Storage
 
 log = logging.getLogger(__name__)
@@ -411,11 +412,13 @@ class _S3Writer(ObjectWriter):
 
     def _start_upload(self) -> None:
         storage = self._storage
-        with storage._translated("CreateMultipartUpload", self._key):
+        # Shielded: a signal between the store creating the upload and us learning its id would leave
+        # an upload that abort() cannot name.
+        with shielded(), storage._translated("CreateMultipartUpload", self._key):
             response = storage._client.create_multipart_upload(
                 Bucket=storage.bucket, Key=self._full_key, **storage._write_args, **self._checksum_args
             )
-        self._upload_id = response["UploadId"]
+            self._upload_id = response["UploadId"]
         self._pool = ThreadPoolExecutor(self._jobs, thread_name_prefix="s3-part")
 
     def _upload_part(self, number: int, body: bytearray) -> dict[str, Any]:
