@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from backupctl.catalog import Manifest, backup_prefix, iso, new_backup_id, seal_details
-from backupctl.config import SqliteSource
-from backupctl.engines import sqlite
+from backupctl.config import PostgresSource, SqliteSource
+from backupctl.engines import pg_logical, sqlite
+from backupctl.errors import BackupctlError, ConfigError, StorageError
 from backupctl.log import get_logger
+from backupctl.pgconn import ConnParams
 from backupctl.pipeline import StoredObject, iter_reader
 from backupctl.repository import Repository
+from backupctl.signals import shielded
 
 log = get_logger(__name__)
 
@@ -24,59 +31,151 @@ class BackupOptions:
 
     export_json: bool = False
     labels: tuple[tuple[str, str], ...] = ()
+    databases: tuple[str, ...] = ()
+
+
+class _Run:
+    """One backup in progress: its id, clock and stored objects, removed again if it fails."""
+
+    def __init__(self, repo: Repository, source: str, backup_type: str) -> None:
+        self.repo = repo
+        self.source = source
+        self.type = backup_type
+        self.started = datetime.now(UTC)
+        self.clock = time.monotonic()
+        self.id = new_backup_id(backup_type, self.started)
+        self.prefix = backup_prefix(source, self.id)
+        self.objects: list[StoredObject] = []
+
+    def store(self, name: str, stream: Any, finalize: Any = None) -> StoredObject:
+        obj = self.repo.pipeline.store(self.prefix + name, stream, finalize)
+        self.objects.append(obj)
+        return obj
+
+    @contextlib.contextmanager
+    def cleanup_on_failure(self) -> Iterator[None]:
+        """A failed backup takes its objects with it (best effort; `repo gc` catches the rest)."""
+        log.info("backup started", backup_id=self.id, source=self.source, type=self.type)
+        try:
+            yield
+        except BaseException:
+            with shielded(), contextlib.suppress(StorageError):
+                self.repo.storage.delete([o.key for o in self.objects])
+            raise
+
+    def publish(self, kind: str, details: dict[str, Any], extra: dict[str, Any],
+                options: BackupOptions) -> Manifest:
+        manifest = Manifest(
+            id=self.id,
+            source=self.source,
+            kind=kind,
+            type=self.type,
+            started_at=iso(self.started),
+            finished_at=iso(datetime.now(UTC)),
+            objects=self.objects,
+            encryption=self.repo.pipeline.encryption_record(),
+            details=details,
+            labels=dict(options.labels),
+            extra=extra,
+        )
+        seal_details(manifest, self.repo.pipeline)
+        self.repo.catalog.write(manifest)
+        log.info(
+            "backup finished",
+            backup_id=self.id,
+            source=self.source,
+            type=self.type,
+            bytes=manifest.size,
+            stored_bytes=manifest.stored_size,
+            seconds=round(time.monotonic() - self.clock, 3),
+        )
+        return manifest
+
+
+def backup_source(repo: Repository, source: SqliteSource | PostgresSource, backup_type: str | None,
+                  options: BackupOptions) -> Manifest:
+    """Dispatch on the source's kind and the requested type."""
+    if isinstance(source, SqliteSource):
+        if backup_type not in (None, "sqlite"):
+            raise ConfigError(f"source {source.name} is a SQLite database: it takes no --type {backup_type}")
+        if options.databases:
+            raise ConfigError("--database applies to PostgreSQL logical backups")
+        return backup_sqlite(repo, source, options)
+    if backup_type in (None, "logical"):
+        if options.export_json:
+            raise ConfigError("--export-json applies to SQLite backups")
+        return backup_logical(repo, source, options)
+    raise ConfigError(
+        f"--type {backup_type} is not available yet for {source.name}: this version makes logical backups"
+    )
 
 
 def backup_sqlite(repo: Repository, source: SqliteSource, options: BackupOptions) -> Manifest:
     """Copy, check, upload and catalog one SQLite database."""
     repo.register_source(source.name, {"kind": "sqlite"})
-    started = datetime.now(UTC)
-    clock = time.monotonic()
-    backup_id = new_backup_id("sqlite", started)
-    prefix = backup_prefix(source.name, backup_id)
-    log.info("backup started", backup_id=backup_id, source=source.name, path=str(source.path))
+    run = _Run(repo, source.name, "sqlite")
     tmp_root = Path(source.tmp_dir) if source.tmp_dir else Path(tempfile.gettempdir())
-    objects: list[StoredObject] = []
-    with sqlite.snapshot(source, tmp_root) as snap:
+    with run.cleanup_on_failure(), sqlite.snapshot(source, tmp_root) as snap:
         with open(snap.path, "rb") as data:
-            objects.append(repo.pipeline.store(f"{prefix}database.sqlite3", data))
+            run.store("database.sqlite3", data)
         details = snap.details
         if options.export_json:
-            objects.extend(_export(repo, snap, prefix))
             # Object names are numbered, never named after tables: names are data, and may be secret.
-            details["export"] = {"schema": "export/schema.sql", "tables": _export_names(snap)}
-    manifest = Manifest(
-        id=backup_id,
-        source=source.name,
-        kind="sqlite",
-        type="sqlite",
-        started_at=iso(started),
-        finished_at=iso(datetime.now(UTC)),
-        objects=objects,
-        encryption=repo.pipeline.encryption_record(),
-        details=details,
-        labels=dict(options.labels),
-        extra={"page_size": details["page_size"], "page_count": details["page_count"]},
+            names = {table: f"export/{i:04d}.jsonl" for i, table in enumerate(sorted(details["tables"]))}
+            run.store("export/schema.sql", io.BytesIO(details["schema_sql"].encode()))
+            for table, name in names.items():
+                run.store(name, iter_reader(sqlite.export_rows(snap.path, table)))
+            details["export"] = {"schema": "export/schema.sql", "tables": names}
+        extra = {"page_size": details["page_size"], "page_count": details["page_count"]}
+        return run.publish("sqlite", details, extra, options)
+
+
+def _select_databases(server: pg_logical.ServerInfo, wanted: tuple[str, ...] | list[str],
+                      source: PostgresSource) -> list[pg_logical.DatabaseInfo]:
+    by_name = {d.name: d for d in server.databases}
+    if not wanted:
+        return list(server.databases)
+    missing = [name for name in wanted if name not in by_name]
+    if missing:
+        raise BackupctlError(
+            f"database {missing[0]} does not exist on source {source.name} or does not allow "
+            f"connections (databases: {', '.join(sorted(by_name)) or 'none'})"
+        )
+    return [by_name[name] for name in wanted]
+
+
+def backup_logical(repo: Repository, source: PostgresSource, options: BackupOptions) -> Manifest:
+    """Globals, then one pg_dump per database, each streamed straight into the repository."""
+    params = ConnParams.from_source(source)
+    server = pg_logical.inspect_server(params)
+    repo.register_source(
+        source.name,
+        {"kind": "postgres", "system_identifier": server.system_identifier, "major": server.major},
     )
-    seal_details(manifest, repo.pipeline)
-    repo.catalog.write(manifest)
-    log.info(
-        "backup finished",
-        backup_id=backup_id,
-        source=source.name,
-        bytes=manifest.size,
-        stored_bytes=manifest.stored_size,
-        seconds=round(time.monotonic() - clock, 3),
-    )
-    return manifest
-
-
-def _export_names(snap: sqlite.Snapshot) -> dict[str, str]:
-    return {table: f"export/{index:04d}.jsonl" for index, table in enumerate(sorted(snap.details["tables"]))}
-
-
-def _export(repo: Repository, snap: sqlite.Snapshot, prefix: str) -> list[StoredObject]:
-    """Per-table JSON lines and the schema DDL, stored beside the database image."""
-    objects = [repo.pipeline.store_bytes(f"{prefix}export/schema.sql", snap.details["schema_sql"].encode())]
-    for table, name in _export_names(snap).items():
-        objects.append(repo.pipeline.store(prefix + name, iter_reader(sqlite.export_rows(snap.path, table))))
-    return objects
+    selected = _select_databases(server, options.databases or source.databases, source)
+    binaries = pg_logical.dump_binaries(source.bindir, server.major)
+    run = _Run(repo, source.name, "logical")
+    databases: dict[str, Any] = {}
+    with run.cleanup_on_failure():
+        with pg_logical.globals_dump(binaries, params, source.role_passwords) as tool:
+            run.store("globals.sql", tool.stdout, tool.wait)
+        for index, info in enumerate(selected):
+            log.info("dumping database", backup_id=run.id, database=info.name, size=info.size)
+            # Numbered, never named after the database: names are data, and may be secret.
+            with pg_logical.snapshot_dump(binaries, params, info) as tool:
+                obj = run.store(f"databases/{index:04d}.pgdump", tool.stdout, tool.wait)
+            databases[info.name] = {**info.to_json(), "object": obj.key}
+        details = {
+            "server_version": server.version,
+            "pg_dump_version": binaries.version,
+            "globals": run.objects[0].key,
+            "databases": databases,
+        }
+        extra = {
+            "pg_major": server.major,
+            "pg_version_num": server.version_num,
+            "system_identifier": server.system_identifier,
+            "pg_dump_major": binaries.major,
+            "databases": len(databases),
+        }
+        return run.publish("postgres", details, extra, options)

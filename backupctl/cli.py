@@ -74,13 +74,18 @@ def init(state: State) -> None:
 
 @cli.command()
 @click.argument("source")
+@click.option("--type", "backup_type", type=click.Choice(["sqlite", "logical", "full", "incr"]),
+              help="Backup type (default: sqlite for SQLite sources, logical for PostgreSQL).")
+@click.option("--database", "databases", multiple=True, metavar="NAME",
+              help="Logical: back up only this database (repeatable; default: all, or the config's list).")
 @click.option("--export-json", is_flag=True, help="SQLite: also store each table as JSON lines, and the DDL.")
 @click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="Tag the backup (repeatable).")
 @OUTPUT
 @pass_state
-def backup(state: State, source: str, export_json: bool, labels: tuple[str, ...], output: str) -> None:
+def backup(state: State, source: str, backup_type: str | None, databases: tuple[str, ...],
+           export_json: bool, labels: tuple[str, ...], output: str) -> None:
     """Back up a configured SOURCE into the repository."""
-    from backupctl.backup import BackupOptions, backup_sqlite
+    from backupctl.backup import BackupOptions, backup_source
     from backupctl.render import emit_json, human_size
     from backupctl.repository import open_repository
 
@@ -92,11 +97,11 @@ def backup(state: State, source: str, export_json: bool, labels: tuple[str, ...]
         parsed.append((key, value))
     config = state.config()
     src = config.source(source)
+    options = BackupOptions(export_json=export_json, labels=tuple(parsed), databases=databases)
     with open_repository(config) as repo:
-        manifest = backup_sqlite(repo, src, BackupOptions(export_json=export_json, labels=tuple(parsed)))
-    summary = manifest.summary()
+        manifest = backup_source(repo, src, backup_type, options)
     if output == "json":
-        emit_json(summary)
+        emit_json(manifest.summary())
     else:
         click.echo(
             f"backup {manifest.id} of {source}: {human_size(manifest.size)} -> "
@@ -154,7 +159,7 @@ def show(state: State, backup_id: str, output: str) -> None:
 def verify(state: State, backup_id: str | None, all_: bool, source: str | None, output: str) -> None:
     """Read every object of a backup back and check it against the manifest (exit 1 on damage)."""
     from backupctl.render import emit_json, verify_table
-    from backupctl.verify import verify_all, verify_backup
+    from backupctl.verify import source_bindir, verify_all, verify_backup
 
     if bool(backup_id) == all_:
         raise ConfigError("give either a BACKUP_ID or --all")
@@ -162,7 +167,8 @@ def verify(state: State, backup_id: str | None, all_: bool, source: str | None, 
         if all_:
             results = verify_all(repo, source)
         else:
-            results = [verify_backup(repo, repo.catalog.find(backup_id or ""))]
+            manifest = repo.catalog.find(backup_id or "")
+            results = [verify_backup(repo, manifest, source_bindir(repo, manifest))]
     data = [r.to_json() for r in results]
     if output == "json":
         emit_json(data)
@@ -175,18 +181,75 @@ def verify(state: State, backup_id: str | None, all_: bool, source: str | None, 
 
 @cli.command()
 @click.argument("backup_id")
-@click.option("--to", "target", required=True, type=click.Path(path_type=Path),
-              help="Database file to write.")
-@click.option("--force", is_flag=True, help="Replace an existing file.")
+@click.option("--to", "target", type=click.Path(path_type=Path), help="SQLite: the database file to write.")
+@click.option("--force", is_flag=True, help="Replace an existing file (--to, --to-file).")
+@click.option("--database", help="Logical: the database of the backup to restore.")
+@click.option("--to-database", help="Logical: the database to restore into (created from template0).")
+@click.option("--jobs", "-j", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Logical: parallel pg_restore jobs (stages the dump in tmp_dir; 1 streams it).")
+@click.option("--no-owner", is_flag=True, help="Logical: objects belong to the restoring user; no grants.")
+@click.option("--clean", is_flag=True, help="Logical: restore into a non-empty database, replacing objects.")
+@click.option("--schema", "schemas", multiple=True, metavar="S",
+              help="Logical: only this schema (repeatable).")
+@click.option("--table", "tables", multiple=True, metavar="T", help="Logical: only this table (repeatable).")
+@click.option("--globals-only", is_flag=True, help="Logical: the roles and tablespaces script.")
+@click.option("--to-file", type=click.Path(path_type=Path), help="With --globals-only: write it here.")
+@click.option("--apply", "apply_globals", is_flag=True, help="With --globals-only: run it on the server.")
+@click.option("--host", help="Target server (default: the source's own connection settings).")
+@click.option("--port", type=int, help="Target server's port.")
+@click.option("--user", help="Target server's user.")
+@click.option("--dbname", help="Database to connect to on the target for server-wide work.")
 @pass_state
-def restore(state: State, backup_id: str, target: Path, force: bool) -> None:
-    """Restore a backup (SQLite: to a file), checking every byte before it is put in place."""
-    from backupctl.restore import restore_sqlite
+def restore(state: State, backup_id: str, target: Path | None, force: bool, **logical: Any) -> None:
+    """Restore a backup: SQLite to a file (--to), PostgreSQL logical into a database (--database)."""
+    from backupctl import restore as service
+    from backupctl.repository import open_repository
 
-    with state.repository() as repo:
+    config = state.config()
+    with open_repository(config) as repo:
         manifest = repo.catalog.find(backup_id)
-        written = restore_sqlite(repo, manifest, target, force)
-    click.echo(f"restored {backup_id} to {written}")
+        if manifest.type == "sqlite":
+            if target is None:
+                raise ConfigError("restoring a SQLite backup needs --to PATH")
+            written = service.restore_sqlite(repo, manifest, target, force)
+            click.echo(f"restored {backup_id} to {written}")
+            return
+        if manifest.type != "logical":
+            raise ConfigError(f"this version cannot restore {manifest.type} backups like {backup_id}")
+        _restore_logical(repo, manifest, config, force, logical)
+
+
+def _restore_logical(repo: Any, manifest: Any, config: Any, force: bool, opts: dict[str, Any]) -> None:
+    from backupctl import restore as service
+    from backupctl.config import PostgresSource
+    from backupctl.pgconn import ConnParams
+
+    source = config.sources.get(manifest.source)
+    base = ConnParams.from_source(source) if isinstance(source, PostgresSource) else ConnParams()
+    target = base.with_(host=opts["host"], port=opts["port"], user=opts["user"], dbname=opts["dbname"])
+    bindir = source.bindir if isinstance(source, PostgresSource) else None
+    binaries = service.restore_binaries(manifest, bindir)
+    if opts["globals_only"]:
+        if opts["to_file"] and opts["apply_globals"]:
+            raise ConfigError("--to-file and --apply exclude each other")
+        apply_to = target if opts["apply_globals"] else None
+        script = service.restore_globals(repo, manifest, opts["to_file"], force, apply_to, binaries)
+        if script is not None:
+            click.echo(script, nl=False)
+        elif opts["to_file"]:
+            click.echo(f"globals of {manifest.id} written to {opts['to_file']}", err=True)
+        return
+    if not opts["database"] or not opts["to_database"]:
+        raise ConfigError("restoring a logical backup needs --database NAME and --to-database NEW "
+                          "(or --globals-only)")
+    request = service.LogicalRestore(
+        database=opts["database"], to_database=opts["to_database"], jobs=opts["jobs"],
+        no_owner=opts["no_owner"], clean=opts["clean"], schemas=opts["schemas"], tables=opts["tables"],
+    )
+    tmp_dir = Path(source.tmp_dir) if isinstance(source, PostgresSource) and source.tmp_dir else None
+    service.restore_logical(repo, manifest, request, target, binaries, tmp_dir)
+    where = target.describe(request.to_database)
+    click.echo(f"restored database {request.database} of {manifest.id} into {where}")
 
 
 @cli.command()

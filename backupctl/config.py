@@ -96,7 +96,28 @@ class SqliteSource:
     tmp_dir: ConfigPath | None = None  # where the consistent copy is staged before upload
 
 
-SourceConfig = SqliteSource
+@dataclass(frozen=True)
+class PostgresSource:
+    """A PostgreSQL server, reached with libpq-style settings (the PG* environment fills the gaps)."""
+
+    name: str
+    kind: Literal["postgres"]
+    host: str | None = None  # a hostname, or the directory of the server's Unix socket
+    port: int | None = None
+    user: str | None = None
+    dbname: str = "postgres"  # the database backupctl connects to for server-wide queries
+    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None = None
+    passfile: ConfigPath | None = None  # a libpq .pgpass file
+    password_file: ConfigPath | None = None  # a file holding only the password (else PGPASSWORD)
+    connect_timeout: int = 10
+    pgdata: ConfigPath | None = None  # the cluster's data directory (physical backups, restore)
+    bindir: ConfigPath | None = None  # PostgreSQL client tools; found automatically when absent
+    databases: list[str] = field(default_factory=list)  # logical backups: all connectable ones when empty
+    role_passwords: bool = False  # include role password hashes in the globals dump (needs superuser)
+    tmp_dir: ConfigPath | None = None  # where a parallel restore stages a dump
+
+
+SourceConfig = SqliteSource | PostgresSource
 
 
 @dataclass(frozen=True)
@@ -117,7 +138,7 @@ class Config:
         return self.sources[name]
 
 
-_SOURCE_KINDS: dict[str, type] = {"sqlite": SqliteSource}
+_SOURCE_KINDS: dict[str, type] = {"sqlite": SqliteSource, "postgres": PostgresSource}
 
 
 def config_path(explicit: str | None) -> Path:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -23,6 +23,10 @@ from backupctl.errors import BackupctlError, DecryptionError, IntegrityError, St
 from backupctl.storage import Storage
 
 CHUNK = 1024 * 1024
+
+
+class SinkError(BackupctlError):
+    """Writing decoded data out failed (a full disk, a closed pipe): not a fault of the backup."""
 
 
 @dataclass(frozen=True)
@@ -168,7 +172,10 @@ class _DecompressingWriter(_Stage):
     def _write(self, data: Any) -> int:
         out = self._decompressor.decompress(bytes(data))
         if out:
-            self._sink.write(out)
+            try:
+                self._sink.write(out)
+            except OSError as exc:
+                raise SinkError(f"cannot write the restored data: {exc.strerror or exc}") from exc
             self.size += len(out)
         return len(data)
 
@@ -226,8 +233,12 @@ class Pipeline:
                 f"it was encrypted to {', '.join(recipients)}"
             )
 
-    def store(self, key: str, source: BinaryIO) -> StoredObject:
-        """Stream ``source`` into the repository under ``key`` plus the codec's extensions."""
+    def store(self, key: str, source: BinaryIO, finalize: Callable[[], None] | None = None) -> StoredObject:
+        """Stream ``source`` into the repository under ``key`` plus the codec's extensions.
+
+        ``finalize`` runs after the source's end and before the object is committed: a producer (a
+        pg_dump child) that ends with an error then leaves no object behind.
+        """
         full_key = key + self.codec.extension + (".age" if self.encrypted else "")
         reader = _CompressingReader(source, self.codec)
         with self.storage.open_write(full_key) as writer:
@@ -240,6 +251,8 @@ class Pipeline:
                     raise
             else:
                 shutil.copyfileobj(reader, hashing, CHUNK)
+            if finalize is not None:
+                finalize()
         return StoredObject(
             key=full_key,
             size=reader.size,
@@ -248,9 +261,6 @@ class Pipeline:
             compression=self.codec.name,
             encryption="age" if self.encrypted else None,
         )
-
-    def store_bytes(self, key: str, data: bytes) -> StoredObject:
-        return self.store(key, io.BytesIO(data))
 
     def read(self, obj: StoredObject, sink: BinaryIO, decode: bool = True) -> None:
         """Stream one object back into ``sink``, proving it whole on the way.

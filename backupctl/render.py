@@ -91,6 +91,13 @@ def manifest_view(doc: dict[str, Any]) -> None:
     if details is None:
         out.print("details:      sealed (set encryption.identity_file to read them)")
         return
+    if "databases" in details:
+        out.print(f"server {details['server_version']}, dumped with pg_dump {details['pg_dump_version']}")
+        table("databases", ["DATABASE", "SIZE", "ENCODING", "LOCALE", "TABLES", "ROWS"], [
+            [name, human_size(d["size"]), d["encoding"], d["locale"] or d["collate"], str(len(d["tables"])),
+             str(sum(d["tables"].values()))]
+            for name, d in sorted(details["databases"].items())
+        ])
     if "tables" in details:
         table("tables", ["TABLE", "ROWS"], [[n, str(c)] for n, c in sorted(details["tables"].items())])
     if "page_size" in details:

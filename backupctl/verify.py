@@ -7,14 +7,22 @@ A host with only the public key checks sizes and sha256 of the stored bytes, and
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from backupctl.catalog import Manifest, open_details
-from backupctl.errors import IntegrityError, ObjectNotFound
+from backupctl.config import PostgresSource
+from backupctl.engines import pg_logical
+from backupctl.errors import BackupctlError, IntegrityError, ObjectNotFound
 from backupctl.log import get_logger
+from backupctl.pg import PgBinaries
+from backupctl.pipeline import StoredObject
 from backupctl.repository import Repository
+from backupctl.restore import restore_binaries
+from backupctl.tools import ProcessSink, ToolProcess
 
 log = get_logger(__name__)
 
@@ -30,6 +38,7 @@ class VerifyResult:
     bytes: int = 0
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
+    checks: list[str] = field(default_factory=list)  # what was proven beyond checksums
 
     @property
     def ok(self) -> bool:
@@ -45,20 +54,44 @@ class VerifyResult:
             "bytes": self.bytes,
             "seconds": round(self.seconds, 3),
             "problems": self.problems,
+            "checks": self.checks,
         }
 
 
-def verify_backup(repo: Repository, manifest: Manifest) -> VerifyResult:
+def _list_archive(repo: Repository, obj: StoredObject, binaries: PgBinaries) -> int:
+    """Read a dump through its checksums into ``pg_restore --list``; returns its TOC entries."""
+    with tempfile.TemporaryFile() as listing:
+        argv = pg_logical.list_argv(binaries)
+        with ToolProcess(argv, dict(os.environ), f"pg_restore --list of {obj.key}", read=False,
+                         stdout=listing) as tool:
+            repo.pipeline.read(obj, ProcessSink(tool))  # type: ignore[arg-type]
+            try:
+                tool.wait()
+            except BackupctlError as exc:
+                raise IntegrityError(str(exc)) from None
+        listing.seek(0)
+        return sum(1 for line in listing if line.strip() and not line.startswith(b";"))
+
+
+def verify_backup(repo: Repository, manifest: Manifest, bindir: str | None = None) -> VerifyResult:
     """Check every object; damage is collected, not raised, so one report covers the whole backup."""
     decode = manifest.encryption is None or repo.pipeline.can_decrypt()
     result = VerifyResult(manifest.id, manifest.source, "full" if decode else "stored")
     clock = time.monotonic()
     log.info("verify started", backup_id=manifest.id, mode=result.mode)
+    dumps: dict[str, str] = {}
     if decode:
-        open_details(manifest, repo.pipeline)  # proves the sealed description opens, too
+        details = open_details(manifest, repo.pipeline)  # proves the sealed description opens, too
+        if manifest.type == "logical":
+            dumps = {d["object"]: name for name, d in details["databases"].items()}
+    lister = restore_binaries(manifest, bindir) if dumps else None
     for obj in manifest.objects:
         try:
-            repo.pipeline.check(obj, decode=decode)
+            if obj.key in dumps and lister is not None:
+                entries = _list_archive(repo, obj, lister)
+                result.checks.append(f"pg_restore --list of database {dumps[obj.key]}: {entries} entries")
+            else:
+                repo.pipeline.check(obj, decode=decode)
         except (IntegrityError, ObjectNotFound) as exc:
             result.problems.append(str(exc))
         result.objects += 1
@@ -78,8 +111,14 @@ def verify_backup(repo: Repository, manifest: Manifest) -> VerifyResult:
 def verify_all(repo: Repository, source: str | None = None) -> list[VerifyResult]:
     """Every backup in the repository (or one source), damaged manifests included as failures."""
     manifests, damaged = repo.catalog.scan(source)
-    results = [verify_backup(repo, m) for m in manifests]
+    results = [verify_backup(repo, m, source_bindir(repo, m)) for m in manifests]
     for key, problem in damaged.items():
         backup_id = key.rsplit("/", 2)[-2]
         results.append(VerifyResult(backup_id, key.split("/", 1)[0], "manifest", problems=[problem]))
     return results
+
+
+def source_bindir(repo: Repository, manifest: Manifest) -> str | None:
+    """The configured bindir of the backup's source, when this host's config has that source."""
+    source = repo.config.sources.get(manifest.source)
+    return source.bindir if isinstance(source, PostgresSource) else None
