@@ -106,3 +106,11 @@ def test_sizes() -> None:
     assert parse_size("4096") == 4096
     with pytest.raises(ValueError):
         parse_size("12 parsecs")
+
+
+def test_shipped_configs_load() -> None:
+    root = Path(__file__).resolve().parent.parent / "config"
+    example = load_config(root / "backupctl.example.toml")
+    assert set(example.sources) == {"devdb", "main"} and example.sources["main"].kind == "postgres"
+    dev = load_config(root / "dev.toml")
+    assert dev.repository.type == "local" and dev.sources["devdb"].kind == "sqlite"
