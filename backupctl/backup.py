@@ -14,9 +14,10 @@ from typing import Any
 
 from backupctl.catalog import Manifest, backup_prefix, iso, new_backup_id, seal_details
 from backupctl.config import PostgresSource, SqliteSource
-from backupctl.engines import pg_logical, sqlite
+from backupctl.engines import pg_logical, pg_physical, sqlite
 from backupctl.errors import BackupctlError, ConfigError, StorageError
 from backupctl.log import get_logger
+from backupctl.pg import find_binaries
 from backupctl.pgconn import ConnParams
 from backupctl.pipeline import StoredObject, iter_reader
 from backupctl.repository import Repository
@@ -101,13 +102,15 @@ def backup_source(repo: Repository, source: SqliteSource | PostgresSource, backu
         if options.databases:
             raise ConfigError("--database applies to PostgreSQL logical backups")
         return backup_sqlite(repo, source, options)
+    if options.export_json:
+        raise ConfigError("--export-json applies to SQLite backups")
     if backup_type in (None, "logical"):
-        if options.export_json:
-            raise ConfigError("--export-json applies to SQLite backups")
         return backup_logical(repo, source, options)
-    raise ConfigError(
-        f"--type {backup_type} is not available yet for {source.name}: this version makes logical backups"
-    )
+    if options.databases:
+        raise ConfigError("--database applies to logical backups: a physical backup takes the whole cluster")
+    if backup_type == "incr":
+        raise ConfigError("--type incr is not available yet: take a --type full backup")
+    return backup_physical(repo, source, "full", options)
 
 
 def backup_sqlite(repo: Repository, source: SqliteSource, options: BackupOptions) -> Manifest:
@@ -177,5 +180,57 @@ def backup_logical(repo: Repository, source: PostgresSource, options: BackupOpti
             "system_identifier": server.system_identifier,
             "pg_dump_major": binaries.major,
             "databases": len(databases),
+        }
+        return run.publish("postgres", details, extra, options)
+
+
+def backup_physical(repo: Repository, source: PostgresSource, backup_type: str,
+                    options: BackupOptions) -> Manifest:
+    """pg_basebackup streamed into the repository, with the config files Debian keeps outside pgdata."""
+    params = ConnParams.from_source(source)
+    facts = pg_physical.server_facts(params)
+    if facts.archive_mode == "off":
+        raise BackupctlError(
+            f"archive_mode is off on source {source.name}: physical backups take their WAL from the archive; "
+            f"run `backupctl pg-settings {source.name}` for the settings, then restart the server"
+        )
+    repo.register_source(
+        source.name, {"kind": "postgres", "system_identifier": facts.system_identifier, "major": facts.major}
+    )
+    binaries = find_binaries(min_major=facts.major, bindir=source.bindir, need="pg_basebackup")
+    tmp_root = Path(source.tmp_dir) if source.tmp_dir else Path(tempfile.gettempdir())
+    run = _Run(repo, source.name, backup_type)
+    with run.cleanup_on_failure():
+        streamed = pg_physical.stream_basebackup(
+            binaries, params, facts, f"backupctl {run.id}", source.checkpoint == "fast", run.store, tmp_root
+        )
+        run.store("backup_manifest", io.BytesIO(streamed.manifest))
+        for name, path in facts.config_files.items():
+            try:
+                with open(path, "rb") as handle:
+                    run.store(f"config/{name}", handle)
+            except OSError as exc:
+                log.warning("config file not backed up", file=path, error=exc.strerror)
+        wal = streamed.wal
+        assert wal is not None
+        start, stop = pg_physical.lsn_to_int(wal.start_lsn), pg_physical.lsn_to_int(wal.end_lsn)
+        extra = {
+            "pg_major": facts.major,
+            "pg_version_num": facts.version_num,
+            "system_identifier": facts.system_identifier,
+            "timeline": wal.timeline,
+            "start_lsn": wal.start_lsn,
+            "stop_lsn": wal.end_lsn,
+            "start_wal": pg_physical.wal_file_name(wal.timeline, start, facts.segment_size),
+            "stop_wal": pg_physical.wal_file_name(wal.timeline, stop, facts.segment_size),
+            "wal_segment_size": facts.segment_size,
+            "tablespaces": sorted(streamed.tablespaces),
+            "pg_basebackup_version": binaries.version,
+        }
+        details = {
+            "data_directory": facts.data_directory,
+            "tablespaces": streamed.tablespaces,
+            "config_files": facts.config_files,
+            "databases": facts.databases,
         }
         return run.publish("postgres", details, extra, options)

@@ -114,7 +114,8 @@ class PostgresSource:
     bindir: ConfigPath | None = None  # PostgreSQL client tools; found automatically when absent
     databases: list[str] = field(default_factory=list)  # logical backups: all connectable ones when empty
     role_passwords: bool = False  # include role password hashes in the globals dump (needs superuser)
-    tmp_dir: ConfigPath | None = None  # where a parallel restore stages a dump
+    tmp_dir: ConfigPath | None = None  # staging: parallel logical restores, incremental chains
+    checkpoint: Literal["fast", "spread"] = "fast"  # physical backups: a spread one can take minutes
 
 
 SourceConfig = SqliteSource | PostgresSource

@@ -91,7 +91,14 @@ def manifest_view(doc: dict[str, Any]) -> None:
     if details is None:
         out.print("details:      sealed (set encryption.identity_file to read them)")
         return
-    if "databases" in details:
+    extra = doc.get("extra", {})
+    if doc["type"] in ("full", "incr"):
+        out.print(f"PostgreSQL {extra['pg_major']}, timeline {extra['timeline']}, WAL {extra['start_lsn']} "
+                  f"({extra['start_wal']}) to {extra['stop_lsn']} ({extra['stop_wal']}), system identifier "
+                  f"{extra['system_identifier']}")
+        table("databases", ["DATABASE", "SIZE"],
+              [[name, human_size(size)] for name, size in sorted(details["databases"].items())])
+    if doc["type"] == "logical":
         out.print(f"server {details['server_version']}, dumped with pg_dump {details['pg_dump_version']}")
         table("databases", ["DATABASE", "SIZE", "ENCODING", "LOCALE", "TABLES", "ROWS"], [
             [name, human_size(d["size"]), d["encoding"], d["locale"] or d["collate"], str(len(d["tables"])),
