@@ -86,6 +86,8 @@ def backup(state: State, source: str, backup_type: str | None, databases: tuple[
            export_json: bool, labels: tuple[str, ...], output: str) -> None:
     """Back up a configured SOURCE into the repository."""
     from backupctl.backup import BackupOptions, backup_source
+    from backupctl.config import PostgresSource
+    from backupctl.privileges import become_server_user
     from backupctl.render import emit_json, human_size
     from backupctl.repository import open_repository
 
@@ -97,6 +99,8 @@ def backup(state: State, source: str, backup_type: str | None, databases: tuple[
         parsed.append((key, value))
     config = state.config()
     src = config.source(source)
+    if isinstance(src, PostgresSource):
+        become_server_user(src)
     options = BackupOptions(export_json=export_json, labels=tuple(parsed), databases=databases)
     with open_repository(config) as repo:
         manifest = backup_source(repo, src, backup_type, options)
@@ -180,13 +184,33 @@ def verify(state: State, backup_id: str | None, all_: bool, source: str | None, 
 
 
 @cli.command()
-@click.argument("backup_id")
+@click.argument("backup_id", metavar="BACKUP_ID|SOURCE")
 @click.option("--to", "target", type=click.Path(path_type=Path), help="SQLite: the database file to write.")
-@click.option("--force", is_flag=True, help="Replace an existing file (--to, --to-file).")
+@click.option("--force", is_flag=True, help="Replace an existing file (--to, --to-file) or data directory.")
+@click.option("--pgdata", type=click.Path(path_type=Path), help="Physical: the data directory to restore into.")
+@click.option("--target-time", help="Physical: recover to this time (ISO 8601; UTC without an offset).")
+@click.option("--target-lsn", help="Physical: recover to this WAL location.")
+@click.option("--target-xid", help="Physical: recover to this transaction.")
+@click.option("--target-name", help="Physical: recover to this named restore point.")
+@click.option("--target", "target_immediate", type=click.Choice(["immediate"]),
+              help="Physical: stop as soon as the backup is consistent.")
+@click.option("--target-timeline", default="latest", show_default=True, help="latest, current or a number.")
+@click.option("--target-action", type=click.Choice(["promote", "pause", "shutdown"]),
+              help="Physical: what the server does at the target (default: PostgreSQL's, pause).")
+@click.option("--exclusive", is_flag=True, help="Physical: stop just before the target (time, LSN, xid).")
+@click.option("--backup", "backup_choice", help="Physical: restore this backup instead of the planner's choice.")
+@click.option("--dry-run", is_flag=True, help="Physical: print the plan and stop.")
+@click.option("--standby", is_flag=True, help="Physical: write standby.signal instead of recovery.signal.")
+@click.option("--tablespace", "tablespaces", multiple=True, metavar="OID=DIR",
+              help="Physical: restore a tablespace to another directory (repeatable).")
+@click.option("--restore-config", type=click.Path(path_type=Path),
+              help="Physical: write the config files kept outside pgdata (Debian) into this directory.")
+@OUTPUT
 @click.option("--database", help="Logical: the database of the backup to restore.")
 @click.option("--to-database", help="Logical: the database to restore into (created from template0).")
-@click.option("--jobs", "-j", type=click.IntRange(1, 64), default=1, show_default=True,
-              help="Logical: parallel pg_restore jobs (stages the dump in tmp_dir; 1 streams it).")
+@click.option("--jobs", "-j", type=click.IntRange(1, 64),
+              help="Parallel jobs: pg_restore (logical; stages the dump, default 1 streams it) or "
+                   "downloads (physical, default 4).")
 @click.option("--no-owner", is_flag=True, help="Logical: objects belong to the restoring user; no grants.")
 @click.option("--clean", is_flag=True, help="Logical: restore into a non-empty database, replacing objects.")
 @click.option("--schema", "schemas", multiple=True, metavar="S",
@@ -200,12 +224,19 @@ def verify(state: State, backup_id: str | None, all_: bool, source: str | None, 
 @click.option("--user", help="Target server's user.")
 @click.option("--dbname", help="Database to connect to on the target for server-wide work.")
 @pass_state
-def restore(state: State, backup_id: str, target: Path | None, force: bool, **logical: Any) -> None:
-    """Restore a backup: SQLite to a file (--to), PostgreSQL logical into a database (--database)."""
+def restore(state: State, backup_id: str, target: Path | None, force: bool, output: str,
+            **logical: Any) -> None:
+    """Restore: SQLite to a file (--to), PostgreSQL logical into a database (--database), or a
+    PostgreSQL source to a point in time (SOURCE --pgdata DIR)."""
     from backupctl import restore as service
+    from backupctl.catalog import is_backup_id
     from backupctl.repository import open_repository
 
     config = state.config()
+    if not is_backup_id(backup_id) and backup_id in config.sources:
+        _restore_physical(config, backup_id, force, output, logical)
+        return
+    logical["jobs"] = logical["jobs"] or 1
     with open_repository(config) as repo:
         manifest = repo.catalog.find(backup_id)
         if manifest.type == "sqlite":
@@ -217,6 +248,49 @@ def restore(state: State, backup_id: str, target: Path | None, force: bool, **lo
         if manifest.type != "logical":
             raise ConfigError(f"this version cannot restore {manifest.type} backups like {backup_id}")
         _restore_logical(repo, manifest, config, force, logical)
+
+
+def _restore_physical(config: Any, source_name: str, force: bool, output: str, opts: dict[str, Any]) -> None:
+    from backupctl import pitr, wal
+    from backupctl.config import PostgresSource
+    from backupctl.privileges import become_server_user
+    from backupctl.render import emit_json, plan_view
+    from backupctl.repository import open_repository
+
+    source = config.source(source_name)
+    if not isinstance(source, PostgresSource):
+        raise ConfigError(f"source {source_name} is not a PostgreSQL source: restore its backups by id")
+    targets = [(k, opts[f"target_{k}"]) for k in ("time", "lsn", "xid", "name") if opts[f"target_{k}"]]
+    if opts["target_immediate"]:
+        targets.append(("immediate", None))
+    if len(targets) > 1:
+        raise ConfigError("give at most one of --target-time, --target-lsn, --target-xid, --target-name, --target")
+    kind, value = targets[0] if targets else ("end", None)
+    target = pitr.Target(kind, value, opts["target_timeline"], opts["target_action"], not opts["exclusive"])
+    mapping = {}
+    for item in opts["tablespaces"]:
+        oid, sep, directory = item.partition("=")
+        if not sep or not oid.isdigit() or not directory:
+            raise ConfigError(f"--tablespace {item!r} must look like OID=DIR")
+        mapping[oid] = str(Path(directory).absolute())
+    if not opts["dry_run"] and opts["pgdata"] is None:
+        raise ConfigError("a physical restore needs --pgdata DIR (or --dry-run to see the plan)")
+    become_server_user(source)
+    with open_repository(config) as repo:
+        plan = pitr.make_plan(repo, source_name, target, opts["backup_choice"])
+        if opts["dry_run"]:
+            emit_json(plan.to_json()) if output == "json" else plan_view(plan.to_json())
+            return
+        options = pitr.RestoreOptions(pgdata=opts["pgdata"], force=force, jobs=opts["jobs"] or 4,
+                                      standby=opts["standby"], tablespace_map=mapping,
+                                      restore_config=opts["restore_config"])
+        command = wal.restore_command(config.file, source_name)
+        result = pitr.restore_physical(repo, plan, options, command, source.bindir)
+    if output == "json":
+        emit_json(result)
+    else:
+        plan_view(result)
+        click.echo(f"restored {plan.backup.id} into {result['pgdata']}: start the server to recover")
 
 
 def _restore_logical(repo: Any, manifest: Any, config: Any, force: bool, opts: dict[str, Any]) -> None:

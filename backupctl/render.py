@@ -132,3 +132,21 @@ def verify_table(results: list[dict[str, Any]]) -> None:
             for r in results
         ],
     )
+
+
+def plan_view(plan: dict[str, Any]) -> None:
+    """A restore plan, as a DBA reads it before anything is downloaded."""
+    out = console()
+    target = plan["target"]
+    out.print(f"source:       {plan['source']}")
+    out.print(f"backup:       {plan['backup']} ({plan['backup_type']}, finished {plan['backup_finished_at']}, "
+              f"WAL {plan['backup_start_lsn']} to {plan['backup_stop_lsn']})")
+    out.print(f"target:       {target['kind']}{' ' + str(target['value']) if target['value'] else ''}, "
+              f"action {target['action']}")
+    path = " -> ".join(f"{p['timeline']}" + (f" (until {p['until']})" if p["until"] else "")
+                       for p in plan["timeline_path"])
+    out.print(f"timeline:     {plan['timeline']} (path {path})")
+    out.print(f"WAL:          {plan['wal_segments']} segments, {plan['wal_first']} to {plan['wal_last']}")
+    out.print(f"download:     {human_size(plan['download_bytes'])}")
+    for note in plan["notes"]:
+        out.print(f"note:         {note}")

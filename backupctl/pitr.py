@@ -1,0 +1,420 @@
+"""Point-in-time restore: plan first, refuse what cannot work, then restore and hand over to recovery.
+
+The plan picks the newest physical backup that can reach the target on the target's timeline, and the
+archived WAL from that backup's start onwards along the timeline's history. Everything that would make
+PostgreSQL stop short or fork the wrong way (the target lies before every backup or after the end of
+archived WAL, a segment is missing, the backup is on a branch that does not lead to the timeline) is
+found here, before a byte is downloaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from backupctl import wal
+from backupctl.catalog import Manifest, parse_iso
+from backupctl.engines.pg_physical import int_to_lsn, lsn_to_int, wal_file_name
+from backupctl.errors import BackupctlError, ConfigError
+from backupctl.log import get_logger
+from backupctl.pg import PgBinaries, find_binaries
+from backupctl.repository import Repository
+from backupctl.tools import ProcessSink, ToolProcess, run_tool
+
+log = get_logger(__name__)
+
+PHYSICAL_TYPES = ("full", "incr")
+
+
+@dataclass(frozen=True)
+class Target:
+    """What `restore --target-*` asked for; ``kind`` "end" replays all archived WAL."""
+
+    kind: str  # "end", "time", "lsn", "xid", "name", "immediate"
+    value: str | None = None
+    timeline: str = "latest"  # "latest", "current" or a number
+    action: str | None = None  # None: PostgreSQL's default (pause)
+    inclusive: bool = True
+
+    def moment(self) -> datetime:
+        assert self.kind == "time" and self.value is not None
+        return parse_time(self.value)
+
+
+def _parse_time(text: str) -> datetime:
+    try:
+        return datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(f"--target-time {text!r} is not a time (e.g. 2026-11-25 03:14:00+01:00)") from None
+
+
+def parse_time(text: str) -> datetime:
+    """ISO 8601; a time without an offset is UTC (and the plan says so)."""
+    moment = _parse_time(text)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@dataclass
+class Plan:
+    """The backup and WAL that reach the target, and what recovery will be told."""
+
+    source: str
+    backup: Manifest
+    target: Target
+    timeline: int
+    path: list[tuple[int, int, int | None]]  # (timeline, from LSN, switch LSN or None for the last)
+    wal_first: str
+    wal_last: str
+    segments: int
+    notes: list[str] = field(default_factory=list)
+
+    def recovery_settings(self, restore_command: str) -> dict[str, str]:
+        settings = {"restore_command": restore_command}
+        kind, value = self.target.kind, self.target.value
+        if kind == "time":
+            settings["recovery_target_time"] = self.target.moment().isoformat()
+        elif kind in ("lsn", "xid", "name"):
+            settings[f"recovery_target_{kind}"] = str(value)
+        elif kind == "immediate":
+            settings["recovery_target"] = "immediate"
+        settings["recovery_target_timeline"] = str(self.timeline) if self.target.timeline != "latest" else "latest"
+        if kind != "end" and self.target.action:
+            settings["recovery_target_action"] = self.target.action
+        if kind in ("time", "lsn", "xid") and not self.target.inclusive:
+            settings["recovery_target_inclusive"] = "off"
+        return settings
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.backup.id,
+            "source": self.source,
+            "backup": self.backup.id,
+            "backup_type": self.backup.type,
+            "backup_finished_at": self.backup.finished_at,
+            "backup_start_lsn": self.backup.extra["start_lsn"],
+            "backup_stop_lsn": self.backup.extra["stop_lsn"],
+            "target": {"kind": self.target.kind, "value": self.target.value,
+                       "action": self.target.action or "pause (PostgreSQL's default)"},
+            "timeline": self.timeline,
+            "timeline_path": [{"timeline": t, "from": int_to_lsn(a), "until": int_to_lsn(b) if b else None}
+                              for t, a, b in self.path],
+            "wal_first": self.wal_first,
+            "wal_last": self.wal_last,
+            "wal_segments": self.segments,
+            "download_bytes": self.backup.stored_size,
+            "notes": self.notes,
+        }
+
+
+def _timeline_path(repo: Repository, source: str, timeline: int) -> list[tuple[int, int, int | None]]:
+    """The ancestry of ``timeline``: (timeline, begins at, switches away at) from timeline 1 on."""
+    history = wal.read_history(repo, source, timeline) if timeline > 1 else []
+    path: list[tuple[int, int, int | None]] = []
+    begin = 0
+    for parent, switch in history:
+        path.append((parent, begin, switch))
+        begin = switch
+    path.append((timeline, begin, None))
+    return path
+
+
+def make_plan(repo: Repository, source: str, target: Target, backup_id: str | None = None) -> Plan:
+    """Choose the backup and WAL that reach ``target``; refuse with the reason when none can."""
+    manifests, _ = repo.catalog.scan(source)
+    backups = [m for m in manifests if m.type in PHYSICAL_TYPES]
+    if not backups:
+        raise BackupctlError(f"source {source} has no physical backup: take one with `backupctl backup "
+                             f"{source} --type full`")
+    archived = wal.list_archived(repo, source)
+    notes: list[str] = []
+    timeline = _resolve_timeline(target, archived, backups, backup_id)
+    path = _timeline_path(repo, source, timeline)
+    on_path = {t: (a, b) for t, a, b in path}
+    if target.kind == "time" and target.value and _parse_time(target.value).tzinfo is None:
+        notes.append(f"target time {target.value} has no UTC offset: read as UTC")
+    if target.action is None and target.kind != "end":
+        notes.append("target action: pause (PostgreSQL's default): the server waits in recovery at the "
+                     "target; `SELECT pg_wal_replay_resume()` then promotes it")
+
+    def reaches(m: Manifest) -> str | None:
+        """None when ``m`` can reach the target on the path, else why not."""
+        tli, stop = m.extra["timeline"], lsn_to_int(m.extra["stop_lsn"])
+        if tli not in on_path:
+            return f"it is on timeline {tli}, which is not an ancestor of timeline {timeline}"
+        switch = on_path[tli][1]
+        if switch is not None and stop > switch:
+            return (f"it ends at {m.extra['stop_lsn']} on timeline {tli}, after timeline {timeline} forked "
+                    f"at {int_to_lsn(switch)}")
+        if target.kind == "time" and parse_iso(m.finished_at) > target.moment():
+            return f"it finished at {m.finished_at}, after the target time"
+        if target.kind == "lsn" and stop > lsn_to_int(str(target.value)):
+            return f"it ends at {m.extra['stop_lsn']}, after the target LSN"
+        return None
+
+    if backup_id:
+        chosen = next((m for m in backups if m.id == backup_id), None)
+        if chosen is None:
+            raise ConfigError(f"no physical backup {backup_id} of source {source} (see `backupctl list {source}`)")
+        reason = reaches(chosen)
+        if reason:
+            raise BackupctlError(f"backup {backup_id} cannot reach the target: {reason}")
+    else:
+        eligible = [m for m in backups if reaches(m) is None]
+        if not eligible:
+            oldest = min(backups, key=lambda m: m.finished_at)
+            why = reaches(oldest)
+            raise BackupctlError(f"no backup of {source} can reach the target: the oldest ({oldest.id}) cannot "
+                                 f"because {why}")
+        chosen = max(eligible, key=lambda m: (lsn_to_int(m.extra["stop_lsn"]), m.finished_at))
+    first, last, count = _check_wal(chosen, target, path, archived, notes)
+    return Plan(source, chosen, target, timeline, path, first, last, count, notes)
+
+
+def _resolve_timeline(target: Target, archived: dict[int, list[Any]], backups: list[Manifest],
+                      backup_id: str | None) -> int:
+    known = set(archived) | {m.extra["timeline"] for m in backups}
+    if target.timeline == "latest":
+        return max(known)
+    if target.timeline == "current":
+        chosen = next((m for m in backups if m.id == backup_id), None) if backup_id else max(
+            backups, key=lambda m: m.finished_at)
+        return int(chosen.extra["timeline"]) if chosen else max(known)
+    try:
+        timeline = int(target.timeline)
+    except ValueError:
+        raise ConfigError(f"--target-timeline {target.timeline!r}: use latest, current or a number") from None
+    if timeline not in known:
+        raise BackupctlError(f"timeline {timeline} does not exist in the archive (timelines: "
+                             f"{', '.join(str(t) for t in sorted(known))})")
+    return timeline
+
+
+def _check_wal(backup: Manifest, target: Target, path: list[tuple[int, int, int | None]],
+               archived: dict[int, list[Any]], notes: list[str]) -> tuple[str, str, int]:
+    """Walk the WAL the restore needs, segment by segment along the timeline path."""
+    size = int(backup.extra["wal_segment_size"])
+    start = lsn_to_int(backup.extra["start_lsn"])
+    if target.kind == "immediate":
+        need_until: int | None = lsn_to_int(backup.extra["stop_lsn"])
+    elif target.kind == "lsn":
+        need_until = lsn_to_int(str(target.value))
+    else:
+        need_until = None  # to the end of the archive (time, xid, name, end)
+    first = wal_file_name(backup.extra["timeline"], start, size)
+    last, count, previous = first, 0, None
+    for tli, begin, switch in path:
+        if switch is not None and switch <= start:
+            continue
+        have = {seg.segno: seg for seg in archived.get(tli, [])}
+        segno = max(start, begin) // size
+        end_segno = None
+        if switch is not None:
+            end_segno = switch // size
+        if need_until is not None and (switch is None or need_until <= switch):
+            end_segno = need_until // size
+        while end_segno is None or segno <= end_segno:
+            if segno not in have:
+                if end_segno is None:  # the end of the archive on the last timeline
+                    if target.kind == "time" and previous is not None and previous.modified < target.moment():
+                        raise BackupctlError(
+                            f"the target time is after the end of archived WAL: the newest segment "
+                            f"{previous.name} was archived at {previous.modified:%Y-%m-%d %H:%M:%S %Z}; "
+                            "run `backupctl wal check` to archive the current one, or pick an earlier time"
+                        )
+                    break
+                missing = wal_file_name(tli, segno * size, size)
+                raise BackupctlError(
+                    f"WAL segment {missing} is missing from the archive: restoring from {backup.id} cannot get "
+                    f"past {int_to_lsn(segno * size)} on timeline {tli}"
+                    + (f" (the last segment before the gap is {last})" if count else "")
+                )
+            previous = have[segno]
+            last = previous.name
+            count += 1
+            segno += 1
+        if need_until is not None and (switch is None or need_until <= switch):
+            break
+    if count == 0:
+        raise BackupctlError(f"no archived WAL from {first} on: backup {backup.id} cannot be made consistent")
+    if need_until is None:
+        notes.append(f"recovery replays archived WAL up to {last}, the newest segment on the path")
+    return first, last, count
+
+
+# -- execution ------------------------------------------------------------------------------------------
+
+
+def _live_postmaster(pgdata: Path) -> int | None:
+    try:
+        pid = int((pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    return pid
+
+
+def prepare_pgdata(pgdata: Path, force: bool) -> None:
+    """Refuse a live cluster always, a non-empty directory without --force; leave it empty, 0700."""
+    pid = _live_postmaster(pgdata)
+    if pid:
+        raise BackupctlError(f"a postmaster (pid {pid}) is running on {pgdata}: stop it before restoring there")
+    if pgdata.exists() and any(pgdata.iterdir()):
+        if not force:
+            raise ConfigError(f"{pgdata} is not empty: pass --force to replace its contents")
+        for entry in pgdata.iterdir():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    pgdata.mkdir(mode=0o700, parents=True, exist_ok=True)
+    pgdata.chmod(0o700)
+
+
+def _extract(repo: Repository, obj: Any, directory: Path) -> None:
+    """Stream one stored tar archive into GNU tar (which refuses absolute and ``..`` member names)."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    argv = ["tar", "--extract", "--file=-", f"--directory={directory}", "--no-same-owner"]
+    with ToolProcess(argv, dict(os.environ), f"extracting {obj.key}", read=False) as tool:
+        repo.pipeline.read(obj, ProcessSink(tool))  # type: ignore[arg-type]
+        tool.wait()
+
+
+def restore_files(repo: Repository, plan: Plan, pgdata: Path, jobs: int,
+                  tablespace_map: dict[str, str]) -> dict[str, float]:
+    """Download and extract the backup's archives in parallel; put tablespaces where they belong."""
+    backup = plan.backup
+    locations = dict(backup.details.get("tablespaces", {}) if backup.details else {})
+    locations.update(tablespace_map)
+    prefix = f"{backup.source}/backups/{backup.id}/"
+    work: list[tuple[Any, Path]] = []
+    for obj in backup.objects:
+        name = obj.key[len(prefix):]
+        if name.startswith("base.tar"):
+            work.append((obj, pgdata))
+        elif name.startswith("tablespaces/"):
+            oid = name.split("/", 1)[1].split(".", 1)[0]
+            if not locations.get(oid):
+                raise ConfigError(f"tablespace {oid} has no known location: pass --tablespace {oid}=DIR")
+            location = Path(locations[oid])
+            if location.exists() and any(location.iterdir()):
+                raise ConfigError(f"tablespace directory {location} is not empty: pass --tablespace {oid}=DIR "
+                                  "to restore it elsewhere")
+            work.append((obj, location))
+    clock = time.monotonic()
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
+        for future in [pool.submit(_extract, repo, obj, where) for obj, where in work]:
+            future.result()
+    download = time.monotonic() - clock
+    if not (pgdata / "backup_manifest").exists():
+        with open(pgdata / "backup_manifest", "wb") as out:
+            repo.pipeline.read(backup.object("backup_manifest"), out)
+    tablespace_file = pgdata / "tablespace_map"
+    if tablespace_file.exists():
+        # Symlinks now, as a plain-format backup has them: pg_verifybackup follows them.
+        (pgdata / "pg_tblspc").mkdir(exist_ok=True)
+        for line in tablespace_file.read_text().splitlines():
+            oid = line.split(" ", 1)[0]
+            link = pgdata / "pg_tblspc" / oid
+            with contextlib.suppress(FileNotFoundError):
+                link.unlink()
+            link.symlink_to(locations.get(oid) or line.split(" ", 1)[1])
+        tablespace_file.unlink()
+    return {"download_extract_seconds": round(download, 3)}
+
+
+def verify_files(binaries: PgBinaries, pgdata: Path) -> None:
+    """PostgreSQL's own check of every file against backup_manifest (WAL comes later, from the archive)."""
+    argv = [binaries.path("pg_verifybackup"), "--no-parse-wal", "--quiet", "--ignore=tablespace_map", str(pgdata)]
+    try:
+        run_tool(argv, dict(os.environ), "pg_verifybackup")
+    except BackupctlError as exc:
+        raise BackupctlError(f"the restored files do not match the backup's manifest: {exc}") from None
+
+
+def write_recovery(plan: Plan, pgdata: Path, restore_command: str, standby: bool) -> None:
+    settings = plan.recovery_settings(restore_command)
+    lines = [f"# backupctl restore of {plan.backup.id} at {datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}"]
+    lines += [f"{name} = '{value.replace(chr(39), chr(39) * 2)}'" for name, value in settings.items()]
+    with open(pgdata / "postgresql.auto.conf", "a") as conf:
+        conf.write("\n" + "\n".join(lines) + "\n")
+    (pgdata / ("standby.signal" if standby else "recovery.signal")).touch()
+
+
+def physical_binaries(plan: Plan, bindir: str | None) -> PgBinaries:
+    return find_binaries(min_major=plan.backup.extra["pg_major"], bindir=bindir, need="pg_verifybackup")
+
+
+@dataclass
+class RestoreOptions:
+    pgdata: Path
+    force: bool = False
+    jobs: int = 4
+    standby: bool = False
+    tablespace_map: dict[str, str] = field(default_factory=dict)
+    restore_config: Path | None = None
+
+
+def restore_physical(repo: Repository, plan: Plan, options: RestoreOptions, restore_command: str,
+                     bindir: str | None) -> dict[str, Any]:
+    """Carry out a plan: files, their check against backup_manifest, recovery settings, ownership."""
+    binaries = physical_binaries(plan, bindir)
+    pgdata = options.pgdata.absolute()
+    prepare_pgdata(pgdata, options.force)
+    log.info("restore started", backup_id=plan.backup.id, pgdata=str(pgdata), target=plan.target.kind)
+    clock = time.monotonic()
+    timings = restore_files(repo, plan, pgdata, options.jobs, options.tablespace_map)
+    verify_files(binaries, pgdata)
+    timings["verify_seconds"] = round(time.monotonic() - clock - timings["download_extract_seconds"], 3)
+    write_recovery(plan, pgdata, restore_command, options.standby)
+    if options.restore_config is not None:
+        _restore_config_files(repo, plan, options.restore_config)
+    _hand_to_server_user(pgdata, plan)
+    log.info("restore finished", backup_id=plan.backup.id, pgdata=str(pgdata), bytes=plan.backup.size,
+             seconds=round(time.monotonic() - clock, 3))
+    return {**plan.to_json(), "pgdata": str(pgdata), **timings}
+
+
+def _restore_config_files(repo: Repository, plan: Plan, directory: Path) -> None:
+    """The config files Debian keeps outside the data directory, written as they were into ``directory``."""
+    prefix = f"{plan.backup.source}/backups/{plan.backup.id}/config/"
+    directory.mkdir(parents=True, exist_ok=True)
+    for obj in plan.backup.objects:
+        if obj.key.startswith(prefix):
+            name = obj.key[len(prefix):].split(".conf", 1)[0] + ".conf"
+            if (directory / name).exists():
+                raise ConfigError(f"{directory / name} exists: pick an empty --restore-config directory")
+            with open(directory / name, "wb") as out:
+                repo.pipeline.read(obj, out)
+
+
+def _hand_to_server_user(pgdata: Path, plan: Plan) -> None:
+    """Restored files belong to the server's OS user: when root restored them, give them away."""
+    if os.geteuid() != 0:
+        return
+    import pwd
+
+    try:
+        owner = pwd.getpwnam("postgres")
+    except KeyError:
+        log.warning("restored files stay owned by root: no postgres user on this host", pgdata=str(pgdata))
+        return
+    roots = [pgdata] + [Path(p) for p in (plan.backup.details or {}).get("tablespaces", {}).values() if p]
+    for root in roots:
+        if not root.exists():
+            continue
+        os.chown(root, owner.pw_uid, owner.pw_gid)
+        for dirpath, dirnames, filenames in os.walk(root):
+            for name in dirnames + filenames:
+                os.lchown(os.path.join(dirpath, name), owner.pw_uid, owner.pw_gid)
