@@ -65,7 +65,7 @@ class _Run:
             raise
 
     def publish(self, kind: str, details: dict[str, Any], extra: dict[str, Any],
-                options: BackupOptions) -> Manifest:
+                options: BackupOptions, parent: str | None = None) -> Manifest:
         manifest = Manifest(
             id=self.id,
             source=self.source,
@@ -78,6 +78,7 @@ class _Run:
             details=details,
             labels=dict(options.labels),
             extra=extra,
+            parent=parent,
         )
         seal_details(manifest, self.repo.pipeline)
         self.repo.catalog.write(manifest)
@@ -108,9 +109,7 @@ def backup_source(repo: Repository, source: SqliteSource | PostgresSource, backu
         return backup_logical(repo, source, options)
     if options.databases:
         raise ConfigError("--database applies to logical backups: a physical backup takes the whole cluster")
-    if backup_type == "incr":
-        raise ConfigError("--type incr is not available yet: take a --type full backup")
-    return backup_physical(repo, source, "full", options)
+    return backup_physical(repo, source, "incr" if backup_type == "incr" else "full", options)
 
 
 def backup_sqlite(repo: Repository, source: SqliteSource, options: BackupOptions) -> Manifest:
@@ -199,10 +198,17 @@ def backup_physical(repo: Repository, source: PostgresSource, backup_type: str,
     )
     binaries = find_binaries(min_major=facts.major, bindir=source.bindir, need="pg_basebackup")
     tmp_root = Path(source.tmp_dir) if source.tmp_dir else Path(tempfile.gettempdir())
+    parent = _incremental_parent(repo, source, facts) if backup_type == "incr" else None
     run = _Run(repo, source.name, backup_type)
-    with run.cleanup_on_failure():
+    with run.cleanup_on_failure(), tempfile.TemporaryDirectory(dir=tmp_root) as scratch:
+        parent_manifest = None
+        if parent is not None:
+            parent_manifest = Path(scratch) / "parent_backup_manifest"
+            with open(parent_manifest, "wb") as out:
+                repo.pipeline.read(parent.object("backup_manifest"), out)
         streamed = pg_physical.stream_basebackup(
-            binaries, params, facts, f"backupctl {run.id}", source.checkpoint == "fast", run.store, tmp_root
+            binaries, params, facts, f"backupctl {run.id}", source.checkpoint == "fast", run.store, tmp_root,
+            parent_manifest,
         )
         run.store("backup_manifest", io.BytesIO(streamed.manifest))
         for name, path in facts.config_files.items():
@@ -233,4 +239,22 @@ def backup_physical(repo: Repository, source: PostgresSource, backup_type: str,
             "config_files": facts.config_files,
             "databases": facts.databases,
         }
-        return run.publish("postgres", details, extra, options)
+        return run.publish("postgres", details, extra, options, parent.id if parent else None)
+
+
+def _incremental_parent(repo: Repository, source: PostgresSource, facts: pg_physical.ServerFacts) -> Manifest:
+    """The newest physical backup of this cluster: what an incremental backup builds on."""
+    if facts.major < 17:
+        raise ConfigError(f"--type incr needs PostgreSQL 17 or newer; source {source.name} runs {facts.major}: "
+                          "take --type full backups")
+    if not facts.summarize_wal:
+        raise BackupctlError(
+            f"summarize_wal is off on source {source.name}: incremental backups need WAL summaries "
+            "(ALTER SYSTEM SET summarize_wal = on; SELECT pg_reload_conf()), and then a full backup to build on"
+        )
+    manifests, _ = repo.catalog.scan(source.name)
+    parents = [m for m in manifests if m.type in ("full", "incr")
+               and m.extra.get("system_identifier") == facts.system_identifier]
+    if not parents:
+        raise BackupctlError(f"source {source.name} has no full backup to build on: take --type full first")
+    return parents[0]

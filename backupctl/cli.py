@@ -283,7 +283,8 @@ def _restore_physical(config: Any, source_name: str, force: bool, output: str, o
             return
         options = pitr.RestoreOptions(pgdata=opts["pgdata"], force=force, jobs=opts["jobs"] or 4,
                                       standby=opts["standby"], tablespace_map=mapping,
-                                      restore_config=opts["restore_config"])
+                                      restore_config=opts["restore_config"],
+                                      tmp_dir=Path(source.tmp_dir) if source.tmp_dir else None)
         command = wal.restore_command(config.file, source_name)
         result = pitr.restore_physical(repo, plan, options, command, source.bindir)
     if output == "json":

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from typing import Any
 from backupctl import wal
 from backupctl.catalog import Manifest, parse_iso
 from backupctl.engines.pg_physical import int_to_lsn, lsn_to_int, wal_file_name
+from backupctl.engines.sqlite import ensure_free_space
 from backupctl.errors import BackupctlError, ConfigError
 from backupctl.log import get_logger
 from backupctl.pg import PgBinaries, find_binaries
@@ -291,10 +293,50 @@ def _extract(repo: Repository, obj: Any, directory: Path) -> None:
         tool.wait()
 
 
-def restore_files(repo: Repository, plan: Plan, pgdata: Path, jobs: int,
-                  tablespace_map: dict[str, str]) -> dict[str, float]:
-    """Download and extract the backup's archives in parallel; put tablespaces where they belong."""
-    backup = plan.backup
+def restore_files(repo: Repository, plan: Plan, pgdata: Path, jobs: int, tablespace_map: dict[str, str],
+                  bindir: str | None, tmp_dir: Path | None) -> dict[str, float]:
+    """The backup's files in ``pgdata``: one backup extracted, or an incremental chain combined."""
+    if plan.backup.type != "incr":
+        return _extract_backup(repo, plan.backup, pgdata, jobs, tablespace_map)
+    chain = backup_chain(repo, plan.backup)
+    if any((m.details or {}).get("tablespaces") for m in chain):
+        raise ConfigError("restoring an incremental chain with tablespaces is not supported yet: restore the "
+                          f"full backup {chain[0].id} (--backup) and replay WAL from it")
+    stage_root = tmp_dir or pgdata.parent
+    needed = sum(m.size for m in chain) + 64 * 1024**2
+    ensure_free_space(stage_root, needed, f"staging the {len(chain)} backups of an incremental chain")
+    stage = Path(tempfile.mkdtemp(prefix=".backupctl-chain-", dir=stage_root))
+    clock = time.monotonic()
+    try:
+        for manifest in chain:
+            _extract_backup(repo, manifest, stage / manifest.id, jobs, {})
+        combine = find_binaries(min_major=17, bindir=bindir, need="pg_combinebackup")
+        pgdata.rmdir()  # pg_combinebackup makes the output directory itself
+        run_tool([combine.path("pg_combinebackup"), "--output", str(pgdata),
+                  *(str(stage / m.id) for m in chain)], dict(os.environ), "pg_combinebackup")
+        pgdata.chmod(0o700)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return {"download_extract_seconds": round(time.monotonic() - clock, 3)}
+
+
+def backup_chain(repo: Repository, backup: Manifest) -> list[Manifest]:
+    """An incremental backup and its ancestors, oldest (the full backup) first."""
+    manifests, _ = repo.catalog.scan(backup.source)
+    by_id = {m.id: m for m in manifests}
+    chain = [backup]
+    while chain[-1].parent:
+        parent = by_id.get(chain[-1].parent)
+        if parent is None:
+            raise BackupctlError(f"backup {chain[-1].id} builds on {chain[-1].parent}, which is gone: the chain "
+                                 "cannot be restored; restore an older full backup")
+        chain.append(parent)
+    return chain[::-1]
+
+
+def _extract_backup(repo: Repository, backup: Manifest, pgdata: Path, jobs: int,
+                    tablespace_map: dict[str, str]) -> dict[str, float]:
+    """Download and extract one backup's archives in parallel; put tablespaces where they belong."""
     locations = dict(backup.details.get("tablespaces", {}) if backup.details else {})
     locations.update(tablespace_map)
     prefix = f"{backup.source}/backups/{backup.id}/"
@@ -364,6 +406,7 @@ class RestoreOptions:
     standby: bool = False
     tablespace_map: dict[str, str] = field(default_factory=dict)
     restore_config: Path | None = None
+    tmp_dir: Path | None = None
 
 
 def restore_physical(repo: Repository, plan: Plan, options: RestoreOptions, restore_command: str,
@@ -374,7 +417,7 @@ def restore_physical(repo: Repository, plan: Plan, options: RestoreOptions, rest
     prepare_pgdata(pgdata, options.force)
     log.info("restore started", backup_id=plan.backup.id, pgdata=str(pgdata), target=plan.target.kind)
     clock = time.monotonic()
-    timings = restore_files(repo, plan, pgdata, options.jobs, options.tablespace_map)
+    timings = restore_files(repo, plan, pgdata, options.jobs, options.tablespace_map, bindir, options.tmp_dir)
     verify_files(binaries, pgdata)
     timings["verify_seconds"] = round(time.monotonic() - clock - timings["download_extract_seconds"], 3)
     write_recovery(plan, pgdata, restore_command, options.standby)

@@ -232,7 +232,7 @@ class TarMemberTap(io.RawIOBase):
 
 def stream_basebackup(binaries: PgBinaries, params: ConnParams, facts: ServerFacts, label: str,
                       fast_checkpoint: bool, store: Callable[[str, Any, Any], StoredObject],
-                      tmp_root: Path) -> StreamedBackup:
+                      tmp_root: Path, parent_manifest: Path | None = None) -> StreamedBackup:
     """Run pg_basebackup, storing each tar archive as it streams by; see the module docstring.
 
     Without extra tablespaces (the common case) base.tar comes on pg_basebackup's stdout. With them,
@@ -244,6 +244,8 @@ def stream_basebackup(binaries: PgBinaries, params: ConnParams, facts: ServerFac
     argv = [binaries.path("pg_basebackup"), "--format=tar", "--wal-method=none", "--verbose",
             f"--checkpoint={'fast' if fast_checkpoint else 'spread'}", f"--label={label}",
             "--manifest-checksums=CRC32C", "--no-password"]
+    if parent_manifest is not None:
+        argv.append(f"--incremental={parent_manifest}")
     env = params.env() | {"LC_MESSAGES": "C"}
     result = StreamedBackup(tablespaces=dict(facts.tablespaces))
     watch = _ArchiverWatch(params, datetime.now(UTC))
@@ -267,9 +269,15 @@ def _finish(tool: ToolProcess, watch: _ArchiverWatch) -> None:
     """After the last byte: pg_basebackup's verdict, or the archiver's when that is what went wrong."""
     try:
         tool.wait()
-    except BackupctlError:
+    except BackupctlError as exc:
         if watch.problem:
             raise BackupctlError(watch.problem) from None
+        if "WAL summar" in str(exc):
+            raise BackupctlError(
+                f"{exc}; the server no longer has the WAL summaries this incremental backup needs (summarize_wal "
+                "turned on after the parent, summaries expired by wal_summary_keep_time, or a timeline switch): "
+                "take a full backup (--type full)"
+            ) from None
         raise
 
 
