@@ -200,6 +200,8 @@ def verify(state: State, backup_id: str | None, all_: bool, source: str | None, 
 @click.option("--exclusive", is_flag=True, help="Physical: stop just before the target (time, LSN, xid).")
 @click.option("--backup", "backup_choice", help="Physical: restore this backup instead of the planner's choice.")
 @click.option("--dry-run", is_flag=True, help="Physical: print the plan and stop.")
+@click.option("--start", "start_server", is_flag=True,
+              help="Physical: start the restored server and wait until it reaches the target.")
 @click.option("--standby", is_flag=True, help="Physical: write standby.signal instead of recovery.signal.")
 @click.option("--tablespace", "tablespaces", multiple=True, metavar="OID=DIR",
               help="Physical: restore a tablespace to another directory (repeatable).")
@@ -220,7 +222,7 @@ def verify(state: State, backup_id: str | None, all_: bool, source: str | None, 
 @click.option("--to-file", type=click.Path(path_type=Path), help="With --globals-only: write it here.")
 @click.option("--apply", "apply_globals", is_flag=True, help="With --globals-only: run it on the server.")
 @click.option("--host", help="Target server (default: the source's own connection settings).")
-@click.option("--port", type=int, help="Target server's port.")
+@click.option("--port", type=int, help="Target server's port (with --start: the restored server's).")
 @click.option("--user", help="Target server's user.")
 @click.option("--dbname", help="Database to connect to on the target for server-wide work.")
 @pass_state
@@ -287,11 +289,21 @@ def _restore_physical(config: Any, source_name: str, force: bool, output: str, o
                                       tmp_dir=Path(source.tmp_dir) if source.tmp_dir else None)
         command = wal.restore_command(config.file, source_name)
         result = pitr.restore_physical(repo, plan, options, command, source.bindir)
+    if opts["start_server"]:
+        result["recovery"] = pitr.start_and_wait(Path(result["pgdata"]), plan, source.bindir, source.user,
+                                                 opts["port"])
     if output == "json":
         emit_json(result)
     else:
         plan_view(result)
-        click.echo(f"restored {plan.backup.id} into {result['pgdata']}: start the server to recover")
+        recovery = result.get("recovery")
+        if recovery:
+            where = ""
+            if "lsn" in recovery:
+                where = f" at {recovery['lsn']} (last transaction {recovery['last_replayed_at']})"
+            click.echo(f"restored {plan.backup.id} into {result['pgdata']}; server {recovery['state']}{where}")
+        else:
+            click.echo(f"restored {plan.backup.id} into {result['pgdata']}: start the server to recover")
 
 
 def _restore_logical(repo: Any, manifest: Any, config: Any, force: bool, opts: dict[str, Any]) -> None:
