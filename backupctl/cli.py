@@ -238,7 +238,6 @@ def restore(state: State, backup_id: str, target: Path | None, force: bool, outp
     if not is_backup_id(backup_id) and backup_id in config.sources:
         _restore_physical(config, backup_id, force, output, logical)
         return
-    logical["jobs"] = logical["jobs"] or 1
     with open_repository(config) as repo:
         manifest = repo.catalog.find(backup_id)
         if manifest.type == "sqlite":
@@ -247,9 +246,11 @@ def restore(state: State, backup_id: str, target: Path | None, force: bool, outp
             written = service.restore_sqlite(repo, manifest, target, force)
             click.echo(f"restored {backup_id} to {written}")
             return
-        if manifest.type != "logical":
-            raise ConfigError(f"this version cannot restore {manifest.type} backups like {backup_id}")
-        _restore_logical(repo, manifest, config, force, logical)
+        if manifest.type == "logical":
+            _restore_logical(repo, manifest, config, force, {**logical, "jobs": logical["jobs"] or 1})
+            return
+    # A physical backup by id: a point-in-time restore of its source, from that backup.
+    _restore_physical(config, manifest.source, force, output, {**logical, "backup_choice": backup_id})
 
 
 def _restore_physical(config: Any, source_name: str, force: bool, output: str, opts: dict[str, Any]) -> None:
