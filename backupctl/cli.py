@@ -63,9 +63,17 @@ pass_state = click.make_pass_decorator(State)
 @pass_state
 def init(state: State) -> None:
     """Create the repository (local directory or S3 bucket/prefix) named by the config."""
+    from backupctl.config import PostgresSource
+    from backupctl.privileges import become_server_user
     from backupctl.repository import init_repository
 
-    repo, created = init_repository(state.config())
+    config = state.config()
+    # A repository that PostgreSQL sources archive into belongs to the server's OS user.
+    for source in config.sources.values():
+        if isinstance(source, PostgresSource) and source.pgdata:
+            become_server_user(source)
+            break
+    repo, created = init_repository(config)
     with repo:
         verb = "created" if created else "already exists, left unchanged:"
         enc = "encrypted with age" if repo.meta.get("encryption") else "not encrypted"
@@ -384,3 +392,8 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:
         message = f"unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)"
         _fail(message, EXIT_FAILED, debug)
+
+
+from backupctl.cli_wal import register as _register_wal  # noqa: E402 - needs the group defined above
+
+_register_wal(cli)

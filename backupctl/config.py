@@ -121,6 +121,23 @@ class PostgresSource:
 SourceConfig = SqliteSource | PostgresSource
 
 
+def _toml_name(f: dataclasses.Field[Any]) -> str:
+    """The key a field has in the file: its name, unless a Python keyword forced another (``async_``)."""
+    return f.metadata.get("toml", f.name)
+
+
+@dataclass(frozen=True)
+class WalConfig:
+    """[wal]: continuous archiving (wal-push) and fetching during recovery (wal-fetch)."""
+
+    async_: bool = field(default=True, metadata={"toml": "async"})  # hand segments to a resident pusher
+    push_jobs: int = 4  # parallel uploads of the resident pusher
+    prefetch: int = 8  # segments wal-fetch fetches ahead during recovery (0: none, no resident process)
+    spool_dir: ConfigPath | None = None  # the pusher's socket, log and prefetched WAL (default: /tmp)
+    timeout: float = 60.0  # seconds: each store request, and how long a silent pusher is trusted
+    idle_exit: float = 300.0  # seconds without work after which the resident pusher exits
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole file."""
@@ -129,6 +146,7 @@ class Config:
     repository: RepositoryConfig
     compression: CompressionConfig = CompressionConfig()
     encryption: EncryptionConfig | None = None
+    wal: WalConfig = WalConfig()
     sources: dict[str, SourceConfig] = field(default_factory=dict)
 
     def source(self, name: str) -> SourceConfig:
@@ -190,6 +208,7 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
     config = loader.build(Config, {**top, "file": path}, "")
     config = dataclasses.replace(config, sources=sources)
     _check_repository(config.repository, loader)
+    _check_wal(config.wal, loader)
     if config.encryption is not None:
         if not config.encryption.recipients:
             raise loader.error("encryption.recipients", "needs at least one age recipient (age1...)")
@@ -211,6 +230,15 @@ def _check_repository(repo: RepositoryConfig, loader: _Loader) -> None:
         raise loader.error("repository", "upload_jobs and max_attempts must be at least 1")
 
 
+def _check_wal(wal: WalConfig, loader: _Loader) -> None:
+    if wal.push_jobs < 1 or wal.push_jobs > 64:
+        raise loader.error("wal.push_jobs", "must be between 1 and 64")
+    if wal.prefetch < 0 or wal.prefetch > 64:
+        raise loader.error("wal.prefetch", "must be between 0 and 64")
+    if wal.timeout <= 0 or wal.idle_exit <= 0:
+        raise loader.error("wal", "timeout and idle_exit must be positive numbers of seconds")
+
+
 class _Loader:
     """Turns TOML tables into the frozen dataclasses above, naming the exact key on any mismatch."""
 
@@ -222,15 +250,15 @@ class _Loader:
 
     def build(self, cls: type, table: dict[str, Any], where: str) -> Any:
         hints = typing.get_type_hints(cls)
-        names = {f.name for f in dataclasses.fields(cls)}
+        names = {_toml_name(f) for f in dataclasses.fields(cls)}
         for key in table:
             if key not in names:
                 raise self.error(_join(where, key), f"is not a known setting (allowed: {_allowed(cls)})")
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
-            key = _join(where, f.name)
-            if f.name in table:
-                values[f.name] = self.convert(hints[f.name], table[f.name], key)
+            key = _join(where, _toml_name(f))
+            if _toml_name(f) in table:
+                values[f.name] = self.convert(hints[f.name], table[_toml_name(f)], key)
             elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise self.error(key, "is required")
         return cls(**values)
@@ -291,7 +319,7 @@ def _join(where: str, key: str) -> str:
 
 def _allowed(cls: type) -> str:
     hidden = {"file", "name", "kind"} if cls is not Config else {"file"}
-    return ", ".join(f.name for f in dataclasses.fields(cls) if f.name not in hidden)
+    return ", ".join(_toml_name(f) for f in dataclasses.fields(cls) if f.name not in hidden)
 
 
 def _kind(value: Any) -> str:

@@ -135,8 +135,9 @@ def make_plan(repo: Repository, source: str, target: Target, backup_id: str | No
         raise BackupctlError(f"source {source} has no physical backup: take one with `backupctl backup "
                              f"{source} --type full`")
     archived = wal.list_archived(repo, source)
+    histories = wal.list_archived(repo, source, ("history",))
     notes: list[str] = []
-    timeline = _resolve_timeline(target, archived, backups, backup_id)
+    timeline = _resolve_timeline(target, {**histories, **archived}, backups, backup_id)
     path = _timeline_path(repo, source, timeline)
     on_path = {t: (a, b) for t, a, b in path}
     if target.kind == "time" and target.value and _parse_time(target.value).tzinfo is None:
@@ -214,20 +215,20 @@ def _check_wal(backup: Manifest, target: Target, path: list[tuple[int, int, int 
     for tli, begin, switch in path:
         if switch is not None and switch <= start:
             continue
-        have = {seg.segno: seg for seg in archived.get(tli, [])}
+        have = {seg.name.segno(size): seg for seg in archived.get(tli, [])}
         segno = max(start, begin) // size
         end_segno = None
-        if switch is not None:
-            end_segno = switch // size
+        if switch is not None:  # the segment holding the last byte before the switch
+            end_segno = (switch - 1) // size
         if need_until is not None and (switch is None or need_until <= switch):
             end_segno = need_until // size
         while end_segno is None or segno <= end_segno:
             if segno not in have:
-                if end_segno is None:  # the end of the archive on the last timeline
+                if end_segno is None and not any(n > segno for n in have):  # the end of the archive
                     if target.kind == "time" and previous is not None and previous.modified < target.moment():
                         raise BackupctlError(
                             f"the target time is after the end of archived WAL: the newest segment "
-                            f"{previous.name} was archived at {previous.modified:%Y-%m-%d %H:%M:%S %Z}; "
+                            f"{previous.name.name} was archived at {previous.modified:%Y-%m-%d %H:%M:%S %Z}; "
                             "run `backupctl wal check` to archive the current one, or pick an earlier time"
                         )
                     break
@@ -238,7 +239,7 @@ def _check_wal(backup: Manifest, target: Target, path: list[tuple[int, int, int 
                     + (f" (the last segment before the gap is {last})" if count else "")
                 )
             previous = have[segno]
-            last = previous.name
+            last = previous.name.name
             count += 1
             segno += 1
         if need_until is not None and (switch is None or need_until <= switch):

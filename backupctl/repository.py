@@ -48,14 +48,17 @@ class Repository:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def register_source(self, name: str, identity: dict[str, Any]) -> dict[str, Any]:
+    def register_source(self, name: str, identity: dict[str, Any],
+                        recorded: dict[str, Any] | None = None) -> dict[str, Any]:
         """Record what a source is on first use, and refuse a different one under the same name later.
 
         ``identity`` holds the facts that must never change for a source (its kind; for PostgreSQL the
-        system identifier and major version), written once with a conditional write.
+        system identifier and major version), written once with a conditional write. ``recorded`` holds
+        facts written with the first registration but not compared here (a WAL segment size, which a
+        logical backup cannot know): the caller checks them against the returned document.
         """
         key = f"{name}/source.json"
-        document = {"source": name, "registered_at": iso(datetime.now(UTC)), **identity}
+        document = {"source": name, "registered_at": iso(datetime.now(UTC)), **identity, **(recorded or {})}
         if self.storage.put_if_absent(key, json.dumps(document, indent=1).encode()):
             log.info("source registered", source=name, **identity)
             return document

@@ -106,8 +106,11 @@ def _check_key(key: str) -> None:
         raise StorageError(f"invalid object key {key!r}")
 
 
-def _make_client(config: RepositoryConfig) -> Any:
-    """A client honouring every [repository] knob; creating one costs ~100 ms, so a storage keeps one."""
+def _make_client(config: RepositoryConfig, read_timeout: float | None = None) -> Any:
+    """A client honouring every [repository] knob; creating one costs ~100 ms, so a storage keeps one.
+
+    ``read_timeout`` (seconds) bounds each request's wait for the store's answer (botocore: 60 s).
+    """
     core = botocore.session.Session(
         # A configured credentials file must win over stray AWS_* variables in the environment; an
         # explicit profile is how botocore turns the environment provider off.
@@ -128,7 +131,8 @@ def _make_client(config: RepositoryConfig) -> Any:
         response_checksum_validation=config.response_checksum,
         # Room for every part in flight plus readers, listings and small puts of other threads.
         max_pool_connections=config.upload_jobs + 8,
-        connect_timeout=CONNECT_TIMEOUT,
+        connect_timeout=min(CONNECT_TIMEOUT, read_timeout) if read_timeout else CONNECT_TIMEOUT,
+        **({"read_timeout": read_timeout} if read_timeout else {}),
     )
     session = boto3.Session(botocore_session=core)
     # verify=None, not True: True would ignore a CA bundle set by AWS_CA_BUNDLE or the AWS config file.
@@ -139,7 +143,7 @@ def _make_client(config: RepositoryConfig) -> Any:
 class S3Storage(Storage):
     """Objects live in ``bucket`` under ``prefix``; the keys this class takes and returns omit the prefix."""
 
-    def __init__(self, config: RepositoryConfig) -> None:
+    def __init__(self, config: RepositoryConfig, *, read_timeout: float | None = None) -> None:
         assert config.bucket, "validated by config"
         self.config = config
         self.bucket = config.bucket
@@ -147,7 +151,7 @@ class S3Storage(Storage):
         self.location = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
         self.endpoint = config.endpoint_url or "AWS S3"  # for errors while the client is made
         with self._translated("connect", None):
-            self._client = _make_client(config)
+            self._client = _make_client(config, read_timeout)
         self.endpoint = self._client.meta.endpoint_url
         self._write_args = {
             name: value
