@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -122,24 +123,28 @@ def test_unknown_backup_id(tmp_path: Path, local_backend: Backend, cli: CliRunne
     assert missing.code == 1 and "no backup 20261125T021500123Z-S-k3x" in missing.error_line
 
 
+@pytest.fixture
+def proxied(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Backend, FaultProxy]]:
+    """A moto repository reached through a proxy that records, breaks or edits requests."""
+    proxy = FaultProxy(request.getfixturevalue("moto_endpoint").url)
+    backend = make_backend("moto", tmp_path, request)
+    backend.repository["endpoint_url"] = proxy.url
+    yield backend, proxy
+    proxy.close()
+
+
 def test_init_refuses_a_store_without_conditional_writes(
-    tmp_path: Path, request: pytest.FixtureRequest, cli: CliRunner
+    tmp_path: Path, proxied: tuple[Backend, FaultProxy], cli: CliRunner
 ) -> None:
     """A store that ignores If-None-Match (here: a proxy that drops it) is reported, not trusted."""
-    endpoint = request.getfixturevalue("moto_endpoint")
-    proxy = FaultProxy(endpoint.url)
-    try:
-        backend = make_backend("moto", tmp_path, request)
-        backend.repository["endpoint_url"] = proxy.url
-        config = make_config(tmp_path, backend)
-        proxy.drop_headers = {"if-none-match"}
-        refused = cli(config, "init")
-        assert refused.code == 1 and "does not honour conditional writes" in refused.error_line
-        assert list(backend.storage().list("")) == []  # no marker, and the probe cleaned up
-        proxy.drop_headers = set()
-        assert cli(config, "init").code == 0
-    finally:
-        proxy.close()
+    backend, proxy = proxied
+    config = make_config(tmp_path, backend)
+    proxy.drop_headers = {"if-none-match"}
+    refused = cli(config, "init")
+    assert refused.code == 1 and "does not honour conditional writes" in refused.error_line
+    assert list(backend.storage().list("")) == []  # no marker, and the probe cleaned up
+    proxy.drop_headers = set()
+    assert cli(config, "init").code == 0
 
 
 def test_unreachable_store_and_missing_bucket(
@@ -157,26 +162,20 @@ def test_unreachable_store_and_missing_bucket(
 
 
 def test_listing_costs_one_request_per_backup_not_per_object(
-    tmp_path: Path, request: pytest.FixtureRequest, cli: CliRunner
+    tmp_path: Path, proxied: tuple[Backend, FaultProxy], cli: CliRunner
 ) -> None:
-    endpoint = request.getfixturevalue("moto_endpoint")
-    proxy = FaultProxy(endpoint.url)
-    try:
-        backend = make_backend("moto", tmp_path, request)
-        backend.repository["endpoint_url"] = proxy.url
-        make_sample_sqlite(tmp_path / "dev.sqlite3", customers=50)
-        config = make_config(tmp_path, backend)
-        cli(config, "init")
-        for _ in range(3):  # each backup: the database, the schema and four table exports
-            backup_id(cli(config, "backup", "devdb", "--export-json", "-o", "json"))
-        assert len(list(backend.storage().list("devdb/backups/"))) == 3 * 7
-        proxy.seen.clear()
-        listed = cli(config, "list", "devdb", "-o", "json")
-        assert len(json.loads(listed.stdout)) == 3
-        # The marker, one listing of the source's backups, and one GET per manifest.
-        assert len(proxy.seen) == 1 + 1 + 3, proxy.seen
-    finally:
-        proxy.close()
+    backend, proxy = proxied
+    make_sample_sqlite(tmp_path / "dev.sqlite3", customers=50)
+    config = make_config(tmp_path, backend)
+    cli(config, "init")
+    for _ in range(3):  # each backup: the database, the schema and four table exports
+        backup_id(cli(config, "backup", "devdb", "--export-json", "-o", "json"))
+    assert len(list(backend.storage().list("devdb/backups/"))) == 3 * 7
+    proxy.seen.clear()
+    listed = cli(config, "list", "devdb", "-o", "json")
+    assert len(json.loads(listed.stdout)) == 3
+    # The marker, one listing of the source's backups, and one GET per manifest.
+    assert len(proxy.seen) == 1 + 1 + 3, proxy.seen
 
 
 def test_secrets_never_reach_the_output(
