@@ -105,6 +105,20 @@ def register(cli: click.Group) -> None:
             click.echo(f"{result['segment']} of {src.name} archived {result['seconds']:.2f}s after the switch "
                        f"(at {result['switch_lsn']})")
 
+    @wal_group.command(name="new-epoch")
+    @click.argument("source")
+    @pass_state
+    def wal_new_epoch(state: State, source: str) -> None:
+        """Start a new history epoch for SOURCE after pg_upgrade (not available in this version)."""
+        from backupctl.errors import BackupctlError
+
+        raise BackupctlError(
+            f"wal new-epoch is not available in this version: archive the upgraded cluster under a new source "
+            f"name (a [sources.{source}-new] section with the same settings, then `backupctl pg-settings "
+            f"{source}-new` for its archive_command), and take a full backup of it; the backups and WAL of "
+            f"{source} stay restorable"
+        )
+
     @cli.command(name="pg-settings")
     @click.argument("source", required=False)
     @pass_state

@@ -43,6 +43,7 @@ import struct
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -366,10 +367,7 @@ def invocation() -> list[str]:
     """
     from backupctl import walpusher
 
-    root = str(Path(walpusher.__file__).absolute().parent.parent)
-    # json.dumps: a valid Python literal in double quotes, which the shell's single quotes leave alone.
-    code = f"import sys; sys.path.insert(0, {json.dumps(root)}); from backupctl.walpusher import main; sys.exit(main())"
-    return [sys.executable, "-I", "-S", "-c", code]
+    return walpusher.bootstrap()
 
 
 def _command(config_path: str | Path, source_name: str, verb: str, *args: str) -> str:
@@ -493,6 +491,10 @@ def open_wal_repository(config: Config) -> Repository:
     storage: Any
     if config.repository.type == "s3":
         from backupctl.storage.s3 import S3Storage
+
+        if not config.repository.verify_tls:
+            # The user chose an unverified certificate; one warning per request would flood the server log.
+            warnings.filterwarnings("ignore", message="Unverified HTTPS request")
 
         storage = S3Storage(config.repository, read_timeout=config.wal.timeout)
     else:
@@ -664,7 +666,7 @@ class IdentityGuard:
     def check(self, header: SegmentHeader, path: Path) -> None:
         major = _major_of(header, path)
         with self._lock:
-            if self.known is None:
+            if self.known is None or self.known.segment_size is None:
                 self.known = self._register(header.system_identifier, major, header.segment_size)
             known = self.known
         self._compare(known, header.system_identifier, major, header.segment_size, path.name)
@@ -780,8 +782,8 @@ def push_file(repo: Repository, source: str, path: str | Path, guard: IdentityGu
             )
         if in_memory:
             zero_copy = isinstance(repo.pipeline.codec, _SerialCodec)
-            source: Any = _ViewReader(data) if zero_copy else io.BytesIO(data)
-            stored = repo.pipeline.store(prefix + digest, source)
+            reader: Any = _ViewReader(data) if zero_copy else io.BytesIO(data)
+            stored = repo.pipeline.store(prefix + digest, reader)
         else:
             handle.seek(0)
             check = _DigestCheck(handle, digest, path.name)
@@ -1100,8 +1102,10 @@ def verify_wal(repo: Repository, source: str, jobs: int = 4, decode: bool | None
         result.problems.append(f"no WAL segment is archived for source {source}")
         result.seconds = time.monotonic() - started
         return result
-    newest = max(segments, key=lambda o: (o.name.timeline, o.name.segno(size)))
+    # The most recently archived segment: the live timeline, not an abandoned branch with a higher number.
+    newest = max(segments, key=lambda o: (o.modified, o.name.timeline, o.name.segno(size)))
     target = newest.name.timeline
+    newest = max((o for o in segments if o.name.timeline == target), key=lambda o: o.name.segno(size))
     try:
         history = read_history(repo, source, target)
     except ObjectNotFound as exc:

@@ -359,8 +359,25 @@ def _lock_held(settings: Settings) -> bool:
     return False
 
 
-def spawn_pusher(settings: Settings) -> None:
-    """Start a resident pusher in the background, detached from PostgreSQL's process."""
+def bootstrap() -> list[str]:
+    """This interpreter running walpusher's ``main`` with the fewest imports (see ``wal.invocation``).
+
+    ``-I``: no PYTHON* variables, no cwd (the data directory) on the path; ``-S``: no ``site`` (loaded
+    later only by the paths that need the venv's packages); the package's own parent directory goes
+    first on the path, so walpusher is imported as a module, from its compiled cache.
+    """
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    literal = '"' + root.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    code = f"import sys; sys.path.insert(0, {literal}); from backupctl.walpusher import main; sys.exit(main())"
+    return [sys.executable, "-I", "-S", "-c", code]
+
+
+def spawn_pusher(settings: Settings, pg_wal: str | None = None) -> None:
+    """Start a resident pusher in the background, detached from PostgreSQL's process.
+
+    With ``pg_wal`` it starts pushing that directory's ready segments as soon as it is up, while the
+    call that started it pushes its own segment.
+    """
     import subprocess
 
     if _lock_held(settings):
@@ -369,8 +386,8 @@ def spawn_pusher(settings: Settings) -> None:
     try:
         with open(log_path, "ab") as log:
             subprocess.Popen(
-                [sys.executable, "-I", "-m", "backupctl.walpusher", "--config", settings.config_file, "daemon",
-                 "--source", settings.source],
+                [*bootstrap(), "--config", settings.config_file, "daemon", "--source", settings.source,
+                 *([pg_wal] if pg_wal else [])],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True,
                 cwd=settings.spool,
             )
@@ -378,7 +395,8 @@ def spawn_pusher(settings: Settings) -> None:
         _say(f"cannot start the WAL pusher: {exc}", "warning")
 
 
-def _via_pusher(settings: Settings | None, request: dict[str, Any]) -> dict[str, Any] | None:
+def _via_pusher(settings: Settings | None, request: dict[str, Any], pg_wal: str | None = None,
+                ) -> dict[str, Any] | None:
     """The pusher's final answer, or None after saying why this process must do the work itself."""
     if settings is None:
         return None
@@ -395,12 +413,12 @@ def _via_pusher(settings: Settings | None, request: dict[str, Any]) -> dict[str,
         wait = STARTUP_WAIT if _lock_held(settings) else 0.0
         reply = ask(settings, request, connect_wait=wait)
     except Unavailable as exc:
-        spawn_pusher(settings)
+        spawn_pusher(settings, pg_wal)
         if str(exc) != "no pusher is running":
             _say(f"{exc}; doing {request['name']} in this process", "warning")
         return None
     if reply.get("status") == "restart":
-        spawn_pusher(settings)
+        spawn_pusher(settings, pg_wal)
         return None
     return reply
 
@@ -429,7 +447,7 @@ def push_command(config_file: str | None, source: str | None, path: str, debug: 
     if settings is not None and settings.async_:
         absolute = os.path.abspath(path)
         request = {"op": "push", "name": name, "path": absolute, "stat": [st.st_ino, st.st_size, st.st_mtime_ns]}
-        reply = _via_pusher(settings, request)
+        reply = _via_pusher(settings, request, os.path.dirname(absolute))
         if reply is not None:
             if reply.get("status") == "ok":
                 return EXIT_OK
@@ -578,6 +596,10 @@ class Pusher:
         self.socket_path = os.path.join(spool, SOCKET_NAME)
         self.prefetch_dir = os.path.join(spool, PREFETCH_DIR)
         self.socket_ino = 0
+        # No healthy push or fetch takes longer than a few store timeouts (each request is bounded).
+        self.job_deadline = 3 * config.wal.timeout + 30
+        self.log_path = os.path.join(spool, LOG_NAME)
+        self.debug = False
 
     # -- the repository, opened on first use and kept (an S3 client costs ~100 ms to make) --
 
@@ -794,8 +816,12 @@ class Pusher:
         return {"status": "error", "definitive": False, "message": f"unknown request {op!r}"}
 
     def _wait(self, conn: socket.socket, job: Job) -> dict[str, Any]:
+        """Heartbeats while the job is healthy; silence after ``job_deadline``, so that the client gives
+        up on this pusher (a request stuck in a hung filesystem, say) and does the work itself."""
+        deadline = time.monotonic() + self.job_deadline
         while not job.done.wait(HEARTBEAT):
-            conn.sendall(_WAIT)
+            if time.monotonic() < deadline:
+                conn.sendall(_WAIT)
         assert job.result is not None
         return job.result
 
@@ -827,7 +853,7 @@ class Pusher:
 
     # -- the main loop --
 
-    def run(self) -> None:
+    def run(self, pg_wal: str | None = None) -> None:
         import contextlib
         import shutil
         import signal
@@ -855,6 +881,8 @@ class Pusher:
             worker.start()
         self.log.info("pusher started", pid=os.getpid(), source=self.source, push_jobs=wal_config.push_jobs,
                       prefetch=wal_config.prefetch)
+        if pg_wal:
+            self.read_ahead(pg_wal)
         try:
             while not self.stopping.is_set():
                 try:
@@ -874,6 +902,21 @@ class Pusher:
                 time.sleep(0.05)
             shutil.rmtree(self.prefetch_dir, ignore_errors=True)
             self.log.info("pusher stopped", pid=os.getpid())
+
+    def _rotate_log(self) -> None:
+        """A busy server keeps its pusher alive for good: rotate the log by size while running."""
+        from backupctl import log
+
+        try:
+            if os.path.getsize(self.log_path) <= LOG_ROTATE_BYTES:
+                return
+            os.replace(self.log_path, self.log_path + ".1")
+        except OSError:
+            return
+        stream = open(self.log_path, "a", buffering=1)  # noqa: SIM115 - the log until the next rotation
+        _redirect_output(stream)
+        log.configure(debug=self.debug, stream=stream)
+        self.log = log.get_logger("backupctl.walpusher")
 
     def _housekeeping(self) -> None:
         now = time.monotonic()
@@ -895,6 +938,7 @@ class Pusher:
                         jobs.pop(name)
                         if job.op == "fetch":
                             _unlink(job.path)
+        self._rotate_log()
         if gone or changed or idle:
             reason = "socket removed" if gone else "config changed" if changed else "idle"
             self.log.info("pusher exiting", reason=reason)
@@ -908,6 +952,14 @@ def _unlink(path: str) -> None:
         os.unlink(path)
 
 
+def _redirect_output(stream: Any) -> None:
+    """Tracebacks and stray prints (fds 1 and 2) go to the current log file, not a rotated one."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(stream.fileno(), 1)
+    os.dup2(stream.fileno(), 2)
+
+
 def _rotate(log_path: str) -> None:
     try:
         if os.path.getsize(log_path) > LOG_ROTATE_BYTES:
@@ -916,7 +968,8 @@ def _rotate(log_path: str) -> None:
         pass
 
 
-def daemon_command(config_file: str | None, source: str | None, debug: bool = False) -> int:
+def daemon_command(config_file: str | None, source: str | None, debug: bool = False,
+                   pg_wal: str | None = None) -> int:
     """The resident pusher's entry: one per source; exits at once if another one serves."""
     import fcntl
 
@@ -949,12 +1002,15 @@ def daemon_command(config_file: str | None, source: str | None, debug: bool = Fa
     log_path = os.path.join(spool, LOG_NAME)
     _rotate(log_path)
     stream = open(log_path, "a", buffering=1)  # noqa: SIM115 - the process's log until it exits
+    _redirect_output(stream)
     log.configure(debug=debug, stream=stream)
     with open(os.path.join(spool, PID_NAME), "w") as handle:
         handle.write(f"{os.getpid()}\n")
     print_ = fingerprint(config_file_path(config_file))
     try:
-        Pusher(config, name, spool, print_).run()
+        pusher = Pusher(config, name, spool, print_)
+        pusher.debug = debug
+        pusher.run(pg_wal)
     finally:
         _unlink(os.path.join(spool, PID_NAME))
     return EXIT_OK
@@ -1006,8 +1062,8 @@ def main(argv: list[str] | None = None) -> int:
             return push_command(config_file, source, positional[0], debug)
         if verb == "wal-fetch" and len(positional) == 2:
             return fetch_command(config_file, source, positional[0], positional[1], debug)
-        if verb == "daemon" and not positional:
-            return daemon_command(config_file, source, debug)
+        if verb == "daemon" and len(positional) <= 1:
+            return daemon_command(config_file, source, debug, *positional)
         raise _UsageError(f"wrong arguments for {verb}")
     except _UsageError as exc:
         _say(f"{exc}\n{USAGE}")
