@@ -15,13 +15,16 @@ in ``pg_wal/archive_status``, so the next calls usually find their segment alrea
 at once. A call exits 0 only when the pusher reports ITS segment durable in the repository, and for the
 very file PostgreSQL named (inode, size and mtime are compared).
 
-Durability never depends on the pusher: when it is absent, silent for ``min(timeout, 10)`` seconds
-(it sends a heartbeat every second while it works), dies mid-request, or fails for a reason a retry may
-fix, the call pushes its own segment itself, synchronously, and starts a new pusher in the background
-(detached: its own session, stdin from /dev/null, output to ``pusher.log`` in the spool directory; it
-exits after ``[wal] idle_exit`` seconds without work, when its socket or spool directory disappears, or
-when the config file changes). Refusals that a retry cannot fix (another system's WAL, a conflicting
-checksum, a name PostgreSQL never archives) fail at once with exit 1.
+Durability never depends on the pusher: when it is silent for ``min(timeout, 10)`` seconds (it sends a
+heartbeat every second while it works, and stops once a job overruns what a healthy one takes), dies
+mid-request, fails for a reason a retry may fix, or cannot be started within ``STARTUP_WAIT``, the
+call pushes its own segment itself, synchronously, and starts a new pusher in the background (detached:
+its own session, stdin from /dev/null, output to ``pusher.log`` in the spool directory; it exits after
+``[wal] idle_exit`` seconds without work, when its socket or spool directory disappears, or when the
+config file changes). When no pusher runs at all, the call starts one and hands it its segment if it
+comes up in time: two cold starts (each imports the storage stack) would only compete for the CPU.
+Refusals that a retry cannot fix (another system's WAL, a conflicting checksum, a name PostgreSQL never
+archives) fail at once with exit 1.
 
 wal-fetch asks the same resident process (when ``[wal] prefetch`` > 0): it fetches the segment asked for
 and the next ``prefetch`` ones in parallel into the spool directory, and moves each into place when
@@ -54,7 +57,8 @@ LOG_NAME = "pusher.log"
 PREFETCH_DIR = "prefetch"
 HEARTBEAT = 1.0  # seconds between "still working" messages to a waiting client
 MAX_STALL = 10.0  # a pusher silent this long (or [wal] timeout, if shorter) is taken for stuck
-STARTUP_WAIT = 2.0  # how long a client waits for a pusher that is starting (its lock is held)
+STARTUP_WAIT = 3.0  # how long a client waits for a pusher that is starting (its lock is held)
+NOT_RUNNING = "no pusher is running"
 START_LOCK_WAIT = 30.0  # a new pusher waits this long for an old one (restarting) to let go
 JOB_MEMORY = 600.0  # seconds a finished job is remembered
 MAX_READ_AHEAD = 1024  # queued read-ahead pushes at most
@@ -321,7 +325,7 @@ def ask(settings: Settings, request: dict[str, Any], connect_wait: float = 0.0) 
                 break
             except (FileNotFoundError, ConnectionRefusedError) as exc:
                 if time.monotonic() >= deadline:
-                    raise Unavailable("no pusher is running") from exc
+                    raise Unavailable(NOT_RUNNING) from exc
                 time.sleep(0.05)
             except OSError as exc:
                 raise Unavailable(f"cannot reach the pusher: {exc.strerror or exc}") from exc
@@ -409,14 +413,21 @@ def _via_pusher(settings: Settings | None, request: dict[str, Any], pg_wal: str 
     except SpoolError as exc:
         _say(f"{exc}; working without the resident pusher", "warning")
         return None
+    held = _lock_held(settings)  # a pusher runs, or is starting
     try:
-        wait = STARTUP_WAIT if _lock_held(settings) else 0.0
-        reply = ask(settings, request, connect_wait=wait)
+        reply = ask(settings, request, connect_wait=STARTUP_WAIT if held else 0.0)
     except Unavailable as exc:
-        spawn_pusher(settings, pg_wal)
-        if str(exc) != "no pusher is running":
+        spawn_pusher(settings, pg_wal)  # nothing happens while another one holds the lock
+        if held or str(exc) != NOT_RUNNING:
             _say(f"{exc}; doing {request['name']} in this process", "warning")
-        return None
+            return None
+        # None was running: hand this file to the one just started, if it comes up in time. Doing the work
+        # here as well would only make two cold starts compete for the CPU.
+        try:
+            reply = ask(settings, request, connect_wait=STARTUP_WAIT)
+        except Unavailable as again:
+            _say(f"the pusher did not start ({again}); doing {request['name']} in this process", "warning")
+            return None
     if reply.get("status") == "restart":
         spawn_pusher(settings, pg_wal)
         return None

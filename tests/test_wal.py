@@ -9,6 +9,7 @@ that holds or drops uploads, SIGKILL and SIGSTOP of the real processes (found by
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -393,6 +394,15 @@ def _wal_push_processes(config: Path) -> list[int]:
     return found
 
 
+def _alive(pid: int) -> bool:
+    """Running (a zombie that nobody reaped yet counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
 @pytest.fixture
 def gate(moto_endpoint: S3Endpoint) -> Iterator[GateProxy]:
     proxy = GateProxy(moto_endpoint.url)
@@ -460,6 +470,21 @@ def test_pusher_killed_or_stuck_the_command_archives_itself(request: pytest.Fixt
         finally:
             os.kill(restarted, signal.SIGCONT)
         assert name in site.wal_keys()
+
+        # Absent and cannot start (its lock is held): after a short wait the command pushes by itself.
+        os.kill(restarted, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while _alive(restarted) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(restarted)
+        lock = os.open(site.spool / "pusher.lock", os.O_RDWR)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            name = site.switch()
+            site.wait_archived(name, timeout=60)
+            assert name in site.wal_keys() and site.pusher_pid() in (None, restarted)
+        finally:
+            os.close(lock)
 
 
 # --- fetching and recovery -------------------------------------------------------------------------------
