@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from backupctl.codecs import Codec
 from backupctl.errors import BackupctlError, ConfigError, IntegrityError, ObjectNotFound
+from backupctl.storage.local import fsync_dir
 
 if TYPE_CHECKING:
     from backupctl.config import Config, PostgresSource
@@ -977,14 +978,6 @@ def write_atomically(dest: Path, produce: Callable[[BinaryIO], Any]) -> None:
             os.unlink(temp)
         raise
     fsync_dir(dest.parent)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # --- status and verify ---------------------------------------------------------------------------
