@@ -499,8 +499,7 @@ def store_table(name: str, description: str, summary: dict[str, Any], errors: di
         value = summary.get(step, {}).get(tool, {}).get(key)
         return None if value is None else value / scale
 
-    lines = [f"### {name}: {description}", "",
-             "| | backupctl | pgBackRest | backupctl / pgBackRest | target |", "|---|--:|--:|--:|---|"]
+    lines = [f"### {name}: {description}"]
 
     def row(label: str, step: str, key: str, unit: str, scale: float = 1.0, digits: int = 2,
             target: tuple[float, bool] | None = None) -> None:
@@ -510,33 +509,37 @@ def store_table(name: str, description: str, summary: dict[str, Any], errors: di
         lines.append(f"| {label} | {_fmt(ours, unit, digits)} | {_fmt(theirs, unit, digits)} | "
                      f"{_fmt(ratio, 'x')} | {goal} |")
 
-    row("full backup, wall time", "backup", "seconds", " s", target=(TARGETS["backup"], False))
-    row("backup stored in the repository", "backup", "stored_bytes", " MiB", MIB, 1)
-    row("data backed up (before compression)", "backup", "size_bytes", " MiB", MIB, 1)
-    rss = get("backup", "backupctl", "peak_rss_mib")
-    rss_goal = "not measured" if rss is None else ("met" if rss * MIB < TARGETS["rss_bytes"] else "missed")
-    peer_rss = get("backup", "pgbackrest", "peak_rss_mib")
-    lines.append(f"| backup peak RSS, largest process (wait4) | {_fmt(rss, ' MiB', 1)} | "
-                 f"{_fmt(peer_rss, ' MiB', 1)} | {_fmt(_ratio(rss, peer_rss), 'x')} | < 200 MB: {rss_goal} |")
-    row("backup peak RSS, whole process tree (sampled)", "backup", "tree_peak_mib", " MiB", digits=1)
-    row("restore into an empty directory, wall time", "restore", "seconds", " s",
-        target=(TARGETS["restore"], False))
-    row("restore peak RSS, largest process (wait4)", "restore", "peak_rss_mib", " MiB", digits=1)
-    lines += ["", f"WAL archiving: drain of a {args.backlog}-segment backlog; archiver backlog (.ready files, "
-              f"sampled each second) under pgbench -c {args.clients} -T {args.pgbench_seconds}", "",
-              "| archive_command | drain | vs pgBackRest async (target >= 1.0x) | backlog max / mean | "
-              "catch-up after pgbench | WAL written | pgbench tps |", "|---|--:|--:|--:|--:|--:|--:|"]
-    peer = get("drain", "pgbackrest_async", "segments_per_second")
-    for tool in WAL_TOOLS:
-        rate = get("drain", tool, "segments_per_second")
-        ratio = _ratio(rate, peer)
-        versus = f"{_fmt(ratio, 'x')}: {_verdict(ratio, TARGETS['drain'], True)}" if tool.startswith("backupctl") \
-            else _fmt(ratio, "x")
-        backlog = (f"{_fmt(get('lag', tool, 'max_backlog'), '', 0)} / {_fmt(get('lag', tool, 'mean_backlog'), '', 1)}"
-                   " seg")
-        lines.append(f"| {WAL_LABELS[tool]} | {_fmt(rate, ' seg/s')} ({_fmt(get('drain', tool, 'seconds'), ' s')}) | "
-                     f"{versus} | {backlog} | {_fmt(get('lag', tool, 'catch_up_seconds'), ' s')} | "
-                     f"{_fmt(get('lag', tool, 'wal_mib'), ' MiB', 0)} | {_fmt(get('lag', tool, 'tps'), '', 0)} |")
+    if args.steps in ("all", "files"):
+        lines += ["", "| | backupctl | pgBackRest | backupctl / pgBackRest | target |", "|---|--:|--:|--:|---|"]
+        row("full backup, wall time", "backup", "seconds", " s", target=(TARGETS["backup"], False))
+        row("backup stored in the repository", "backup", "stored_bytes", " MiB", MIB, 1)
+        row("data backed up (before compression)", "backup", "size_bytes", " MiB", MIB, 1)
+        rss = get("backup", "backupctl", "peak_rss_mib")
+        rss_goal = "not measured" if rss is None else ("met" if rss * MIB < TARGETS["rss_bytes"] else "missed")
+        peer_rss = get("backup", "pgbackrest", "peak_rss_mib")
+        lines.append(f"| backup peak RSS, largest process (wait4) | {_fmt(rss, ' MiB', 1)} | "
+                     f"{_fmt(peer_rss, ' MiB', 1)} | {_fmt(_ratio(rss, peer_rss), 'x')} | < 200 MB: {rss_goal} |")
+        row("backup peak RSS, whole process tree (sampled)", "backup", "tree_peak_mib", " MiB", digits=1)
+        row("restore into an empty directory, wall time", "restore", "seconds", " s",
+            target=(TARGETS["restore"], False))
+        row("restore peak RSS, largest process (wait4)", "restore", "peak_rss_mib", " MiB", digits=1)
+    if args.steps != "files":
+        lines += ["", f"WAL archiving: drain of a {args.backlog}-segment backlog; archiver backlog (.ready files, "
+                  f"sampled each second) under pgbench -c {args.clients} -T {args.pgbench_seconds}", "",
+                  "| archive_command | drain | vs pgBackRest async (target >= 1.0x) | backlog max / mean | "
+                  "catch-up after pgbench | WAL written | pgbench tps |", "|---|--:|--:|--:|--:|--:|--:|"]
+        peer = get("drain", "pgbackrest_async", "segments_per_second")
+        for tool in WAL_TOOLS:
+            rate = get("drain", tool, "segments_per_second")
+            ratio = _ratio(rate, peer)
+            versus = f"{_fmt(ratio, 'x')}: {_verdict(ratio, TARGETS['drain'], True)}" if tool.startswith("backupctl") \
+                else _fmt(ratio, "x")
+            backlog = (f"{_fmt(get('lag', tool, 'max_backlog'), '', 0)} / "
+                       f"{_fmt(get('lag', tool, 'mean_backlog'), '', 1)} seg")
+            drained = f"{_fmt(rate, ' seg/s')} ({_fmt(get('drain', tool, 'seconds'), ' s')})"
+            lines.append(f"| {WAL_LABELS[tool]} | {drained} | "
+                         f"{versus} | {backlog} | {_fmt(get('lag', tool, 'catch_up_seconds'), ' s')} | "
+                         f"{_fmt(get('lag', tool, 'wal_mib'), ' MiB', 0)} | {_fmt(get('lag', tool, 'tps'), '', 0)} |")
     lines.append("")
     for step in ("backup", "restore"):
         phases = summary.get(step, {}).get("backupctl", {})
