@@ -35,6 +35,21 @@ class ConfigPath(str):
     """A filesystem path; relative ones are resolved against the config file's directory."""
 
 
+class Duration(float):
+    """A span of time in seconds, written in the file as a string such as "90s", "15m", "26h", "7d", "2w"."""
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Parse "15m", "26h", "7d", "1d12h" into seconds; raise ValueError with the accepted forms."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([smhdw])", text.strip().lower())
+    if not parts or re.sub(r"[\d.\s]+[smhdw]", "", text.strip().lower()):
+        raise ValueError(f"{text!r} is not a duration (use e.g. 90s, 15m, 26h, 7d, 2w)")
+    return float(sum(float(number) * _DURATION_UNITS[unit] for number, unit in parts))
+
+
 def parse_size(text: str) -> int:
     """Parse "16MiB", "1.5GB", "4096" into bytes; raise ValueError with the accepted forms."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
@@ -87,6 +102,74 @@ class EncryptionConfig:
 
 
 @dataclass(frozen=True)
+class RetentionConfig:
+    """[sources.NAME.retention]: which backups expire keeps; a backup is kept when any rule keeps it.
+
+    Absent rules keep nothing by themselves; the newest backup of each type, pinned backups and the parents
+    of retained incrementals are always kept.
+    """
+
+    keep_last: int | None = None
+    keep_daily: int | None = None
+    keep_weekly: int | None = None
+    keep_monthly: int | None = None
+    keep_yearly: int | None = None
+    keep_within: Duration | None = None
+    recovery_window: Duration | None = None  # PITR to any moment of this span stays possible
+    timezone: str = "UTC"  # day/week/month/year boundaries of the keep_* rules
+
+
+@dataclass(frozen=True)
+class CheckConfig:
+    """[sources.NAME.check]: thresholds of `backupctl check` (monitoring-plugin exit codes)."""
+
+    backup_age_warning: Duration = 26 * 3600.0
+    backup_age_critical: Duration = 50 * 3600.0
+    wal_age_warning: Duration = 15 * 60.0  # physical sources with archiving
+    wal_age_critical: Duration = 3600.0
+    ready_warning: int = 16  # .ready files waiting in pg_wal/archive_status (local servers)
+    ready_critical: int = 128
+    pg_wal_warning: Size | None = None  # size of pg_wal (local servers); unchecked when absent
+    pg_wal_critical: Size | None = None
+    disk_free_warning: float = 10.0  # percent free on the data directory's filesystem (local servers)
+    disk_free_critical: float = 5.0
+    drill_age_warning: Duration | None = None  # drills are checked when set or when a drill is scheduled
+    drill_age_critical: Duration | None = None
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """[sources.NAME.schedule]: cron expressions (minute hour day month weekday) for the scheduler."""
+
+    full: str | None = None  # physical full backup (PostgreSQL)
+    incr: str | None = None  # physical incremental (PostgreSQL 17+)
+    logical: str | None = None  # pg_dump of every database (PostgreSQL)
+    backup: str | None = None  # the source's only kind of backup (SQLite)
+    expire: str | None = None
+    verify: str | None = None
+    drill: str | None = None
+
+
+@dataclass(frozen=True)
+class DrillAssertion:
+    """One custom check of a drill: a query that must return true in the restored copy."""
+
+    name: str
+    sql: str
+    database: str | None = None  # PostgreSQL: the database to run it in (default: the source's dbname)
+
+
+@dataclass(frozen=True)
+class DrillConfig:
+    """[sources.NAME.drill]: how restore-and-verify drills run."""
+
+    assertions: list[DrillAssertion] = field(default_factory=list)
+    tmp_dir: ConfigPath | None = None  # where the scratch copy is restored (default: the system temp dir)
+    timeout: Duration = 3600.0  # the whole drill, restore and WAL replay included
+    amcheck: bool = True  # pg_amcheck every database (heap and btree)
+
+
+@dataclass(frozen=True)
 class SqliteSource:
     """A SQLite database file, backed up with SQLite's online backup API."""
 
@@ -94,6 +177,10 @@ class SqliteSource:
     kind: Literal["sqlite"]
     path: ConfigPath
     tmp_dir: ConfigPath | None = None  # where the consistent copy is staged before upload
+    retention: RetentionConfig = RetentionConfig()
+    check: CheckConfig = CheckConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    drill: DrillConfig = DrillConfig()
 
 
 @dataclass(frozen=True)
@@ -116,6 +203,10 @@ class PostgresSource:
     role_passwords: bool = False  # include role password hashes in the globals dump (needs superuser)
     tmp_dir: ConfigPath | None = None  # staging: parallel logical restores, incremental chains
     checkpoint: Literal["fast", "spread"] = "fast"  # physical backups: a spread one can take minutes
+    retention: RetentionConfig = RetentionConfig()
+    check: CheckConfig = CheckConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    drill: DrillConfig = DrillConfig()
 
 
 SourceConfig = SqliteSource | PostgresSource
@@ -139,6 +230,32 @@ class WalConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """[metrics]: Prometheus text exposition after each job, and on /metrics from the scheduler."""
+
+    textfile: ConfigPath | None = None  # e.g. /var/lib/prometheus/node-exporter/backupctl.prom
+    listen: str | None = None  # "127.0.0.1:9188": the scheduler serves /metrics there
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """[[webhooks]]: a URL that gets a JSON event (source, job, status, error, duration, host) per job."""
+
+    url: str
+    on_success: bool = False  # failures are always sent
+    timeout: Duration = 10.0
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """[scheduler]: the long-running `backupctl scheduler`."""
+
+    misfire_grace: Duration = 3600.0  # a job that missed its time by more than this is skipped
+    coalesce: bool = True  # several missed runs of one job run once
+    wal_pusher: bool = True  # run the asynchronous WAL pusher inside the scheduler
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole file."""
 
@@ -147,6 +264,9 @@ class Config:
     compression: CompressionConfig = CompressionConfig()
     encryption: EncryptionConfig | None = None
     wal: WalConfig = WalConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    webhooks: list[Webhook] = field(default_factory=list)
+    scheduler: SchedulerConfig = SchedulerConfig()
     sources: dict[str, SourceConfig] = field(default_factory=dict)
 
     def source(self, name: str) -> SourceConfig:
@@ -202,6 +322,7 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
             choices = ", ".join(repr(k) for k in _SOURCE_KINDS)
             raise loader.error(f"{key}.kind", f"must be one of {choices}, not {kind!r}")
         sources[name] = loader.build(_SOURCE_KINDS[kind], {**table, "name": name}, key)
+        _check_source(sources[name], loader, key)
     top = {k: v for k, v in raw.items() if k != "sources"}
     if "repository" not in top:
         raise loader.error("repository", "is required: add a [repository] section")
@@ -228,6 +349,54 @@ def _check_repository(repo: RepositoryConfig, loader: _Loader) -> None:
         raise loader.error("repository.part_size", "must be at least 5MiB (S3's smallest part)")
     if repo.upload_jobs < 1 or repo.max_attempts < 1:
         raise loader.error("repository", "upload_jobs and max_attempts must be at least 1")
+
+
+def _check_source(source: SourceConfig, loader: _Loader, key: str) -> None:
+    """Rules of the retention, schedule and check tables that a type hint cannot say."""
+    retention = source.retention
+    for rule in ("keep_last", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly"):
+        if (getattr(retention, rule) or 0) < 0:
+            raise loader.error(f"{key}.retention.{rule}", "must be 0 or more")
+    try:
+        import zoneinfo
+
+        zoneinfo.ZoneInfo(retention.timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise loader.error(f"{key}.retention.timezone",
+                           f"{retention.timezone!r} is not a time zone (use e.g. UTC, Europe/Paris)") from None
+    for job, expression in dataclasses.asdict(source.schedule).items():
+        if expression is not None:
+            problem = cron_problem(expression)
+            if problem:
+                raise loader.error(f"{key}.schedule.{job}", problem)
+    wrong_kind = {"sqlite": ("full", "incr", "logical"), "postgres": ("backup",)}[source.kind]
+    for job in wrong_kind:
+        if getattr(source.schedule, job) is not None:
+            raise loader.error(f"{key}.schedule.{job}", f"does not apply to a {source.kind} source")
+    check = source.check
+    pairs = [("backup_age", check.backup_age_warning, check.backup_age_critical),
+             ("wal_age", check.wal_age_warning, check.wal_age_critical),
+             ("ready", check.ready_warning, check.ready_critical),
+             ("pg_wal", check.pg_wal_warning, check.pg_wal_critical),
+             ("drill_age", check.drill_age_warning, check.drill_age_critical)]
+    for name, warning, critical in pairs:
+        if warning is not None and critical is not None and warning > critical:
+            raise loader.error(f"{key}.check.{name}_warning", f"must not exceed {name}_critical")
+    if check.disk_free_warning < check.disk_free_critical:
+        raise loader.error(f"{key}.check.disk_free_warning", "must be at least disk_free_critical (percent free)")
+
+
+def cron_problem(expression: str) -> str | None:
+    """Why a five-field cron expression is invalid, or None; apscheduler's own parser decides."""
+    if len(expression.split()) != 5:
+        return f"{expression!r} is not a cron expression (five fields: minute hour day month weekday)"
+    from apscheduler.triggers.cron import CronTrigger
+
+    try:
+        CronTrigger.from_crontab(expression, timezone="UTC")
+    except ValueError as exc:
+        return f"{expression!r} is not a valid cron expression: {exc}"
+    return None
 
 
 def _check_wal(wal: WalConfig, loader: _Loader) -> None:
@@ -297,6 +466,13 @@ class _Loader:
                 except ValueError as exc:
                     raise self.error(key, str(exc)) from None
             raise self.error(key, f"must be a size such as \"16MiB\", not {_kind(value)}")
+        if hint is Duration:
+            if not isinstance(value, str):
+                raise self.error(key, f"must be a duration such as \"26h\", not {_kind(value)}")
+            try:
+                return Duration(parse_duration(value))
+            except ValueError as exc:
+                raise self.error(key, str(exc)) from None
         if hint is ConfigPath:
             if not isinstance(value, str) or not value:
                 raise self.error(key, f"must be a path string, not {_kind(value)}")
