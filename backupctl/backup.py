@@ -16,6 +16,7 @@ from backupctl.catalog import Manifest, backup_prefix, iso, new_backup_id, seal_
 from backupctl.config import PostgresSource, SqliteSource
 from backupctl.engines import pg_logical, pg_physical, sqlite
 from backupctl.errors import BackupctlError, ConfigError, StorageError
+from backupctl.lease import Lease
 from backupctl.log import get_logger
 from backupctl.pg import find_binaries
 from backupctl.pgconn import ConnParams
@@ -47,6 +48,7 @@ class _Run:
         self.id = new_backup_id(backup_type, self.started)
         self.prefix = backup_prefix(source, self.id)
         self.objects: list[StoredObject] = []
+        self.lease: Lease | None = None
 
     def store(self, name: str, stream: Any, finalize: Any = None) -> StoredObject:
         obj = self.repo.pipeline.store(self.prefix + name, stream, finalize)
@@ -55,14 +57,20 @@ class _Run:
 
     @contextlib.contextmanager
     def cleanup_on_failure(self) -> Iterator[None]:
-        """A failed backup takes its objects with it (best effort; `repo gc` catches the rest)."""
-        log.info("backup started", backup_id=self.id, source=self.source, type=self.type)
-        try:
-            yield
-        except BaseException:
-            with shielded(), contextlib.suppress(StorageError):
-                self.repo.storage.delete([o.key for o in self.objects])
-            raise
+        """Hold the source's backup lease; a failed backup takes its objects with it.
+
+        The lease makes a second backup of the same source fail at once, on any host; removal of a failed
+        backup's objects is best effort (`repo gc` catches the rest, and skips a backup whose lease lives).
+        """
+        with self.repo.exclusive_lease(self.source, "backup", f"{self.type} backup", {"backup_id": self.id}) as held:
+            self.lease = held
+            log.info("backup started", backup_id=self.id, source=self.source, type=self.type)
+            try:
+                yield
+            except BaseException:
+                with shielded(), contextlib.suppress(StorageError):
+                    self.repo.storage.delete([o.key for o in self.objects])
+                raise
 
     def publish(self, kind: str, details: dict[str, Any], extra: dict[str, Any],
                 options: BackupOptions, parent: str | None = None) -> Manifest:
@@ -81,6 +89,8 @@ class _Run:
             parent=parent,
         )
         seal_details(manifest, self.repo.pipeline)
+        assert self.lease is not None, "publish runs inside cleanup_on_failure"
+        self.lease.ensure_held()
         self.repo.catalog.write(manifest)
         log.info(
             "backup finished",

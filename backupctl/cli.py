@@ -166,20 +166,25 @@ def show(state: State, backup_id: str, output: str) -> None:
 @click.argument("backup_id", required=False)
 @click.option("--all", "all_", is_flag=True, help="Verify every backup in the repository.")
 @click.option("--source", help="With --all: only this source's backups.")
+@click.option("--latest", metavar="SOURCE", help="Verify the newest backup of SOURCE.")
 @OUTPUT
 @pass_state
-def verify(state: State, backup_id: str | None, all_: bool, source: str | None, output: str) -> None:
-    """Read every object of a backup back and check it against the manifest (exit 1 on damage)."""
-    from backupctl.render import emit_json, verify_table
-    from backupctl.verify import source_bindir, verify_all, verify_backup
+def verify(state: State, backup_id: str | None, all_: bool, source: str | None, latest: str | None,
+           output: str) -> None:
+    """Read every object of a backup back and check it against the manifest (exit 1 on damage).
 
-    if bool(backup_id) == all_:
-        raise ConfigError("give either a BACKUP_ID or --all")
+    Each verified backup leaves a record in the repository (<source>/verifications/), which `status` and
+    `check` report."""
+    from backupctl.render import emit_json, verify_table
+    from backupctl.verify import latest_backup, source_bindir, verify_all, verify_backup
+
+    if [bool(backup_id), all_, bool(latest)].count(True) != 1:
+        raise ConfigError("give one of BACKUP_ID, --all or --latest SOURCE")
     with state.repository() as repo:
         if all_:
             results = verify_all(repo, source)
         else:
-            manifest = repo.catalog.find(backup_id or "")
+            manifest = latest_backup(repo, latest) if latest else repo.catalog.find(backup_id or "")
             results = [verify_backup(repo, manifest, source_bindir(repo, manifest))]
     data = [r.to_json() for r in results]
     if output == "json":
@@ -251,11 +256,13 @@ def restore(state: State, backup_id: str, target: Path | None, force: bool, outp
         if manifest.type == "sqlite":
             if target is None:
                 raise ConfigError("restoring a SQLite backup needs --to PATH")
-            written = service.restore_sqlite(repo, manifest, target, force)
+            with repo.reading("restore", [manifest]):
+                written = service.restore_sqlite(repo, manifest, target, force)
             click.echo(f"restored {backup_id} to {written}")
             return
         if manifest.type == "logical":
-            _restore_logical(repo, manifest, config, force, {**logical, "jobs": logical["jobs"] or 1})
+            with repo.reading("restore", [manifest]):
+                _restore_logical(repo, manifest, config, force, {**logical, "jobs": logical["jobs"] or 1})
             return
     # A physical backup by id: a point-in-time restore of its source, from that backup.
     _restore_physical(config, manifest.source, force, output, {**logical, "backup_choice": backup_id})
@@ -297,7 +304,8 @@ def _restore_physical(config: Any, source_name: str, force: bool, output: str, o
                                       restore_config=opts["restore_config"],
                                       tmp_dir=Path(source.tmp_dir) if source.tmp_dir else None)
         command = wal.restore_command(config.file, source_name)
-        result = pitr.restore_physical(repo, plan, options, command, source.bindir)
+        with repo.reading("restore", pitr.backup_chain(repo, plan.backup)):
+            result = pitr.restore_physical(repo, plan, options, command, source.bindir)
     if opts["start_server"]:
         result["recovery"] = pitr.start_and_wait(Path(result["pgdata"]), plan, source.bindir, source.user,
                                                  opts["port"])

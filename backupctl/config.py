@@ -82,6 +82,7 @@ class RepositoryConfig:
     part_size: Size = 16 * 1024**2  # type: ignore[assignment]
     upload_jobs: int = 4
     max_attempts: int = 8
+    lease_ttl: Duration = 120.0  # a lease not renewed for this long (its holder died) can be taken over
 
 
 @dataclass(frozen=True)
@@ -235,6 +236,7 @@ class MetricsConfig:
 
     textfile: ConfigPath | None = None  # e.g. /var/lib/prometheus/node-exporter/backupctl.prom
     listen: str | None = None  # "127.0.0.1:9188": the scheduler serves /metrics there
+    refresh: Duration = 300.0  # the scheduler re-reads the repository's state this often between jobs
 
 
 @dataclass(frozen=True)
@@ -253,6 +255,7 @@ class SchedulerConfig:
     misfire_grace: Duration = 3600.0  # a job that missed its time by more than this is skipped
     coalesce: bool = True  # several missed runs of one job run once
     wal_pusher: bool = True  # run the asynchronous WAL pusher inside the scheduler
+    timezone: str | None = None  # of the cron expressions; default: the host's local time, as cron
 
 
 @dataclass(frozen=True)
@@ -330,6 +333,7 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
     config = dataclasses.replace(config, sources=sources)
     _check_repository(config.repository, loader)
     _check_wal(config.wal, loader)
+    _check_operations(config, loader)
     if config.encryption is not None:
         if not config.encryption.recipients:
             raise loader.error("encryption.recipients", "needs at least one age recipient (age1...)")
@@ -349,6 +353,8 @@ def _check_repository(repo: RepositoryConfig, loader: _Loader) -> None:
         raise loader.error("repository.part_size", "must be at least 5MiB (S3's smallest part)")
     if repo.upload_jobs < 1 or repo.max_attempts < 1:
         raise loader.error("repository", "upload_jobs and max_attempts must be at least 1")
+    if repo.lease_ttl < 2:
+        raise loader.error("repository.lease_ttl", "must be at least 2s (holders renew every quarter of it)")
 
 
 def _check_source(source: SourceConfig, loader: _Loader, key: str) -> None:
@@ -397,6 +403,30 @@ def cron_problem(expression: str) -> str | None:
     except ValueError as exc:
         return f"{expression!r} is not a valid cron expression: {exc}"
     return None
+
+
+def _check_operations(config: Config, loader: _Loader) -> None:
+    """[metrics], [[webhooks]] and [scheduler]: mistakes here would only show at 2 a.m., so refuse them now."""
+    listen = config.metrics.listen
+    if listen is not None:
+        host, sep, port = listen.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise loader.error("metrics.listen", f"{listen!r} must be HOST:PORT, e.g. \"127.0.0.1:9188\"")
+    if config.metrics.refresh < 10:
+        raise loader.error("metrics.refresh", "must be at least 10s")
+    for index, hook in enumerate(config.webhooks):
+        if not re.match(r"https?://[^/\s]+", hook.url):
+            raise loader.error(f"webhooks[{index}].url", f"{hook.url!r} must be an http:// or https:// URL")
+        if hook.timeout <= 0:
+            raise loader.error(f"webhooks[{index}].timeout", "must be positive")
+    if config.scheduler.timezone is not None:
+        import zoneinfo
+
+        try:
+            zoneinfo.ZoneInfo(config.scheduler.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise loader.error("scheduler.timezone", f"{config.scheduler.timezone!r} is not a time zone "
+                               "(use e.g. UTC, Europe/Paris)") from None
 
 
 def _check_wal(wal: WalConfig, loader: _Loader) -> None:

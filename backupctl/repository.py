@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from backupctl import __version__
-from backupctl.catalog import Catalog, iso
+from backupctl import __version__, lease
+from backupctl.catalog import Catalog, Manifest, iso
 from backupctl.config import Config
 from backupctl.errors import BackupctlError, ConfigError, IntegrityError, ObjectNotFound
 from backupctl.log import get_logger
@@ -47,6 +49,27 @@ class Repository:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def exclusive_lease(self, source: str | None, name: str, operation: str,
+                        details: dict[str, Any] | None = None) -> AbstractContextManager[lease.Lease]:
+        """Hold ``name`` (backup, expire, gc) for a block; a live holder elsewhere makes it fail at once."""
+        return lease.exclusive(self.storage, source, name, operation=operation, details=details,
+                               ttl=self.config.repository.lease_ttl)
+
+    @contextmanager
+    def reading(self, operation: str, manifests: list[Manifest]) -> Iterator[lease.Lease]:
+        """Hold a reader lease on these backups, so expire and gc keep their objects while this runs.
+
+        The manifests were read before the lease existed, so each is looked up again once it does: expire
+        removes a manifest before it looks for readers, so a backup still listed now stays whole.
+        """
+        source = manifests[0].source
+        with lease.shared(self.storage, source, operation=operation, backups=[m.id for m in manifests],
+                          ttl=self.config.repository.lease_ttl) as held:
+            for manifest in manifests:
+                if self.storage.head(manifest.key) is None:
+                    raise BackupctlError(f"backup {manifest.id} was expired while {operation} started")
+            yield held
 
     def register_source(self, name: str, identity: dict[str, Any],
                         recorded: dict[str, Any] | None = None) -> dict[str, Any]:

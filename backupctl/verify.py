@@ -7,16 +7,18 @@ A host with only the public key checks sizes and sha256 of the stored bytes, and
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
-from backupctl.catalog import Manifest, open_details
+from backupctl.catalog import Manifest, iso, new_backup_id, open_details
 from backupctl.config import PostgresSource
 from backupctl.engines import pg_logical
-from backupctl.errors import BackupctlError, IntegrityError, ObjectNotFound
+from backupctl.errors import BackupctlError, IntegrityError, ObjectNotFound, StorageError
 from backupctl.log import get_logger
 from backupctl.pg import PgBinaries
 from backupctl.pipeline import StoredObject
@@ -25,6 +27,8 @@ from backupctl.restore import restore_binaries
 from backupctl.tools import ProcessSink, ToolProcess
 
 log = get_logger(__name__)
+
+VERIFICATIONS = "verifications"  # <source>/verifications/<id>.json: one record per verified backup
 
 
 @dataclass
@@ -77,6 +81,7 @@ def verify_backup(repo: Repository, manifest: Manifest, bindir: str | None = Non
     """Check every object; damage is collected, not raised, so one report covers the whole backup."""
     decode = manifest.encryption is None or repo.pipeline.can_decrypt()
     result = VerifyResult(manifest.id, manifest.source, "full" if decode else "stored")
+    started = datetime.now(UTC)
     clock = time.monotonic()
     log.info("verify started", backup_id=manifest.id, mode=result.mode)
     dumps: dict[str, str] = {}
@@ -85,17 +90,18 @@ def verify_backup(repo: Repository, manifest: Manifest, bindir: str | None = Non
         if manifest.type == "logical":
             dumps = {d["object"]: name for name, d in details["databases"].items()}
     lister = restore_binaries(manifest, bindir) if dumps else None
-    for obj in manifest.objects:
-        try:
-            if obj.key in dumps and lister is not None:
-                entries = _list_archive(repo, obj, lister)
-                result.checks.append(f"pg_restore --list of database {dumps[obj.key]}: {entries} entries")
-            else:
-                repo.pipeline.check(obj, decode=decode)
-        except (IntegrityError, ObjectNotFound) as exc:
-            result.problems.append(str(exc))
-        result.objects += 1
-        result.bytes += obj.stored_size
+    with repo.reading("verify", [manifest]):
+        for obj in manifest.objects:
+            try:
+                if obj.key in dumps and lister is not None:
+                    entries = _list_archive(repo, obj, lister)
+                    result.checks.append(f"pg_restore --list of database {dumps[obj.key]}: {entries} entries")
+                else:
+                    repo.pipeline.check(obj, decode=decode)
+            except (IntegrityError, ObjectNotFound) as exc:
+                result.problems.append(str(exc))
+            result.objects += 1
+            result.bytes += obj.stored_size
     result.seconds = time.monotonic() - clock
     log.info(
         "verify finished",
@@ -105,7 +111,32 @@ def verify_backup(repo: Repository, manifest: Manifest, bindir: str | None = Non
         bytes=result.bytes,
         seconds=round(result.seconds, 3),
     )
+    record_verification(repo, result, started)
     return result
+
+
+def record_verification(repo: Repository, result: VerifyResult, started: datetime) -> dict[str, Any]:
+    """Keep the outcome in ``<source>/verifications/<id>.json``: status and check report when each source was
+    last proven readable, from any host. A store that refuses the record costs a warning, not the verdict."""
+    stamp, _type, suffix = new_backup_id("sqlite", started).split("-")  # a backup-style id, letter V
+    record = {
+        "id": f"{stamp}-V-{suffix}",
+        "source": result.source,
+        "backup_id": result.id,
+        "status": "passed" if result.ok else "failed",
+        "mode": result.mode,
+        "started_at": iso(started),
+        "finished_at": iso(datetime.now(UTC)),
+        "objects": result.objects,
+        "bytes": result.bytes,
+        "error": result.problems[0] if result.problems else None,
+    }
+    key = f"{result.source}/{VERIFICATIONS}/{record['id']}.json"
+    try:
+        repo.storage.put(key, json.dumps(record, indent=1).encode())
+    except StorageError as exc:
+        log.warning("verification result not recorded", key=key, error=str(exc))
+    return record
 
 
 def verify_all(repo: Repository, source: str | None = None) -> list[VerifyResult]:
@@ -115,7 +146,16 @@ def verify_all(repo: Repository, source: str | None = None) -> list[VerifyResult
     for key, problem in damaged.items():
         backup_id = key.rsplit("/", 2)[-2]
         results.append(VerifyResult(backup_id, key.split("/", 1)[0], "manifest", problems=[problem]))
+        record_verification(repo, results[-1], datetime.now(UTC))
     return results
+
+
+def latest_backup(repo: Repository, source: str) -> Manifest:
+    """The newest complete backup of ``source`` (``verify --latest``, the scheduler's verify job)."""
+    manifests, _damaged = repo.catalog.scan(source)
+    if not manifests:
+        raise BackupctlError(f"source {source} has no backup to verify: take one with `backupctl backup {source}`")
+    return manifests[0]
 
 
 def source_bindir(repo: Repository, manifest: Manifest) -> str | None:

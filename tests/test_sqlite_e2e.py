@@ -253,6 +253,7 @@ def test_interrupted_backup_is_invisible(
     _random_db(db, 160)
     tmp_dir = tmp_path / "stage"
     tmp_dir.mkdir()
+    backend.repository["lease_ttl"] = "3s"
     config = make_config(
         tmp_path, backend, compression="none", db=db, encrypted=sig == signal.SIGTERM, tmp_dir=tmp_dir
     )
@@ -278,6 +279,12 @@ def test_interrupted_backup_is_invisible(
         assert list(tmp_dir.iterdir()) == []
         assert not _upload_in_progress(backend)
         assert proc.stderr is not None and b"interrupted by SIGTERM" in proc.stderr.read()
+    else:
+        # A killed backup cannot release its lease: the next one is refused, naming the dead holder,
+        # until the lease expires by the store's clock, then takes it over.
+        refused = cli(config, "backup", "devdb")
+        assert refused.code == 1 and f"pid {proc.pid} (sqlite backup)" in refused.error_line
+        time.sleep(4)
 
     # The repository is still healthy: the next backup works and is the only one listed.
     bid = backup_id(cli(config, "backup", "devdb", "-o", "json"))
