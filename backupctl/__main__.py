@@ -1,5 +1,5 @@
 """Allow ``python -m backupctl``."""
 
-from backupctl.cli import main
+from backupctl.console import main
 
 main()
