@@ -35,7 +35,7 @@ def _modules_after(*args: str) -> tuple[int, set[str]]:
         "print(code, ' '.join(sorted(heavy)))\n"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
-    code, _, modules = out.strip().partition(" ")
+    code, _, modules = out.strip().splitlines()[-1].partition(" ")
     return int(code), set(modules.split())
 
 
