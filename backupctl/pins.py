@@ -1,0 +1,90 @@
+"""Pins: a backup that must outlive every retention rule (a legal hold, the last backup before an upgrade).
+
+A pin is its own small object, ``<source>/backups/<id>/pin.json``, written and removed with plain puts and
+deletes: manifests are write-once and self-checksummed, so a pin never touches one.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import socket
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from backupctl.catalog import Manifest, backup_prefix, iso
+from backupctl.errors import ConfigError, IntegrityError
+from backupctl.storage import Storage
+
+PIN_NAME = "pin.json"
+
+
+@dataclass(frozen=True)
+class Pin:
+    """Who pinned a backup, when and why."""
+
+    backup_id: str
+    reason: str
+    by: str
+    pinned_at: str
+
+    def describe(self) -> str:
+        return f"{self.reason} ({self.by}, {self.pinned_at})"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"reason": self.reason, "by": self.by, "pinned_at": self.pinned_at}
+
+
+def pin_key(source: str, backup_id: str) -> str:
+    return backup_prefix(source, backup_id) + PIN_NAME
+
+
+def _parse(key: str, data: bytes) -> Pin:
+    try:
+        doc = json.loads(data)
+        return Pin(doc["backup_id"], doc["reason"], doc["by"], doc["pinned_at"])
+    except (ValueError, KeyError, TypeError):
+        raise IntegrityError(f"{key} is not a backupctl pin: remove it or pin the backup again") from None
+
+
+def read_pins(storage: Storage, source: str) -> dict[str, Pin]:
+    """Every pin of a source, by backup id (one listing, one small GET per pin)."""
+    pins = {}
+    for info in storage.list(f"{source}/backups/"):
+        if info.key.endswith("/" + PIN_NAME):
+            pin = _parse(info.key, storage.get_bytes(info.key))
+            pins[pin.backup_id] = pin
+    return pins
+
+
+def is_pinned(storage: Storage, manifest: Manifest) -> bool:
+    """Asked again just before a removal, so a pin set while expire planned still wins."""
+    return storage.head(pin_key(manifest.source, manifest.id)) is not None
+
+
+def _who() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def pin(storage: Storage, manifest: Manifest, reason: str) -> Pin:
+    """Pin (or re-pin with a new reason) one backup."""
+    if not reason.strip():
+        raise ConfigError("--reason must say why the backup is pinned (it is shown by `list` and `expire`)")
+    record = Pin(manifest.id, reason.strip(), _who(), iso(datetime.now(UTC)))
+    storage.put(pin_key(manifest.source, manifest.id),
+                json.dumps({"backup_id": record.backup_id, **record.to_json()}, indent=1).encode())
+    return record
+
+
+def unpin(storage: Storage, manifest: Manifest) -> bool:
+    """Remove a pin; False when the backup was not pinned."""
+    key = pin_key(manifest.source, manifest.id)
+    if storage.head(key) is None:
+        return False
+    storage.delete([key])
+    return True

@@ -1,0 +1,354 @@
+"""Retention policy: which backups and which archived WAL a source keeps, decided from the catalog alone.
+
+Pure: no I/O. `expire` gathers the manifests, pins, live readers and the WAL listing, this module decides,
+and the same plan is what `expire --dry-run` prints and what the real run executes.
+
+Backups: the rules apply to each family of backups separately (physical full + incremental, logical,
+SQLite). ``keep_last``/``keep_daily``/``keep_weekly``/``keep_monthly``/``keep_yearly``/``keep_within``
+follow restic's documented `forget` semantics: "last N days" means the last N days *that have a backup*,
+the newest backup of each such day is kept, the oldest backup is kept too while a rule has counts left,
+and ``keep_within`` is measured back from the family's newest backup (so that backups which stopped
+running do not make every older one expire). Day, week (ISO), month and year boundaries are those of the
+policy's time zone, applied to each backup's finish time. A backup is kept when any rule keeps it; the
+newest backup of each type, pinned backups, backups a live reader holds and every ancestor of a kept
+incremental are always kept. ``recovery_window`` keeps, for every timeline still archiving within the
+window, the newest physical backup that finished before the window began (and can reach that timeline),
+so that any moment of the window can be restored.
+
+WAL: a retained physical backup needs every segment from its start along the history of each timeline it
+can reach (up to each fork, then the branch from the fork on); whatever no retained backup needs is
+removed. History files are never removed. A timeline no retained backup reaches is kept while it is still
+being archived (a segment newer than the newest retained backup), because a backup of it may be under way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from backupctl.catalog import Manifest, parse_iso
+from backupctl.config import RetentionConfig
+from backupctl.engines.pg_physical import lsn_to_int, wal_file_name
+from backupctl.wal import ArchivedWal
+
+PHYSICAL = ("full", "incr")
+FAMILY = {"full": "physical", "incr": "physical", "logical": "logical", "sqlite": "sqlite"}
+WAL_KINDS = ("segment", "partial", "backup")  # per-segment files; history files are never removed
+
+_BUCKETS: tuple[tuple[str, Callable[[datetime], str]], ...] = (
+    ("keep_daily", lambda t: t.strftime("%Y-%m-%d")),
+    ("keep_weekly", lambda t: "{:04d}-W{:02d}".format(*t.isocalendar()[:2])),
+    ("keep_monthly", lambda t: t.strftime("%Y-%m")),
+    ("keep_yearly", lambda t: t.strftime("%Y")),
+)
+_RULES = ("keep_last", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly", "keep_within",
+          "recovery_window")
+
+
+def has_rules(policy: RetentionConfig) -> bool:
+    """False for a policy that keeps nothing by itself: expire refuses it rather than remove almost all."""
+    return any(getattr(policy, rule) for rule in _RULES)
+
+
+def duration_text(seconds: float) -> str:
+    """A duration as the config spells it: 14d, 36h, 90m, 45s."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+@dataclass
+class Decision:
+    """One backup's fate and every rule that keeps it (none: it is removed)."""
+
+    manifest: Manifest
+    rules: list[str] = field(default_factory=list)
+
+    @property
+    def keep(self) -> bool:
+        return bool(self.rules)
+
+    def to_json(self) -> dict[str, Any]:
+        m = self.manifest
+        return {"id": m.id, "item": "backup", "source": m.source, "type": m.type, "finished_at": m.finished_at,
+                "action": "keep" if self.keep else "remove", "rules": self.rules or ["no rule keeps it"],
+                "stored_size": m.stored_size}
+
+
+@dataclass
+class WalRange:
+    """A run of archived WAL files of one timeline that share a fate."""
+
+    source: str
+    timeline: int
+    first: str
+    last: str
+    segments: int  # distinct segment positions
+    stored_size: int
+    keep: bool
+    reason: str
+    keys: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": f"wal:{self.first}..{self.last}", "item": "wal", "source": self.source,
+                "timeline": self.timeline, "first": self.first, "last": self.last, "segments": self.segments,
+                "stored_size": self.stored_size, "action": "keep" if self.keep else "remove",
+                "rules": [self.reason]}
+
+
+@dataclass
+class WalInventory:
+    """A source's archived WAL as listed, and each timeline's history (None when it cannot be read)."""
+
+    objects: list[ArchivedWal]
+    histories: dict[int, list[tuple[int, int]] | None]
+    segment_size: int
+
+
+@dataclass
+class RetentionPlan:
+    """Every backup with keep/remove and its rules, then the WAL ranges to keep and remove."""
+
+    source: str
+    now: datetime
+    decisions: list[Decision]
+    wal: list[WalRange]
+
+    @property
+    def removed(self) -> list[Manifest]:
+        return [d.manifest for d in self.decisions if not d.keep]
+
+    @property
+    def kept(self) -> list[Manifest]:
+        return [d.manifest for d in self.decisions if d.keep]
+
+    @property
+    def wal_removed(self) -> list[WalRange]:
+        return [r for r in self.wal if not r.keep]
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [d.to_json() for d in self.decisions] + [r.to_json() for r in self.wal]
+
+
+def plan_retention(source: str, manifests: list[Manifest], policy: RetentionConfig, now: datetime,
+                   pins: dict[str, str] | None = None, held: dict[str, str] | None = None,
+                   wal: WalInventory | None = None) -> RetentionPlan:
+    """Decide every backup of ``source`` and, given its WAL listing, the WAL to remove.
+
+    ``pins`` and ``held`` map backup ids to a description (the pin's reason, the reader holding it).
+    """
+    ordered = sorted(manifests, key=lambda m: (m.finished_at, m.id), reverse=True)
+    rules: dict[str, list[str]] = {m.id: [] for m in ordered}
+    zone = ZoneInfo(policy.timezone)
+    for family in ("physical", "logical", "sqlite"):
+        group = [m for m in ordered if FAMILY.get(m.type) == family]
+        if group:
+            _family_rules(group, policy, zone, rules)
+    for backup_type in dict.fromkeys(m.type for m in ordered):
+        newest = next(m for m in ordered if m.type == backup_type)
+        rules[newest.id].append(f"newest {backup_type}")
+    for backup_id, reason in (pins or {}).items():
+        if backup_id in rules:
+            rules[backup_id].append(f"pinned: {reason}")
+    for backup_id, reader in (held or {}).items():
+        if backup_id in rules:
+            rules[backup_id].append(f"read by {reader}")
+    physical = [m for m in ordered if m.type in PHYSICAL]
+    graph = _Timelines(wal, physical) if physical and wal is not None else None
+    if policy.recovery_window and graph is not None:
+        _window_rule(physical, graph, now - timedelta(seconds=policy.recovery_window), policy, rules)
+    _keep_ancestors(ordered, rules)
+    decisions = [Decision(m, rules[m.id]) for m in ordered]
+    wal_ranges = _wal_plan(source, [m for m in physical if rules[m.id]], physical, graph, wal) if wal else []
+    return RetentionPlan(source, now, decisions, wal_ranges)
+
+
+def _family_rules(group: list[Manifest], policy: RetentionConfig, zone: ZoneInfo,
+                  rules: dict[str, list[str]]) -> None:
+    """restic's bucket walk over one family, newest first."""
+    local = [parse_iso(m.finished_at).astimezone(zone) for m in group]
+    for index, m in enumerate(group[: policy.keep_last or 0]):
+        rules[m.id].append(f"keep_last ({index + 1} of {policy.keep_last})")
+    for rule, bucket in _BUCKETS:
+        count, last = getattr(policy, rule) or 0, None
+        for index, m in enumerate(group):
+            if count <= 0:
+                break
+            value = bucket(local[index])
+            oldest = index == len(group) - 1
+            if value != last or oldest:
+                rules[m.id].append(f"{rule} {value}" + (" (oldest backup)" if value == last else ""))
+                last, count = value, count - 1
+    if policy.keep_within:
+        since = parse_iso(group[0].finished_at) - timedelta(seconds=policy.keep_within)
+        for m in group:
+            if parse_iso(m.finished_at) > since:
+                rules[m.id].append(f"keep_within {duration_text(policy.keep_within)}")
+
+
+def _keep_ancestors(ordered: list[Manifest], rules: dict[str, list[str]]) -> None:
+    """An incremental restores only with its whole chain: a kept one keeps every ancestor."""
+    by_id = {m.id: m for m in ordered}
+    for m in ordered:
+        if not rules[m.id]:
+            continue
+        child = m
+        while child.parent and child.parent in by_id:
+            reason = f"parent of {child.id}"
+            if reason in rules[child.parent]:
+                break
+            rules[child.parent].append(reason)
+            child = by_id[child.parent]
+
+
+class _Timelines:
+    """Each timeline's ancestry (as pitr walks it), and which backups can reach which timeline."""
+
+    def __init__(self, wal: WalInventory, physical: list[Manifest]) -> None:
+        self.size = wal.segment_size
+        self.objects = [o for o in wal.objects if o.name.kind in WAL_KINDS]
+        timelines = {o.name.timeline for o in wal.objects}  # history files name timelines without WAL yet
+        timelines |= {int(m.extra["timeline"]) for m in physical}
+        self.paths: dict[int, list[tuple[int, int, int | None]] | None] = {}
+        for tli in sorted(timelines):
+            history = [] if tli == 1 else wal.histories.get(tli)
+            self.paths[tli] = None if history is None else _path(history, tli)
+
+    def reaches(self, m: Manifest, timeline: int) -> bool:
+        """Whether a restore of ``m`` can follow ``timeline`` (pitr's rule: ``m`` ends before the fork)."""
+        path = self.paths.get(timeline)
+        if path is None:
+            return False
+        own = int(m.extra["timeline"])
+        for tli, _begin, switch in path:
+            if tli == own:
+                return switch is None or lsn_to_int(m.extra["stop_lsn"]) <= switch
+        return False
+
+    def needs(self, m: Manifest, timeline: int) -> list[tuple[int, int, int | None]]:
+        """(timeline, first segno, last segno or None) that a restore of ``m`` along ``timeline`` replays."""
+        start = lsn_to_int(m.extra["start_lsn"])
+        ranges = []
+        for tli, begin, switch in self.paths[timeline] or []:
+            if switch is not None and switch <= start:
+                continue
+            ranges.append((tli, max(start, begin) // self.size, None if switch is None else (switch - 1) // self.size))
+        return ranges
+
+
+def _path(history: list[tuple[int, int]], timeline: int) -> list[tuple[int, int, int | None]]:
+    """pitr's timeline path: (timeline, begins at LSN, switches away at LSN or None for the last)."""
+    path: list[tuple[int, int, int | None]] = []
+    begin = 0
+    for parent, switch in history:
+        path.append((parent, begin, switch))
+        begin = switch
+    path.append((timeline, begin, None))
+    return path
+
+
+def _window_rule(physical: list[Manifest], graph: _Timelines, window_start: datetime, policy: RetentionConfig,
+                 rules: dict[str, list[str]]) -> None:
+    """Keep, per timeline archiving within the window, the newest backup older than the window."""
+    window = duration_text(policy.recovery_window or 0)
+    for tli in _live_timelines(graph, window_start):
+        reaching = [m for m in physical if graph.reaches(m, tli)]  # newest first
+        before = [m for m in reaching if parse_iso(m.finished_at) <= window_start]
+        if before:
+            rules[before[0].id].append(f"recovery_window {window} (timeline {tli})")
+        elif reaching:
+            rules[reaching[-1].id].append(f"recovery_window {window} (timeline {tli}; the window begins before "
+                                          "every backup)")
+
+
+def _live_timelines(graph: _Timelines, window_start: datetime) -> list[int]:
+    """Timelines with WAL archived within the window, and always the highest one (restore's "latest")."""
+    live = {o.name.timeline for o in graph.objects if o.modified >= window_start}
+    live.add(max(graph.paths))
+    return sorted(live)
+
+
+def _wal_plan(source: str, kept: list[Manifest], physical: list[Manifest], graph: _Timelines | None,
+              wal: WalInventory) -> list[WalRange]:
+    """Per timeline, runs of archived files to keep (with why) and to remove."""
+    files = [o for o in wal.objects if o.name.kind in WAL_KINDS]
+    by_timeline: dict[int, list[ArchivedWal]] = {}
+    for obj in files:
+        by_timeline.setdefault(obj.name.timeline, []).append(obj)
+    if graph is None:
+        return [_run(source, tli, objs, wal.segment_size, True, "no physical backup of this source: WAL is not "
+                     "expired without one") for tli, objs in sorted(by_timeline.items())]
+    systems = {str(m.extra.get("system_identifier")) for m in physical}
+    if len(systems) > 1:
+        reason = (f"physical backups of {len(systems)} PostgreSQL systems (pg_upgrade): archived WAL cannot be "
+                  "told apart by system, so none is expired")
+        return [_run(source, tli, objs, wal.segment_size, True, reason) for tli, objs in sorted(by_timeline.items())]
+    needs: dict[int, list[tuple[int, int | None, str]]] = {}
+    for m in sorted(kept, key=lambda m: lsn_to_int(m.extra["start_lsn"])):
+        for tli in graph.paths:
+            if graph.reaches(m, tli):
+                for on, lo, hi in graph.needs(m, tli):
+                    needs.setdefault(on, []).append((lo, hi, m.id))
+    newest_kept = max((parse_iso(m.finished_at) for m in kept), default=None)
+    ranges: list[WalRange] = []
+    for tli, objs in sorted(by_timeline.items()):
+        size = wal.segment_size
+        objs.sort(key=lambda o: (o.name.segno(size), o.name.name, o.key))
+        if graph.paths.get(tli) is None:
+            ranges.append(_run(source, tli, objs, size, True, f"the history file of timeline {tli} is missing or "
+                               "unreadable: its WAL is kept"))
+            continue
+        if tli not in needs:
+            newest = max(o.modified for o in objs)
+            if newest_kept is None or newest > newest_kept:
+                ranges.append(_run(source, tli, objs, size, True, "no retained backup reaches this timeline, but "
+                                   "it is still being archived: kept until a backup of it exists"))
+            else:
+                ranges.append(_run(source, tli, objs, size, False, "no retained backup reaches this timeline"))
+            continue
+        ranges.extend(_split(source, tli, objs, size, needs[tli]))
+    return ranges
+
+
+def _split(source: str, tli: int, objs: list[ArchivedWal], size: int,
+           needs: list[tuple[int, int | None, str]]) -> list[WalRange]:
+    """Runs of needed and unneeded files of one timeline (a sweep over the need ranges sorted by start)."""
+    needs = sorted(needs, key=lambda n: n[0])
+    first_need, oldest = needs[0][0], needs[0][2]
+    others = " and newer retained backups" if len({n[2] for n in needs}) > 1 else ""
+    needed = (True, f"replayed by restores of {oldest}{others}")
+    runs: list[WalRange] = []
+    current: list[ArchivedWal] = []
+    state: tuple[bool, str] | None = None
+    pointer, reach = 0, -1.0
+    for obj in objs:
+        segno = obj.name.segno(size)
+        while pointer < len(needs) and needs[pointer][0] <= segno:
+            hi = needs[pointer][1]
+            reach = max(reach, float("inf") if hi is None else hi)
+            pointer += 1
+        if segno <= reach:
+            fate = needed
+        elif segno < first_need:
+            fate = (False, "older than the start of every retained backup that replays this timeline")
+        else:
+            fate = (False, "after a fork: no retained backup replays it on this timeline")
+        if state is not None and fate != state:
+            runs.append(_run(source, tli, current, size, *state))
+            current = []
+        state = fate
+        current.append(obj)
+    if current and state is not None:
+        runs.append(_run(source, tli, current, size, *state))
+    return runs
+
+
+def _run(source: str, tli: int, objs: Iterable[ArchivedWal], size: int, keep: bool, reason: str) -> WalRange:
+    objs = list(objs)
+    names = [wal_file_name(tli, o.name.segno(size) * size, size) for o in objs]
+    return WalRange(source, tli, names[0], names[-1], len({o.name.segno(size) for o in objs}),
+                    sum(o.stored_size for o in objs), keep, reason, [o.key for o in objs])
