@@ -1,0 +1,250 @@
+"""`backupctl check`: judge the gathered facts (status.py) against each source's thresholds.
+
+Monitoring-plugin semantics (Nagios, Icinga, Sensu, Zabbix's external checks): exit 0 OK, 1 WARNING,
+2 CRITICAL, 3 UNKNOWN, and one summary line first, with performance data after a ``|``. The overall state is
+the worst finding, CRITICAL over WARNING over UNKNOWN over OK: a check that could not look at one thing
+must not hide a real problem it saw in another.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from backupctl.config import CheckConfig, Config, PostgresSource, SourceConfig
+
+OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
+STATE_NAMES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
+_RANK = {OK: 0, UNKNOWN: 1, WARNING: 2, CRITICAL: 3}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One judged fact of one source; ``value`` with its unit and thresholds becomes performance data."""
+
+    source: str
+    check: str
+    state: int
+    message: str
+    value: float | None = None
+    unit: str = ""  # "s", "B", "%" or "" (a count)
+    warning: float | None = None
+    critical: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": f"{self.source}/{self.check}", "source": self.source, "check": self.check,
+                "state": STATE_NAMES[self.state], "message": self.message, "value": self.value, "unit": self.unit,
+                "warning": self.warning, "critical": self.critical}
+
+    def perfdata(self) -> str | None:
+        if self.value is None:
+            return None
+        thresholds = ";".join("" if t is None else _number(t) for t in (self.warning, self.critical))
+        return f"'{self.source}_{self.check}'={_number(self.value)}{self.unit};{thresholds}".rstrip(";")
+
+
+def _number(value: float) -> str:
+    return f"{value:.0f}" if float(value).is_integer() else f"{value:.2f}"
+
+
+def worst(states: list[int]) -> int:
+    return max(states, key=lambda s: _RANK[s], default=OK)
+
+
+def human_age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def _human_bytes(size: float) -> str:
+    from backupctl.render import human_size
+
+    return human_size(int(size))
+
+
+def _above(value: float, warning: float | None, critical: float | None) -> int:
+    if critical is not None and value >= critical:
+        return CRITICAL
+    if warning is not None and value >= warning:
+        return WARNING
+    return OK
+
+
+def _limit(state: int, warning: float | None, critical: float | None, show: Any) -> str:
+    """" (warning 26.0h)" for a message; nothing when OK."""
+    if state == OK:
+        return ""
+    limit = critical if state == CRITICAL else warning
+    return f" ({STATE_NAMES[state].lower()} {show(limit)})"
+
+
+def schedule_period(expression: str, timezone: str | None, now: datetime) -> float:
+    """The longest gap between two runs of a cron schedule over its next year, in seconds."""
+    from apscheduler.triggers.cron import CronTrigger
+
+    trigger = CronTrigger.from_crontab(expression, timezone=timezone or "UTC")
+    fires: list[datetime] = []
+    previous = None
+    moment = now
+    while len(fires) < 400 and (not fires or (fires[-1] - fires[0]).days < 366):
+        nxt = trigger.get_next_fire_time(previous, moment)
+        if nxt is None:
+            break
+        fires.append(nxt)
+        previous, moment = nxt, nxt
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(fires)]
+    return max(gaps, default=86400.0)
+
+
+def drill_thresholds(source: SourceConfig, timezone: str | None, now: datetime) -> tuple[float | None, float | None]:
+    """The drill age thresholds: the configured ones, else derived from the drill schedule (one period and
+    a day of grace for WARNING, two periods for CRITICAL); (None, None) when drills are not expected."""
+    check = source.check
+    if check.drill_age_warning is not None or check.drill_age_critical is not None:
+        return check.drill_age_warning, check.drill_age_critical
+    if source.schedule.drill is None:
+        return None, None
+    period = schedule_period(source.schedule.drill, timezone, now)
+    return period + 86400.0, 2 * period + 86400.0
+
+
+def evaluate(status: dict[str, Any], source: SourceConfig, config: Config, now: datetime) -> list[Finding]:
+    """Every finding for one source, in the order an operator reads them."""
+    name = source.name
+    repository = status.get("repository") or {}
+    if not repository.get("reachable"):
+        return [Finding(name, "repository", CRITICAL, f"repository unreachable: {repository.get('error')}")]
+    findings = [Finding(name, "gather", UNKNOWN, error) for error in status["errors"]]
+    findings += _backup_findings(status, source.check)
+    if isinstance(source, PostgresSource):
+        findings += _wal_findings(status, source.check)
+        findings += _server_findings(status, source.check)
+    findings += _verify_findings(status)
+    findings += _drill_findings(status, source, config.scheduler.timezone, now)
+    return findings
+
+
+def _backup_findings(status: dict[str, Any], check: CheckConfig) -> list[Finding]:
+    name = status["source"]
+    found = []
+    if status["damaged_manifests"]:
+        found.append(Finding(name, "manifests", WARNING, f"{len(status['damaged_manifests'])} damaged manifest(s), "
+                             f"e.g. {status['damaged_manifests'][0]}: run `backupctl verify --all`"))
+    if not status["backups"]:
+        return [*found, Finding(name, "backup_age", CRITICAL, "no backup at all")]
+    newest = min(status["backups"], key=lambda b: b["age_seconds"])
+    age = newest["age_seconds"]
+    state = _above(age, check.backup_age_warning, check.backup_age_critical)
+    found.append(Finding(name, "backup_age", state, f"last backup ({newest['type']}) {human_age(age)} old"
+                         + _limit(state, check.backup_age_warning, check.backup_age_critical, human_age),
+                         age, "s", check.backup_age_warning, check.backup_age_critical))
+    window = status.get("window")
+    if window and window["kind"] == "pitr" and window["earliest"] is None:
+        found.append(Finding(name, "window", CRITICAL,
+                             f"no physical backup can be made consistent with the archived WAL: {window['problem']}"))
+    return found
+
+
+def _wal_findings(status: dict[str, Any], check: CheckConfig) -> list[Finding]:
+    """WAL archive age: only where archiving is expected (physical backups, or archive_mode on)."""
+    name = status["source"]
+    server = status.get("server") or {}
+    physical = any(b["type"] in ("full", "incr") for b in status["backups"])
+    archiving = server.get("archive_mode") in ("on", "always")
+    wal = status.get("wal")
+    if server.get("reachable") and physical and not archiving:
+        return [Finding(name, "wal_age", CRITICAL, "archive_mode is off: physical backups cannot be restored to "
+                        f"any later point (run `backupctl pg-settings {name}`)")]
+    if not (physical or archiving or wal):
+        return []
+    if not wal or wal["age_seconds"] is None:
+        return [Finding(name, "wal_age", CRITICAL, "no WAL archived (run `backupctl wal check`)")]
+    age = wal["age_seconds"]
+    if server.get("ready") == 0 and not server.get("failing"):
+        # Nothing waits to be archived: an old newest segment only means a quiet server.
+        return [Finding(name, "wal_age", OK, f"WAL archive current (newest segment {human_age(age)} old, "
+                        "nothing waiting)", age, "s", check.wal_age_warning, check.wal_age_critical)]
+    state = _above(age, check.wal_age_warning, check.wal_age_critical)
+    return [Finding(name, "wal_age", state, f"newest archived WAL segment {human_age(age)} old"
+                    + _limit(state, check.wal_age_warning, check.wal_age_critical, human_age),
+                    age, "s", check.wal_age_warning, check.wal_age_critical)]
+
+
+def _server_findings(status: dict[str, Any], check: CheckConfig) -> list[Finding]:
+    name = status["source"]
+    server = status.get("server") or {}
+    found = []
+    if not server.get("reachable"):
+        found.append(Finding(name, "server", WARNING, f"server not reachable: {server.get('error')}"))
+    if server.get("failing"):
+        found.append(Finding(name, "archiver", WARNING, f"archive_command failing: {server['last_failed_wal']} at "
+                             f"{server['last_failed_time']} ({server['failed_count']} failures since "
+                             f"{server['stats_reset'] or 'the server started'})", server["failed_count"], ""))
+    if server.get("ready") is not None:
+        ready = server["ready"]
+        state = _above(ready, check.ready_warning, check.ready_critical)
+        found.append(Finding(name, "ready", state, f"{ready} WAL segment(s) waiting to be archived"
+                             + _limit(state, check.ready_warning, check.ready_critical, str),
+                             ready, "", check.ready_warning, check.ready_critical))
+    if server.get("pg_wal_bytes") is not None and (check.pg_wal_warning or check.pg_wal_critical):
+        size = server["pg_wal_bytes"]
+        state = _above(size, check.pg_wal_warning, check.pg_wal_critical)
+        found.append(Finding(name, "pg_wal", state, f"pg_wal holds {_human_bytes(size)}"
+                             + _limit(state, check.pg_wal_warning, check.pg_wal_critical, _human_bytes),
+                             size, "B", check.pg_wal_warning, check.pg_wal_critical))
+    if server.get("disk_free_percent") is not None:
+        free = server["disk_free_percent"]
+        state = (CRITICAL if free <= check.disk_free_critical else WARNING if free <= check.disk_free_warning
+                 else OK)
+        found.append(Finding(name, "disk_free", state, f"{free:.1f}% free on the data directory's filesystem"
+                             + _limit(state, check.disk_free_warning, check.disk_free_critical, lambda p: f"{p}%"),
+                             free, "%", check.disk_free_warning, check.disk_free_critical))
+    if server.get("local_error"):
+        found.append(Finding(name, "local", UNKNOWN, server["local_error"]))
+    return found
+
+
+def _verify_findings(status: dict[str, Any]) -> list[Finding]:
+    record = status.get("last_verify")
+    if not record or record.get("status") != "failed":
+        return []
+    return [Finding(status["source"], "verify", CRITICAL, f"the last verify found damage in backup "
+                    f"{record.get('backup_id')} at {record.get('finished_at')}: {record.get('error')}")]
+
+
+def _drill_findings(status: dict[str, Any], source: SourceConfig, timezone: str | None,
+                    now: datetime) -> list[Finding]:
+    warning, critical = drill_thresholds(source, timezone, now)
+    if warning is None and critical is None:
+        return []
+    name = status["source"]
+    drill = status.get("last_drill")
+    if not drill:
+        return [Finding(name, "drill_age", WARNING, "no restore drill has run yet (`backupctl drill run "
+                        f"{name}`)")]
+    if drill.get("status") != "passed":
+        return [Finding(name, "drill", CRITICAL, f"the last drill ({drill.get('id')}, backup {drill.get('backup_id')}) "
+                        f"failed: {drill.get('error') or 'see its checks'}")]
+    age = drill.get("age_seconds") or 0.0
+    state = _above(age, warning, critical)
+    rto = drill.get("rto_seconds")
+    rto_text = f", RTO {human_age(rto)}" if rto is not None else ""
+    return [Finding(name, "drill_age", state, f"last drill passed {human_age(age)} ago{rto_text}"
+                    + _limit(state, warning, critical, human_age), age, "s", warning, critical)]
+
+
+def summary(findings: list[Finding], sources: list[str]) -> str:
+    """The plugin's one line: state, the problems (or what is fine), then performance data."""
+    state = worst([f.state for f in findings])
+    problems = sorted((f for f in findings if f.state != OK), key=lambda f: -_RANK[f.state])
+    if problems:
+        text = "; ".join(f"{f.source}: {f.message}" for f in problems)
+    else:
+        ages = {f.source: f.message for f in findings if f.check == "backup_age"}
+        text = f"{len(sources)} source(s) protected: " + ", ".join(f"{s} ({ages.get(s, 'ok')})" for s in sources)
+    perf = " ".join(p for p in (f.perfdata() for f in findings) if p)
+    return f"BACKUPCTL {STATE_NAMES[state]} - {text}" + (f" | {perf}" if perf else "")
