@@ -393,13 +393,13 @@ def _check_source(source: SourceConfig, loader: _Loader, key: str) -> None:
 
 
 def cron_problem(expression: str) -> str | None:
-    """Why a five-field cron expression is invalid, or None; apscheduler's own parser decides."""
+    """Why a five-field cron expression is invalid, or None; the scheduler's own parser decides."""
     if len(expression.split()) != 5:
         return f"{expression!r} is not a cron expression (five fields: minute hour day month weekday)"
-    from apscheduler.triggers.cron import CronTrigger
+    from backupctl.cron import cron_trigger
 
     try:
-        CronTrigger.from_crontab(expression, timezone="UTC")
+        cron_trigger(expression)
     except ValueError as exc:
         return f"{expression!r} is not a valid cron expression: {exc}"
     return None

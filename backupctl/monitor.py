@@ -84,9 +84,9 @@ def _limit(state: int, warning: float | None, critical: float | None, show: Any)
 
 def schedule_period(expression: str, timezone: str | None, now: datetime) -> float:
     """The longest gap between two runs of a cron schedule over its next year, in seconds."""
-    from apscheduler.triggers.cron import CronTrigger
+    from backupctl.cron import cron_trigger
 
-    trigger = CronTrigger.from_crontab(expression, timezone=timezone or "UTC")
+    trigger = cron_trigger(expression, timezone or "UTC")
     fires: list[datetime] = []
     previous = None
     moment = now

@@ -121,10 +121,10 @@ def timezone_of(config: Config) -> Any:
 
 
 def trigger_for(spec: JobSpec, config: Config) -> Any:
-    from apscheduler.triggers.cron import CronTrigger
+    from backupctl.cron import cron_trigger
 
     assert spec.cron is not None, "only scheduled jobs have a trigger"
-    return CronTrigger.from_crontab(spec.cron, timezone=timezone_of(config))
+    return cron_trigger(spec.cron, timezone_of(config))
 
 
 def next_runs(config: Config, now: datetime | None = None) -> list[dict[str, Any]]:
