@@ -14,6 +14,7 @@ from typing import Any
 import structlog
 
 _SECRET_WORDS = ("password", "secret", "token", "identity", "credential")
+JOB_ID_ENV = "BACKUPCTL_JOB_ID"  # set by the scheduler for its children: every line of a job names it
 
 
 def _redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -24,10 +25,22 @@ def _redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Mutabl
     return event
 
 
-def configure(debug: bool = False, stream: Any = None) -> None:
-    """Set up structlog once per process; JSON unless stderr is a terminal."""
+def _job_id(job_id: str) -> Any:
+    def add(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        event.setdefault("job_id", job_id)
+        return event
+
+    return add
+
+
+def configure(debug: bool = False, stream: Any = None, json_lines: bool = False) -> None:
+    """Set up structlog once per process; JSON unless stderr is a terminal (or ``json_lines``).
+
+    A process started by the scheduler finds its job id in ``$BACKUPCTL_JOB_ID`` and puts it on every line,
+    so one job's lines can be picked out of the journal whichever process wrote them.
+    """
     stream = stream or sys.stderr
-    interactive = hasattr(stream, "isatty") and stream.isatty()
+    interactive = hasattr(stream, "isatty") and stream.isatty() and not json_lines
     renderer: Any
     if interactive:
         colors = "NO_COLOR" not in os.environ
@@ -39,6 +52,7 @@ def configure(debug: bool = False, stream: Any = None) -> None:
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
+            *([_job_id(os.environ[JOB_ID_ENV])] if os.environ.get(JOB_ID_ENV) else []),
             _redact,
             renderer,
         ],
