@@ -83,15 +83,24 @@ def source_status(repo: Repository, source: SourceConfig, now: datetime) -> dict
     status["backup_count"] = len(manifests)
     status["damaged_manifests"] = sorted(damaged)
     status["wal"] = _attempt(status, "wal", lambda: _wal(repo, source, now))
-    status["last_verify"] = _attempt(status, "last verify",
-                                     lambda: _newest_record(repo, f"{source.name}/{VERIFICATIONS}/"))
-    status["last_drill"] = _attempt(status, "last drill", lambda: _last_drill(repo, source.name))
-    for record in (status["last_verify"], status["last_drill"]):
-        if record is not None:
-            record["age_seconds"] = _age(record.get("finished_at"), now)
+    verify = _attempt(status, "last verify", lambda: _newest_record(repo, f"{source.name}/{VERIFICATIONS}/"))
+    drill = _attempt(status, "last drill", lambda: _last_drill(repo, source.name))
+    status["last_verify"] = _record_summary(verify, ("mode", "bytes"), now)
+    status["last_drill"] = _record_summary(drill, ("rto_seconds",), now)
+    if drill:
+        status["last_drill"]["failed_checks"] = [c["name"] for c in drill.get("checks", [])
+                                                 if c.get("status") == "failed"]
     status["window"] = _attempt(status, "window",
                                 lambda: recoverable_window(repo, source, manifests, status["wal"]))
     return status
+
+
+def _record_summary(record: dict[str, Any] | None, extra: tuple[str, ...], now: datetime) -> dict[str, Any] | None:
+    """What status shows of a verify or drill record (`drill show` has the rest), with its age."""
+    if record is None:
+        return None
+    keys = ("id", "backup_id", "status", "started_at", "finished_at", *extra, "error")
+    return {**{k: record.get(k) for k in keys}, "age_seconds": _age(record.get("finished_at"), now)}
 
 
 def _repository_usage(repo: Repository, source: str) -> dict[str, Any]:
@@ -162,10 +171,7 @@ def _newest_record(repo: Repository, prefix: str) -> dict[str, Any] | None:
 
 
 def _last_drill(repo: Repository, source: str) -> dict[str, Any] | None:
-    try:
-        from backupctl.drill import latest_drill
-    except ImportError:  # FIXME(issue 7): drill.py is landing; remove this guard once it has
-        return None
+    from backupctl.drill import latest_drill
 
     return latest_drill(repo.storage, source)
 
