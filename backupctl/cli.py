@@ -278,13 +278,9 @@ def _restore_physical(config: Any, source_name: str, force: bool, output: str, o
     source = config.source(source_name)
     if not isinstance(source, PostgresSource):
         raise ConfigError(f"source {source_name} is not a PostgreSQL source: restore its backups by id")
-    targets = [(k, opts[f"target_{k}"]) for k in ("time", "lsn", "xid", "name") if opts[f"target_{k}"]]
-    if opts["target_immediate"]:
-        targets.append(("immediate", None))
-    if len(targets) > 1:
-        raise ConfigError("give at most one of --target-time, --target-lsn, --target-xid, --target-name, --target")
-    kind, value = targets[0] if targets else ("end", None)
-    target = pitr.Target(kind, value, opts["target_timeline"], opts["target_action"], not opts["exclusive"])
+    target = pitr.target_from_options(opts["target_time"], opts["target_lsn"], opts["target_xid"],
+                                      opts["target_name"], bool(opts["target_immediate"]), opts["target_timeline"],
+                                      opts["target_action"], not opts["exclusive"])
     mapping = {}
     for item in opts["tablespaces"]:
         oid, sep, directory = item.partition("=")
@@ -405,6 +401,9 @@ def main(argv: list[str] | None = None) -> None:
 from backupctl.cli_wal import register as _register_wal  # noqa: E402 - needs the group defined above
 
 _register_wal(cli)
+from backupctl.cli_drill import register as _register_drill  # noqa: E402 - needs the group defined above
+
+_register_drill(cli)
 from backupctl.cli_ops import register as _register_ops  # noqa: E402 - needs the group defined above
 
 _register_ops(cli)

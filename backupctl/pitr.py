@@ -63,6 +63,20 @@ def parse_time(text: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+def target_from_options(time: str | None, lsn: str | None, xid: str | None, name: str | None, immediate: bool,
+                        timeline: str = "latest", action: str | None = None, inclusive: bool = True) -> Target:
+    """The ``--target-*`` options of a command as a Target: at most one, none meaning the end of archived WAL."""
+    given = [(kind, value) for kind, value in (("time", time), ("lsn", lsn), ("xid", xid), ("name", name)) if value]
+    if immediate:
+        given.append(("immediate", None))
+    if len(given) > 1:
+        raise ConfigError("give at most one of --target-time, --target-lsn, --target-xid, --target-name, --target")
+    kind, value = given[0] if given else ("end", None)
+    if kind == "time":
+        parse_time(str(value))  # a malformed time is a usage error now, not a failure halfway through
+    return Target(kind, value, timeline, action, inclusive)
+
+
 @dataclass
 class Plan:
     """The backup and WAL that reach the target, and what recovery will be told."""
