@@ -1,4 +1,4 @@
-"""The WAL commands of the CLI: wal-push, wal-fetch, wal status|verify|check, pg-settings.
+"""The WAL commands of the CLI: wal-push, wal-fetch, wal status|verify|check|new-epoch, pg-settings.
 
 ``wal-push`` and ``wal-fetch`` run the same code as the fast entry ``python -I -m backupctl.walpusher``
 that ``pg-settings`` prints; through ``backupctl`` they cost the CLI's own start (~80 ms more per call).
@@ -30,23 +30,26 @@ def register(cli: click.Group) -> None:
     @click.argument("name")
     @click.argument("dest")
     @click.option("--source", help="The PostgreSQL source (optional when the config has only one).")
+    @click.option("--epoch", type=click.IntRange(min=1), default=1, show_default=True,
+                  help="The history epoch whose WAL to fetch (a cluster restored from a backup taken after "
+                       "pg_upgrade; `restore` and `pg-settings` write it).")
     @pass_state
-    def wal_fetch(state: State, name: str, dest: str, source: str | None) -> None:
+    def wal_fetch(state: State, name: str, dest: str, source: str | None, epoch: int) -> None:
         """restore_command: fetch archived file NAME (%f) into DEST (%p); exit 1 when it is not archived."""
         from backupctl.walpusher import fetch_command
 
-        sys.exit(fetch_command(state.config_file, source, name, dest, state.debug))
+        sys.exit(fetch_command(state.config_file, source, name, dest, state.debug, epoch))
 
     @cli.group(name="wal")
     def wal_group() -> None:
-        """The WAL archive of a PostgreSQL source: status, verify, check."""
+        """The WAL archive of a PostgreSQL source: status, verify, check, new-epoch."""
 
     @wal_group.command(name="status")
     @click.argument("source", required=False)
     @OUTPUT
     @pass_state
     def wal_status(state: State, source: str | None, output: str) -> None:
-        """Archived range per timeline, gaps, the newest segment and its age."""
+        """Archived range per history epoch and timeline, gaps, the newest segment and its age."""
         from backupctl import wal
         from backupctl.render import emit_json
 
@@ -54,10 +57,11 @@ def register(cli: click.Group) -> None:
         name = wal.select_source(config, source).name
         with wal.open_wal_repository(config) as repo:
             rows = wal.wal_status(repo, name)
+            streams = wal.streams_of(repo, name)
         if output == "json":
             emit_json(rows)
         else:
-            _status_table(name, rows)
+            _status_table(name, rows, streams)
 
     @wal_group.command(name="verify")
     @click.argument("source", required=False)
@@ -66,8 +70,8 @@ def register(cli: click.Group) -> None:
     @OUTPUT
     @pass_state
     def wal_verify(state: State, source: str | None, jobs: int, output: str) -> None:
-        """Check the archive is continuous from the oldest physical backup to the newest segment, across
-        timelines, and decode every object (exit 1 on any problem)."""
+        """Check each history epoch's archive is continuous from its oldest physical backup to its newest
+        segment, across timelines, and decode every object (exit 1 on any problem)."""
         from backupctl import wal
         from backupctl.errors import BackupctlError
         from backupctl.render import emit_json
@@ -75,14 +79,18 @@ def register(cli: click.Group) -> None:
         config = state.config()
         name = wal.select_source(config, source).name
         with wal.open_wal_repository(config) as repo:
-            result = wal.verify_wal(repo, name, jobs)
+            results = wal.verify_epochs(repo, name, jobs)
         if output == "json":
-            emit_json([result.to_json()])
+            emit_json([result.to_json() for result in results])
         else:
-            _verify_view(result)
-        if not result.ok:
-            more = f" (and {len(result.problems) - 1} more)" if len(result.problems) > 1 else ""
-            raise BackupctlError(f"WAL archive of {name} is not whole: {result.problems[0]}{more}")
+            for result in results:
+                _verify_view(result, len(results) > 1)
+        problems = [(r, p) for r in results for p in r.problems]
+        if problems:
+            first, problem = problems[0]
+            where = f" (epoch {first.epoch})" if len(results) > 1 else ""
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise BackupctlError(f"WAL archive of {name}{where} is not whole: {problem}{more}")
 
     @wal_group.command(name="check")
     @click.argument("source", required=False)
@@ -102,32 +110,75 @@ def register(cli: click.Group) -> None:
         if output == "json":
             emit_json([result])
         else:
-            click.echo(f"{result['segment']} of {src.name} archived {result['seconds']:.2f}s after the switch "
-                       f"(at {result['switch_lsn']})")
+            epoch = f" (history epoch {result['epoch']})" if result["epoch"] > 1 else ""
+            click.echo(f"{result['segment']} of {src.name}{epoch} archived {result['seconds']:.2f}s after the "
+                       f"switch (at {result['switch_lsn']})")
 
     @wal_group.command(name="new-epoch")
     @click.argument("source")
+    @click.option("--system-identifier", help="Without asking the server: its system identifier (pg_controldata's "
+                  "'Database system identifier'). Give all three or none.")
+    @click.option("--major", type=int, help="Without asking the server: its major version (PG_VERSION).")
+    @click.option("--segment-size", help="Without asking the server: its WAL segment size, e.g. 16MiB "
+                  "(pg_controldata's 'Bytes per WAL segment').")
+    @OUTPUT
     @pass_state
-    def wal_new_epoch(state: State, source: str) -> None:
-        """Start a new history epoch for SOURCE after pg_upgrade (not available in this version)."""
-        from backupctl.errors import BackupctlError
+    def wal_new_epoch(state: State, source: str, system_identifier: str | None, major: int | None,
+                      segment_size: str | None, output: str) -> None:
+        """After pg_upgrade: start the next history epoch of SOURCE for its upgraded server.
 
-        raise BackupctlError(
-            f"wal new-epoch is not available in this version: archive the upgraded cluster under a new source "
-            f"name (a [sources.{source}-new] section with the same settings, then `backupctl pg-settings "
-            f"{source}-new` for its archive_command), and take a full backup of it; the backups and WAL of "
-            f"{source} stay restorable"
-        )
+        Asks the configured server for its system identifier, major and WAL segment size and records them
+        (once; safe to run again). Its WAL is then archived beside the old epoch's, whose backups and WAL
+        stay restorable; take a full backup of the upgraded server next.
+        """
+        from backupctl import epochs, wal
+        from backupctl.config import parse_size
+        from backupctl.errors import ConfigError
+        from backupctl.privileges import become_server_user
+        from backupctl.render import emit_json
+        from backupctl.repository import open_repository
+
+        config = state.config()
+        src = wal.select_source(config, source)
+        given = [value is not None for value in (system_identifier, major, segment_size)]
+        if any(given) and not all(given):
+            raise ConfigError("give --system-identifier, --major and --segment-size together (`pg_controldata "
+                              "DATADIR` shows them), or none of them to ask the server")
+        become_server_user(src)
+        if system_identifier is not None and major is not None and segment_size is not None:
+            try:
+                size = parse_size(segment_size)
+            except ValueError as exc:
+                raise ConfigError(f"--segment-size: {exc}") from None
+            system = epochs.ServerSystem.from_options(system_identifier, major, size)
+        else:
+            system = epochs.server_system(src)
+        with open_repository(config) as repo:
+            result = epochs.start_epoch(repo, src.name, system)
+        if output == "json":
+            emit_json([result.to_json()])
+        else:
+            _epoch_view(result)
 
     @cli.command(name="pg-settings")
     @click.argument("source", required=False)
     @pass_state
     def pg_settings(state: State, source: str | None) -> None:
-        """Print the postgresql.conf lines that archive SOURCE into the repository (absolute paths)."""
-        from backupctl import wal
+        """Print the postgresql.conf lines that archive SOURCE into the repository (absolute paths); the
+        restore_command replays the current history epoch's WAL."""
+        from backupctl import epochs, wal
+        from backupctl.errors import BackupctlError
 
         config = state.config()
-        click.echo(wal.pg_settings(config, wal.select_source(config, source)), nl=False)
+        src = wal.select_source(config, source)
+        epoch = 1
+        try:
+            with wal.open_wal_repository(config) as repo:
+                current = epochs.current_stream(repo, src.name)
+                epoch = current.epoch if current else 1
+        except BackupctlError as exc:
+            click.echo(f"backupctl: warning: {exc}; restore_command is shown for history epoch 1", err=True)
+        click.echo(wal.pg_settings(config, src, epoch), nl=False)
 
 
 def _age(seconds: float | None) -> str:
@@ -139,15 +190,20 @@ def _age(seconds: float | None) -> str:
     return f"{seconds:.0f}s"
 
 
-def _status_table(source: str, rows: list[dict[str, Any]]) -> None:
+def _status_table(source: str, rows: list[dict[str, Any]], streams: list[Any]) -> None:
     from backupctl.render import console, human_size, table
 
+    if len(streams) > 1:
+        for identity in streams:
+            console().print(f"epoch {identity.epoch}: {identity.describe()}, since {identity.started_at or '-'}, "
+                            f"WAL in {identity.stream}/wal/"
+                            + ("" if any(r["epoch"] == identity.epoch for r in rows) else ": nothing archived yet"))
     if not rows:
         console().print(f"no WAL archived for {source}")
         return
-    table(None, ["TIMELINE", "FIRST", "LAST", "SEGMENTS", "GAPS", "STORED", "NEWEST", "AGE"], [
+    table(None, ["EPOCH", "TIMELINE", "FIRST", "LAST", "SEGMENTS", "GAPS", "STORED", "NEWEST", "AGE"], [
         [
-            f"{r['timeline']}", r["first"] or "-", r["last"] or "-", str(r["segments"]),
+            str(r["epoch"]), f"{r['timeline']}", r["first"] or "-", r["last"] or "-", str(r["segments"]),
             ", ".join(f"{g['from']}..{g['to']} ({g['missing']})" for g in r["gaps"]) or "none",
             human_size(r["stored_bytes"]), r["newest_archived_at"] or "-", _age(r["newest_age_seconds"]),
         ]
@@ -158,13 +214,43 @@ def _status_table(source: str, rows: list[dict[str, Any]]) -> None:
         console().print(f"newest segment {newest['newest_segment']} archived {_age(newest['newest_age_seconds'])} ago")
 
 
-def _verify_view(result: Any) -> None:
+def _verify_view(result: Any, epochs: bool) -> None:
     from backupctl.render import console, human_size
 
     out = console()
     verdict = "ok" if result.ok else "PROBLEMS"
-    out.print(f"WAL of {result.source}: {verdict} ({result.mode}); {result.start} .. {result.end} from the "
+    epoch = f" epoch {result.epoch}" if epochs else ""
+    out.print(f"WAL of {result.source}{epoch}: {verdict} ({result.mode}); {result.start} .. {result.end} from the "
               f"{result.start_from}, timelines {', '.join(map(str, result.timelines)) or '-'}; {result.checked} "
               f"objects, {human_size(result.bytes)} read in {result.seconds:.2f}s")
     for problem in result.problems:
         out.print(f"  {problem}")
+
+
+def _epoch_view(result: Any) -> None:
+    """What ``wal new-epoch`` did and what to do next."""
+    from backupctl.render import console
+
+    out = console()
+    identity, source = result.epoch, result.source
+    if result.action == "registered":
+        out.print(f"registered {identity.describe()} as history epoch 1 of source {source} ({result.note})")
+        return
+    if result.action == "current":
+        out.print(f"{identity.describe()} is already the current history epoch of source {source}: {result.note}")
+        return
+    previous = result.previous
+    out.print(f"started history epoch {identity.epoch} of source {source}: {identity.describe()}, "
+              f"{identity.segment_size // 1024**2} MiB WAL segments; its WAL goes to {identity.stream}/wal/")
+    last = result.previous_last_segment
+    archived = (f"its last archived segment is {last.name.name} ({last.modified:%Y-%m-%d %H:%M:%S %Z})" if last
+                else "it has no archived WAL")
+    out.print(f"epoch {previous.epoch} ({previous.describe()}) keeps its backups and WAL, restorable as before; "
+              f"{archived}")
+    out.print("next steps:")
+    out.print(f"  1. backupctl wal check {source}     # archives a segment of the upgraded server (and any refused "
+              "so far)")
+    out.print(f"  2. backupctl backup {source} --type full     # until then no restore can reach a time after the "
+              "upgrade")
+    out.print(f"  3. backupctl pg-settings {source}     # restore_command for standbys of the upgraded server "
+              f"(--epoch {identity.epoch})")

@@ -31,6 +31,14 @@ PROBE_PREFIX = ".probe/"
 log = get_logger(__name__)
 
 
+class SourceMismatch(BackupctlError):
+    """``source.json`` records another value of ``field`` than the source has now (another server)."""
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 @dataclass
 class Repository:
     """An opened repository: storage, pipeline and catalog, checked against the config."""
@@ -91,9 +99,9 @@ class Repository:
             raise IntegrityError(f"{key} is damaged: it is not JSON") from None
         for field, value in identity.items():
             if stored.get(field) != value:
-                raise BackupctlError(
+                raise SourceMismatch(
                     f"source {name!r} in {self.storage.location} has {field} {stored.get(field)!r}, "
-                    f"but the configured source has {value!r}: use another source name"
+                    f"but the configured source has {value!r}: use another source name", field
                 )
         return stored
 

@@ -13,7 +13,10 @@ The plaintext checksum in the key is what makes a push idempotent without the pr
 pgBackRest does with SHA1): pushing a segment again finds its own key and succeeds; a different segment
 under the same name finds another checksum and fails, naming both. A push checks the segment's long
 page header: the first push (or the first backup) registers the source's system identifier, major and
-segment size with a conditional write, and WAL of any other system is refused.
+segment size with a conditional write, and WAL of any other system is refused, unless ``wal new-epoch``
+made it a later history epoch of the source (after pg_upgrade: see ``backupctl.epochs``); each epoch's
+WAL has its own *stream*, the string these functions take as ``source`` (``<source>/epochs/<N>`` for
+epoch N >= 2, so its WAL lives under ``<source>/epochs/<N>/wal/``).
 
 The API the restore planner uses (all pure or repository-reading functions):
 
@@ -23,7 +26,7 @@ The API the restore planner uses (all pure or repository-reading functions):
 - ``list_archived(repo, source, kinds=("segment",)) -> dict[int, list[ArchivedWal]]``
 - ``read_history(repo, source, timeline) -> list[tuple[int, int]]``: (parent timeline, switch LSN)
 - ``fetch(repo, source, name, dest) -> bool``: False when the file is not archived
-- ``restore_command(config_path, source_name) -> str``, ``archive_command(...)``
+- ``restore_command(config_path, source_name, epoch=1) -> str``, ``archive_command(...)``
 - ``segment_size(repo, source) -> int | None``
 """
 
@@ -371,9 +374,11 @@ def invocation() -> list[str]:
     return walpusher.bootstrap()
 
 
-def _command(config_path: str | Path, source_name: str, verb: str, *args: str) -> str:
+def _command(config_path: str | Path, source_name: str, verb: str, *args: str, epoch: int = 1) -> str:
     config = str(Path(config_path).absolute())
     words = [*invocation(), "--config", config, verb, "--source", source_name]
+    if epoch > 1:
+        words += ["--epoch", str(epoch)]
     return " ".join([*(shlex.quote(w) for w in words), *args])
 
 
@@ -382,9 +387,13 @@ def archive_command(config_path: str | Path, source_name: str) -> str:
     return _command(config_path, source_name, "wal-push", "%p")
 
 
-def restore_command(config_path: str | Path, source_name: str) -> str:
-    """The exact restore_command for ``source_name`` (absolute paths, ``--config``)."""
-    return _command(config_path, source_name, "wal-fetch", "%f", "%p")
+def restore_command(config_path: str | Path, source_name: str, epoch: int = 1) -> str:
+    """The exact restore_command for ``source_name`` (absolute paths, ``--config``).
+
+    A cluster of a later history epoch (see ``epochs``) replays that epoch's WAL: ``--epoch N``; epoch 1's
+    command is the one written before epochs existed, so restored clusters and standbys keep working.
+    """
+    return _command(config_path, source_name, "wal-fetch", "%f", "%p", epoch=epoch)
 
 
 def conf_quote(value: str) -> str:
@@ -403,10 +412,13 @@ def _not_traversable(path: Path) -> Path | None:
     return None
 
 
-def pg_settings(config: Config, source: PostgresSource) -> str:
-    """The lines for postgresql.conf that archive ``source`` into the repository, with advice."""
+def pg_settings(config: Config, source: PostgresSource, epoch: int = 1) -> str:
+    """The lines for postgresql.conf that archive ``source`` into the repository, with advice.
+
+    ``epoch``: the history epoch whose WAL restore_command replays (the current one: the live server's).
+    """
     archive = archive_command(config.file, source.name)
-    restore = restore_command(config.file, source.name)
+    restore = restore_command(config.file, source.name, epoch)
     lines = [
         f"# backupctl: continuous WAL archiving of source {source.name!r} into {_location(config)}",
         "# (wal_level and archive_mode take effect after a server restart; the commands after a reload)",
@@ -414,7 +426,8 @@ def pg_settings(config: Config, source: PostgresSource) -> str:
         "archive_mode = on",
         f"archive_command = {conf_quote(archive)}",
         "archive_timeout = 60s                   # advice: at most a minute of WAL waits in a quiet hour",
-        "# recovery and standbys (ignored by a running primary):",
+        "# recovery and standbys (ignored by a running primary)"
+        + (f"; history epoch {epoch} (after pg_upgrade):" if epoch > 1 else ":"),
         f"restore_command = {conf_quote(restore)}",
     ]
     blocked = _not_traversable(Path(sys.executable))
@@ -615,33 +628,63 @@ def new_epoch_hint(config: Config | None, source: str) -> str:
     return f"backupctl{config_arg} wal new-epoch {shlex.quote(source)}"
 
 
+def foreign_system(repo: Repository, source: str, what: str, sysid: str, major: int | None,
+                   current: SourceIdentity | None) -> ForeignWal:
+    """The refusal of a system that is no epoch of ``source``, naming the command that starts one."""
+    server = f"PostgreSQL {major} system {sysid}" if major else f"system {sysid}"
+    archived = f" archives {current.describe()}" if current else " archives another system"
+    return ForeignWal(
+        f"{what} comes from {server}, but source {source!r} in {repo.storage.location}{archived}: if this "
+        f"cluster was upgraded (pg_upgrade) or re-created, start a new history epoch with "
+        f"`{new_epoch_hint(repo.config, source)}`; otherwise archive_command or the config names the wrong source"
+    )
+
+
 @dataclass
 class SourceIdentity:
-    """A source's registered identity, checked against the repository once per process."""
+    """A PostgreSQL system registered for a source: epoch 1 is the source's first system, each
+    ``wal new-epoch`` (after pg_upgrade) adds the next one (see ``backupctl.epochs``).
+
+    ``stream`` is what the WAL functions of this module take as ``source`` for this system's WAL: the
+    source name for epoch 1, ``<source>/epochs/<N>`` after it.
+    """
 
     system_identifier: str
     major: int
     segment_size: int | None
+    epoch: int = 1
+    stream: str = ""
+    started_at: str | None = None
+
+    def describe(self) -> str:
+        epoch = f" (epoch {self.epoch})" if self.epoch > 1 else ""
+        return f"PostgreSQL {self.major} system {self.system_identifier}{epoch}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "stream": self.stream, "system_identifier": self.system_identifier,
+                "pg_major": self.major, "wal_segment_size": self.segment_size, "started_at": self.started_at}
 
 
-def read_identity(repo: Repository, source: str) -> SourceIdentity | None:
-    """What the repository records about a PostgreSQL source (None before its first backup or push)."""
+def read_identity(repo: Repository, stream: str) -> SourceIdentity | None:
+    """What the repository records about one stream of a PostgreSQL source (None before its first backup
+    or push); ``stream`` is the source name for epoch 1."""
     try:
-        doc = json.loads(repo.storage.get_bytes(f"{source}/source.json"))
+        doc = json.loads(repo.storage.get_bytes(f"{stream}/source.json"))
     except ObjectNotFound:
         return None
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise IntegrityError(f"{source}/source.json is damaged: it is not JSON") from None
+        raise IntegrityError(f"{stream}/source.json is damaged: it is not JSON") from None
     if doc.get("kind") != "postgres":
         raise BackupctlError(
-            f"source {source!r} in {repo.storage.location} is a {doc.get('kind')} source, not PostgreSQL: "
+            f"source {stream!r} in {repo.storage.location} is a {doc.get('kind')} source, not PostgreSQL: "
             "use another source name"
         )
     size = doc.get("wal_segment_size")
     if size is None:
         with contextlib.suppress(ObjectNotFound):
-            size = json.loads(repo.storage.get_bytes(wal_prefix(source) + SEGMENT_SIZE_KEY))["wal_segment_size"]
-    return SourceIdentity(str(doc.get("system_identifier")), int(doc.get("major", 0)), size)
+            size = json.loads(repo.storage.get_bytes(wal_prefix(stream) + SEGMENT_SIZE_KEY))["wal_segment_size"]
+    return SourceIdentity(str(doc.get("system_identifier")), int(doc.get("major", 0)), size,
+                          int(doc.get("epoch", 1)), stream, doc.get("started_at") or doc.get("registered_at"))
 
 
 def segment_size(repo: Repository, source: str) -> int | None:
@@ -651,69 +694,101 @@ def segment_size(repo: Repository, source: str) -> int | None:
 
 
 class IdentityGuard:
-    """Registers a source on its first WAL and refuses WAL of any other system afterwards.
+    """Finds the stream of each file's system, registers a source on its first WAL, refuses other systems.
 
-    Thread-safe; the repository is asked once per process (source.json never changes once written).
+    Thread-safe. The common case asks the repository once per process (source.json never changes once
+    written); the epochs are listed only for a system that is not epoch 1's, and again for a system not
+    seen yet, so that a resident pusher takes up an epoch that ``wal new-epoch`` has just started.
     """
 
     def __init__(self, repo: Repository, source: str) -> None:
-        import threading
-
         self.repo = repo
         self.source = source
-        self.known: SourceIdentity | None = None
+        self._systems: dict[str, SourceIdentity] = {}
+        self._newest: SourceIdentity | None = None
         self._lock = threading.Lock()
 
-    def check(self, header: SegmentHeader, path: Path) -> None:
+    def check(self, header: SegmentHeader, path: Path) -> str:
+        """The stream a segment goes to; ``ForeignWal`` for a system that is no epoch of the source."""
         major = _major_of(header, path)
+        sysid = header.system_identifier
         with self._lock:
-            if self.known is None or self.known.segment_size is None:
-                self.known = self._register(header.system_identifier, major, header.segment_size)
-            known = self.known
-        self._compare(known, header.system_identifier, major, header.segment_size, path.name)
-
-    def check_system(self, sysid: str | None, what: str) -> None:
-        """Files without a WAL header (history, backup history): the data directory's pg_control."""
-        if sysid is None:
-            return
-        with self._lock:
-            if self.known is None:
-                self.known = read_identity(self.repo, self.source)
-            known = self.known
-        if known is not None:
-            self._compare(known, sysid, known.major, known.segment_size, what)
-
-    def _compare(self, known: SourceIdentity, sysid: str, major: int, size: int | None, what: str) -> None:
-        config = self.repo.config
-        if known.system_identifier != sysid or known.major != major:
-            raise ForeignWal(
-                f"{what} comes from PostgreSQL {major} system {sysid}, but source {self.source!r} in "
-                f"{self.repo.storage.location} is PostgreSQL {known.major} system {known.system_identifier}: "
-                f"if this cluster was upgraded (pg_upgrade) or re-created, start a new history epoch with "
-                f"`{new_epoch_hint(config, self.source)}`; otherwise archive_command names the wrong --source"
-            )
-        if known.segment_size is not None and size is not None and known.segment_size != size:
-            raise ForeignWal(
-                f"{what} is a {size}-byte WAL segment, but source {self.source!r} archives "
-                f"{known.segment_size}-byte segments: it comes from another cluster"
-            )
-
-    def _register(self, sysid: str, major: int, size: int) -> SourceIdentity:
-        known = read_identity(self.repo, self.source)
+            known = self._find(sysid, (major, header.segment_size))
+            if known is not None and known.segment_size is None:
+                self._record_size(known, header.segment_size)
         if known is None:
+            raise foreign_system(self.repo, self.source, path.name, sysid, major, self._newest)
+        if known.major != major:
+            raise ForeignWal(f"{path.name} comes from PostgreSQL {major}, but system {sysid} of source "
+                             f"{self.source!r} is PostgreSQL {known.major}: it comes from another cluster")
+        if known.segment_size is not None and known.segment_size != header.segment_size:
+            raise ForeignWal(
+                f"{path.name} is a {header.segment_size}-byte WAL segment, but source {self.source!r} archives "
+                f"{known.segment_size}-byte segments for {known.describe()}: it comes from another cluster"
+            )
+        return known.stream
+
+    def check_system(self, sysid: str | None, what: str) -> str:
+        """The stream of a file without a WAL header (history, backup history), by the data directory's
+        pg_control. Without one (a file pushed by hand from elsewhere): the newest epoch, the live server's."""
+        from backupctl import epochs
+
+        with self._lock:
+            if sysid is None:
+                newest = epochs.current_stream(self.repo, self.source)
+                return newest.stream if newest else self.source
+            known = self._find(sysid, None)
+        if known is not None:
+            return known.stream
+        if self._newest is None:
+            return self.source  # nothing registered yet: the first segment registers the source
+        raise foreign_system(self.repo, self.source, what, sysid, None, self._newest)
+
+    def _find(self, sysid: str, register: tuple[int, int] | None) -> SourceIdentity | None:
+        """The epoch of ``sysid`` (under the lock); ``register``: (major, segment size) for a first push."""
+        from backupctl import epochs
+
+        known = self._systems.get(sysid)
+        if known is not None:
+            return known
+        if self._newest is None:
+            first = read_identity(self.repo, self.source)
+            if first is None and register is not None:
+                first = self._register(sysid, *register)
+            if first is None:
+                return None
+            self._remember([first])
+            if first.system_identifier == sysid:
+                return first
+        self._remember(epochs.list_streams(self.repo, self.source))
+        return self._systems.get(sysid)
+
+    def _remember(self, identities: list[SourceIdentity]) -> None:
+        for identity in identities:
+            self._systems.setdefault(identity.system_identifier, identity)
+            if self._newest is None or identity.epoch > self._newest.epoch:
+                self._newest = identity
+
+    def _register(self, sysid: str, major: int, size: int) -> SourceIdentity | None:
+        from backupctl.repository import SourceMismatch
+
+        try:
             doc = self.repo.register_source(
                 self.source, {"kind": "postgres", "system_identifier": sysid, "major": major},
                 recorded={"wal_segment_size": size},
             )
-            known = SourceIdentity(str(doc["system_identifier"]), int(doc["major"]), doc.get("wal_segment_size"))
-        if known.segment_size is None and known.system_identifier == sysid:
-            # Registered by a logical backup, which cannot know the segment size: record it beside the WAL.
-            key = wal_prefix(self.source) + SEGMENT_SIZE_KEY
-            if not self.repo.storage.put_if_absent(key, json.dumps({"wal_segment_size": size}).encode()):
-                known.segment_size = int(json.loads(self.repo.storage.get_bytes(key))["wal_segment_size"])
-            else:
-                known.segment_size = size
-        return known
+        except SourceMismatch:
+            return read_identity(self.repo, self.source)  # another system registered first: judged by the caller
+        return SourceIdentity(str(doc["system_identifier"]), int(doc["major"]), doc.get("wal_segment_size"),
+                              1, self.source, doc.get("registered_at"))
+
+    def _record_size(self, known: SourceIdentity, size: int) -> None:
+        """Registered by a logical backup, which cannot know the segment size: record it beside the WAL."""
+        key = wal_prefix(known.stream) + SEGMENT_SIZE_KEY
+        if not self.repo.storage.put_if_absent(key, json.dumps({"wal_segment_size": size}).encode()):
+            known.segment_size = int(json.loads(self.repo.storage.get_bytes(key))["wal_segment_size"])
+        else:
+            known.segment_size = size
 
 
 # --- push ----------------------------------------------------------------------------------------
@@ -738,8 +813,9 @@ def _stat_key(st: os.stat_result) -> tuple[int, int, int]:
 def push_file(repo: Repository, source: str, path: str | Path, guard: IdentityGuard | None = None) -> PushResult:
     """Archive one file PostgreSQL handed to archive_command; idempotent (see the module docstring).
 
-    Raises ``WalNameError`` for names PostgreSQL never archives, ``WalRefused`` (``ForeignWal``,
-    ``WalConflict``) for pushes that retrying cannot fix, and storage errors for the rest.
+    The file goes to the stream of its system's history epoch (``IdentityGuard``). Raises ``WalNameError``
+    for names PostgreSQL never archives, ``WalRefused`` (``ForeignWal``, ``WalConflict``) for pushes that
+    retrying cannot fix, and storage errors for the rest.
     """
     started = time.monotonic()
     path = Path(path)
@@ -761,16 +837,16 @@ def push_file(repo: Repository, source: str, path: str | Path, guard: IdentityGu
         if name.kind in ("segment", "partial"):
             header = read_header(bytes(data[:LONG_HEADER.size]), path.name)
             check_segment(name, header, st.st_size, path.name)
-            guard.check(header, path)
+            stream = guard.check(header, path)
         else:
-            guard.check_system(_pg_control_sysid(path), path.name)
+            stream = guard.check_system(_pg_control_sysid(path), path.name)
         if in_memory:
             digest = hashlib.sha256(data).hexdigest()
         else:
             handle.seek(0)
             digest = hashlib.file_digest(handle, "sha256").hexdigest()
-        prefix = object_prefix(source, name)
-        existing = find_archived(repo, source, name)
+        prefix = object_prefix(stream, name)
+        existing = find_archived(repo, stream, name)
         for obj in existing:
             if obj.sha256 == digest:
                 return PushResult(name.name, obj.key, "already archived", st.st_size,
@@ -992,14 +1068,30 @@ def _gaps(segnos: list[int], timeline: int, size: int) -> list[dict[str, Any]]:
     return gaps
 
 
-def wal_status(repo: Repository, source: str, now: datetime | None = None) -> list[dict[str, Any]]:
-    """Per timeline: the archived range, gaps inside it, the newest segment and its age.
+def streams_of(repo: Repository, source: str) -> list[SourceIdentity]:
+    """The source's history epochs, oldest first; before anything is registered, epoch 1 with no system."""
+    from backupctl import epochs
 
-    A stable JSON shape: a list of objects, each with an ``id`` (``<source>/<timeline hex>``).
+    return epochs.list_streams(repo, source) or [SourceIdentity("", 0, None, 1, source)]
+
+
+def wal_status(repo: Repository, source: str, now: datetime | None = None) -> list[dict[str, Any]]:
+    """Per history epoch and timeline: the archived range, gaps inside it, the newest segment and its age.
+
+    A stable JSON shape: a list of objects, each with an ``id`` (``<stream>/<timeline hex>``: epoch 1's
+    stream is the source name, later ones ``<source>/epochs/<N>``) and its ``epoch``.
     """
     now = now or datetime.now(UTC)
-    size = segment_size(repo, source) or DEFAULT_SEGMENT_SIZE
-    objects = list_wal_objects(repo, source)
+    result = []
+    for identity in streams_of(repo, source):
+        result += _stream_status(repo, source, identity, now)
+    return result
+
+
+def _stream_status(repo: Repository, source: str, identity: SourceIdentity, now: datetime) -> list[dict[str, Any]]:
+    stream = identity.stream
+    size = identity.segment_size or DEFAULT_SEGMENT_SIZE
+    objects = list_wal_objects(repo, stream)
     timelines = sorted({o.name.timeline for o in objects})
     result = []
     for tli in timelines:
@@ -1011,8 +1103,11 @@ def wal_status(repo: Repository, source: str, now: datetime | None = None) -> li
         counts = collections.Counter(o.name.name for o in segments)
         duplicates = sorted(name for name, count in counts.items() if count > 1)
         result.append({
-            "id": f"{source}/{tli:08X}",
+            "id": f"{stream}/{tli:08X}",
             "source": source,
+            "epoch": identity.epoch,
+            "system_identifier": identity.system_identifier or None,
+            "pg_major": identity.major or None,
             "timeline": tli,
             "first": segments[0].name.name if segments else None,
             "last": last.name.name if last else None,
@@ -1045,21 +1140,26 @@ class WalVerifyResult:
     bytes: int = 0
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
+    epoch: int = 1
+    stream: str = ""
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.source, "source": self.source, "ok": self.ok, "mode": self.mode, "start": self.start,
+        return {"id": self.stream or self.source, "source": self.source, "epoch": self.epoch, "ok": self.ok,
+                "mode": self.mode, "start": self.start,
                 "end": self.end, "start_from": self.start_from, "timelines": self.timelines,
                 "checked": self.checked, "bytes": self.bytes, "seconds": round(self.seconds, 3),
                 "problems": self.problems}
 
 
-def _oldest_physical_start(repo: Repository, source: str) -> tuple[str, int, str] | None:
+def _oldest_physical_start(repo: Repository, source: str, system: str) -> tuple[str, int, str] | None:
+    """The oldest physical backup of ``system`` (an epoch's; "" for any): where its WAL must begin."""
     manifests, _damaged = repo.catalog.scan(source)
-    physical = [m for m in manifests if m.type in ("full", "incr") and m.extra.get("start_wal")]
+    physical = [m for m in manifests if m.type in ("full", "incr") and m.extra.get("start_wal")
+                and (not system or str(m.extra.get("system_identifier")) == system)]
     if not physical:
         return None
     oldest = min(physical, key=lambda m: (m.started_at, m.id))
@@ -1068,9 +1168,16 @@ def _oldest_physical_start(repo: Repository, source: str) -> tuple[str, int, str
     return start, timeline, oldest.id
 
 
-def verify_wal(repo: Repository, source: str, jobs: int = 4, decode: bool | None = None) -> WalVerifyResult:
-    """Check the archive is continuous from the oldest physical backup's start (else the oldest segment)
-    to the newest segment, following timeline history, and decode every object on the way.
+def verify_epochs(repo: Repository, source: str, jobs: int = 4) -> list[WalVerifyResult]:
+    """``verify_wal`` of every history epoch of the source, oldest first."""
+    return [verify_wal(repo, source, jobs, identity=identity) for identity in streams_of(repo, source)]
+
+
+def verify_wal(repo: Repository, source: str, jobs: int = 4, decode: bool | None = None,
+               identity: SourceIdentity | None = None) -> WalVerifyResult:
+    """Check one history epoch's archive (``identity``; default epoch 1) is continuous from the oldest
+    physical backup of its system (else the oldest segment) to the newest segment, following timeline
+    history, and decode every object on the way.
 
     Decoding (plaintext sha256 from the key, segment header against the registered identity) happens
     when the identity is available or the repository is not encrypted; otherwise only names are checked.
@@ -1080,10 +1187,13 @@ def verify_wal(repo: Repository, source: str, jobs: int = 4, decode: bool | None
     started = time.monotonic()
     if decode is None:
         decode = not repo.pipeline.encrypted or repo.pipeline.can_decrypt()
-    result = WalVerifyResult(source, "full" if decode else "listing")
-    identity = read_identity(repo, source)
+    if identity is None:
+        identity = read_identity(repo, source)
+    stream = identity.stream if identity else source
+    result = WalVerifyResult(source, "full" if decode else "listing", epoch=identity.epoch if identity else 1,
+                             stream=stream)
     size = (identity.segment_size if identity else None) or DEFAULT_SEGMENT_SIZE
-    objects = list_wal_objects(repo, source)
+    objects = list_wal_objects(repo, stream)
     by_name: dict[str, list[ArchivedWal]] = {}
     for obj in objects:
         by_name.setdefault(obj.name.name, []).append(obj)
@@ -1092,7 +1202,8 @@ def verify_wal(repo: Repository, source: str, jobs: int = 4, decode: bool | None
             result.problems.append(f"{name} is archived {len(found)} times with different contents")
     segments = [o for o in objects if o.name.kind == "segment"]
     if not segments:
-        result.problems.append(f"no WAL segment is archived for source {source}")
+        epoch = f" in epoch {result.epoch} ({stream})" if result.epoch > 1 else ""
+        result.problems.append(f"no WAL segment is archived for source {source}{epoch}")
         result.seconds = time.monotonic() - started
         return result
     # The most recently archived segment: the live timeline, not an abandoned branch with a higher number.
@@ -1100,7 +1211,7 @@ def verify_wal(repo: Repository, source: str, jobs: int = 4, decode: bool | None
     target = newest.name.timeline
     newest = max((o for o in segments if o.name.timeline == target), key=lambda o: o.name.segno(size))
     try:
-        history = read_history(repo, source, target)
+        history = read_history(repo, stream, target)
     except ObjectNotFound as exc:
         result.problems.append(str(exc))
         history = []
@@ -1111,7 +1222,7 @@ def verify_wal(repo: Repository, source: str, jobs: int = 4, decode: bool | None
     result.timelines = [tli for tli, _first, _last in ranges]
     chain = {tli for tli, _f, _l in ranges}
 
-    backup_start = _oldest_physical_start(repo, source)
+    backup_start = _oldest_physical_start(repo, source, identity.system_identifier if identity else "")
     if backup_start is not None:
         start_name, start_tli, backup_id = backup_start
         start_segno = parse_wal_name(start_name).segno(size)
@@ -1210,13 +1321,23 @@ def _check_object(repo: Repository, obj: ArchivedWal, identity: SourceIdentity |
 
 
 def wal_check(repo: Repository, source: PostgresSource, timeout: float = 60.0) -> dict[str, Any]:
-    """Switch to a new segment on the server and wait until the finished one is in the repository."""
+    """Switch to a new segment on the server and wait until the finished one is in the repository
+    (in the stream of the server's history epoch; a system that is no epoch of the source is refused at once)."""
+    from backupctl import epochs
     from backupctl.pgconn import ConnParams
 
     params = ConnParams.from_source(source)
     with params.connect() as conn:
         if conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
             raise BackupctlError(f"source {source.name} is in recovery: run wal check on the primary")
+        sysid, version = conn.execute("SELECT system_identifier::text, current_setting('server_version_num')::int "
+                                      "FROM pg_control_system()").fetchone()
+        streams = epochs.list_streams(repo, source.name)
+        identity = next((e for e in streams if e.system_identifier == sysid), None)
+        if identity is None and streams:
+            raise foreign_system(repo, source.name, f"the server of source {source.name}", sysid, version // 10000,
+                                 streams[-1])
+        stream = identity.stream if identity else source.name
         mode = conn.execute("SHOW archive_mode").fetchone()[0]
         if mode == "off":
             raise BackupctlError(
@@ -1229,11 +1350,11 @@ def wal_check(repo: Repository, source: PostgresSource, timeout: float = 60.0) -
         started = time.monotonic()
         deadline = started + timeout
         while True:
-            found = find_archived(repo, source.name, name)
+            found = find_archived(repo, stream, name)
             if found:
                 seconds = time.monotonic() - started
-                return {"id": f"{source.name}/{name}", "source": source.name, "segment": name,
-                        "switch_lsn": lsn, "key": found[0].key, "seconds": round(seconds, 3)}
+                return {"id": f"{stream}/{name}", "source": source.name, "epoch": identity.epoch if identity else 1,
+                        "segment": name, "switch_lsn": lsn, "key": found[0].key, "seconds": round(seconds, 3)}
             if time.monotonic() > deadline:
                 row = conn.execute(
                     "SELECT last_archived_wal, last_failed_wal, last_failed_time, failed_count "

@@ -1,7 +1,8 @@
 """The archive_command / restore_command fast path, and the resident pusher that keeps up with a busy server.
 
     python -I -S /path/to/backupctl/walpusher.py [--config FILE] [--debug] wal-push [--source NAME] PATH
-    python -I -S /path/to/backupctl/walpusher.py [--config FILE] [--debug] wal-fetch [--source NAME] NAME DEST
+    python -I -S /path/to/backupctl/walpusher.py [--config FILE] [--debug] wal-fetch [--source NAME] [--epoch N]
+                                                                                     NAME DEST
 
 (``backupctl pg-settings`` prints these with the right paths; ``python -m backupctl.walpusher`` and
 ``backupctl wal-push`` / ``backupctl wal-fetch`` run the same code, only with a slower start.)
@@ -30,7 +31,8 @@ wal-fetch asks the same resident process (when ``[wal] prefetch`` > 0): it fetch
 and the next ``prefetch`` ones in parallel into the spool directory, and moves each into place when
 PostgreSQL asks for it. A file that is not archived exits 1 at once; any other failure (an unreachable
 store after retries, damage, a bad config) exits 128, which makes PostgreSQL stop recovery rather than
-take the failure for the end of the archive.
+take the failure for the end of the archive. ``--epoch N`` fetches from history epoch N of the source
+(a cluster restored from a backup taken after pg_upgrade: see ``backupctl.epochs``); without it, epoch 1.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ if TYPE_CHECKING:
     import socket
     from typing import Any
 
-PROTOCOL = 1
+PROTOCOL = 2  # 2: fetch requests name the history epoch
 DEFAULT_CONFIG = "/etc/backupctl/backupctl.toml"
 CONFIG_ENV = "BACKUPCTL_CONFIG"
 SOCKET_NAME = "pusher.sock"
@@ -75,7 +77,7 @@ _HEX = frozenset("0123456789ABCDEF")
 FRAME_LIMIT = 1024**2
 USAGE = (
     "usage: python -m backupctl.walpusher [--config FILE] [--debug] wal-push [--source NAME] PATH\n"
-    "       python -m backupctl.walpusher [--config FILE] [--debug] wal-fetch [--source NAME] NAME DEST"
+    "       python -m backupctl.walpusher [--config FILE] [--debug] wal-fetch [--source NAME] [--epoch N] NAME DEST"
 )
 
 
@@ -524,24 +526,25 @@ def _sync_push(config_file: str | None, source: str | None, path: str, debug: bo
 # --- wal-fetch -----------------------------------------------------------------------------------
 
 
-def fetch_command(config_file: str | None, source: str | None, name: str, dest: str, debug: bool = False) -> int:
+def fetch_command(config_file: str | None, source: str | None, name: str, dest: str, debug: bool = False,
+                  epoch: int = 1) -> int:
     """restore_command: 0 with ``dest`` in place, 1 when ``name`` is not archived, 128 on any failure."""
     if not plausible_name(name):
         _say(f"{name!r} is not a WAL file name PostgreSQL asks for: nothing to fetch")
         return EXIT_FAILED
     settings = client_settings(config_file, source)
     if settings is not None and settings.prefetch > 0:
-        reply = _via_pusher(settings, {"op": "fetch", "name": name, "dest": os.path.abspath(dest)})
+        reply = _via_pusher(settings, {"op": "fetch", "name": name, "dest": os.path.abspath(dest), "epoch": epoch})
         if reply is not None:
             if reply.get("status") == "ok":
                 return EXIT_OK
             if reply.get("status") == "missing":
                 return EXIT_FAILED
             _say(f"the pusher could not fetch {name} ({reply.get('message')}); trying in this process", "warning")
-    return _sync_fetch(config_file, source, name, dest, debug)
+    return _sync_fetch(config_file, source, name, dest, debug, epoch)
 
 
-def _sync_fetch(config_file: str | None, source: str | None, name: str, dest: str, debug: bool) -> int:
+def _sync_fetch(config_file: str | None, source: str | None, name: str, dest: str, debug: bool, epoch: int) -> int:
     def work() -> int:
         from backupctl import wal
         from backupctl.config import config_path, load_config
@@ -549,9 +552,24 @@ def _sync_fetch(config_file: str | None, source: str | None, name: str, dest: st
         config = load_config(config_path(config_file))
         src = wal.select_source(config, source).name
         with wal.open_wal_repository(config) as repo:
-            return EXIT_OK if wal.fetch(repo, src, name, dest) else EXIT_FAILED
+            return EXIT_OK if fetch_from_epoch(repo, src, epoch, name, dest) else EXIT_FAILED
 
     return _run_service(debug, work, fatal_exit=EXIT_FETCH_FATAL)
+
+
+def fetch_from_epoch(repo: Any, source: str, epoch: int, name: str, dest: str) -> bool:
+    """``wal.fetch`` from history epoch ``epoch``'s stream; an epoch the source does not have is an error
+    (exit 128: recovery stops), never "not archived" (which would end recovery early)."""
+    from backupctl import epochs, wal
+    from backupctl.errors import BackupctlError
+
+    stream = epochs.stream_name(source, epoch)
+    if wal.fetch(repo, stream, name, dest):
+        return True
+    if epoch > 1 and wal.read_identity(repo, stream) is None:
+        raise BackupctlError(f"source {source} has no history epoch {epoch} ({stream}/source.json is missing): "
+                             "restore_command names the wrong --epoch")
+    return False
 
 
 # --- the resident pusher -------------------------------------------------------------------------
@@ -560,13 +578,14 @@ def _sync_fetch(config_file: str | None, source: str | None, name: str, dest: st
 class Job:
     """One push or fetch of one file by the resident pusher."""
 
-    __slots__ = ("done", "finished_at", "name", "op", "path", "priority", "result", "stat", "state")
+    __slots__ = ("done", "epoch", "finished_at", "name", "op", "path", "priority", "result", "stat", "state")
 
-    def __init__(self, op: str, name: str, path: str, priority: int) -> None:
+    def __init__(self, op: str, name: str, path: str, priority: int, epoch: int = 1) -> None:
         import threading
 
         self.op = op
         self.name = name
+        self.epoch = epoch  # fetch: the history epoch whose stream holds the file
         self.path = path  # push: the file to archive; fetch: where it is staged
         self.priority = priority
         self.state = "queued"  # queued -> running -> done
@@ -594,14 +613,14 @@ class Pusher:
         self.lock = threading.Lock()
         self.repo_lock = threading.Lock()
         self.pushes: dict[str, Job] = {}
-        self.fetches: dict[str, Job] = {}
+        self.fetches: dict[tuple[int, str], Job] = {}  # by (history epoch, name): epochs reuse names
         self.push_queue: queue.PriorityQueue[tuple[int, int, Job]] = queue.PriorityQueue()
         self.fetch_queue: queue.PriorityQueue[tuple[int, int, Job]] = queue.PriorityQueue()
         self.seq = itertools.count()
         self.stopping = threading.Event()
         self.last_activity = time.monotonic()
         self.running = 0
-        self.segment_size: int | None = None
+        self.segment_sizes: dict[int, int] = {}  # per history epoch, learnt from fetched segments
         self._repo: Any = None
         self._guard: Any = None
         self.socket_path = os.path.join(spool, SOCKET_NAME)
@@ -682,10 +701,10 @@ class Pusher:
         from backupctl import wal
 
         repo, _guard = self.repo()
-        if not wal.fetch(repo, self.source, job.name, job.path):
+        if not fetch_from_epoch(repo, self.source, job.epoch, job.name, job.path):
             return {"status": "missing"}
         if wal.parse_wal_name(job.name).kind == "segment":
-            self.segment_size = os.stat(job.path).st_size
+            self.segment_sizes[job.epoch] = os.stat(job.path).st_size
         self.log.info("fetched", name=job.name, priority=job.priority)
         return {"status": "ok"}
 
@@ -725,42 +744,46 @@ class Pusher:
                 self._enqueue(job)
                 queued += 1
 
-    def want_fetch(self, name: str) -> Job:
+    def _new_fetch(self, epoch: int, name: str, priority: int) -> Job:
+        """A fetch job, staged as ``<epoch>.<name>`` (epochs reuse names); call with the lock held."""
+        job = Job("fetch", name, os.path.join(self.prefetch_dir, f"{epoch}.{name}"), priority, epoch)
+        self.fetches[(epoch, name)] = job
+        self._enqueue(job)
+        return job
+
+    def want_fetch(self, name: str, epoch: int = 1) -> Job:
         with self.lock:
-            job = self.fetches.get(name)
+            job = self.fetches.get((epoch, name))
             if job is not None:
                 if job.state != "done":
                     self._bump(job)
                     return job
                 if job.result and job.result["status"] == "ok" and os.path.exists(job.path):
                     return job
-            job = Job("fetch", name, os.path.join(self.prefetch_dir, name), 0)
-            self.fetches[name] = job
-            self._enqueue(job)
-            return job
+            return self._new_fetch(epoch, name, 0)
 
-    def prefetch_after(self, name: str) -> None:
+    def prefetch_after(self, name: str, epoch: int = 1) -> None:
         """After ``name`` was fetched: drop staged files behind it, queue the next ``prefetch`` ones."""
         from backupctl import wal
 
         count = self.config.wal.prefetch
-        size = self.segment_size
+        size = self.segment_sizes.get(epoch)
         parsed = wal.parse_wal_name(name)
         if parsed.kind != "segment" or not size or count <= 0:
             return
         segno = parsed.segno(size)
         with self.lock:
-            for other, job in list(self.fetches.items()):
+            for key, job in list(self.fetches.items()):
+                other_epoch, other = key
                 other_parsed = wal.parse_wal_name(other)
-                if other_parsed.kind == "segment" and other_parsed.segno(size) <= segno and job.state == "done":
-                    self.fetches.pop(other)
+                if other_epoch == epoch and other_parsed.kind == "segment" and other_parsed.segno(size) <= segno \
+                        and job.state == "done":
+                    self.fetches.pop(key)
                     _unlink(job.path)
             for ahead in range(1, count + 1):
                 next_name = wal.segment_name(parsed.timeline, segno + ahead, size)
-                if next_name not in self.fetches:
-                    job = Job("fetch", next_name, os.path.join(self.prefetch_dir, next_name), ahead)
-                    self.fetches[next_name] = job
-                    self._enqueue(job)
+                if (epoch, next_name) not in self.fetches:
+                    self._new_fetch(epoch, next_name, ahead)
 
     def deliver(self, job: Job, dest: str) -> None:
         """Move a staged file into PostgreSQL's destination: rename on one filesystem, else copy."""
@@ -771,8 +794,8 @@ class Pusher:
         from backupctl import wal
 
         with self.lock:
-            if self.fetches.get(job.name) is job:
-                self.fetches.pop(job.name)
+            if self.fetches.get((job.epoch, job.name)) is job:
+                self.fetches.pop((job.epoch, job.name))
         target = Path(dest)
         try:
             os.rename(job.path, target)
@@ -850,8 +873,8 @@ class Pusher:
         return result
 
     def _answer_fetch(self, conn: socket.socket, request: dict[str, Any]) -> dict[str, Any]:
-        name, dest = request["name"], request["dest"]
-        job = self.want_fetch(name)
+        name, dest, epoch = request["name"], request["dest"], int(request["epoch"])
+        job = self.want_fetch(name, epoch)
         result = self._wait(conn, job)
         if result["status"] != "ok":
             return result
@@ -859,7 +882,7 @@ class Pusher:
             self.deliver(job, dest)
         except OSError as exc:
             return {"status": "error", "definitive": False, "message": f"cannot write {dest}: {exc.strerror}"}
-        self.prefetch_after(name)
+        self.prefetch_after(name, epoch)
         return {"status": "ok"}
 
     # -- the main loop --
@@ -1030,7 +1053,13 @@ def daemon_command(config_file: str | None, source: str | None, debug: bool = Fa
 # --- the entry point -----------------------------------------------------------------------------
 
 
-def _parse(argv: list[str]) -> tuple[str | None, bool, str, str | None, list[str]]:
+def _epoch(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise _UsageError(f"--epoch {text!r} is not a history epoch (1, 2, ...)")
+    return int(text)
+
+
+def _parse(argv: list[str]) -> tuple[str | None, bool, str, str | None, int | None, list[str]]:
     config_file: str | None = None
     debug = False
     args = list(argv)
@@ -1048,6 +1077,7 @@ def _parse(argv: list[str]) -> tuple[str | None, bool, str, str | None, list[str
         raise _UsageError("missing command")
     verb = args.pop(0)
     source: str | None = None
+    epoch: int | None = None
     positional: list[str] = []
     while args:
         arg = args.pop(0)
@@ -1055,6 +1085,10 @@ def _parse(argv: list[str]) -> tuple[str | None, bool, str, str | None, list[str
             source = args.pop(0)
         elif arg.startswith("--source="):
             source = arg.split("=", 1)[1]
+        elif arg == "--epoch" and args:
+            epoch = _epoch(args.pop(0))
+        elif arg.startswith("--epoch="):
+            epoch = _epoch(arg.split("=", 1)[1])
         elif arg == "--debug":
             debug = True
         elif arg == "--":
@@ -1062,17 +1096,19 @@ def _parse(argv: list[str]) -> tuple[str | None, bool, str, str | None, list[str
             break
         else:
             positional.append(arg)
-    return config_file, debug, verb, source, positional
+    return config_file, debug, verb, source, epoch, positional
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     try:
-        config_file, debug, verb, source, positional = _parse(args)
+        config_file, debug, verb, source, epoch, positional = _parse(args)
+        if verb == "wal-fetch" and len(positional) == 2:
+            return fetch_command(config_file, source, positional[0], positional[1], debug, epoch or 1)
+        if epoch is not None:
+            raise _UsageError(f"--epoch is an option of wal-fetch, not of {verb} (wal-push finds the epoch itself)")
         if verb == "wal-push" and len(positional) == 1:
             return push_command(config_file, source, positional[0], debug)
-        if verb == "wal-fetch" and len(positional) == 2:
-            return fetch_command(config_file, source, positional[0], positional[1], debug)
         if verb == "daemon" and len(positional) <= 1:
             return daemon_command(config_file, source, debug, *positional)
         raise _UsageError(f"wrong arguments for {verb}")
