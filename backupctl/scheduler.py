@@ -533,6 +533,7 @@ class Scheduler:
         from backupctl import status
 
         statuses = status.gather(self.config, None, now)
+        refuse_unsupported(specs, statuses)
         if self.reporter.metrics_wanted:
             self.reporter.publisher.publish(statuses)
             self.aps.add_job(self.refresh_metrics, "interval", seconds=self.config.metrics.refresh,
@@ -599,6 +600,19 @@ class Scheduler:
                     sd_notify("WATCHDOG=1")
             sd_notify("STOPPING=1\nSTATUS=waiting for running jobs to unwind")
             self.stop()
+
+
+def refuse_unsupported(specs: list[JobSpec], statuses: list[dict[str, Any]]) -> None:
+    """Refuse to start with a schedule the server cannot serve, rather than fail it every night."""
+    majors = {s["source"]: (s.get("server") or {}).get("major") for s in statuses}
+    for spec in specs:
+        major = majors.get(spec.source)
+        if spec.job == "incr" and major is not None and major < 17:
+            raise ConfigError(
+                f"sources.{spec.source}.schedule.incr: incremental backups need PostgreSQL 17 or newer and "
+                f"{spec.source} runs {major}: remove the incr schedule (full backups and archived WAL cover the "
+                "days between)"
+            )
 
 
 def last_due(trigger: Any, since: datetime, now: datetime) -> datetime | None:

@@ -179,7 +179,7 @@ def _last_drill(repo: Repository, source: str) -> dict[str, Any] | None:
 # --- what only the server can tell ---------------------------------------------------------------------
 
 _ARCHIVER_SQL = """
-SELECT current_setting('archive_mode'), pg_is_in_recovery(),
+SELECT current_setting('server_version_num')::int, current_setting('archive_mode'), pg_is_in_recovery(),
        CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_walfile_name(pg_current_wal_lsn()) END,
        archived_count, last_archived_wal, last_archived_time, failed_count, last_failed_wal, last_failed_time,
        stats_reset
@@ -209,9 +209,10 @@ def server_facts(source: SourceConfig) -> dict[str, Any] | None:
         facts["error"] = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
         row = None
     if row is not None:
-        mode, recovery, current, archived, last_wal, last_time, failed, failed_wal, failed_time, reset = row
+        version, mode, recovery, current, archived, last_wal, last_time, failed, failed_wal, failed_time, reset = row
         facts.update({
-            "reachable": True, "archive_mode": mode, "in_recovery": recovery, "current_wal": current,
+            "reachable": True, "major": version // 10000, "archive_mode": mode, "in_recovery": recovery,
+            "current_wal": current,
             "archived_count": archived, "last_archived_wal": last_wal,
             "last_archived_time": iso(last_time) if last_time else None, "failed_count": failed,
             "last_failed_wal": failed_wal, "last_failed_time": iso(failed_time) if failed_time else None,

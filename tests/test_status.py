@@ -206,6 +206,16 @@ def test_postgres_archiving_window_and_archiver_failures(request: pytest.Fixture
               timeout=120)
         code, lines = _check(site, "main")
         assert code == monitor.OK, lines
+        assert facts["server"]["major"] == 15
+
+        # An incremental schedule on PostgreSQL 15: the scheduler refuses to start, in one line.
+        with site.config.open("a") as toml:
+            toml.write('\n[sources.main.schedule]\nincr = "0 2 * * 1-6"\n')
+        refused = site.cli("scheduler")
+        assert refused.code == 2
+        assert refused.error_line == ("backupctl: error: sources.main.schedule.incr: incremental backups need "
+                                      "PostgreSQL 17 or newer and main runs 15: remove the incr schedule (full "
+                                      "backups and archived WAL cover the days between)")
 
 
 def _wait(condition: Any, timeout: float = 60) -> None:
