@@ -390,6 +390,23 @@ def _check_source(source: SourceConfig, loader: _Loader, key: str) -> None:
             raise loader.error(f"{key}.check.{name}_warning", f"must not exceed {name}_critical")
     if check.disk_free_warning < check.disk_free_critical:
         raise loader.error(f"{key}.check.disk_free_warning", "must be at least disk_free_critical (percent free)")
+    _check_drill(source, loader, f"{key}.drill")
+
+
+def _check_drill(source: SourceConfig, loader: _Loader, key: str) -> None:
+    """Assertions must be named once each and say something; a SQLite file has no databases to pick."""
+    if source.drill.timeout <= 0:
+        raise loader.error(f"{key}.timeout", "must be a positive duration (e.g. 1h)")
+    seen: set[str] = set()
+    for i, assertion in enumerate(source.drill.assertions):
+        where = f"{key}.assertions[{i}]"
+        if not assertion.name.strip() or assertion.name in seen:
+            raise loader.error(f"{where}.name", f"{assertion.name!r} must be a name no other assertion has")
+        seen.add(assertion.name)
+        if not assertion.sql.strip():
+            raise loader.error(f"{where}.sql", "must be a query that returns true, e.g. SELECT count(*) > 0 FROM t")
+        if assertion.database is not None and source.kind == "sqlite":
+            raise loader.error(f"{where}.database", "does not apply to a SQLite source (its file is the database)")
 
 
 def cron_problem(expression: str) -> str | None:

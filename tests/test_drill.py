@@ -119,6 +119,27 @@ def test_sqlite_drill_passes_and_is_listed(sqlite_site: tuple[Path, Backend, Pat
     table = cli(config, "drill", "list")
     assert table.code == 0 and result["id"] in table.stdout and "passed" in table.stdout
 
+    run, kept = drill(cli, config, "devdb", "--keep")
+    assert run.code == 0 and kept["kept"] and Path(kept["kept"], "restored.sqlite3").is_file()
+    shutil.rmtree(kept["kept"])
+
+
+def test_drill_config_mistakes_are_one_line(sqlite_site: tuple[Path, Backend, Path, str], cli: CliRunner) -> None:
+    config = sqlite_site[0]
+    with open(config, "a") as handle:
+        handle.write('\n[[sources.devdb.drill.assertions]]\nname = "x"\nsql = "SELECT 1"\ndatabase = "app"\n')
+    run = cli(config, "drill", "run", "devdb")
+    assert run.code == 2 and "sources.devdb.drill.assertions[1].database does not apply to a SQLite source" in (
+        run.error_line)
+    config.write_text(config.read_text().rsplit("\n[[sources.devdb.drill.assertions]]", 1)[0])
+    for args, problem in ((("--target-time", "yesterday"), "is not a time"),
+                          (("--backup", "nonsense"), "is not a backup id"),
+                          (("--target", "immediate"), "--target-* options apply to PostgreSQL physical backups")):
+        run = cli(config, "drill", "run", "devdb", *args)
+        assert run.code in (1, 2) and problem in run.error_line, run.stderr
+    assert cli(config, "drill", "show", "nonsense").code == 2
+    assert json.loads(cli(config, "drill", "list", "-o", "json").stdout) == []
+
 
 def test_sqlite_drill_fails_on_counts_assertion_and_damage(sqlite_site: tuple[Path, Backend, Path, str],
                                                             cli: CliRunner, tmp_path: Path) -> None:
