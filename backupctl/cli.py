@@ -127,13 +127,16 @@ def backup(state: State, source: str, backup_type: str | None, databases: tuple[
 @pass_state
 def list_(state: State, source: str | None, output: str) -> None:
     """List backups, newest first (all sources, or one)."""
+    from backupctl.pins import read_pins
     from backupctl.render import backups_table, emit_json
 
     with state.repository() as repo:
         manifests, damaged = repo.catalog.scan(source)
+        pinned = {bid: pin for name in sorted({m.source for m in manifests})
+                  for bid, pin in read_pins(repo.storage, name).items()}
     for key, problem in damaged.items():
         log.get_logger(__name__).warning("damaged manifest skipped", key=key, problem=problem)
-    summaries = [m.summary() for m in manifests]
+    summaries = [{**m.summary(), "pinned": pinned[m.id].to_json() if m.id in pinned else None} for m in manifests]
     if output == "json":
         emit_json(summaries)
     else:
@@ -407,3 +410,6 @@ _register_drill(cli)
 from backupctl.cli_ops import register as _register_ops  # noqa: E402 - needs the group defined above
 
 _register_ops(cli)
+from backupctl.cli_retention import register as _register_retention  # noqa: E402 - needs the group defined above
+
+_register_retention(cli)

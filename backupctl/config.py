@@ -363,6 +363,12 @@ def _check_source(source: SourceConfig, loader: _Loader, key: str) -> None:
     for rule in ("keep_last", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly"):
         if (getattr(retention, rule) or 0) < 0:
             raise loader.error(f"{key}.retention.{rule}", "must be 0 or more")
+    for rule in ("keep_within", "recovery_window"):
+        if getattr(retention, rule) is not None and getattr(retention, rule) <= 0:
+            raise loader.error(f"{key}.retention.{rule}", "must be a positive duration (e.g. 7d)")
+    if retention.recovery_window is not None and source.kind != "postgres":
+        raise loader.error(f"{key}.retention.recovery_window", "applies to PostgreSQL sources (point-in-time "
+                           "recovery); use keep_within for a SQLite source")
     try:
         import zoneinfo
 

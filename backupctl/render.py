@@ -49,7 +49,7 @@ def backups_table(summaries: list[dict[str, Any]]) -> None:
         return
     table(
         None,
-        ["ID", "SOURCE", "TYPE", "FINISHED", "DURATION", "SIZE", "STORED", "ENCRYPTED"],
+        ["ID", "SOURCE", "TYPE", "FINISHED", "DURATION", "SIZE", "STORED", "ENCRYPTED", "PINNED"],
         [
             [
                 s["id"],
@@ -60,6 +60,7 @@ def backups_table(summaries: list[dict[str, Any]]) -> None:
                 human_size(s["size"]),
                 human_size(s["stored_size"]),
                 "yes" if s["encrypted"] else "no",
+                s["pinned"]["reason"] if s.get("pinned") else "",
             ]
             for s in summaries
         ],

@@ -19,6 +19,8 @@ WAL: a retained physical backup needs every segment from its start along the his
 can reach (up to each fork, then the branch from the fork on); whatever no retained backup needs is
 removed. History files are never removed. A timeline no retained backup reaches is kept while it is still
 being archived (a segment newer than the newest retained backup), because a backup of it may be under way.
+Each history epoch (a PostgreSQL system: pg_upgrade starts a new one) has its own WAL stream, governed by
+the backups of that system alone; an old epoch's WAL goes with its last backup.
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ class WalRange:
     """A run of archived WAL files of one timeline that share a fate."""
 
     source: str
+    stream: str  # where the WAL lives: the source (epoch 1) or <source>/epochs/<N>
     timeline: int
     first: str
     last: str
@@ -94,19 +97,26 @@ class WalRange:
     keys: list[str]
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": f"wal:{self.first}..{self.last}", "item": "wal", "source": self.source,
-                "timeline": self.timeline, "first": self.first, "last": self.last, "segments": self.segments,
-                "stored_size": self.stored_size, "action": "keep" if self.keep else "remove",
+        return {"id": f"{self.stream}/wal/{self.first}..{self.last}", "item": "wal", "source": self.source,
+                "stream": self.stream, "timeline": self.timeline, "first": self.first, "last": self.last,
+                "segments": self.segments, "stored_size": self.stored_size, "action": "keep" if self.keep else "remove",
                 "rules": [self.reason]}
 
 
 @dataclass
 class WalInventory:
-    """A source's archived WAL as listed, and each timeline's history (None when it cannot be read)."""
+    """One history epoch's archived WAL as listed, and each timeline's history (None when unreadable).
+
+    A source has one stream of WAL per PostgreSQL system (after pg_upgrade, a new epoch: see ``epochs``);
+    the backups of that system, and only they, govern its WAL.
+    """
 
     objects: list[ArchivedWal]
     histories: dict[int, list[tuple[int, int]] | None]
     segment_size: int
+    stream: str  # the source name for epoch 1, <source>/epochs/<N> after it
+    system_identifier: str | None = None  # None: every physical backup belongs to this stream
+    current: bool = True  # the live server's epoch; an older one is no longer archived
 
 
 @dataclass
@@ -136,8 +146,8 @@ class RetentionPlan:
 
 def plan_retention(source: str, manifests: list[Manifest], policy: RetentionConfig, now: datetime,
                    pins: dict[str, str] | None = None, held: dict[str, str] | None = None,
-                   wal: WalInventory | None = None) -> RetentionPlan:
-    """Decide every backup of ``source`` and, given its WAL listing, the WAL to remove.
+                   wal: list[WalInventory] | None = None) -> RetentionPlan:
+    """Decide every backup of ``source`` and, given its WAL listing per epoch, the WAL to remove.
 
     ``pins`` and ``held`` map backup ids to a description (the pin's reason, the reader holding it).
     """
@@ -157,14 +167,29 @@ def plan_retention(source: str, manifests: list[Manifest], policy: RetentionConf
     for backup_id, reader in (held or {}).items():
         if backup_id in rules:
             rules[backup_id].append(f"read by {reader}")
-    physical = [m for m in ordered if m.type in PHYSICAL]
-    graph = _Timelines(wal, physical) if physical and wal is not None else None
-    if policy.recovery_window and graph is not None:
-        _window_rule(physical, graph, now - timedelta(seconds=policy.recovery_window), policy, rules)
+    epochs = _by_epoch([m for m in ordered if m.type in PHYSICAL], wal or [])
+    graphs = [_Timelines(inventory, physical) if physical else None for inventory, physical in epochs]
+    if policy.recovery_window:
+        for (inventory, physical), graph in zip(epochs, graphs, strict=True):
+            if graph is not None:
+                _window_rule(physical, graph, now - timedelta(seconds=policy.recovery_window), policy, rules,
+                             inventory.current)
     _keep_ancestors(ordered, rules)
     decisions = [Decision(m, rules[m.id]) for m in ordered]
-    wal_ranges = _wal_plan(source, [m for m in physical if rules[m.id]], physical, graph, wal) if wal else []
+    wal_ranges = [r for (inventory, physical), graph in zip(epochs, graphs, strict=True)
+                  for r in _wal_plan(source, inventory, [m for m in physical if rules[m.id]], graph)]
     return RetentionPlan(source, now, decisions, wal_ranges)
+
+
+def _by_epoch(physical: list[Manifest], inventories: list[WalInventory]) -> list[tuple[WalInventory, list[Manifest]]]:
+    """Each epoch's WAL with the physical backups of its system (unmatched ones count as the first's)."""
+    members: list[list[Manifest]] = [[] for _ in inventories]
+    for m in physical:
+        system = str(m.extra.get("system_identifier"))
+        index = next((i for i, inv in enumerate(inventories) if inv.system_identifier in (system, None)), 0)
+        if inventories:
+            members[index].append(m)
+    return list(zip(inventories, members, strict=True))
 
 
 def _family_rules(group: list[Manifest], policy: RetentionConfig, zone: ZoneInfo,
@@ -252,10 +277,10 @@ def _path(history: list[tuple[int, int]], timeline: int) -> list[tuple[int, int,
 
 
 def _window_rule(physical: list[Manifest], graph: _Timelines, window_start: datetime, policy: RetentionConfig,
-                 rules: dict[str, list[str]]) -> None:
+                 rules: dict[str, list[str]], current: bool) -> None:
     """Keep, per timeline archiving within the window, the newest backup older than the window."""
     window = duration_text(policy.recovery_window or 0)
-    for tli in _live_timelines(graph, window_start):
+    for tli in _live_timelines(graph, window_start, current):
         reaching = [m for m in physical if graph.reaches(m, tli)]  # newest first
         before = [m for m in reaching if parse_iso(m.finished_at) <= window_start]
         if before:
@@ -265,28 +290,26 @@ def _window_rule(physical: list[Manifest], graph: _Timelines, window_start: date
                                           "every backup)")
 
 
-def _live_timelines(graph: _Timelines, window_start: datetime) -> list[int]:
-    """Timelines with WAL archived within the window, and always the highest one (restore's "latest")."""
+def _live_timelines(graph: _Timelines, window_start: datetime, current: bool) -> list[int]:
+    """Timelines with WAL archived within the window, and in the live epoch always the highest one
+    (restore's "latest"), even when archiving stopped before the window began."""
     live = {o.name.timeline for o in graph.objects if o.modified >= window_start}
-    live.add(max(graph.paths))
+    if current:
+        live.add(max(graph.paths))
     return sorted(live)
 
 
-def _wal_plan(source: str, kept: list[Manifest], physical: list[Manifest], graph: _Timelines | None,
-              wal: WalInventory) -> list[WalRange]:
-    """Per timeline, runs of archived files to keep (with why) and to remove."""
-    files = [o for o in wal.objects if o.name.kind in WAL_KINDS]
+def _wal_plan(source: str, wal: WalInventory, kept: list[Manifest], graph: _Timelines | None) -> list[WalRange]:
+    """Per timeline of one epoch, runs of archived files to keep (with why) and to remove."""
     by_timeline: dict[int, list[ArchivedWal]] = {}
-    for obj in files:
-        by_timeline.setdefault(obj.name.timeline, []).append(obj)
+    for obj in wal.objects:
+        if obj.name.kind in WAL_KINDS:
+            by_timeline.setdefault(obj.name.timeline, []).append(obj)
+    for objs in by_timeline.values():
+        objs.sort(key=lambda o: (o.name.segno(wal.segment_size), o.name.name, o.key))
     if graph is None:
-        return [_run(source, tli, objs, wal.segment_size, True, "no physical backup of this source: WAL is not "
-                     "expired without one") for tli, objs in sorted(by_timeline.items())]
-    systems = {str(m.extra.get("system_identifier")) for m in physical}
-    if len(systems) > 1:
-        reason = (f"physical backups of {len(systems)} PostgreSQL systems (pg_upgrade): archived WAL cannot be "
-                  "told apart by system, so none is expired")
-        return [_run(source, tli, objs, wal.segment_size, True, reason) for tli, objs in sorted(by_timeline.items())]
+        reason = "no physical backup of this system: its WAL is not expired without one"
+        return [_run(source, wal, tli, objs, True, reason) for tli, objs in sorted(by_timeline.items())]
     needs: dict[int, list[tuple[int, int | None, str]]] = {}
     for m in sorted(kept, key=lambda m: lsn_to_int(m.extra["start_lsn"])):
         for tli in graph.paths:
@@ -296,25 +319,20 @@ def _wal_plan(source: str, kept: list[Manifest], physical: list[Manifest], graph
     newest_kept = max((parse_iso(m.finished_at) for m in kept), default=None)
     ranges: list[WalRange] = []
     for tli, objs in sorted(by_timeline.items()):
-        size = wal.segment_size
-        objs.sort(key=lambda o: (o.name.segno(size), o.name.name, o.key))
         if graph.paths.get(tli) is None:
-            ranges.append(_run(source, tli, objs, size, True, f"the history file of timeline {tli} is missing or "
-                               "unreadable: its WAL is kept"))
-            continue
-        if tli not in needs:
-            newest = max(o.modified for o in objs)
-            if newest_kept is None or newest > newest_kept:
-                ranges.append(_run(source, tli, objs, size, True, "no retained backup reaches this timeline, but "
-                                   "it is still being archived: kept until a backup of it exists"))
-            else:
-                ranges.append(_run(source, tli, objs, size, False, "no retained backup reaches this timeline"))
-            continue
-        ranges.extend(_split(source, tli, objs, size, needs[tli]))
+            reason = f"the history file of timeline {tli} is missing or unreadable: its WAL is kept"
+            ranges.append(_run(source, wal, tli, objs, True, reason))
+        elif tli in needs:
+            ranges.extend(_split(source, wal, tli, objs, needs[tli]))
+        elif wal.current and (newest_kept is None or max(o.modified for o in objs) > newest_kept):
+            ranges.append(_run(source, wal, tli, objs, True, "no retained backup reaches this timeline, but it is "
+                               "still being archived: kept until a backup of it exists"))
+        else:
+            ranges.append(_run(source, wal, tli, objs, False, "no retained backup reaches this timeline"))
     return ranges
 
 
-def _split(source: str, tli: int, objs: list[ArchivedWal], size: int,
+def _split(source: str, wal: WalInventory, tli: int, objs: list[ArchivedWal],
            needs: list[tuple[int, int | None, str]]) -> list[WalRange]:
     """Runs of needed and unneeded files of one timeline (a sweep over the need ranges sorted by start)."""
     needs = sorted(needs, key=lambda n: n[0])
@@ -326,7 +344,7 @@ def _split(source: str, tli: int, objs: list[ArchivedWal], size: int,
     state: tuple[bool, str] | None = None
     pointer, reach = 0, -1.0
     for obj in objs:
-        segno = obj.name.segno(size)
+        segno = obj.name.segno(wal.segment_size)
         while pointer < len(needs) and needs[pointer][0] <= segno:
             hi = needs[pointer][1]
             reach = max(reach, float("inf") if hi is None else hi)
@@ -338,17 +356,18 @@ def _split(source: str, tli: int, objs: list[ArchivedWal], size: int,
         else:
             fate = (False, "after a fork: no retained backup replays it on this timeline")
         if state is not None and fate != state:
-            runs.append(_run(source, tli, current, size, *state))
+            runs.append(_run(source, wal, tli, current, *state))
             current = []
         state = fate
         current.append(obj)
     if current and state is not None:
-        runs.append(_run(source, tli, current, size, *state))
+        runs.append(_run(source, wal, tli, current, *state))
     return runs
 
 
-def _run(source: str, tli: int, objs: Iterable[ArchivedWal], size: int, keep: bool, reason: str) -> WalRange:
+def _run(source: str, wal: WalInventory, tli: int, objs: Iterable[ArchivedWal], keep: bool, reason: str) -> WalRange:
     objs = list(objs)
+    size = wal.segment_size
     names = [wal_file_name(tli, o.name.segno(size) * size, size) for o in objs]
-    return WalRange(source, tli, names[0], names[-1], len({o.name.segno(size) for o in objs}),
+    return WalRange(source, wal.stream, tli, names[0], names[-1], len({o.name.segno(size) for o in objs}),
                     sum(o.stored_size for o in objs), keep, reason, [o.key for o in objs])

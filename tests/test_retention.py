@@ -10,7 +10,7 @@ history of each timeline it can reach".
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -212,7 +212,7 @@ class Cluster:
             name = history_name(tli)
             objects.append(ArchivedWal(parse_wal_name(name), f"main/wal/{name}-{'0' * 64}.zst", "0" * 64, "zstd",
                                        False, 100, EPOCH))
-        return WalInventory(objects, dict(self.histories), SIZE)
+        return WalInventory(objects, dict(self.histories), SIZE, "main")
 
 
 @st.composite
@@ -298,7 +298,7 @@ def test_every_retained_backup_still_replays_to_the_end_of_every_timeline_it_rea
     if not c.backups:
         return
     policy = RetentionConfig(keep_last=keep_last, recovery_window=window)
-    plan = plan_retention("main", c.backups, policy, c.now, wal=c.inventory())
+    plan = plan_retention("main", c.backups, policy, c.now, wal=[c.inventory()])
     removed = {key for r in plan.wal_removed for key in r.keys}
     gone = {file for file in c.files if c.key(file[1]) in removed}
     assert not any(".history" in key for key in removed), "history files are never removed"
@@ -318,7 +318,7 @@ def test_every_retained_backup_still_replays_to_the_end_of_every_timeline_it_rea
 def test_the_recovery_window_stays_restorable_on_every_live_timeline(c: Cluster, window: float) -> None:
     if not c.backups:
         return
-    plan = plan_retention("main", c.backups, RetentionConfig(recovery_window=window), c.now, wal=c.inventory())
+    plan = plan_retention("main", c.backups, RetentionConfig(recovery_window=window), c.now, wal=[c.inventory()])
     start = c.now - timedelta(seconds=window)
     live = {tli for (tli, _name), when in c.files.items() if when >= start} | {max(timelines(c))}
     for tli in live:
@@ -337,9 +337,9 @@ def test_wal_expiry_is_stable(c: Cluster, window: float | None, keep_last: int) 
     if not c.backups:
         return
     policy = RetentionConfig(keep_last=keep_last, recovery_window=window)
-    first = plan_retention("main", c.backups, policy, c.now, wal=c.inventory())
+    first = plan_retention("main", c.backups, policy, c.now, wal=[c.inventory()])
     removed = {key for r in first.wal_removed for key in r.keys}
-    second = plan_retention("main", first.kept, policy, c.now, wal=c.inventory(removed))
+    second = plan_retention("main", first.kept, policy, c.now, wal=[c.inventory(removed)])
     assert second.removed == [] and second.wal_removed == []
 
 
@@ -356,7 +356,7 @@ def test_wal_before_the_window_backup_goes_and_the_rest_stays() -> None:
         for segno in range(day * 4 + 1, day * 4 + 4):
             c.archive(1, segno)
     plan = plan_retention("main", c.backups, RetentionConfig(keep_last=1, recovery_window=2 * 86400.0),
-                          c.now + timedelta(hours=1), wal=c.inventory())
+                          c.now + timedelta(hours=1), wal=[c.inventory()])
     assert [d.keep for d in plan.decisions] == [True, False, True, False, False, False]
     assert plan.decisions[2].rules == ["recovery_window 2d (timeline 1)"]
     (removed,) = plan.wal_removed
@@ -369,7 +369,7 @@ def test_no_physical_backup_leaves_wal_alone() -> None:
     for segno in range(4):
         c.archive(1, segno)
     backups = [manifest(0, "logical", c.now)]
-    plan = plan_retention("main", backups, RetentionConfig(keep_last=1), c.now, wal=c.inventory())
+    plan = plan_retention("main", backups, RetentionConfig(keep_last=1), c.now, wal=[c.inventory()])
     assert plan.wal and all(r.keep for r in plan.wal)
     assert "no physical backup" in plan.wal[0].reason
 
@@ -384,7 +384,7 @@ def test_an_unreadable_history_keeps_that_timelines_wal() -> None:
     c.archive(2, 2)
     inventory = c.inventory()
     inventory.histories[2] = None
-    plan = plan_retention("main", c.backups, RetentionConfig(keep_last=1), c.now, wal=inventory)
+    plan = plan_retention("main", c.backups, RetentionConfig(keep_last=1), c.now, wal=[inventory])
     by_timeline = {r.timeline: r for r in plan.wal if r.keep}
     assert "history file of timeline 2" in by_timeline[2].reason
 
@@ -409,6 +409,39 @@ def test_the_window_backup_is_kept_when_archiving_stopped_before_the_window() ->
                  "system_identifier": "7"}
         c.backups.append(manifest(day, "full", c.now, extra=extra))
     plan = plan_retention("main", c.backups, RetentionConfig(keep_last=1, recovery_window=7 * 86400.0), c.now,
-                          wal=c.inventory())
+                          wal=[c.inventory()])
     window = [d for d in plan.decisions if any(r.startswith("recovery_window") for r in d.rules)]
     assert [d.manifest.finished_at[:10] for d in window] == ["2025-12-27"]  # the newest before the window
+
+
+def test_each_epochs_wal_is_governed_by_that_systems_backups() -> None:
+    """After pg_upgrade the new system's WAL restarts at the same names in its own stream; expiring the old
+    system's backups takes its WAL with them, and never touches the new one's."""
+    streams = {}
+    backups = []
+    for epoch, system in ((1, "7"), (2, "8")):
+        c = Cluster(now=EPOCH + timedelta(days=10 * epoch))
+        for day in range(3):
+            c.archive(1, day * 2)
+            start = day * 2 * SIZE
+            c.backups.append(manifest(epoch * 10 + day, "full", c.now, extra={
+                "timeline": 1, "start_lsn": int_to_lsn(start + 0x28), "stop_lsn": int_to_lsn(start + 0x2000),
+                "wal_segment_size": SIZE, "system_identifier": system}))
+            c.archive(1, day * 2 + 1)
+        stream = "main" if epoch == 1 else "main/epochs/2"
+        inventory = c.inventory()
+        inventory.objects = [replace(o, key=o.key.replace("main/", stream + "/", 1)) for o in inventory.objects]
+        streams[epoch] = replace(inventory, stream=stream, system_identifier=system, current=epoch == 2)
+        backups += c.backups
+    now = EPOCH + timedelta(days=30)
+    plan = plan_retention("main", backups, RetentionConfig(keep_last=2), now, wal=list(streams.values()))
+    assert [d.manifest.extra["system_identifier"] for d in plan.decisions if d.keep] == ["8", "8"]
+    old = [r for r in plan.wal if r.stream == "main"]
+    assert [(r.keep, r.segments) for r in old] == [(False, 6)], "the old system's WAL went with its backups"
+    new = [(r.keep, r.first, r.segments) for r in plan.wal if r.stream == "main/epochs/2"]
+    assert new == [(False, segment_name(1, 0, SIZE), 2), (True, segment_name(1, 2, SIZE), 4)]
+    assert all(key.startswith("main/epochs/2/") for r in plan.wal if r.stream != "main" for key in r.keys)
+    kept_old = plan_retention("main", backups, RetentionConfig(keep_last=2), now, wal=list(streams.values()),
+                              pins={backups[1].id: "audit"})
+    old = [(r.keep, r.first) for r in kept_old.wal if r.stream == "main"]
+    assert old == [(False, segment_name(1, 0, SIZE)), (True, segment_name(1, 2, SIZE))]
