@@ -4,7 +4,7 @@
   than the grace period, judged by the store's clock), or of a backup expire removed while a reader held
   it (marked ``expired.json``; removed once no live reader holds it). A folder that a live backup lease
   names, or that a live reader holds, is never touched.
-- Reader leases that expired long ago and clock probes of killed processes (``locks/``).
+- Reader leases that expired long ago, and the store-clock and conditional-write probes of killed processes.
 - Unfinished writes older than the grace period, which no listing shows: on S3 multipart uploads never
   completed (their parts stay stored and billed), in a local repository the hidden temp files of a killed
   writer. Those of a backup whose lease is live are spared by moving the cutoff before that backup began.
@@ -23,7 +23,7 @@ from backupctl import lease
 from backupctl.catalog import MANIFEST_NAME, backup_prefix, iso
 from backupctl.expire import EXPIRED_MARKER, readers_by_backup
 from backupctl.log import get_logger
-from backupctl.repository import Repository
+from backupctl.repository import PROBE_PREFIX, Repository
 from backupctl.retention import duration_text
 from backupctl.storage import ObjectInfo
 from backupctl.storage.local import TEMP_PREFIX, LocalStorage
@@ -134,10 +134,11 @@ def plan_gc(repo: Repository, grace: float) -> tuple[list[GcItem], datetime]:
     text = duration_text(grace)
     sources = repo.catalog.sources()
     items = [item for source in sources for item in _source_items(repo, source, cutoff, text)]
-    clocks = [o for o in repo.storage.list("locks/clock/") if o.modified < cutoff]
-    if clocks:
-        items.append(GcItem("locks", "stale-lease", None, "remove", "clock probes of processes that ended without "
-                            "cleaning up", [o.key for o in clocks], sum(o.size for o in clocks)))
+    probes = [o for prefix in ("locks/clock/", PROBE_PREFIX) for o in repo.storage.list(prefix) if o.modified < cutoff]
+    if probes:
+        items.append(GcItem("locks", "stale-lease", None, "remove", "clock and conditional-write probes of "
+                            "processes that ended without cleaning up", [o.key for o in probes],
+                            sum(o.size for o in probes)))
     write_cutoff = _write_cutoff(repo, sources, cutoff)
     if isinstance(repo.storage, LocalStorage):
         partial = _stale_temp_files(repo.storage, write_cutoff)

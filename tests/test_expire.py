@@ -67,11 +67,12 @@ def _wal_segnos(repo: Repository, source: str, size: int = 16 * 1024**2) -> dict
     return {o.key: o.name.segno(size) for o in list_wal_objects(repo, source) if o.name.kind != "history"}
 
 
-def _assert_every_retained_backup_restores(repo: Repository, source: str) -> list[str]:
+def _assert_every_retained_backup_restores(repo: Repository, source: str, timeline: str = "latest") -> list[str]:
+    """pitr plans a restore of every retained physical backup to the end of archived WAL (or refuses)."""
     manifests, _ = repo.catalog.scan(source)
     physical = [m.id for m in manifests if m.type in ("full", "incr")]
     for backup in physical:
-        plan = pitr.make_plan(repo, source, pitr.Target("end"), backup)
+        plan = pitr.make_plan(repo, source, pitr.Target("end", timeline=timeline), backup)
         assert plan.segments > 0
     return physical
 
@@ -129,15 +130,29 @@ def test_daily_backups_expire_by_policy_and_pitr_inside_the_window_works(
         assert _assert_every_retained_backup_restores(repo, "main") == [ids[6], ids[5], ids[3]]
 
     # A restore to a moment whose own backup was expired replays the kept WAL from the window's backup.
-    restored, plan = _restore(site, cli, "inside_window", "--target-lsn", lsn_after[4])
+    # It is promoted and archives into the same source: a branch, timeline 2, forking off timeline 1.
+    restored, plan = _restore(site, cli, "inside_window", "--target-lsn", lsn_after[4], archive=True)
     try:
         assert plan["backup"] == ids[3]
         assert _batches(restored) == ["day1", "day2", "day3", "day4"]
+        with restored.connect() as conn:
+            conn.execute("INSERT INTO marks (id, batch) VALUES (100, 'branch')")
+            conn.execute("SELECT pg_switch_wal()")
+        restored.stop()  # a clean shutdown archives what is left
     finally:
         restored.remove()
+    with _open(site.config) as repo:
+        assert any(o.name.timeline == 2 and o.name.kind == "segment" for o in list_wal_objects(repo, "main"))
 
     again = _plan_rows(cli(site.config, "expire", "main", "-o", "json"))
     assert [row for row in again if row["action"] == "remove"] == [], "a second run removes nothing"
+    branch = [row for row in again if row["item"] == "wal" and row["timeline"] == 2]
+    assert branch and all(row["action"] == "keep" for row in branch)
+    assert ids[3] in branch[0]["rules"][0], "the window's backup replays the branch from its fork"
+    with _open(site.config) as repo:
+        assert _assert_every_retained_backup_restores(repo, "main", "current") == [ids[6], ids[5], ids[3]]
+        assert pitr.make_plan(repo, "main", pitr.Target("end"), ids[3]).timeline == 2
+        assert any(o.name.kind == "history" for o in list_wal_objects(repo, "main"))
 
 
 @pytest.fixture
@@ -384,7 +399,7 @@ def test_a_killed_backups_lease_is_taken_over_after_it_expires(name: str, tmp_pa
     def writing() -> bool:
         if backend.endpoint is not None:
             return bool(backend.raw_client().list_multipart_uploads(Bucket=backend.repository["bucket"]).get("Uploads"))
-        return any(p.name.startswith(TEMP_PREFIX) for p in (tmp_path / "repo").rglob("*"))
+        return any(p.name.startswith(TEMP_PREFIX) for p in (tmp_path / "repo" / "devdb" / "backups").rglob("*"))
 
     while not writing():
         assert killed.poll() is None and time.monotonic() < deadline, "the backup finished before it could be killed"
