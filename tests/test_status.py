@@ -18,6 +18,7 @@ import pytest
 from conftest import run_cli, write_toml
 from ops_helpers import sqlite_site
 from pg_fixtures import require_binaries
+from prometheus_client.parser import text_string_to_metric_families
 from s3_servers import free_port
 
 from backupctl import monitor, status
@@ -180,6 +181,21 @@ def test_postgres_archiving_window_and_archiver_failures(request: pytest.Fixture
         assert facts["repository"]["wal_bytes"] > 0
         code, lines = _check(site, "main")
         assert code == monitor.OK, lines
+        report = json.loads(site.cli("check", "main", "-o", "json").stdout)
+        assert [(r["id"], r["state"]) for r in report] == [("main", "OK")]
+        assert {f["id"] for f in report[0]["findings"]} >= {"main/backup_age", "main/wal_age", "main/ready",
+                                                             "main/disk_free"}
+
+        exposition = site.cli("metrics")
+        assert exposition.code == 0, exposition.stderr
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for family in text_string_to_metric_families(exposition.stdout) for s in family.samples}
+        main = (("source", "main"),)
+        assert samples[("backupctl_wal_archive_failures_total", main)] == 0
+        assert samples[("backupctl_wal_archive_failing", main)] == 0
+        assert abs(samples[("backupctl_wal_last_archived_timestamp_seconds", main)] - time.time()) < 300
+        assert samples[("backupctl_recoverable_window_seconds", (("kind", "pitr"), *main))] == window["seconds"]
+        assert samples[("backupctl_backup_last_stored_bytes", (*main, ("type", "full")))] == backup["stored_size"]
 
         # Archiving starts failing (the repository refuses writes): the archiver says so, the backlog grows.
         wal_dirs = [site.root / "repo" / "main" / "wal", *(site.root / "repo" / "main" / "wal").rglob("*")]
