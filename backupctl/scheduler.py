@@ -74,14 +74,15 @@ class JobSpec:
         return "check" if self.job in ("verify", "drill") else "backup"
 
     def arguments(self) -> list[str]:
-        """The backupctl command line of the job, after ``--config FILE``."""
+        """The backupctl command line of the job, after ``--config FILE``; JSON output becomes the result
+        in the job's webhook event (expire prints its whole plan: its event carries none)."""
         if self.job in BACKUP_JOBS:
             typed = ["--type", self.backup_type] if self.backup_type else []
             return ["backup", self.source, *typed, "--output", "json"]
         if self.job == "verify":
             return ["verify", "--latest", self.source, "--output", "json"]
         if self.job == "drill":
-            return ["drill", "run", self.source]
+            return ["drill", "run", self.source, "--output", "json"]
         return ["expire", self.source]
 
 
@@ -180,9 +181,8 @@ def child_environment(job_id: str) -> dict[str, str]:
 class JobRunner:
     """Runs jobs as child processes and can forward SIGTERM to all of them at once."""
 
-    def __init__(self, config_file: Path, stderr: Any = None) -> None:
+    def __init__(self, config_file: Path) -> None:
         self.config_file = config_file
-        self.stderr = stderr  # where the children's log lines go (default: our stderr)
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
         self.terminating = False
@@ -220,14 +220,13 @@ class JobRunner:
     def _pump(self, proc: subprocess.Popen[bytes], tail: collections.deque[str]) -> None:
         """Pass the child's stderr (its JSON log lines, already carrying the job id) through as it comes."""
         assert proc.stderr is not None
-        out = self.stderr or sys.stderr
         for raw in proc.stderr:
             line = raw.decode(errors="replace").rstrip("\n")
             if line:
                 tail.append(line)
                 with contextlib.suppress(OSError, ValueError):
-                    out.write(line + "\n")
-                    out.flush()
+                    sys.stderr.write(line + "\n")
+                    sys.stderr.flush()
 
     def _finish(self, spec: JobSpec, job_id: str, started: datetime, code: int | None, error: str | None,
                 output: bytes) -> JobResult:

@@ -84,7 +84,7 @@ def test_next_runs_and_commands_with_an_injected_clock(tmp_path: Path) -> None:
     }
     assert rows["main/full"]["command"] == "backup main --type full --output json"
     assert rows["main/verify"]["command"] == "verify --latest main --output json"
-    assert rows["main/drill"]["command"] == "drill run main"
+    assert rows["main/drill"]["command"] == "drill run main --output json"
     assert rows["devdb/backup"]["command"] == "backup devdb --output json"
     assert {r["lane"] for k, r in rows.items() if k.endswith(("full", "incr", "logical", "expire", "backup"))} \
         == {"backup"}
