@@ -253,6 +253,29 @@ def test_sigterm_during_a_job_leaves_no_lease_and_no_manifest(tmp_path: Path) ->
     assert "interrupted by SIGTERM" in hook.events[0]["error"]
 
 
+def test_run_job_forwards_sigterm_to_its_job(tmp_path: Path) -> None:
+    """What `systemctl stop backupctl-backup@devdb` does (KillMode=mixed: SIGTERM to backupctl only)."""
+    site = sqlite_site(tmp_path, {"compression": {"level": 19}}, blob_mib=24)
+    proc = subprocess.Popen([sys.executable, "-m", "backupctl", "--config", str(site.config), "scheduler", "run-job",
+                             "devdb", "backup"], env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    storage = site.storage()
+    try:
+        deadline = time.monotonic() + 60
+        while lease.live_exclusive(storage, "devdb", "backup") is None:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert lease.live_exclusive(storage, "devdb", "backup") is None
+    assert site.keys("devdb/backups/") == []
+    assert "interrupted by SIGTERM" in json_lines(stderr)[-1]["error"]
+
+
 def test_run_job_reports_to_webhooks_and_the_textfile(tmp_path: Path) -> None:
     textfile = tmp_path / "backupctl.prom"
     with webhook_receiver() as failures_only, webhook_receiver() as everything, webhook_receiver(500) as broken:
