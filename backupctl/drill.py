@@ -154,6 +154,7 @@ class _Drill:
         self.reached: dict[str, Any] | None = None
         self.segments_replayed = 0
         self.work: Path | None = None
+        self.halted = False  # a step the copy needs failed: it never came up, so there is no RTO
 
     def plan_checks(self, names: list[str]) -> None:
         """The checks this kind of drill runs, in order: any that never runs is reported as skipped."""
@@ -173,6 +174,7 @@ class _Drill:
             check.status, check.detail = "failed", " ".join(str(exc).split())
             log.warning("drill check failed", drill_id=self.id, check=name, detail=check.detail)
             if fatal:
+                self.halted = True
                 raise _Halted from None
 
     @contextlib.contextmanager
@@ -230,8 +232,8 @@ class _Drill:
         for check in checks:
             if check.status == "skipped" and not check.detail:
                 check.detail = f"not run: {first.name} failed" if first else "not run"
+        usable = not (error or self.halted) and self.backup is not None
         error = error or (f"{first.name}: {first.detail}" if first else None)
-        usable = not error and self.backup is not None
         target = self.request.target
         return {
             "format": RESULT_FORMAT,
@@ -356,7 +358,8 @@ def _restore_physical(drill: _Drill, repo: Repository, source: PostgresSource, p
         pitr.verify_files(pitr.physical_binaries(plan, source.bindir), pgdata)
         binaries = find_binaries(plan.backup.extra["pg_major"], bindir=source.bindir, need="postgres")
         _write_scratch_config(pgdata, binaries, drill.id)
-        pitr.write_recovery(plan, pgdata, wal.restore_command(repo.config.file, source.name), standby=False)
+        pitr.write_recovery(plan, pgdata, wal.restore_command(repo.config.file, source.name),
+                            standby=False)
         server = DrillServer.adopt(binaries, pgdata, remove_datadir=True,
                                    superuser=details.get("superuser") or source.user or DEFAULT_SERVER_USER)
     server.maintenance_db = source.dbname
