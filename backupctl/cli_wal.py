@@ -220,9 +220,12 @@ def _verify_view(result: Any, epochs: bool) -> None:
     out = console()
     verdict = "ok" if result.ok else "PROBLEMS"
     epoch = f" epoch {result.epoch}" if epochs else ""
-    out.print(f"WAL of {result.source}{epoch}: {verdict} ({result.mode}); {result.start} .. {result.end} from the "
-              f"{result.start_from}, timelines {', '.join(map(str, result.timelines)) or '-'}; {result.checked} "
-              f"objects, {human_size(result.bytes)} read in {result.seconds:.2f}s")
+    if result.end is None:
+        out.print(f"WAL of {result.source}{epoch}: {verdict} ({result.mode}); nothing to check")
+    else:
+        out.print(f"WAL of {result.source}{epoch}: {verdict} ({result.mode}); {result.start} .. {result.end} from the "
+                  f"{result.start_from}, timelines {', '.join(map(str, result.timelines)) or '-'}; {result.checked} "
+                  f"objects, {human_size(result.bytes)} read in {result.seconds:.2f}s")
     for problem in result.problems:
         out.print(f"  {problem}")
 
@@ -237,7 +240,8 @@ def _epoch_view(result: Any) -> None:
         out.print(f"registered {identity.describe()} as history epoch 1 of source {source} ({result.note})")
         return
     if result.action == "current":
-        out.print(f"{identity.describe()} is already the current history epoch of source {source}: {result.note}")
+        out.print(f"{identity.describe()} is already the current history epoch of source {source} (epoch "
+                  f"{identity.epoch}): {result.note}")
         return
     previous = result.previous
     out.print(f"started history epoch {identity.epoch} of source {source}: {identity.describe()}, "

@@ -162,7 +162,11 @@ def server_system(source: PostgresSource) -> ServerSystem:
     from backupctl.engines.pg_physical import server_facts
     from backupctl.pgconn import ConnParams
 
-    facts = server_facts(ConnParams.from_source(source))
+    try:
+        facts = server_facts(ConnParams.from_source(source))
+    except BackupctlError as exc:
+        raise BackupctlError(f"{exc}; to start the epoch without the server, give --system-identifier, --major "
+                             "and --segment-size (`pg_controldata DATADIR` shows them)") from None
     return ServerSystem(facts.system_identifier, facts.major, facts.segment_size)
 
 

@@ -632,7 +632,10 @@ def foreign_system(repo: Repository, source: str, what: str, sysid: str, major: 
                    current: SourceIdentity | None) -> ForeignWal:
     """The refusal of a system that is no epoch of ``source``, naming the command that starts one."""
     server = f"PostgreSQL {major} system {sysid}" if major else f"system {sysid}"
-    archived = f" archives {current.describe()}" if current else " archives another system"
+    archived = " archives another system"
+    if current is not None:
+        epoch = f" (history epoch {current.epoch})" if current.epoch > 1 else ""
+        archived = f" archives {current.describe()}{epoch}"
     return ForeignWal(
         f"{what} comes from {server}, but source {source!r} in {repo.storage.location}{archived}: if this "
         f"cluster was upgraded (pg_upgrade) or re-created, start a new history epoch with "
@@ -657,8 +660,7 @@ class SourceIdentity:
     started_at: str | None = None
 
     def describe(self) -> str:
-        epoch = f" (epoch {self.epoch})" if self.epoch > 1 else ""
-        return f"PostgreSQL {self.major} system {self.system_identifier}{epoch}"
+        return f"PostgreSQL {self.major} system {self.system_identifier}"
 
     def to_json(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "stream": self.stream, "system_identifier": self.system_identifier,

@@ -126,7 +126,9 @@ def _pg_upgrade(site: Upgrade, new_binaries: PgBinaries) -> ScratchCluster:
     _chown_tree(work)
     proc = subprocess.run(
         [new.binaries.path("pg_upgrade"), "-b", str(site.old.binaries.bindir), "-B", str(new.binaries.bindir),
-         "-d", str(site.old.datadir), "-D", str(new.datadir), "-U", "postgres", "--copy"],
+         "-d", str(site.old.datadir), "-D", str(new.datadir), "-U", "postgres", "--copy",
+         # Not its fixed default port 50432: other tests on this machine may run pg_upgrade meanwhile.
+         "--old-port", str(free_port()), "--new-port", str(free_port())],
         cwd=work, capture_output=True, text=True, timeout=300, check=False,
         env={"PATH": "/usr/bin:/bin", "LC_ALL": "C", "HOME": "/var/lib/postgresql"},
         user="postgres", group="postgres", extra_groups=[],
