@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -263,10 +264,23 @@ def test_physical_drill_passes_without_touching_the_source(site: Site, cli: CliR
 
 @PG15
 def test_physical_drill_fails_on_lost_rows_and_assertion(site: Site, cli: CliRunner) -> None:  # noqa: F811
-    scratch, _ = physical_backup(site, cli, FRESH_ORDERS, ("no orders", "SELECT count(*) = 0 FROM orders", "app"))
+    scratch, _ = physical_backup(site, cli, FRESH_ORDERS)
+    site.sql("INSERT INTO orders (id) VALUES (30000)", "app")
+    time.sleep(1.1)
+    before = site.sql("SELECT now()::text")[0][0]
+    time.sleep(1.1)
     site.sql("DELETE FROM orders WHERE id > 2000", "app")
     site.sql("DROP TABLE customers", "app")
     site.archived_now(cli)
+    # To a time before the damage: the copy holds what the backup recorded, and passes.
+    run, result = drill(cli, site.config, "main", "--target-time", before)
+    assert run.code == 0, run.stderr
+    assert result["target"] == {"kind": "time", "value": before}
+    assert datetime.fromisoformat(result["reached"]["time"]) <= datetime.fromisoformat(before)
+    # To the end of the WAL: the drill replays the damage, and names it.
+    with open(site.config, "a") as handle:
+        handle.write('\n[[sources.main.drill.assertions]]\nname = "no orders"\n'
+                     'sql = "SELECT count(*) = 0 FROM orders"\ndatabase = "app"\n')
     run, result = drill(cli, site.config, "main")
     assert run.code == 1
     assert statuses(result) == {"plan": "passed", "restore": "passed", "recovery": "passed", "connect": "passed",
