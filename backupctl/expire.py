@@ -140,56 +140,62 @@ def expire(repo: Repository, source: SourceConfig, *, dry_run: bool = False, for
 
 
 def apply(repo: Repository, inputs: ExpireInputs, plan: RetentionPlan, held: lease.Lease) -> ExpireOutcome:
-    """Execute ``plan`` (made from ``inputs``) while holding the source's expire lease ``held``."""
+    """Execute ``plan`` (made from ``inputs``) while holding the source's expire lease ``held``.
+
+    Only ever less than planned: a backup pinned since the plan was made stays (with the chain it needs),
+    and a backup a reader started on stays whole until `repo gc`, with the WAL it needs.
+    """
     log.info("expire started", source=plan.source, backups=len(plan.decisions), remove=len(plan.removed),
              wal_ranges=len(plan.wal_removed))
     outcome = ExpireOutcome(plan, False)
-    late = _remove_backups(repo, plan, held, outcome)
-    _remove_wal(repo, inputs, plan, late, held, outcome)
-    log.info("expire finished", source=plan.source, removed=len(plan.removed), stayed_whole=len(late),
-             wal_segments=sum(r.segments for r in plan.wal_removed))
+    pinned = {m.id: "pinned while expire ran" for m in plan.removed if pins.is_pinned(repo.storage, m)}
+    if pinned:
+        inputs = replace(inputs, pins={**inputs.pins, **pinned})
+    effective = inputs.plan() if pinned else plan
+    staying = {m.id for m in plan.removed} - {m.id for m in effective.removed}
+    for backup_id in staying:
+        outcome.results[backup_id] = f"kept: {pinned.get(backup_id, 'a backup pinned while expire ran needs it')}"
+    deferred = _remove_backups(repo, effective, held, outcome)
+    if deferred:
+        effective = replace(inputs, held={**inputs.held, **deferred}).plan()
+    _remove_wal(repo, plan, effective, held, outcome)
+    log.info("expire finished", source=plan.source, removed=len(plan.removed) - len(staying),
+             data_left_for_gc=len(deferred), wal_segments=sum(r.segments for r in effective.wal_removed))
     return outcome
 
 
 def _remove_backups(repo: Repository, plan: RetentionPlan, held: lease.Lease,
                     outcome: ExpireOutcome) -> dict[str, str]:
-    """Manifests first, then the data of every backup no live reader holds; returns what stayed whole."""
+    """Manifests first, then the data of every backup no live reader holds; returns the readers' ones."""
     storage = repo.storage
-    late: dict[str, str] = {}
     gone: list[Manifest] = []
     for m in sorted(plan.removed, key=lambda m: (m.finished_at, m.id)):
-        if pins.is_pinned(storage, m):
-            late[m.id] = "pinned while expire ran"
-            outcome.results[m.id] = "kept: pinned while expire ran"
-            continue
         held.ensure_held()
         storage.delete([m.key])
         gone.append(m)
         log.info("backup expired", source=m.source, backup_id=m.id, type=m.type, finished_at=m.finished_at,
                  stored_bytes=m.stored_size)
     readers = readers_by_backup(repo, plan.source) if gone else {}
+    deferred: dict[str, str] = {}
     for m in gone:
         prefix = backup_prefix(m.source, m.id)
         if m.id in readers:
-            late[m.id] = f"read by {readers[m.id]}"
+            deferred[m.id] = readers[m.id]
             marker = {"backup_id": m.id, "expired_at": iso(datetime.now(UTC)), "reader": readers[m.id]}
             storage.put(prefix + EXPIRED_MARKER, json.dumps(marker, indent=1).encode())
             outcome.results[m.id] = f"manifest removed; data left for `repo gc` ({readers[m.id]} reads it)"
             log.info("expired backup's data left for gc", backup_id=m.id, reader=readers[m.id])
             continue
         storage.delete([info.key for info in storage.list(prefix)])
-    return late
+    return deferred
 
 
-def _remove_wal(repo: Repository, inputs: ExpireInputs, plan: RetentionPlan, late: dict[str, str],
-                held: lease.Lease, outcome: ExpireOutcome) -> None:
-    """The planned WAL ranges; when a backup stayed after all, only what the plan with it also removes."""
-    allowed: set[str] | None = None
-    if late:
-        replanned = replace(inputs, held={**inputs.held, **late}).plan()
-        allowed = {key for r in replanned.wal_removed for key in r.keys}
+def _remove_wal(repo: Repository, plan: RetentionPlan, effective: RetentionPlan, held: lease.Lease,
+                outcome: ExpireOutcome) -> None:
+    """The planned WAL ranges, less what ``effective`` (the plan with late pins and readers) keeps."""
+    allowed = {key for r in effective.wal_removed for key in r.keys}
     for wal_range in plan.wal_removed:
-        keys = [k for k in wal_range.keys if allowed is None or k in allowed]
+        keys = [k for k in wal_range.keys if k in allowed]
         row_id = wal_range.to_json()["id"]
         if len(keys) < len(wal_range.keys):
             outcome.results[row_id] = (f"{len(wal_range.keys) - len(keys)} of {len(wal_range.keys)} files kept for "
@@ -199,5 +205,5 @@ def _remove_wal(repo: Repository, inputs: ExpireInputs, plan: RetentionPlan, lat
         held.ensure_held()
         repo.storage.delete(keys)
         log.info("WAL expired", source=plan.source, stream=wal_range.stream, timeline=wal_range.timeline,
-                 first=wal_range.first,
-                 last=wal_range.last, files=len(keys), stored_bytes=wal_range.stored_size, reason=wal_range.reason)
+                 first=wal_range.first, last=wal_range.last, files=len(keys), stored_bytes=wal_range.stored_size,
+                 reason=wal_range.reason)

@@ -26,7 +26,7 @@ from conftest import Backend, CliRunner, backup_id, cli_env, make_backend, make_
 from test_pitr import Site, _batches, _chown_tree, _restore
 from test_pitr import site as pitr_site  # noqa: F401 - the archiving cluster fixture, as `pitr_site`
 
-from backupctl import lease, pitr
+from backupctl import lease, pins, pitr
 from backupctl.catalog import iso
 from backupctl.config import load_config
 from backupctl.engines.pg_physical import lsn_to_int
@@ -272,6 +272,24 @@ def test_a_reader_that_starts_during_expire_keeps_the_data_until_gc(name: str, t
         assert not list(repo.storage.list(f"devdb/backups/{ids[0]}/"))
     listed = [row["id"] for row in json.loads(run_cli(config, "list", "-o", "json").stdout)]
     assert listed == [ids[3], ids[2]]
+
+
+def test_a_backup_pinned_while_expire_runs_stays(local_backend: Backend, tmp_path: Path) -> None:
+    config, ids = _sqlite_site(tmp_path, local_backend, backups=4)
+    _add_retention(config, "devdb", keep_last=2)
+    cfg = load_config(config)
+    with open_repository(cfg) as repo:
+        inputs = gather(repo, cfg.source("devdb"))
+        plan = inputs.plan()
+        assert [m.id for m in plan.removed] == [ids[1], ids[0]]
+        pins.pin(repo.storage, repo.catalog.find(ids[1]), "legal hold")  # after the plan, before the removal
+        with repo.exclusive_lease("devdb", "expire", "expire") as held:
+            outcome = apply(repo, inputs, plan, held)
+        assert outcome.results[ids[1]] == "kept: pinned while expire ran"
+        assert [row["result"] for row in outcome.rows()] == ["kept", "kept", "kept: pinned while expire ran",
+                                                             "removed"]
+        manifests, _ = repo.catalog.scan("devdb")
+        assert [m.id for m in manifests] == [ids[3], ids[2], ids[1]]
 
 
 def test_pins_survive_expire_and_show_in_list(local_backend: Backend, tmp_path: Path) -> None:
