@@ -229,6 +229,11 @@ def physical_backup(where: Site, cli: CliRunner, *assertions: tuple[str, str, st
 
 
 def test_physical_drill_passes_without_touching_the_source(site: Site, cli: CliRunner) -> None:  # noqa: F811
+    # Production's ALTER SYSTEM settings travel in the backup: a copy that obeyed them would archive its new
+    # timeline into the source, and would not even start (no such library here).
+    site.sql(f"ALTER SYSTEM SET archive_command = '{site.settings['archive_command']}'")
+    site.sql("ALTER SYSTEM SET archive_mode = on")
+    site.sql("ALTER SYSTEM SET shared_preload_libraries = 'no_such_library'")
     scratch, bid = physical_backup(site, cli, FRESH_ORDERS)
     shown = json.loads(cli(site.config, "show", bid, "-o", "json").stdout)["details"]
     assert shown["row_estimates"]["app"] == {"public.customers": 5000, "public.orders": 20000}
@@ -327,7 +332,7 @@ def test_physical_drill_fails_on_missing_wal_and_corrupt_object(site: Site, cli:
 
 @PG15
 def test_sigterm_mid_drill_stops_the_server_and_removes_the_copy(site: Site, cli: CliRunner) -> None:  # noqa: F811
-    scratch, _ = physical_backup(site, cli, ("slow", "SELECT pg_sleep(120) IS NOT NULL", None))
+    scratch, bid = physical_backup(site, cli, ("slow", "SELECT pg_sleep(120) IS NOT NULL", None))
     site.archived_now(cli)
     proc = subprocess.Popen([sys.executable, "-m", "backupctl", "--config", str(site.config), "drill", "run", "main"],
                             env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -343,6 +348,8 @@ def test_sigterm_mid_drill_stops_the_server_and_removes_the_copy(site: Site, cli
             raise AssertionError("the scratch server never came up")
         time.sleep(3)  # into the checks: amcheck, counts, then the slow assertion
         assert list(scratch.glob("*/data/postmaster.pid")), "the scratch server is not running"
+        readers = [json.loads(p.read_text()) for p in (site.root / "repo" / "main" / "locks" / "readers").iterdir()]
+        assert [(r["operation"], r["backups"]) for r in readers] == [("drill", [bid])]
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=120)
     finally:
@@ -351,6 +358,8 @@ def test_sigterm_mid_drill_stops_the_server_and_removes_the_copy(site: Site, cli
     assert proc.returncode == 128 + signal.SIGTERM, stderr
     assert "interrupted by SIGTERM" in stderr
     assert_no_scratch_left(scratch)
+    readers = site.root / "repo" / "main" / "locks" / "readers"
+    assert not readers.exists() or list(readers.iterdir()) == []  # the drill's reader lease is released
     assert json.loads(cli(site.config, "drill", "list", "main", "-o", "json").stdout) == []
 
 
