@@ -6,12 +6,13 @@ import contextlib
 import io
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from backupctl import epochs
 from backupctl.catalog import Manifest, backup_prefix, iso, new_backup_id, seal_details
 from backupctl.config import PostgresSource, SqliteSource
 from backupctl.engines import pg_contents, pg_logical, pg_physical, sqlite
@@ -160,10 +161,7 @@ def backup_logical(repo: Repository, source: PostgresSource, options: BackupOpti
     """Globals, then one pg_dump per database, each streamed straight into the repository."""
     params = ConnParams.from_source(source)
     server = pg_logical.inspect_server(params)
-    repo.register_source(
-        source.name,
-        {"kind": "postgres", "system_identifier": server.system_identifier, "major": server.major},
-    )
+    epochs.register_system(repo, source.name, server.system_identifier, server.major)
     selected = _select_databases(server, options.databases or source.databases, source)
     binaries = pg_logical.dump_binaries(source.bindir, server.major)
     run = _Run(repo, source.name, "logical")
@@ -203,9 +201,8 @@ def backup_physical(repo: Repository, source: PostgresSource, backup_type: str,
             f"archive_mode is off on source {source.name}: physical backups take their WAL from the archive; "
             f"run `backupctl pg-settings {source.name}` for the settings, then restart the server"
         )
-    repo.register_source(
-        source.name, {"kind": "postgres", "system_identifier": facts.system_identifier, "major": facts.major}
-    )
+    # A server of any history epoch of the source (after pg_upgrade: `wal new-epoch`), else refused.
+    identity = epochs.register_system(repo, source.name, facts.system_identifier, facts.major, facts.segment_size)
     binaries = find_binaries(min_major=facts.major, bindir=source.bindir, need="pg_basebackup")
     tmp_root = Path(source.tmp_dir) if source.tmp_dir else Path(tempfile.gettempdir())
     parent = _incremental_parent(repo, source, facts) if backup_type == "incr" else None
@@ -220,7 +217,7 @@ def backup_physical(repo: Repository, source: PostgresSource, backup_type: str,
         contents = pg_contents.describe(params, list(facts.databases))
         streamed = pg_physical.stream_basebackup(
             binaries, params, facts, f"backupctl {run.id}", source.checkpoint == "fast", run.store, tmp_root,
-            parent_manifest,
+            parent_manifest, wal_stored=_wal_stored(repo, identity.stream), part_bytes=source.split_size,
         )
         run.store("backup_manifest", io.BytesIO(streamed.manifest))
         for name, path in facts.config_files.items():
@@ -253,6 +250,13 @@ def backup_physical(repo: Repository, source: PostgresSource, backup_type: str,
             **contents,
         }
         return run.publish("postgres", details, extra, options, parent.id if parent else None)
+
+
+def _wal_stored(repo: Repository, stream: str) -> Callable[[str], bool]:
+    """Whether the repository holds a WAL segment of ``stream``: how a backup knows its WAL is archived."""
+    from backupctl import wal as archive
+
+    return lambda segment: bool(archive.find_archived(repo, stream, segment))
 
 
 def _incremental_parent(repo: Repository, source: PostgresSource, facts: pg_physical.ServerFacts) -> Manifest:

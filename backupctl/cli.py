@@ -203,6 +203,8 @@ def verify(state: State, backup_id: str | None, all_: bool, source: str | None, 
 @click.argument("backup_id", metavar="BACKUP_ID|SOURCE")
 @click.option("--to", "target", type=click.Path(path_type=Path), help="SQLite: the database file to write.")
 @click.option("--force", is_flag=True, help="Replace an existing file (--to, --to-file) or data directory.")
+@click.option("--delta", is_flag=True,
+              help="Physical: reuse the files in --pgdata whose checksums match the backup; write the rest.")
 @click.option("--pgdata", type=click.Path(path_type=Path), help="Physical: the data directory to restore into.")
 @click.option("--target-time", help="Physical: recover to this time (ISO 8601; UTC without an offset).")
 @click.option("--target-lsn", help="Physical: recover to this WAL location.")
@@ -228,7 +230,7 @@ def verify(state: State, backup_id: str | None, all_: bool, source: str | None, 
 @click.option("--to-database", help="Logical: the database to restore into (created from template0).")
 @click.option("--jobs", "-j", type=click.IntRange(1, 64),
               help="Parallel jobs: pg_restore (logical; stages the dump, default 1 streams it) or "
-                   "downloads (physical, default 4).")
+                   "parts fetched and written at once (physical, default: one per core).")
 @click.option("--no-owner", is_flag=True, help="Logical: objects belong to the restoring user; no grants.")
 @click.option("--clean", is_flag=True, help="Logical: restore into a non-empty database, replacing objects.")
 @click.option("--schema", "schemas", multiple=True, metavar="S",
@@ -298,11 +300,11 @@ def _restore_physical(config: Any, source_name: str, force: bool, output: str, o
         if opts["dry_run"]:
             emit_json(plan.to_json()) if output == "json" else plan_view(plan.to_json())
             return
-        options = pitr.RestoreOptions(pgdata=opts["pgdata"], force=force, jobs=opts["jobs"] or 4,
+        options = pitr.RestoreOptions(pgdata=opts["pgdata"], force=force, jobs=opts["jobs"] or pitr.default_jobs(),
                                       standby=opts["standby"], tablespace_map=mapping,
                                       restore_config=opts["restore_config"],
-                                      tmp_dir=Path(source.tmp_dir) if source.tmp_dir else None)
-        command = wal.restore_command(config.file, source_name)
+                                      tmp_dir=Path(source.tmp_dir) if source.tmp_dir else None, delta=opts["delta"])
+        command = wal.restore_command(config.file, source_name, plan.epoch)
         with repo.reading("restore", pitr.backup_chain(repo, plan.backup)):
             result = pitr.restore_physical(repo, plan, options, command, source.bindir)
     if opts["start_server"]:

@@ -204,6 +204,9 @@ class PostgresSource:
     role_passwords: bool = False  # include role password hashes in the globals dump (needs superuser)
     tmp_dir: ConfigPath | None = None  # staging: parallel logical restores, incremental chains
     checkpoint: Literal["fast", "spread"] = "fast"  # physical backups: a spread one can take minutes
+    # Physical backups: each archive is stored in parts of about this many bytes (whole files), which a
+    # restore fetches, decompresses and writes in parallel.
+    split_size: Size = 256 * 1024**2  # type: ignore[assignment]
     retention: RetentionConfig = RetentionConfig()
     check: CheckConfig = CheckConfig()
     schedule: ScheduleConfig = ScheduleConfig()
@@ -360,6 +363,8 @@ def _check_repository(repo: RepositoryConfig, loader: _Loader) -> None:
 def _check_source(source: SourceConfig, loader: _Loader, key: str) -> None:
     """Rules of the retention, schedule and check tables that a type hint cannot say."""
     retention = source.retention
+    if isinstance(source, PostgresSource) and source.split_size < 1024**2:
+        raise loader.error(f"{key}.split_size", "must be at least 1MiB")
     for rule in ("keep_last", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly"):
         if (getattr(retention, rule) or 0) < 0:
             raise loader.error(f"{key}.retention.{rule}", "must be 0 or more")

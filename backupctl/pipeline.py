@@ -87,13 +87,19 @@ def _raise_captured(*stages: _Stage) -> None:
 
 
 class _CompressingReader(_Stage):
-    """Pulls raw bytes from a source and hands out compressed bytes; counts what it read."""
+    """Pulls raw bytes from a source and hands out compressed bytes; counts what it read.
+
+    A source that has ``readinto`` fills a fresh buffer: a producer such as a tar splitter then copies
+    its bytes once, into that buffer, and the compressor takes them from there (``read`` would copy
+    them again). Fresh, not reused: a compressor may keep what it was given until ``flush``.
+    """
 
     def __init__(self, source: BinaryIO, codec_: Codec) -> None:
         self._source = source
         self._compressor = codec_.compressor()
         self._pending = memoryview(b"")
         self._done = False
+        self._source_readinto = getattr(source, "readinto", None)
         self.size = 0
 
     def readable(self) -> bool:
@@ -101,7 +107,7 @@ class _CompressingReader(_Stage):
 
     def _readinto(self, buffer: Any) -> int:
         while not self._pending and not self._done:
-            chunk = self._source.read(CHUNK)
+            chunk = self._read()
             if chunk:
                 self.size += len(chunk)
                 self._pending = memoryview(self._compressor.compress(chunk))
@@ -112,6 +118,13 @@ class _CompressingReader(_Stage):
         buffer[:n] = self._pending[:n]
         self._pending = self._pending[n:]
         return n
+
+    def _read(self) -> Any:
+        if self._source_readinto is None:
+            return self._source.read(CHUNK)
+        chunk = bytearray(CHUNK)
+        got = self._source_readinto(chunk)
+        return chunk if got == CHUNK else memoryview(chunk)[:got]
 
 
 class _HashingWriter(_Stage):
@@ -170,13 +183,55 @@ class _DecompressingWriter(_Stage):
         return True
 
     def _write(self, data: Any) -> int:
-        out = self._decompressor.decompress(bytes(data))
+        self._emit(self._decompressor.decompress(bytes(data)))
+        return len(data)
+
+    def _emit(self, out: Any) -> None:
         if out:
             try:
                 self._sink.write(out)
             except OSError as exc:
                 raise SinkError(f"cannot write the restored data: {exc.strerror or exc}") from exc
             self.size += len(out)
+
+    def finish(self) -> bool:
+        """Whether the compressed stream came to its end."""
+        return bool(self._decompressor.eof)
+
+
+class _ZstdWriter(_DecompressingWriter):
+    """zstd through python-zstandard's stream writer: each decoded block goes straight to the sink.
+
+    Its ``decompressobj`` gathers a call's output and joins it, a copy that costs more than the
+    decompression itself on well-compressed data. The writer cannot say whether the frame ended; the
+    sha256 of the stored bytes and the decoded size, both checked against the manifest, prove that.
+    """
+
+    def __init__(self, sink: BinaryIO) -> None:
+        import zstandard
+
+        super().__init__(sink, codec("none").decompressor())
+        self._zstd = zstandard.ZstdDecompressor().stream_writer(
+            _Emitter(self._emit), write_size=CHUNK, closefd=False)  # type: ignore[arg-type]
+
+    def _write(self, data: Any) -> int:
+        self._zstd.write(data)
+        return len(data)
+
+    def finish(self) -> bool:
+        self._zstd.flush()
+        return True
+
+
+class _Emitter(io.RawIOBase):
+    def __init__(self, emit: Callable[[Any], None]) -> None:
+        self._emit = emit
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self._emit(data)
         return len(data)
 
 
@@ -275,8 +330,8 @@ class Pipeline:
             try:
                 if decode:
                     self._decode(obj, reader, sink, identity)
-            except StorageError:
-                raise  # the store failed us: no verdict on the data
+            except (StorageError, SinkError):
+                raise  # the store or the sink failed us: no verdict on the data
             except Exception as exc:  # zstd, lz4, zlib and age each raise their own types for bad data
                 # Damage to the stored bytes explains any decoding failure, so it is reported first.
                 reader.finish()
@@ -286,8 +341,8 @@ class Pipeline:
         self._check_stored(obj, reader)
 
     def _decode(self, obj: StoredObject, reader: _HashingReader, sink: BinaryIO, identity: Any) -> None:
-        decompressor = codec(obj.compression).decompressor()
-        out = _DecompressingWriter(sink, decompressor)
+        out = _ZstdWriter(sink) if obj.compression == "zstd" else _DecompressingWriter(
+            sink, codec(obj.compression).decompressor())
         if identity is not None:
             try:
                 crypto.decrypt_stream(reader, out, identity)
@@ -296,7 +351,7 @@ class Pipeline:
                 raise
         else:
             shutil.copyfileobj(reader, out, CHUNK)
-        if not decompressor.eof:
+        if not out.finish():
             raise IntegrityError(f"{obj.key} is truncated: its compressed stream has no end")
         if out.size != obj.size:
             raise IntegrityError(f"{obj.key} decodes to {out.size} bytes, the manifest says {obj.size}")

@@ -9,26 +9,25 @@ found here, before a byte is downloaded.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from backupctl import wal
+from backupctl import epochs, wal
 from backupctl.catalog import Manifest, parse_iso
+from backupctl.engines import pg_files
 from backupctl.engines.pg_physical import int_to_lsn, lsn_to_int, wal_file_name
 from backupctl.engines.sqlite import ensure_free_space
 from backupctl.errors import BackupctlError, ConfigError
 from backupctl.log import get_logger
 from backupctl.pg import PgBinaries, find_binaries
 from backupctl.repository import Repository
-from backupctl.tools import ProcessSink, ToolProcess, run_tool
+from backupctl.tools import run_tool
 
 log = get_logger(__name__)
 
@@ -90,6 +89,8 @@ class Plan:
     wal_last: str
     segments: int
     notes: list[str] = field(default_factory=list)
+    epoch: int = 1  # the history epoch of the backup (see ``epochs``): its WAL is in ``stream``
+    stream: str = ""
 
     def recovery_settings(self, restore_command: str) -> dict[str, str]:
         settings = {"restore_command": restore_command}
@@ -118,6 +119,7 @@ class Plan:
             "backup_stop_lsn": self.backup.extra["stop_lsn"],
             "target": {"kind": self.target.kind, "value": self.target.value,
                        "action": self.target.action or "pause (PostgreSQL's default)"},
+            "epoch": self.epoch,
             "timeline": self.timeline,
             "timeline_path": [{"timeline": t, "from": int_to_lsn(a), "until": int_to_lsn(b) if b else None}
                               for t, a, b in self.path],
@@ -141,18 +143,52 @@ def _timeline_path(repo: Repository, source: str, timeline: int) -> list[tuple[i
     return path
 
 
+class _Unreachable(BackupctlError):
+    """No backup of one history epoch reaches the target; an older epoch may (a time before pg_upgrade)."""
+
+
 def make_plan(repo: Repository, source: str, target: Target, backup_id: str | None = None) -> Plan:
-    """Choose the backup and WAL that reach ``target``; refuse with the reason when none can."""
+    """Choose the backup and WAL that reach ``target``; refuse with the reason when none can.
+
+    Backups are grouped by history epoch (``epochs``): with ``backup_id`` that backup's epoch, otherwise
+    the newest epoch with a backup that reaches the target, so a target time before a pg_upgrade falls
+    to the old epoch. WAL, timelines and history files come from the chosen epoch's stream.
+    """
     manifests, _ = repo.catalog.scan(source)
     backups = [m for m in manifests if m.type in PHYSICAL_TYPES]
     if not backups:
         raise BackupctlError(f"source {source} has no physical backup: take one with `backupctl backup "
                              f"{source} --type full`")
-    archived = wal.list_archived(repo, source)
-    histories = wal.list_archived(repo, source, ("history",))
+    groups = [(e, members) for e, members in epochs.group_backups(source, epochs.list_streams(repo, source), backups)
+              if members and (not backup_id or any(m.id == backup_id for m in members))]
+    if not groups:
+        raise ConfigError(f"no physical backup {backup_id} of source {source} (see `backupctl list {source}`)")
+    failure: _Unreachable | None = None
+    for identity, members in reversed(groups):
+        try:
+            plan = _plan_in_epoch(repo, source, identity, members, target, backup_id)
+        except _Unreachable as exc:
+            failure = exc
+            continue
+        if identity.epoch > 1 or len(groups) > 1:
+            plan.notes.append(f"history epoch {identity.epoch} of {source}: {identity.describe()}, WAL from "
+                              f"{identity.stream}/wal/")
+        if len(groups) > 1 and not backup_id and target.kind in ("lsn", "xid", "name"):
+            plan.notes.append(f"--target-{target.kind} is looked for in epoch {identity.epoch} only (each "
+                              "PostgreSQL system has its own): pass --backup ID for a backup of another epoch")
+        return plan
+    assert failure is not None
+    raise failure
+
+
+def _plan_in_epoch(repo: Repository, source: str, identity: wal.SourceIdentity, backups: list[Manifest],
+                   target: Target, backup_id: str | None) -> Plan:
+    stream = identity.stream
+    archived = wal.list_archived(repo, stream)
+    histories = wal.list_archived(repo, stream, ("history",))
     notes: list[str] = []
     timeline = _resolve_timeline(target, {**histories, **archived}, backups, backup_id)
-    path = _timeline_path(repo, source, timeline)
+    path = _timeline_path(repo, stream, timeline)
     on_path = {t: (a, b) for t, a, b in path}
     if target.kind == "time" and target.value and _parse_time(target.value).tzinfo is None:
         notes.append(f"target time {target.value} has no UTC offset: read as UTC")
@@ -176,9 +212,7 @@ def make_plan(repo: Repository, source: str, target: Target, backup_id: str | No
         return None
 
     if backup_id:
-        chosen = next((m for m in backups if m.id == backup_id), None)
-        if chosen is None:
-            raise ConfigError(f"no physical backup {backup_id} of source {source} (see `backupctl list {source}`)")
+        chosen = next(m for m in backups if m.id == backup_id)  # make_plan picked the epoch that has it
         reason = reaches(chosen)
         if reason:
             raise BackupctlError(f"backup {backup_id} cannot reach the target: {reason}")
@@ -187,11 +221,11 @@ def make_plan(repo: Repository, source: str, target: Target, backup_id: str | No
         if not eligible:
             oldest = min(backups, key=lambda m: m.finished_at)
             why = reaches(oldest)
-            raise BackupctlError(f"no backup of {source} can reach the target: the oldest ({oldest.id}) cannot "
-                                 f"because {why}")
+            raise _Unreachable(f"no backup of {source} can reach the target: the oldest ({oldest.id}) cannot "
+                               f"because {why}")
         chosen = max(eligible, key=lambda m: (lsn_to_int(m.extra["stop_lsn"]), m.finished_at))
     first, last, count = _check_wal(chosen, target, path, archived, notes)
-    return Plan(source, chosen, target, timeline, path, first, last, count, notes)
+    return Plan(source, chosen, target, timeline, path, first, last, count, notes, identity.epoch, stream)
 
 
 def _resolve_timeline(target: Target, archived: dict[int, list[Any]], backups: list[Manifest],
@@ -208,8 +242,8 @@ def _resolve_timeline(target: Target, archived: dict[int, list[Any]], backups: l
     except ValueError:
         raise ConfigError(f"--target-timeline {target.timeline!r}: use latest, current or a number") from None
     if timeline not in known:
-        raise BackupctlError(f"timeline {timeline} does not exist in the archive (timelines: "
-                             f"{', '.join(str(t) for t in sorted(known))})")
+        raise _Unreachable(f"timeline {timeline} does not exist in the archive (timelines: "
+                           f"{', '.join(str(t) for t in sorted(known))})")
     return timeline
 
 
@@ -282,14 +316,18 @@ def _live_postmaster(pgdata: Path) -> int | None:
     return pid
 
 
-def prepare_pgdata(pgdata: Path, force: bool) -> None:
-    """Refuse a live cluster always, a non-empty directory without --force; leave it empty, 0700."""
+def prepare_pgdata(pgdata: Path, force: bool, delta: bool = False) -> None:
+    """Refuse a live cluster always, a non-empty directory without --force or --delta; leave it 0700.
+
+    With --force the directory is emptied; with --delta what is there stays for the restore to reuse.
+    """
     pid = _live_postmaster(pgdata)
     if pid:
         raise BackupctlError(f"a postmaster (pid {pid}) is running on {pgdata}: stop it before restoring there")
-    if pgdata.exists() and any(pgdata.iterdir()):
+    if pgdata.exists() and any(pgdata.iterdir()) and not delta:
         if not force:
-            raise ConfigError(f"{pgdata} is not empty: pass --force to replace its contents")
+            raise ConfigError(f"{pgdata} is not empty: pass --force to replace its contents, or --delta to "
+                              "reuse the files that match the backup")
         for entry in pgdata.iterdir():
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry)
@@ -299,20 +337,16 @@ def prepare_pgdata(pgdata: Path, force: bool) -> None:
     pgdata.chmod(0o700)
 
 
-def _extract(repo: Repository, obj: Any, directory: Path) -> None:
-    """Stream one stored tar archive into GNU tar (which refuses absolute and ``..`` member names)."""
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    argv = ["tar", "--extract", "--file=-", f"--directory={directory}", "--no-same-owner"]
-    with ToolProcess(argv, dict(os.environ), f"extracting {obj.key}", read=False) as tool:
-        repo.pipeline.read(obj, ProcessSink(tool))  # type: ignore[arg-type]
-        tool.wait()
-
-
 def restore_files(repo: Repository, plan: Plan, pgdata: Path, jobs: int, tablespace_map: dict[str, str],
-                  bindir: str | None, tmp_dir: Path | None) -> dict[str, float]:
-    """The backup's files in ``pgdata``: one backup extracted, or an incremental chain combined."""
+                  bindir: str | None, tmp_dir: Path | None, delta: bool = False) -> dict[str, Any]:
+    """The backup's files in ``pgdata``, proven against its backup_manifest: one backup extracted (each
+    file checked as it is written, see ``engines.pg_files``), or an incremental chain combined and then
+    checked by pg_verifybackup."""
     if plan.backup.type != "incr":
-        return _extract_backup(repo, plan.backup, pgdata, jobs, tablespace_map)
+        return pg_files.restore_backup_files(repo, plan.backup, pgdata, jobs, tablespace_map, delta)
+    if delta:
+        raise ConfigError("--delta restores a full backup's files; an incremental chain is combined by "
+                          "pg_combinebackup into an empty directory: use --force")
     chain = backup_chain(repo, plan.backup)
     if any((m.details or {}).get("tablespaces") for m in chain):
         raise ConfigError("restoring an incremental chain with tablespaces is not supported yet: restore the "
@@ -324,7 +358,7 @@ def restore_files(repo: Repository, plan: Plan, pgdata: Path, jobs: int, tablesp
     clock = time.monotonic()
     try:
         for manifest in chain:
-            _extract_backup(repo, manifest, stage / manifest.id, jobs, {})
+            pg_files.restore_backup_files(repo, manifest, stage / manifest.id, jobs, {}, sync=False)
         combine = find_binaries(min_major=17, bindir=bindir, need="pg_combinebackup")
         pgdata.rmdir()  # pg_combinebackup makes the output directory itself
         run_tool([combine.path("pg_combinebackup"), "--output", str(pgdata),
@@ -332,7 +366,11 @@ def restore_files(repo: Repository, plan: Plan, pgdata: Path, jobs: int, tablesp
         pgdata.chmod(0o700)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    return {"download_extract_seconds": round(time.monotonic() - clock, 3)}
+    timings: dict[str, Any] = {"download_extract_seconds": round(time.monotonic() - clock, 3)}
+    clock = time.monotonic()
+    verify_files(physical_binaries(plan, bindir), pgdata)
+    timings["verify_seconds"] = round(time.monotonic() - clock, 3)
+    return timings
 
 
 def backup_chain(repo: Repository, backup: Manifest) -> list[Manifest]:
@@ -349,50 +387,9 @@ def backup_chain(repo: Repository, backup: Manifest) -> list[Manifest]:
     return chain[::-1]
 
 
-def _extract_backup(repo: Repository, backup: Manifest, pgdata: Path, jobs: int,
-                    tablespace_map: dict[str, str]) -> dict[str, float]:
-    """Download and extract one backup's archives in parallel; put tablespaces where they belong."""
-    locations = dict(backup.details.get("tablespaces", {}) if backup.details else {})
-    locations.update(tablespace_map)
-    prefix = f"{backup.source}/backups/{backup.id}/"
-    work: list[tuple[Any, Path]] = []
-    for obj in backup.objects:
-        name = obj.key[len(prefix):]
-        if name.startswith("base.tar"):
-            work.append((obj, pgdata))
-        elif name.startswith("tablespaces/"):
-            oid = name.split("/", 1)[1].split(".", 1)[0]
-            if not locations.get(oid):
-                raise ConfigError(f"tablespace {oid} has no known location: pass --tablespace {oid}=DIR")
-            location = Path(locations[oid])
-            if location.exists() and any(location.iterdir()):
-                raise ConfigError(f"tablespace directory {location} is not empty: pass --tablespace {oid}=DIR "
-                                  "to restore it elsewhere")
-            work.append((obj, location))
-    clock = time.monotonic()
-    with ThreadPoolExecutor(max(1, jobs)) as pool:
-        for future in [pool.submit(_extract, repo, obj, where) for obj, where in work]:
-            future.result()
-    download = time.monotonic() - clock
-    if not (pgdata / "backup_manifest").exists():
-        with open(pgdata / "backup_manifest", "wb") as out:
-            repo.pipeline.read(backup.object("backup_manifest"), out)
-    tablespace_file = pgdata / "tablespace_map"
-    if tablespace_file.exists():
-        # Symlinks now, as a plain-format backup has them: pg_verifybackup follows them.
-        (pgdata / "pg_tblspc").mkdir(exist_ok=True)
-        for line in tablespace_file.read_text().splitlines():
-            oid = line.split(" ", 1)[0]
-            link = pgdata / "pg_tblspc" / oid
-            with contextlib.suppress(FileNotFoundError):
-                link.unlink()
-            link.symlink_to(locations.get(oid) or line.split(" ", 1)[1])
-        tablespace_file.unlink()
-    return {"download_extract_seconds": round(download, 3)}
-
-
 def verify_files(binaries: PgBinaries, pgdata: Path) -> None:
-    """PostgreSQL's own check of every file against backup_manifest (WAL comes later, from the archive)."""
+    """PostgreSQL's own check of a combined chain against the manifest pg_combinebackup wrote (WAL comes
+    later, from the archive)."""
     argv = [binaries.path("pg_verifybackup"), "--no-parse-wal", "--quiet", "--ignore=tablespace_map", str(pgdata)]
     try:
         run_tool(argv, dict(os.environ), "pg_verifybackup")
@@ -413,32 +410,52 @@ def physical_binaries(plan: Plan, bindir: str | None) -> PgBinaries:
     return find_binaries(min_major=plan.backup.extra["pg_major"], bindir=bindir, need="pg_verifybackup")
 
 
+def server_binaries(major: int, bindir: str | None, need: str) -> PgBinaries:
+    """``need`` of exactly ``major`` (a server runs only its own major's data directory): the configured
+    bindir when it holds that major, else found elsewhere (after pg_upgrade bindir holds the new major, and
+    a backup of an older history epoch needs the old one)."""
+    if bindir:
+        configured = find_binaries(min_major=major, bindir=bindir, need=need)
+        if configured.major == major:
+            return configured
+    return find_binaries(major, need=need)
+
+
+def default_jobs() -> int:
+    """Parallel parts of a restore: one per core (each part is decompressed and written by its own thread)."""
+    return max(2, os.cpu_count() or 2)
+
+
 @dataclass
 class RestoreOptions:
     pgdata: Path
     force: bool = False
-    jobs: int = 4
+    jobs: int = field(default_factory=default_jobs)
     standby: bool = False
     tablespace_map: dict[str, str] = field(default_factory=dict)
     restore_config: Path | None = None
     tmp_dir: Path | None = None
+    delta: bool = False  # reuse files in pgdata that match the backup's manifest
 
 
 def restore_physical(repo: Repository, plan: Plan, options: RestoreOptions, restore_command: str,
                      bindir: str | None) -> dict[str, Any]:
     """Carry out a plan: files, their check against backup_manifest, recovery settings, ownership."""
-    binaries = physical_binaries(plan, bindir)
     pgdata = options.pgdata.absolute()
-    prepare_pgdata(pgdata, options.force)
-    log.info("restore started", backup_id=plan.backup.id, pgdata=str(pgdata), target=plan.target.kind)
+    if options.delta and options.force:
+        raise ConfigError("--delta and --force exclude each other: --delta keeps matching files, --force "
+                          "removes everything first")
+    prepare_pgdata(pgdata, options.force, options.delta)
+    log.info("restore started", backup_id=plan.backup.id, pgdata=str(pgdata), target=plan.target.kind,
+             delta=options.delta)
     clock = time.monotonic()
-    timings = restore_files(repo, plan, pgdata, options.jobs, options.tablespace_map, bindir, options.tmp_dir)
-    verify_files(binaries, pgdata)
-    timings["verify_seconds"] = round(time.monotonic() - clock - timings["download_extract_seconds"], 3)
+    timings = restore_files(repo, plan, pgdata, options.jobs, options.tablespace_map, bindir, options.tmp_dir,
+                            options.delta)
     write_recovery(plan, pgdata, restore_command, options.standby)
     if options.restore_config is not None:
         _restore_config_files(repo, plan, options.restore_config)
-    _hand_to_server_user(pgdata, plan)
+    locations = pg_files.tablespace_locations(plan.backup, options.tablespace_map)
+    _hand_to_server_user([pgdata, *(Path(p) for p in locations.values() if p)])
     log.info("restore finished", backup_id=plan.backup.id, pgdata=str(pgdata), bytes=plan.backup.size,
              seconds=round(time.monotonic() - clock, 3))
     return {**plan.to_json(), "pgdata": str(pgdata), **timings}
@@ -457,7 +474,7 @@ def _restore_config_files(repo: Repository, plan: Plan, directory: Path) -> None
                 repo.pipeline.read(obj, out)
 
 
-def _hand_to_server_user(pgdata: Path, plan: Plan) -> None:
+def _hand_to_server_user(roots: list[Path]) -> None:
     """Restored files belong to the server's OS user: when root restored them, give them away."""
     if os.geteuid() != 0:
         return
@@ -466,9 +483,8 @@ def _hand_to_server_user(pgdata: Path, plan: Plan) -> None:
     try:
         owner = pwd.getpwnam("postgres")
     except KeyError:
-        log.warning("restored files stay owned by root: no postgres user on this host", pgdata=str(pgdata))
+        log.warning("restored files stay owned by root: no postgres user on this host", pgdata=str(roots[0]))
         return
-    roots = [pgdata] + [Path(p) for p in (plan.backup.details or {}).get("tablespaces", {}).values() if p]
     for root in roots:
         if not root.exists():
             continue
@@ -483,7 +499,7 @@ def start_and_wait(pgdata: Path, plan: Plan, bindir: str | None, user: str | Non
     """`restore --start`: start the restored server, wait until recovery reaches its target, and say where."""
     import psycopg
 
-    binaries = find_binaries(min_major=plan.backup.extra["pg_major"], bindir=bindir, need="pg_ctl")
+    binaries = server_binaries(plan.backup.extra["pg_major"], bindir, "pg_ctl")
     log_file = pgdata.parent / f"{pgdata.name}.recovery.log"
     argv = [binaries.path("pg_ctl"), "start", "--pgdata", str(pgdata), "--log", str(log_file), "--wait",
             f"--timeout={int(timeout)}"]

@@ -49,8 +49,8 @@ class Site:
         path = self.root / name
         return path
 
-    def start_restored(self, pgdata: Path, **extra: str) -> ScratchCluster:
-        restored = ScratchCluster.adopt(self.cluster.binaries, pgdata, remove_datadir=True,
+    def start_restored(self, pgdata: Path, remove_datadir: bool = True, **extra: str) -> ScratchCluster:
+        restored = ScratchCluster.adopt(self.cluster.binaries, pgdata, remove_datadir=remove_datadir,
                                         settings={**self.settings, **extra})
         restored.start(timeout=120)
         deadline = time.monotonic() + 120  # hot standby accepts connections before recovery ends
@@ -240,5 +240,101 @@ def test_incremental_chain(site: Site, cli: CliRunner) -> None:
     try:
         assert plan["backup"] == second and plan["backup_type"] == "incr"
         assert _batches(restored) == ["a", "b"]
+    finally:
+        restored.remove()
+
+
+PG15 = pytest.mark.parametrize("pg_binaries", [15], indirect=True)
+
+
+def _split_small(site: Site) -> None:
+    """Store archives in parts of 1 MiB (the default is 256 MiB), so a small test cluster has many."""
+    text = site.config.read_text()
+    site.config.write_text(text.replace("[sources.main]\n", '[sources.main]\nsplit_size = "1MiB"\n', 1))
+
+
+def _parts(site: Site, bid: str, archive: str = "base") -> list[Path]:
+    return sorted((site.root / "repo" / "main" / "backups" / bid / archive).glob("*.tar.zst"))
+
+
+def _digest(cluster: ScratchCluster, query: str) -> Any:
+    with cluster.connect() as conn:
+        return conn.execute(query).fetchone()
+
+
+@PG15
+def test_delta_restore_rewrites_only_what_changed(site: Site, cli: CliRunner) -> None:
+    _split_small(site)
+    assert cli(site.config, "init").code == 0
+    site.sql("CREATE TABLE marks (id int PRIMARY KEY, batch text NOT NULL)")
+    site.sql("INSERT INTO marks SELECT g, 'a' FROM generate_series(1, 100) g")
+    site.sql("CREATE TABLE big AS SELECT g AS id, md5(g::text) AS t FROM generate_series(1, 100000) g")
+    site.sql("CREATE TABLE small AS SELECT g AS id FROM generate_series(1, 1000) g")
+    site.sql("VACUUM (FREEZE) big, small")  # hint bits set: reading them later dirties no page
+    big, small = site.sql("SELECT pg_relation_filepath('big'), pg_relation_filepath('small')")[0]
+    bid = backup_id(cli(site.config, "backup", "main", "--type", "full", "-o", "json"))
+    assert len(_parts(site, bid)) > 3
+    site.archived_now(cli)
+    pgdata = site.restore_dir("copy")
+    target = ("--target", "immediate", "--target-action", "promote", "-o", "json")
+    assert cli(site.config, "restore", "main", "--pgdata", str(pgdata), *target).code == 0
+
+    copy = site.start_restored(pgdata, remove_datadir=False, archive_mode="off")
+    try:
+        with copy.connect() as conn:
+            conn.execute("UPDATE marks SET batch = 'changed' WHERE id <= 10")
+            conn.execute("DELETE FROM marks WHERE id > 90")
+            conn.execute("CHECKPOINT")
+    finally:
+        copy.remove()  # stops it; the data directory stays
+    (pgdata / small).unlink()
+    os.utime(pgdata / big, (1_000_000_000, 1_000_000_000))  # a rewrite would bring the archive's time back
+    inode = (pgdata / big).stat().st_ino
+
+    live = cli(site.config, "restore", "main", "--pgdata", str(site.cluster.datadir), "--delta")
+    assert live.code == 1 and "is running on" in live.error_line
+    result = cli(site.config, "restore", "main", "--pgdata", str(pgdata), "--delta", *target)
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["backup"] == bid
+    assert report["reused_bytes"] >= (pgdata / big).stat().st_size and report["reused_files"] > 100
+    assert (pgdata / big).stat().st_mtime == 1_000_000_000 and (pgdata / big).stat().st_ino == inode
+    assert (pgdata / small).exists()
+    assert not (pgdata / "pg_wal" / "00000002.history").exists()  # the copy's own timeline is gone
+
+    again = site.start_restored(pgdata, archive_mode="off")
+    try:
+        for query in ("SELECT string_agg(id || batch, ',' ORDER BY id) FROM marks",
+                      "SELECT count(*), md5(string_agg(t, ',' ORDER BY id)) FROM big",
+                      "SELECT count(*), sum(id) FROM small"):
+            assert _digest(again, query) == _digest(site.cluster, query), query
+    finally:
+        again.remove()
+
+
+@PG15
+def test_tablespace_is_backed_up_and_restored_elsewhere(site: Site, cli: CliRunner) -> None:
+    """Extra tablespaces go through pg_basebackup's FIFOs; restore puts one where --tablespace says."""
+    _split_small(site)
+    assert cli(site.config, "init").code == 0
+    space = site.root / "space"
+    space.mkdir()
+    shutil.chown(space, "postgres", "postgres")
+    site.sql(f"CREATE TABLESPACE extra LOCATION '{space}'")
+    site.sql("CREATE TABLE far TABLESPACE extra AS SELECT g AS id, md5(g::text) AS t "
+             "FROM generate_series(1, 50000) g")
+    site.sql("CREATE INDEX far_t ON far (t) TABLESPACE extra")  # a second file: a second part
+    oid = site.sql("SELECT oid FROM pg_tablespace WHERE spcname = 'extra'")[0][0]
+    bid = backup_id(cli(site.config, "backup", "main", "--type", "full", "-o", "json"))
+    assert len(_parts(site, bid, f"tablespaces/{oid}")) > 1
+    site.archived_now(cli)
+    elsewhere = site.root / "space-restored"
+    restored, plan = _restore(site, cli, "with_space", "--target", "immediate", "--tablespace", f"{oid}={elsewhere}")
+    try:
+        assert plan["backup"] == bid
+        assert os.readlink(restored.datadir / "pg_tblspc" / str(oid)) == str(elsewhere)
+        query = "SELECT count(*), md5(string_agg(t, ',' ORDER BY id)) FROM far"
+        assert _digest(restored, query) == _digest(site.cluster, query)
+        assert any(elsewhere.rglob("*")) and not (restored.datadir / "tablespace_map").exists()
     finally:
         restored.remove()

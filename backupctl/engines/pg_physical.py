@@ -11,30 +11,34 @@ watches pg_stat_archiver and stops with the failing segment and its error instea
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
+import secrets
 import shutil
 import stat
 import tempfile
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from backupctl.errors import BackupctlError
 from backupctl.log import get_logger
 from backupctl.pg import PgBinaries
 from backupctl.pgconn import ConnParams
 from backupctl.pipeline import StoredObject
+from backupctl.tarstream import FILE, Member, TarPart, TarSplitter
 from backupctl.tools import ToolProcess
 
 log = get_logger(__name__)
 
 ARCHIVER_GRACE_SECONDS = 30.0  # how long archiving may keep failing before the backup gives up
+PART_BYTES = 256 * 1024**2  # default size of one stored part of an archive (sources.NAME.split_size)
+PARALLEL_COMMITS = 2  # parts that may finish in the background while the next one streams
 
 
 @dataclass
@@ -131,6 +135,7 @@ class StreamedBackup:
     tablespaces: dict[str, str] = field(default_factory=dict)
     wal: WalRange | None = None
     manifest: bytes = b""
+    wal_wait_seconds: float | None = None  # waited for the last segment to be archived (None: the server did)
 
 
 class _ArchiverWatch(threading.Thread):
@@ -168,71 +173,129 @@ class _ArchiverWatch(threading.Thread):
             log.warning("cannot watch pg_stat_archiver", error=str(exc))
 
 
-class TarMemberTap(io.RawIOBase):
-    """Passes a tar stream through unchanged and keeps a copy of one member's content.
+Store = Callable[[str, Any, Any], StoredObject]  # (name, stream, finalize) -> the stored object
 
-    With ``-D -`` pg_basebackup appends its backup_manifest to base.tar; the tap hands it over without
-    a second read of the stream. It parses only the 512-byte headers as they go by.
+
+def _is_wal_file(member: Member) -> bool:
+    """pg_basebackup's copy of WAL (``-X fetch``): the archive has it, so it is not stored twice."""
+    return member.kind == FILE and member.name.startswith(b"pg_wal/")
+
+
+def store_archive(stream: BinaryIO, name: str, store: Store, part_bytes: int,
+                  finalize: Callable[[], None] | None = None, abort: Callable[[], None] = lambda: None,
+                  commits: int = PARALLEL_COMMITS) -> tuple[list[StoredObject], bytes]:
+    """Store one tar archive as parts of whole members, ``<name>/0000.tar`` and on; returns them and the
+    captured backup_manifest (pg_basebackup appends it to base.tar on stdout).
+
+    One thread streams the current part while up to ``commits`` earlier parts finish in the background
+    (the last compressed frame, the last uploads, an fsync), so pg_basebackup never waits for a commit.
+    ``finalize`` runs after the stream's end and before the last part is committed; ``abort`` stops the
+    producer when something fails, so that no thread is left waiting for its data.
+    """
+    splitter = TarSplitter(stream, part_bytes, skip=_is_wal_file, capture=b"backup_manifest")
+    futures: list[Future[StoredObject]] = []
+
+    def store_part(index: int, part: TarPart, released: threading.Event) -> StoredObject:
+        def end_of_part() -> None:
+            released.set()  # the stream is free for the next part while this one commits
+            if part.last and finalize is not None:
+                finalize()
+
+        try:
+            return store(f"{name}/{index:04d}.tar", part, end_of_part)
+        finally:
+            released.set()
+
+    with ThreadPoolExecutor(commits + 1, thread_name_prefix=f"store-{name}") as pool:
+        try:
+            for index, part in enumerate(splitter.parts()):
+                released = threading.Event()
+                futures.append(pool.submit(store_part, index, part, released))
+                released.wait()
+                if not part.finished:
+                    futures[-1].result()  # the part failed before its end: its error
+                    raise BackupctlError(f"storing {name} stopped before the end of part {index}")
+            if not futures and finalize is not None:
+                finalize()  # nothing came: the producer's own verdict says why
+            stored = [future.result() for future in futures]
+        except BaseException:
+            abort()
+            raise
+    return stored, bytes(splitter.captured)
+
+
+class _WalReservation:
+    """A temporary replication slot that keeps the backup's WAL on the server until pg_basebackup has it.
+
+    With it, pg_basebackup runs with ``-X fetch``, which tells the server not to wait for the archiver at
+    backup stop (with ``-X none`` it sleeps in whole seconds until the last segment is archived);
+    backupctl then waits for that segment itself, watching the repository. The WAL that comes along is
+    dropped from the stored archive: the repository's WAL archive holds it. The slot is temporary, so the
+    server drops it when this session ends, whatever happens to backupctl.
     """
 
-    def __init__(self, source: Any, wanted: str) -> None:
-        self._source = source
-        self._wanted = wanted.encode()
-        self._offset = 0  # stream position of the next byte read
-        self._header_at = 0  # stream position of the next header
-        self._header = bytearray()
-        self._capture: tuple[int, int] | None = None  # stream range of the wanted member's data
-        self._ended = False
-        self.content = bytearray()
+    def __init__(self, params: ConnParams) -> None:
+        self.conn = params.connect()
+        name = f"backupctl_{os.getpid()}_{secrets.token_hex(4)}"
+        try:
+            self.conn.execute("SELECT pg_create_physical_replication_slot(%s, true, true)", (name,))
+        except Exception:
+            self.conn.close()
+            raise
 
-    def readable(self) -> bool:
-        return True
+    def last_archived(self) -> str | None:
+        return self.conn.execute("SELECT last_archived_wal FROM pg_stat_archiver").fetchone()[0]
 
-    def readinto(self, buffer: Any) -> int:
-        data = self._source.read(len(buffer))
-        n = len(data)
-        buffer[:n] = data
-        self._inspect(memoryview(data))
-        return n
+    def close(self) -> None:
+        self.conn.close()
 
-    def _inspect(self, data: memoryview) -> None:
-        start, end = self._offset, self._offset + len(data)
-        self._offset = end
-        if self._capture is not None:
-            low, high = max(start, self._capture[0]), min(end, self._capture[1])
-            if low < high:
-                self.content += data[low - start:high - start]
-        while not self._ended and self._header_at < end:
-            take_from = max(self._header_at + len(self._header), start)
-            need = 512 - len(self._header)
-            self._header += data[take_from - start:take_from - start + need]
-            if len(self._header) < 512:
-                return
-            self._parse_header(bytes(self._header), data, start, end)
-            self._header.clear()
 
-    def _parse_header(self, header: bytes, data: memoryview, start: int, end: int) -> None:
-        if header == bytes(512):
-            self._ended = True
-            return
-        name = header[:100].split(b"\0", 1)[0]
-        size_field = header[124:136]
-        if size_field[0] & 0x80:  # base-256, for members of 8 GiB and more
-            size = int.from_bytes(size_field[1:], "big")
-        else:
-            size = int(size_field.split(b"\0", 1)[0].strip() or b"0", 8)
-        data_at = self._header_at + 512
-        self._header_at = data_at + (size + 511) // 512 * 512
-        if name == self._wanted:
-            self._capture = (data_at, data_at + size)
-            low, high = max(start, data_at), min(end, data_at + size)
-            if low < high:
-                self.content += data[low - start:high - start]
+def _reserve_wal(params: ConnParams) -> _WalReservation | None:
+    try:
+        return _WalReservation(params)
+    except Exception as exc:  # psycopg's errors: no free slot, no REPLICATION privilege
+        log.warning("cannot hold the backup's WAL with a temporary replication slot: the server will wait "
+                    "for the archiver at backup stop instead (about a second longer)",
+                    error=" ".join(str(exc).split()))
+        return None
+
+
+def wait_until_stored(segment: str, stored: Callable[[str], bool], reservation: _WalReservation,
+                      watch: _ArchiverWatch) -> float:
+    """Wait until WAL segment ``segment`` (the backup's last) is in the repository; seconds waited.
+
+    A failing archive_command stops the wait with the archiver's error (``watch``); a segment that the
+    server reports archived but the repository does not have means archive_command stores WAL
+    somewhere else, and the backup could never be restored from this repository.
+    """
+    clock = time.monotonic()
+    pause, told = 0.02, clock
+    archived_at: float | None = None
+    while not stored(segment):
+        if watch.problem:
+            raise BackupctlError(watch.problem)
+        now = time.monotonic()
+        last = reservation.last_archived() or ""
+        if len(last) >= 24 and last[:24] >= segment and last[:8] == segment[:8]:
+            archived_at = archived_at or now
+            if now - archived_at > 10:
+                raise BackupctlError(
+                    f"the server archived WAL segment {segment}, but it is not in the repository: "
+                    "archive_command stores WAL elsewhere; set it to what `backupctl pg-settings` prints"
+                )
+        if now - told > 60:
+            told = now
+            log.info("waiting for the backup's last WAL segment to be archived", segment=segment,
+                     seconds=round(now - clock))
+        time.sleep(pause)
+        pause = min(pause * 1.5, 1.0)
+    return time.monotonic() - clock
 
 
 def stream_basebackup(binaries: PgBinaries, params: ConnParams, facts: ServerFacts, label: str,
-                      fast_checkpoint: bool, store: Callable[[str, Any, Any], StoredObject],
-                      tmp_root: Path, parent_manifest: Path | None = None) -> StreamedBackup:
+                      fast_checkpoint: bool, store: Store, tmp_root: Path, parent_manifest: Path | None = None,
+                      wal_stored: Callable[[str], bool] | None = None,
+                      part_bytes: int = PART_BYTES) -> StreamedBackup:
     """Run pg_basebackup, storing each tar archive as it streams by; see the module docstring.
 
     Without extra tablespaces (the common case) base.tar comes on pg_basebackup's stdout. With them,
@@ -240,9 +303,13 @@ def stream_basebackup(binaries: PgBinaries, params: ConnParams, facts: ServerFac
     a fresh path and, as soon as pg_basebackup has made it, puts a FIFO there for every archive, long
     before the server sends the first one (it has to connect and checkpoint first). Should a FIFO lose
     that race, pg_basebackup writes a plain file, which is stored afterwards: slower, never wrong.
+
+    ``wal_stored(segment)`` says whether the repository has a WAL segment; with it, and a replication
+    slot to spare, the server does not wait for the archiver (see ``_WalReservation``).
     """
-    argv = [binaries.path("pg_basebackup"), "--format=tar", "--wal-method=none", "--verbose",
-            f"--checkpoint={'fast' if fast_checkpoint else 'spread'}", f"--label={label}",
+    reservation = _reserve_wal(params) if wal_stored is not None else None
+    argv = [binaries.path("pg_basebackup"), "--format=tar", f"--wal-method={'fetch' if reservation else 'none'}",
+            "--verbose", f"--checkpoint={'fast' if fast_checkpoint else 'spread'}", f"--label={label}",
             "--manifest-checksums=CRC32C", "--no-password"]
     if parent_manifest is not None:
         argv.append(f"--incremental={parent_manifest}")
@@ -253,16 +320,30 @@ def stream_basebackup(binaries: PgBinaries, params: ConnParams, facts: ServerFac
     try:
         if not facts.tablespaces:
             with ToolProcess([*argv, "--pgdata=-"], env, "pg_basebackup") as tool:
-                tap = TarMemberTap(tool.stdout, "backup_manifest")
-                result.objects.append(store("base.tar", tap, lambda: _finish(tool, watch)))
-            manifest = bytes(tap.content)
+                _widen_pipe(tool.stdout)
+                objects, manifest = store_archive(tool.stdout, "base", store, part_bytes,
+                                                  lambda: _finish(tool, watch), tool.proc.kill)
+            result.objects.extend(objects)
         else:
-            manifest = _stream_to_fifos(argv, env, facts, store, tmp_root, watch, result)
+            manifest = _stream_to_fifos(argv, env, facts, store, tmp_root, watch, result, part_bytes)
+        result.manifest = manifest
+        result.wal = manifest_wal_range(manifest)
+        if reservation is not None and wal_stored is not None:
+            last = wal_file_name(result.wal.timeline, lsn_to_int(result.wal.end_lsn) - 1, facts.segment_size)
+            result.wal_wait_seconds = round(wait_until_stored(last, wal_stored, reservation, watch), 3)
     finally:
         watch.stop.set()
-    result.manifest = manifest
-    result.wal = manifest_wal_range(manifest)
+        if reservation is not None:
+            reservation.close()
     return result
+
+
+def _widen_pipe(stream: Any) -> None:
+    """A 1 MiB pipe (Linux): fewer, larger reads, and pg_basebackup blocks less often on a full pipe."""
+    with contextlib.suppress(OSError, AttributeError, ValueError):
+        import fcntl
+
+        fcntl.fcntl(stream.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), 1024 * 1024)
 
 
 def _finish(tool: ToolProcess, watch: _ArchiverWatch) -> None:
@@ -281,20 +362,19 @@ def _finish(tool: ToolProcess, watch: _ArchiverWatch) -> None:
         raise
 
 
-def _stream_to_fifos(argv: list[str], env: dict[str, str], facts: ServerFacts,
-                     store: Callable[[str, Any, Any], StoredObject], tmp_root: Path, watch: _ArchiverWatch,
-                     result: StreamedBackup) -> bytes:
+def _stream_to_fifos(argv: list[str], env: dict[str, str], facts: ServerFacts, store: Store, tmp_root: Path,
+                     watch: _ArchiverWatch, result: StreamedBackup, part_bytes: int) -> bytes:
     parent = Path(tempfile.mkdtemp(prefix="backupctl-basebackup-", dir=tmp_root))
     workdir = parent / "out"
     archives = [f"{oid}.tar" for oid in facts.tablespaces] + ["base.tar"]
     failures: list[BaseException] = []
-    stored: dict[str, StoredObject] = {}
+    stored: dict[str, list[StoredObject]] = {}
 
-    def reader(name: str) -> None:
+    def reader(name: str, tool: ToolProcess) -> None:
         try:
             with open(workdir / name, "rb") as fifo:
-                key = "base.tar" if name == "base.tar" else f"tablespaces/{name}"
-                stored[name] = store(key, fifo, None)
+                stored[name], _ = store_archive(fifo, _object_name(name), store, part_bytes,
+                                                abort=tool.proc.terminate)
         except BaseException as exc:
             failures.append(exc)
 
@@ -310,7 +390,7 @@ def _stream_to_fifos(argv: list[str], env: dict[str, str], facts: ServerFacts,
                 except FileExistsError:
                     log.warning("archive not streamed: pg_basebackup opened it first", archive=name)
                     continue
-                thread = threading.Thread(target=reader, args=(name,), name=f"read-{name}", daemon=True)
+                thread = threading.Thread(target=reader, args=(name, tool), name=f"read-{name}", daemon=True)
                 thread.start()
                 threads.append(thread)
             while tool.proc.poll() is None and not (watch.problem or failures):
@@ -323,12 +403,19 @@ def _stream_to_fifos(argv: list[str], env: dict[str, str], facts: ServerFacts,
             if failures:
                 raise failures[0]
             _finish(tool, watch)
-        result.objects.extend(stored[name] for name in archives if name in stored)
-        _store_plain_files(workdir, stored, store, result)
+        for name in archives:
+            result.objects.extend(stored.get(name, []))
+        _store_plain_files(workdir, stored, store, result, part_bytes)
         return (workdir / "backup_manifest").read_bytes()
     finally:
         _release_unopened(workdir, threads)
         shutil.rmtree(parent, ignore_errors=True)
+
+
+def _object_name(archive: str) -> str:
+    """``base.tar`` -> ``base``, ``16384.tar`` -> ``tablespaces/16384``: the prefix of its parts' names."""
+    stem = archive.removesuffix(".tar")
+    return stem if archive == "base.tar" else f"tablespaces/{stem}"
 
 
 def _release_unopened(workdir: Path, threads: list[threading.Thread]) -> None:
@@ -339,15 +426,15 @@ def _release_unopened(workdir: Path, threads: list[threading.Thread]) -> None:
                 os.close(os.open(workdir / thread.name.removeprefix("read-"), os.O_WRONLY | os.O_NONBLOCK))
 
 
-def _store_plain_files(workdir: Path, stored: dict[str, StoredObject],
-                       store: Callable[[str, Any, Any], StoredObject], result: StreamedBackup) -> None:
+def _store_plain_files(workdir: Path, stored: dict[str, list[StoredObject]], store: Store,
+                       result: StreamedBackup, part_bytes: int) -> None:
     """Archives that arrived as plain files (a lost FIFO race, a tablespace created meanwhile)."""
     for path in sorted(workdir.iterdir()):
         if path.name in stored or path.name == "backup_manifest" or not stat.S_ISREG(path.stat().st_mode):
             continue
-        key = "base.tar" if path.name == "base.tar" else f"tablespaces/{path.name}"
         with open(path, "rb") as plain:
-            result.objects.append(store(key, plain, None))
+            objects, _ = store_archive(plain, _object_name(path.name), store, part_bytes)
+        result.objects.extend(objects)
         if path.name != "base.tar":
             result.tablespaces.setdefault(path.name.removesuffix(".tar"), "")
         path.unlink()

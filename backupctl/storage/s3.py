@@ -1,10 +1,12 @@
 """A repository in an S3 bucket (AWS or any S3-compatible store), below an optional prefix.
 
 Small objects (up to twice ``part_size``, so a 16 MiB WAL segment with the default settings) go up in
-one PutObject. Larger streams become a multipart upload whose parts are sent by ``upload_jobs`` threads
-while the caller keeps writing; the writer blocks when every thread is busy, so memory stays near
-``upload_jobs + 1`` parts whatever the object's size. Only a completed PutObject or
-CompleteMultipartUpload makes a key visible, which gives the all-or-nothing writes the interface promises.
+one PutObject. Larger streams become a multipart upload whose parts are sent by the storage's
+``upload_jobs`` threads while the caller keeps writing. Those threads and their slots are shared by every
+writer of the storage: a writer blocks while all are busy, so however large the objects and however many
+are written at once, memory stays near ``upload_jobs`` parts in flight plus the one or two that each open
+writer is filling; part buffers are reused. Only a completed PutObject or CompleteMultipartUpload makes a
+key visible, which gives the all-or-nothing writes the interface promises.
 
 Requests are retried by botocore's "standard" mode (exponential backoff with jitter on throttling, 5xx
 and connection errors); reads that break mid-body are resumed with a ranged GET pinned to the first
@@ -17,11 +19,13 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import mmap
 import random
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from datetime import datetime
 from itertools import islice
 from pathlib import Path
@@ -162,6 +166,18 @@ class S3Storage(Storage):
             )
             if value
         }
+        # Parts in flight, for all writers together: memory stays near (upload_jobs + 2 per open
+        # writer) parts however many objects are written at once.
+        self._slots = threading.Semaphore(config.upload_jobs)
+        self._buffers = _Buffers(keep=config.upload_jobs + 2)
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+
+    def _upload_pool(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.config.upload_jobs, thread_name_prefix="s3-part")
+            return self._pool
 
     # -- errors ---------------------------------------------------------------------------------------
 
@@ -347,22 +363,114 @@ class S3Storage(Storage):
                 raise
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        self._buffers.close()
         self._client.close()
 
 
 def _part_size(base: int, number: int) -> int:
-    """Size of part ``number`` (from 2): doubling every 1000 parts keeps a huge stream within 10,000."""
-    return min(base << ((number - 2) // PARTS_PER_SIZE_STEP), MAX_PART_SIZE)
+    """Size of part ``number`` (from 1): doubling every 1000 parts keeps a huge stream within 10,000."""
+    return min(base << ((number - 1) // PARTS_PER_SIZE_STEP), MAX_PART_SIZE)
+
+
+class _Buffers:
+    """Part buffers, reused: anonymous mappings, so only the bytes a part really fills become resident.
+
+    Reuse keeps memory flat however many objects a process writes (freeing and allocating 16 MiB blocks
+    from several threads fragments the heap and ratchets RSS up), and a small object (a manifest, a
+    compressed WAL segment) costs the pages it fills, not a whole part.
+    """
+
+    def __init__(self, keep: int) -> None:
+        self._free: dict[int, list[mmap.mmap]] = {}
+        self._keep = keep
+        self._lock = threading.Lock()
+
+    def take(self, size: int) -> mmap.mmap:
+        with self._lock:
+            free = self._free.get(size)
+            if free:
+                return free.pop()
+        return mmap.mmap(-1, size)
+
+    def give_back(self, buffer: mmap.mmap) -> None:
+        with self._lock:
+            free = self._free.setdefault(len(buffer), [])
+            if len(free) < self._keep:
+                free.append(buffer)
+                return
+        buffer.close()
+
+    def close(self) -> None:
+        with self._lock:
+            for free in self._free.values():
+                for buffer in free:
+                    buffer.close()
+            self._free.clear()
+
+
+class _Body(io.RawIOBase):
+    """The bytes of one request (a part, or a whole small object) read from part buffers without a copy.
+
+    Seekable, so botocore can checksum it, sign it and rewind it for a retry.
+    """
+
+    def __init__(self, views: list[memoryview]) -> None:
+        super().__init__()
+        self._views = [v for v in views if len(v)]
+        self._size = sum(len(v) for v in self._views)
+        self._pos = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, min(self._size, base + offset))
+        return self._pos
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            size = self._size - self._pos
+        out = []
+        position = 0
+        for view in self._views:
+            if size <= 0:
+                break
+            end = position + len(view)
+            if self._pos < end:
+                start = self._pos - position
+                piece = view[start:start + size]
+                out.append(bytes(piece))
+                self._pos += len(piece)
+                size -= len(piece)
+            position = end
+        return b"".join(out)
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        memoryview(buffer).cast("B")[:len(data)] = data
+        return len(data)
 
 
 class _S3Writer(ObjectWriter):
-    """Buffers a stream into parts and uploads them in parallel; see the module docstring.
+    """Fills part buffers and uploads them in parallel; see the module docstring.
 
-    The first buffer holds up to ``2 × part_size``: a stream that ends within it is one PutObject, and
-    one that goes on sends that buffer as part 1 unchanged (parts need not be equal), so no byte is
-    copied twice. Later parts are ``part_size``, doubling every 1000 parts, at most 5 GiB each. The
-    largest object is therefore about 1,022,000 × part_size: 4.9 TiB at the smallest part_size (5 MiB),
-    S3's own 5 TiB cap from 6 MiB up.
+    A stream that ends within two buffers (``2 × part_size``) is one PutObject; one that goes on becomes
+    a multipart upload of ``part_size`` parts, doubling every 1000 parts, at most 5 GiB each. The
+    largest object is therefore about 1,023,000 × part_size: 4.9 TiB at the smallest part_size (5 MiB),
+    S3's own 5 TiB cap from 6 MiB up. Parts in flight count against the storage's ``upload_jobs`` for
+    all its writers together, so objects written in parallel share one memory budget.
     """
 
     def __init__(self, storage: S3Storage, key: str) -> None:
@@ -370,12 +478,10 @@ class _S3Writer(ObjectWriter):
         self._key = key
         self._full_key = storage._full_key(key)
         self._base_size = storage.config.part_size
-        self._jobs = storage.config.upload_jobs
-        self._buffer = bytearray()
-        self._limit = min(2 * self._base_size, MAX_PART_SIZE)  # the first buffer's capacity
+        self._held: list[tuple[mmap.mmap, int]] = []  # full buffers not sent yet: the first two
+        self._buffer: mmap.mmap | None = None  # the one being filled
+        self._fill = 0
         self._upload_id: str | None = None
-        self._pool: ThreadPoolExecutor | None = None
-        self._slots = threading.Semaphore(self._jobs)  # parts in flight; the writer waits for one
         self._parts: list[Future[dict[str, Any]]] = []
         self._failure: BaseException | None = None  # the first failed part, reported on the next write
         self._closed = False
@@ -389,29 +495,50 @@ class _S3Writer(ObjectWriter):
         view = memoryview(data).cast("B")
         taken = len(view)
         while view:
-            if len(self._buffer) == self._limit:  # full, and more data follows: ship it
-                self._send_part()
-            room = self._limit - len(self._buffer)
-            self._buffer += view[:room]
-            view = view[room:]
+            if self._buffer is None:
+                self._buffer = self._storage._buffers.take(self._next_size())
+                self._fill = 0
+            room = len(self._buffer) - self._fill
+            if not room:  # full, and more data follows
+                self._held.append((self._buffer, self._fill))
+                self._buffer = None
+                if self._upload_id is not None or len(self._held) > 1:
+                    self._send_held()
+                continue
+            n = min(room, len(view))
+            self._buffer[self._fill:self._fill + n] = view[:n]
+            self._fill += n
+            view = view[n:]
         return taken
 
-    def _send_part(self) -> None:
+    def _next_size(self) -> int:
+        return _part_size(self._base_size, len(self._parts) + len(self._held) + 1)
+
+    def _send_held(self) -> None:
         if self._failure is not None:
             raise self._failure
         if self._upload_id is None:
             self._start_upload()
+        while self._held:
+            buffer, length = self._held.pop(0)
+            self._send_part(buffer, length)
+
+    def _send_part(self, buffer: mmap.mmap, length: int) -> None:
         number = len(self._parts) + 1
         if number > MAX_PARTS:
+            self._storage._buffers.give_back(buffer)
             raise StorageError(
                 f"{self._key} needs more than S3's {MAX_PARTS} parts: raise repository.part_size"
             )
-        body, self._buffer = self._buffer, bytearray()
-        self._limit = _part_size(self._base_size, number + 1)
-        self._slots.acquire()  # bounded memory: wait while every upload thread is busy
-        assert self._pool is not None
-        future = self._pool.submit(self._upload_part, number, body)
-        future.add_done_callback(self._part_done)
+        storage = self._storage
+        storage._slots.acquire()  # bounded memory: wait while the storage's every upload slot is busy
+        try:
+            future = storage._upload_pool().submit(self._upload_part, number, buffer, length)
+        except BaseException:
+            storage._slots.release()
+            storage._buffers.give_back(buffer)
+            raise
+        future.add_done_callback(lambda done: self._part_done(done, buffer))
         self._parts.append(future)
 
     def _start_upload(self) -> None:
@@ -423,36 +550,40 @@ class _S3Writer(ObjectWriter):
                 Bucket=storage.bucket, Key=self._full_key, **storage._write_args, **self._checksum_args
             )
             self._upload_id = response["UploadId"]
-        self._pool = ThreadPoolExecutor(self._jobs, thread_name_prefix="s3-part")
 
-    def _upload_part(self, number: int, body: bytearray) -> dict[str, Any]:
+    def _upload_part(self, number: int, buffer: mmap.mmap, length: int) -> dict[str, Any]:
         storage = self._storage
         with storage._translated("UploadPart", self._key):
             response = storage._client.upload_part(
                 Bucket=storage.bucket, Key=self._full_key, UploadId=self._upload_id,
-                PartNumber=number, Body=body, **self._checksum_args,
+                PartNumber=number, Body=_Body([memoryview(buffer)[:length]]), **self._checksum_args,
             )
         part = {"PartNumber": number, "ETag": response["ETag"]}
         if "ChecksumCRC32" in response:
             part["ChecksumCRC32"] = response["ChecksumCRC32"]
         return part
 
-    def _part_done(self, future: Future[dict[str, Any]]) -> None:
+    def _part_done(self, future: Future[dict[str, Any]], buffer: mmap.mmap) -> None:
         if not future.cancelled() and future.exception() is not None and self._failure is None:
             self._failure = future.exception()
-        self._slots.release()  # after recording a failure, so the next part sees it
+        self._storage._buffers.give_back(buffer)
+        self._storage._slots.release()  # after recording a failure, so the next part sees it
 
     def commit(self) -> None:
         assert not self._closed, "commit after commit or abort"
         storage = self._storage
         try:
+            if self._buffer is not None and self._fill:
+                self._held.append((self._buffer, self._fill))
+                self._buffer = None
             if self._upload_id is None:
+                body = _Body([memoryview(buffer)[:length] for buffer, length in self._held])
                 with storage._translated("PutObject", self._key):
                     storage._client.put_object(
-                        Bucket=storage.bucket, Key=self._full_key, Body=self._buffer, **storage._write_args
+                        Bucket=storage.bucket, Key=self._full_key, Body=body, **storage._write_args
                     )
             else:
-                self._send_part()  # the last part: never empty, since a part ships only when more follows
+                self._send_held()  # the last part: never empty, since a part is sent only when more follows
                 parts = [future.result() for future in self._parts]
                 with storage._translated("CompleteMultipartUpload", self._key):
                     storage._client.complete_multipart_upload(
@@ -478,11 +609,16 @@ class _S3Writer(ObjectWriter):
                             self._key, self._storage.location, exc)
 
     def _close(self) -> None:
-        """Release the buffer and wait for parts in flight, so none lands after an abort."""
+        """Give the buffers back and wait for parts in flight, so none lands after an abort."""
         self._closed = True
-        self._buffer = bytearray()
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+        for future in self._parts:
+            future.cancel()
+        futures_wait(self._parts)
+        for buffer, _ in self._held:
+            self._storage._buffers.give_back(buffer)
+        if self._buffer is not None:
+            self._storage._buffers.give_back(self._buffer)
+        self._held, self._buffer = [], None
 
 
 class _S3Reader(io.RawIOBase):
