@@ -138,7 +138,7 @@ def _candidate_bindirs(need: str) -> list[Path]:
 
     def add(directory: Path) -> None:
         real = directory.resolve()
-        if real.is_dir() and real not in candidates:
+        if os.path.isdir(real) and real not in candidates:
             candidates.append(real)
 
     # PATH may hold symlinks into an installation (/usr/local/bin/initdb) or Debian's pg_wrapper
@@ -150,7 +150,9 @@ def _candidate_bindirs(need: str) -> list[Path]:
             continue
         for name in names:
             program = Path(entry) / name
-            if program.is_file() and os.access(program, os.X_OK):
+            # os.path.isfile: a PATH entry this user cannot search (root's ~/.cargo/bin after dropping to
+            # postgres) is no candidate, where Path.is_file would raise PermissionError.
+            if os.path.isfile(program) and os.access(program, os.X_OK):
                 real = program.resolve()
                 if real.name != "pg_wrapper":
                     add(real.parent)

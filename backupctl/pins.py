@@ -1,7 +1,8 @@
 """Pins: a backup that must outlive every retention rule (a legal hold, the last backup before an upgrade).
 
-A pin is its own small object, ``<source>/backups/<id>/pin.json``, written and removed with plain puts and
-deletes: manifests are write-once and self-checksummed, so a pin never touches one.
+A pin is its own small object, ``<source>/pins/<id>.json``, written and removed with plain puts and deletes:
+manifests are write-once and self-checksummed, so a pin never touches one. Pins have their own folder so that
+`list` finds them with one listing of a few keys, not a second listing of every backup's objects.
 """
 
 from __future__ import annotations
@@ -13,11 +14,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from backupctl.catalog import Manifest, backup_prefix, iso
+from backupctl.catalog import Manifest, iso
 from backupctl.errors import ConfigError, IntegrityError
 from backupctl.storage import Storage
-
-PIN_NAME = "pin.json"
 
 
 @dataclass(frozen=True)
@@ -37,7 +36,7 @@ class Pin:
 
 
 def pin_key(source: str, backup_id: str) -> str:
-    return backup_prefix(source, backup_id) + PIN_NAME
+    return f"{source}/pins/{backup_id}.json"
 
 
 def _parse(key: str, data: bytes) -> Pin:
@@ -51,10 +50,9 @@ def _parse(key: str, data: bytes) -> Pin:
 def read_pins(storage: Storage, source: str) -> dict[str, Pin]:
     """Every pin of a source, by backup id (one listing, one small GET per pin)."""
     pins = {}
-    for info in storage.list(f"{source}/backups/"):
-        if info.key.endswith("/" + PIN_NAME):
-            pin = _parse(info.key, storage.get_bytes(info.key))
-            pins[pin.backup_id] = pin
+    for info in storage.list(f"{source}/pins/"):
+        pin = _parse(info.key, storage.get_bytes(info.key))
+        pins[pin.backup_id] = pin
     return pins
 
 
