@@ -292,7 +292,7 @@ def _pitr_window(repo: Repository, source: str, physical: list[Manifest]) -> dic
         except BackupctlError as exc:
             problem = problem or f"from {backup.id}: {exc}"
             continue
-        segments = wal.find_archived(repo, source, plan.wal_last)
+        segments = wal.find_archived(repo, plan.stream, plan.wal_last)
         latest = max((s.modified for s in segments), default=parse_iso(backup.finished_at))
         earliest = parse_iso(backup.finished_at)
         return {"kind": "pitr", "earliest": backup.finished_at, "latest": iso(latest),
