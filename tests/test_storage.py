@@ -219,6 +219,56 @@ def test_local_aborted_writer_leaves_no_temp_file(local_backend: Backend) -> Non
     assert storage.head("src/backups/b1/data") is None
 
 
+# -- S3: one memory budget for all writers -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("endpoint", ["moto", "seaweedfs"])
+def test_parallel_writers_share_one_buffer_budget(endpoint: str, tmp_path: Path,
+                                                  request: pytest.FixtureRequest) -> None:
+    """Objects written at once (a backup's parts finishing while the next streams) share upload_jobs + 1
+    part buffers, reused, and every object still arrives whole."""
+    backend = s3_backend(endpoint, tmp_path, request, upload_jobs=2)
+    storage = backend.storage()
+    uploads: list[int] = []
+    active = 0
+    lock = threading.Lock()
+    upload_part = storage._client.upload_part  # type: ignore[attr-defined]
+
+    def counting_upload_part(**kwargs: Any) -> Any:
+        nonlocal active
+        with lock:
+            active += 1
+            uploads.append(active)
+        try:
+            return upload_part(**kwargs)
+        finally:
+            with lock:
+                active -= 1
+
+    storage._client.upload_part = counting_upload_part  # type: ignore[attr-defined]
+    payloads = {f"src/backups/b1/base/{i:04d}.tar.zst": os.urandom(23 * MiB + i) for i in range(4)}
+
+    def write(key: str) -> None:
+        with storage.open_write(key) as writer:
+            for piece in chunks(payloads[key], (1_000_003, 65_537)):
+                writer.write(piece)
+
+    threads = [threading.Thread(target=write, args=(key,)) for key in payloads]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        for key, data in payloads.items():
+            with storage.get(key) as stream:
+                assert hashlib.sha256(stream.read()).digest() == hashlib.sha256(data).digest(), key
+        assert 0 < max(uploads) <= 2
+        made = sum(len(free) for free in storage._buffers._free.values())  # type: ignore[attr-defined]
+        assert 0 < made <= 3, f"{made} part buffers for a budget of 3"
+    finally:
+        storage.close()
+
+
 # -- S3: multipart leftovers ----------------------------------------------------------------------------
 
 

@@ -2,11 +2,11 @@
 
 Small objects (up to twice ``part_size``, so a 16 MiB WAL segment with the default settings) go up in
 one PutObject. Larger streams become a multipart upload whose parts are sent by the storage's
-``upload_jobs`` threads while the caller keeps writing. Those threads and their slots are shared by every
-writer of the storage: a writer blocks while all are busy, so however large the objects and however many
-are written at once, memory stays near ``upload_jobs`` parts in flight plus the one or two that each open
-writer is filling; part buffers are reused. Only a completed PutObject or CompleteMultipartUpload makes a
-key visible, which gives the all-or-nothing writes the interface promises.
+``upload_jobs`` threads while the caller keeps writing. Threads and part buffers are shared by every
+writer of the storage: at most ``upload_jobs + 1`` buffers are in use at once (parts in flight and the
+ones being filled), and a writer waits for one, so however large the objects and however many are
+written at once, memory stays at that many parts; buffers are reused. Only a completed PutObject or
+CompleteMultipartUpload makes a key visible, which gives the all-or-nothing writes the interface promises.
 
 Requests are retried by botocore's "standard" mode (exponential backoff with jitter on throttling, 5xx
 and connection errors); reads that break mid-body are resumed with a ranged GET pinned to the first
@@ -59,6 +59,7 @@ MAX_PARTS = 10_000  # S3's limit on parts per multipart upload
 PARTS_PER_SIZE_STEP = 1000  # the part size doubles after every this many parts
 DELETE_BATCH = 1000  # DeleteObjects takes at most this many keys
 READ_STEP = 1024**2  # bytes per read when a caller reads a whole object
+BUDGET_WAIT = 60.0  # seconds a writer waits for a part buffer before it takes one beyond the budget
 CONNECT_TIMEOUT = 10  # seconds; a black-holed endpoint should fail in minutes, not hours
 
 # Errors that break a response body in flight (reset, timeout, short body): worth a ranged re-GET.
@@ -166,10 +167,9 @@ class S3Storage(Storage):
             )
             if value
         }
-        # Parts in flight, for all writers together: memory stays near (upload_jobs + 2 per open
-        # writer) parts however many objects are written at once.
-        self._slots = threading.Semaphore(config.upload_jobs)
-        self._buffers = _Buffers(keep=config.upload_jobs + 2)
+        # Part buffers being filled or uploaded, for all writers together: upload_jobs parts in flight
+        # while the next one fills, however many objects are written at once.
+        self._buffers = _Buffers(budget=config.upload_jobs + 1)
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
 
@@ -375,32 +375,48 @@ def _part_size(base: int, number: int) -> int:
 
 
 class _Buffers:
-    """Part buffers, reused: anonymous mappings, so only the bytes a part really fills become resident.
+    """Part buffers of one storage: at most ``budget`` in use (being filled or uploaded), and reused.
 
-    Reuse keeps memory flat however many objects a process writes (freeing and allocating 16 MiB blocks
-    from several threads fragments the heap and ratchets RSS up), and a small object (a manifest, a
-    compressed WAL segment) costs the pages it fills, not a whole part.
+    The budget is what bounds an S3 writer's memory, for all writers of the storage together. Buffers
+    are anonymous mappings, so only the bytes a part really fills become resident, and reuse keeps
+    memory flat however many objects a process writes (freeing and allocating 16 MiB blocks from
+    several threads fragments the heap and ratchets RSS up). A writer that would wait for a buffer
+    longer than ``BUDGET_WAIT`` (writers that hold buffers and wait for each other's data) takes one
+    beyond the budget, with a warning: more memory rather than a hang.
     """
 
-    def __init__(self, keep: int) -> None:
+    def __init__(self, budget: int) -> None:
         self._free: dict[int, list[mmap.mmap]] = {}
-        self._keep = keep
+        self._budget = threading.Semaphore(budget)
+        self._keep = budget
+        self._over: set[int] = set()  # buffers handed out beyond the budget
         self._lock = threading.Lock()
 
-    def take(self, size: int) -> mmap.mmap:
+    def take(self, size: int, block: bool = True) -> mmap.mmap | None:
+        """A buffer of ``size`` bytes; None when ``block`` is false and the budget is spent."""
+        within = self._budget.acquire(timeout=BUDGET_WAIT) if block else self._budget.acquire(blocking=False)
+        if not within and not block:
+            return None
+        if not within:
+            log.warning("S3 part buffers: all of the budget stayed in use for %.0fs; taking one more", BUDGET_WAIT)
         with self._lock:
             free = self._free.get(size)
-            if free:
-                return free.pop()
-        return mmap.mmap(-1, size)
+            buffer = free.pop() if free else mmap.mmap(-1, size)
+            if not within:
+                self._over.add(id(buffer))
+        return buffer
 
     def give_back(self, buffer: mmap.mmap) -> None:
         with self._lock:
+            within = id(buffer) not in self._over
+            self._over.discard(id(buffer))
             free = self._free.setdefault(len(buffer), [])
             if len(free) < self._keep:
                 free.append(buffer)
-                return
-        buffer.close()
+            else:
+                buffer.close()
+        if within:
+            self._budget.release()
 
     def close(self) -> None:
         with self._lock:
@@ -439,10 +455,12 @@ class _Body(io.RawIOBase):
         self._pos = max(0, min(self._size, base + offset))
         return self._pos
 
-    def read(self, size: int | None = -1) -> bytes:
+    def read(self, size: int | None = -1) -> Any:
+        """The next bytes: a read-only view of the buffer itself when they lie in one buffer (botocore
+        checksums, signs and sends it without a copy), joined into bytes only across two."""
         if size is None or size < 0:
             size = self._size - self._pos
-        out = []
+        pieces = []
         position = 0
         for view in self._views:
             if size <= 0:
@@ -451,11 +469,13 @@ class _Body(io.RawIOBase):
             if self._pos < end:
                 start = self._pos - position
                 piece = view[start:start + size]
-                out.append(bytes(piece))
+                pieces.append(piece)
                 self._pos += len(piece)
                 size -= len(piece)
             position = end
-        return b"".join(out)
+        if len(pieces) == 1:
+            return pieces[0].toreadonly()
+        return b"".join(pieces)
 
     def readinto(self, buffer: Any) -> int:
         data = self.read(len(buffer))
@@ -469,8 +489,8 @@ class _S3Writer(ObjectWriter):
     A stream that ends within two buffers (``2 × part_size``) is one PutObject; one that goes on becomes
     a multipart upload of ``part_size`` parts, doubling every 1000 parts, at most 5 GiB each. The
     largest object is therefore about 1,023,000 × part_size: 4.9 TiB at the smallest part_size (5 MiB),
-    S3's own 5 TiB cap from 6 MiB up. Parts in flight count against the storage's ``upload_jobs`` for
-    all its writers together, so objects written in parallel share one memory budget.
+    S3's own 5 TiB cap from 6 MiB up. Buffers come from the storage's budget (``_Buffers``), so objects
+    written in parallel share one memory bound.
     """
 
     def __init__(self, storage: S3Storage, key: str) -> None:
@@ -496,7 +516,7 @@ class _S3Writer(ObjectWriter):
         taken = len(view)
         while view:
             if self._buffer is None:
-                self._buffer = self._storage._buffers.take(self._next_size())
+                self._buffer = self._next_buffer()
                 self._fill = 0
             room = len(self._buffer) - self._fill
             if not room:  # full, and more data follows
@@ -511,8 +531,21 @@ class _S3Writer(ObjectWriter):
             view = view[n:]
         return taken
 
-    def _next_size(self) -> int:
-        return _part_size(self._base_size, len(self._parts) + len(self._held) + 1)
+    def _next_buffer(self) -> mmap.mmap:
+        """A buffer for the next part. The first is held unsent (the object may yet fit one PutObject):
+        when the budget has no second buffer for it, the multipart upload starts instead of waiting, so
+        a writer never waits for a buffer while it holds one that nobody will send."""
+        buffers = self._storage._buffers
+        size = _part_size(self._base_size, len(self._parts) + len(self._held) + 1)
+        if self._held:
+            buffer = buffers.take(size, block=False)
+            if buffer is not None:
+                return buffer
+            self._send_held()
+            size = _part_size(self._base_size, len(self._parts) + 1)
+        buffer = buffers.take(size)
+        assert buffer is not None
+        return buffer
 
     def _send_held(self) -> None:
         if self._failure is not None:
@@ -531,11 +564,9 @@ class _S3Writer(ObjectWriter):
                 f"{self._key} needs more than S3's {MAX_PARTS} parts: raise repository.part_size"
             )
         storage = self._storage
-        storage._slots.acquire()  # bounded memory: wait while the storage's every upload slot is busy
         try:
             future = storage._upload_pool().submit(self._upload_part, number, buffer, length)
         except BaseException:
-            storage._slots.release()
             storage._buffers.give_back(buffer)
             raise
         future.add_done_callback(lambda done: self._part_done(done, buffer))
@@ -566,8 +597,7 @@ class _S3Writer(ObjectWriter):
     def _part_done(self, future: Future[dict[str, Any]], buffer: mmap.mmap) -> None:
         if not future.cancelled() and future.exception() is not None and self._failure is None:
             self._failure = future.exception()
-        self._storage._buffers.give_back(buffer)
-        self._storage._slots.release()  # after recording a failure, so the next part sees it
+        self._storage._buffers.give_back(buffer)  # after recording a failure, so the next part sees it
 
     def commit(self) -> None:
         assert not self._closed, "commit after commit or abort"
