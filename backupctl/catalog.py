@@ -35,10 +35,15 @@ _ALPHABET = string.ascii_lowercase + string.digits
 
 def new_backup_id(backup_type: str, now: datetime | None = None) -> str:
     """Time-sortable, repository-unique: ``20261125T021500123Z-S-k3x``."""
+    return new_record_id(TYPE_LETTERS[backup_type], now)
+
+
+def new_record_id(letter: str, now: datetime | None = None) -> str:
+    """The id shape of backups for any record (D drills, V verifications): sortable by time, unique."""
     now = now or datetime.now(UTC)
     stamp = now.strftime("%Y%m%dT%H%M%S") + f"{now.microsecond // 1000:03d}Z"
     suffix = "".join(secrets.choice(_ALPHABET) for _ in range(3))
-    return f"{stamp}-{TYPE_LETTERS[backup_type]}-{suffix}"
+    return f"{stamp}-{letter}-{suffix}"
 
 
 def is_backup_id(text: str) -> bool:

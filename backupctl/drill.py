@@ -42,7 +42,7 @@ from typing import Any
 import psycopg
 
 from backupctl import __version__, drill_checks, pitr, restore, wal
-from backupctl.catalog import Catalog, Manifest, iso, new_backup_id, open_details
+from backupctl.catalog import Catalog, Manifest, iso, new_record_id, open_details
 from backupctl.config import DrillConfig, PostgresSource, SourceConfig, SqliteSource
 from backupctl.engines import pg_logical
 from backupctl.engines.pg_physical import lsn_to_int
@@ -147,8 +147,7 @@ class _Drill:
         self.request = request
         self.started = datetime.now(UTC)
         self.clock = time.monotonic()
-        stamp, _type, suffix = new_backup_id("sqlite", self.started).split("-")  # a backup-style id, letter D
-        self.id = f"{stamp}-D-{suffix}"
+        self.id = new_record_id("D", self.started)
         self.checks: dict[str, _Check] = {}
         self.parts = dict.fromkeys((*RTO_PARTS, "checks"), 0.0)
         self.backup: Manifest | None = None

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from backupctl.catalog import Manifest, iso, new_backup_id, open_details
+from backupctl.catalog import Manifest, iso, new_record_id, open_details
 from backupctl.config import PostgresSource
 from backupctl.engines import pg_logical
 from backupctl.errors import BackupctlError, IntegrityError, ObjectNotFound, StorageError
@@ -118,9 +118,8 @@ def verify_backup(repo: Repository, manifest: Manifest, bindir: str | None = Non
 def record_verification(repo: Repository, result: VerifyResult, started: datetime) -> dict[str, Any]:
     """Keep the outcome in ``<source>/verifications/<id>.json``: status and check report when each source was
     last proven readable, from any host. A store that refuses the record costs a warning, not the verdict."""
-    stamp, _type, suffix = new_backup_id("sqlite", started).split("-")  # a backup-style id, letter V
     record = {
-        "id": f"{stamp}-V-{suffix}",
+        "id": new_record_id("V", started),
         "source": result.source,
         "backup_id": result.id,
         "status": "passed" if result.ok else "failed",
