@@ -15,21 +15,21 @@ import pwd
 import re
 import shutil
 import signal
-import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from s3_servers import SeaweedFS  # the test suite's starter: one copy for tests and benches
+
 MIB = 1024 * 1024
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 SERVER_USER = "postgres"
-GRPC_PORT_OFFSET = 10_000  # SeaweedFS listens for gRPC on each HTTP port + 10000
-SEAWEEDFS_START_TIMEOUT = 60.0
 
 
 class CommandFailed(RuntimeError):
@@ -255,124 +255,19 @@ def reap_strays(marker: str, grace: float = 5.0) -> list[int]:
 # --- SeaweedFS with TLS --------------------------------------------------------------------------------
 
 
-def _port_is_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _free_ports(count: int) -> list[int]:
-    """Ports below the usual ephemeral range whose gRPC twins (port + 10000) are free as well."""
-    import random
-
-    ports: list[int] = []
-    while len(ports) < count:
-        port = random.randrange(20_000, 30_000)
-        if port not in ports and _port_is_free(port) and _port_is_free(port + GRPC_PORT_OFFSET):
-            ports.append(port)
-    return ports
-
-
 def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
     """A certificate for 127.0.0.1 (pgBackRest's S3 driver speaks only TLS); returns (cert, key)."""
+    directory.mkdir(parents=True, exist_ok=True)
     cert, key = directory / "cert.pem", directory / "key.pem"
     run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
          "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
     return cert, key
 
 
-class SeaweedFS:
-    """``weed mini`` on 127.0.0.1 serving S3 over HTTPS (self-signed) and plain HTTP at once."""
-
-    def __init__(self, weed: str, directory: Path) -> None:
-        self.weed = weed
-        self.directory = directory
-        self.access_key = "bench-access"
-        self.secret_key = f"bench-secret-{uuid.uuid4().hex}"
-        self.region = "us-east-1"
-        self.process: subprocess.Popen[bytes] | None = None
-        self.ports: dict[str, int] = {}
-
-    @property
-    def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports['s3']}"
-
-    @property
-    def https_url(self) -> str:
-        return f"https://127.0.0.1:{self.ports['s3.port.https']}"
-
-    def start(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        (self.directory / "logs").mkdir(exist_ok=True)
-        (self.directory / "data").mkdir(exist_ok=True)
-        cert, key = self_signed_certificate(self.directory)
-        names = ("s3", "master", "volume", "filer", "admin", "s3.port.https")
-        self.ports = dict(zip(names, _free_ports(len(names)), strict=True))
-        command = [
-            self.weed, f"-logdir={self.directory / 'logs'}", "mini", f"-dir={self.directory / 'data'}",
-            "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            *(f"-{name}.port={port}" for name, port in self.ports.items() if name != "s3.port.https"),
-            f"-s3.port.https={self.ports['s3.port.https']}", f"-s3.cert.file={cert}", f"-s3.key.file={key}",
-            "-webdav=false", "-admin.ui=false", "-master.telemetry=false",
-            "-s3.port.iceberg=0", "-s3.port.lance=0", "-s3.autoCreateBucket=false",
-            f"-s3.localSocket={self.directory / 's3.sock'}", f"-filer.localSocket={self.directory / 'filer.sock'}",
-        ]
-        env = {"PATH": "/usr/bin:/bin", "HOME": str(self.directory),
-               "AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}
-        with open(self.directory / "weed.log", "wb") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                            cwd=self.directory, start_new_session=True)
-        self._wait_ready()
-
-    def client(self, url: str | None = None) -> Any:
-        import boto3
-        import botocore.config
-        import urllib3
-
-        urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)  # our own self-signed certificate
-
-        return boto3.client(
-            "s3", endpoint_url=url or self.http_url, aws_access_key_id=self.access_key,
-            aws_secret_access_key=self.secret_key, region_name=self.region, verify=False,
-            config=botocore.config.Config(retries={"total_max_attempts": 1}, connect_timeout=2,
-                                          read_timeout=5, s3={"addressing_style": "path"}),
-        )
-
-    def _wait_ready(self) -> None:
-        assert self.process is not None
-        deadline = time.monotonic() + SEAWEEDFS_START_TIMEOUT
-        clients = [self.client(self.http_url), self.client(self.https_url)]
-        while True:
-            try:
-                for client in clients:
-                    client.list_buckets()
-                return
-            except Exception as exc:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    log = (self.directory / "weed.log").read_text(errors="replace").splitlines()[-20:]
-                    raise RuntimeError(f"SeaweedFS did not answer ({exc}); exit code {self.process.poll()}; "
-                                       "its log ends:\n" + "\n".join(log)) from None
-            time.sleep(0.2)
-
-    def create_bucket(self, name: str) -> str:
-        self.client().create_bucket(Bucket=name)
-        return name
-
-    def stored_bytes(self, bucket: str, prefix: str = "") -> int:
-        paginator = self.client().get_paginator("list_objects_v2")
-        return sum(obj["Size"] for page in paginator.paginate(Bucket=bucket, Prefix=prefix)
-                   for obj in page.get("Contents", []))
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            # Killed, not terminated: its data is thrown away, and a clean shutdown costs seconds.
-            self.process.kill()
-            self.process.wait()
-        for name, port in self.ports.items():  # its gRPC sockets go to /tmp whatever TMPDIR says
-            Path(f"/tmp/seaweedfs-{name.split('.')[0]}-grpc-{port + GRPC_PORT_OFFSET}.sock").unlink(missing_ok=True)
+def seaweedfs(directory: Path) -> SeaweedFS:
+    """The test suite's SeaweedFS (tests/s3_servers.py), serving S3 over HTTP and HTTPS; not started yet."""
+    weed = str(Path(sys.executable).parent / "weed")
+    return SeaweedFS(weed, directory, "bench-access", tls=self_signed_certificate(directory / "tls"))
 
 
 # --- pgBackRest ----------------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ cluster and store:
       backupctl --config F backup main --type full
       pgbackrest --stanza=bench backup --type=full          (compress-type=zst, process-max=2)
   - restore into an empty directory: wall time;
-      backupctl --config F restore main --pgdata DIR     (plan, download, extract, pg_verifybackup, recovery)
+      backupctl --config F restore main --pgdata DIR     (plan; parts fetched, decoded, written and checked
+                                                         against backup_manifest in parallel; sync; recovery settings)
       pgbackrest --stanza=bench restore --pg1-path=DIR      (process-max=2)
   - WAL drain: archiving off while a backlog of --backlog segments builds up, then the real
     archive_command, timed until no .ready file is left (segments per second);
@@ -62,6 +63,7 @@ from bench.peers import (
     reap_strays,
     run,
     run_tree,
+    seaweedfs,
     write_file,
 )
 from bench.pg_logical import make_database
@@ -359,7 +361,7 @@ def restore_backupctl(workdir: Path, store: Store) -> dict[str, Any]:
         measured = run_tree(store.backupctl.argv("restore", SOURCE, "--pgdata", str(target), "--output", "json"),
                             env=clean_env())
         figures: dict[str, Any] = {**measured.figures(), "restored_bytes": _tree_bytes(target)}
-        try:  # the phases backupctl reports (download+extract, pg_verifybackup)
+        try:  # the phases backupctl reports (download+extract+check, sync)
             result = json.loads(measured.stdout)
             figures.update({k: v for k, v in result.items() if k.endswith("_seconds")})
         except ValueError:
@@ -563,7 +565,9 @@ def report(document: dict[str, Any], args: argparse.Namespace) -> str:
              f"PostgreSQL {setup['postgres']}, {setup['cluster_mib']} MiB cluster (pgbench scale {args.scale} + "
              f"{args.text_mib} MiB random text), {setup['cpus']} CPUs; {setup['pgbackrest']} "
              "(zst level 3, process-max=2); backupctl zstd level 3, its defaults otherwise. "
-             f"Medians of {args.runs} run(s); peak RSS is the maximum. Load average (1, 5, 15 min) at start "
+             f"Medians of {args.runs} run(s), the two tools interleaved on the same cluster and store (each run "
+             "alternates which goes first), so that load from other work falls on both; peak RSS is the maximum. "
+             "Load average (1, 5, 15 min) at start "
              f"{_load(setup['load_average_at_start'])}, at end {_load(setup['load_average_at_end'])}: on a 2-core "
              "machine other work shows in every figure.", ""]
     for name, store in document["stores"].items():
@@ -629,7 +633,7 @@ def run_bench(args: argparse.Namespace, stack: ExitStack) -> dict[str, Any]:
     weed: SeaweedFS | None = None
     stores = ["local", "s3"] if args.store == "both" else [args.store]
     if "s3" in stores:
-        weed = SeaweedFS(str(Path(sys.executable).parent / "weed"), workdir / "seaweedfs")
+        weed = seaweedfs(workdir / "seaweedfs")
         stack.callback(weed.stop)
         weed.start()
         say(f"SeaweedFS: {weed.https_url} (TLS) and {weed.http_url}")

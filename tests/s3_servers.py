@@ -89,26 +89,6 @@ def _free_seaweedfs_ports(count: int) -> list[int]:
     return ports
 
 
-def _wait_until_ready(endpoint: S3Endpoint, process: subprocess.Popen[bytes], log_path: Path) -> None:
-    """Poll until the server lists buckets with the endpoint's credentials; fail with its log if not."""
-    probe = boto3.client(
-        "s3", endpoint_url=endpoint.url, aws_access_key_id=endpoint.access_key,
-        aws_secret_access_key=endpoint.secret_key, region_name=endpoint.region,
-        config=botocore.config.Config(retries={"total_max_attempts": 1}, connect_timeout=1, read_timeout=2),
-    )
-    deadline = time.monotonic() + SEAWEEDFS_START_TIMEOUT
-    while True:
-        try:
-            probe.list_buckets()
-            return
-        except Exception as exc:
-            if process.poll() is not None or time.monotonic() > deadline:
-                tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
-                pytest.fail(f"{endpoint.kind} did not answer on {endpoint.url} ({exc}; exit code "
-                            f"{process.poll()}); the end of its log:\n{tail}")
-        time.sleep(0.1)
-
-
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[S3Endpoint]:
     """moto's server mode in this process: fast, permissive (any credentials are accepted)."""
@@ -123,6 +103,98 @@ def moto_endpoint() -> Iterator[S3Endpoint]:
         server.stop()
 
 
+class SeaweedFS:
+    """``weed mini`` on 127.0.0.1: master, volume, filer and S3 gateway in one process, checking signatures.
+
+    With ``tls`` (a certificate and its key) S3 is served over HTTPS as well as plain HTTP: pgBackRest's
+    S3 driver speaks only TLS. The test session's fixture and the benchmarks (bench/) both start it here.
+    Ports are chosen below the usual ephemeral range, each with its gRPC twin (port + 10000) free; the
+    defaults that use fixed ports, put sockets in /tmp and create buckets on first upload (which would
+    hide a missing bucket) are turned off.
+    """
+
+    def __init__(self, weed: str, directory: Path, access_key: str, tls: tuple[Path, Path] | None = None) -> None:
+        self.weed = weed
+        self.directory = directory
+        self.access_key = access_key
+        self.secret_key = f"{access_key}-secret-{uuid.uuid4().hex}"
+        self.region = "us-east-1"
+        self.tls = tls
+        self.process: subprocess.Popen[bytes] | None = None
+        self.ports: dict[str, int] = {}
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['s3']}"
+
+    @property
+    def https_url(self) -> str:
+        return f"https://127.0.0.1:{self.ports['s3.port.https']}"
+
+    def start(self) -> None:
+        """Start it and wait until it answers with its credentials; RuntimeError with its log if not."""
+        for sub in ("logs", "data"):
+            (self.directory / sub).mkdir(parents=True, exist_ok=True)
+        names = ["s3", "master", "volume", "filer", "admin"] + (["s3.port.https"] if self.tls else [])
+        self.ports = dict(zip(names, _free_seaweedfs_ports(len(names)), strict=True))
+        command = [
+            self.weed, f"-logdir={self.directory / 'logs'}", "mini", f"-dir={self.directory / 'data'}",
+            "-ip=127.0.0.1", "-ip.bind=127.0.0.1", *(f"-{name}.port={port}" for name, port in self.ports.items()),
+            "-webdav=false", "-admin.ui=false", "-master.telemetry=false",
+            "-s3.port.iceberg=0", "-s3.port.lance=0", "-s3.autoCreateBucket=false",
+            f"-s3.localSocket={self.directory / 's3.sock'}", f"-filer.localSocket={self.directory / 'filer.sock'}",
+        ]
+        if self.tls:
+            command += [f"-s3.cert.file={self.tls[0]}", f"-s3.key.file={self.tls[1]}"]
+        env = {"PATH": "/usr/bin:/bin", "HOME": str(self.directory),
+               "AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}
+        with open(self.directory / "weed.log", "wb") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                            cwd=self.directory, start_new_session=True)
+        self._wait_ready()
+
+    def client(self, url: str | None = None, attempts: int = 3) -> Any:
+        """A boto3 client with its credentials (a self-signed certificate is not checked)."""
+        import urllib3
+
+        urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+        return boto3.client(
+            "s3", endpoint_url=url or self.http_url, aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key, region_name=self.region, verify=False,
+            config=botocore.config.Config(retries={"mode": "standard", "total_max_attempts": attempts},
+                                          connect_timeout=2, read_timeout=10, s3={"addressing_style": "path"}),
+        )
+
+    def _wait_ready(self) -> None:
+        assert self.process is not None
+        probes = [self.client(url, attempts=1) for url in [self.http_url] + ([self.https_url] if self.tls else [])]
+        deadline = time.monotonic() + SEAWEEDFS_START_TIMEOUT
+        while True:
+            try:
+                for probe in probes:
+                    probe.list_buckets()
+                return
+            except Exception as exc:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    tail = "\n".join((self.directory / "weed.log").read_text(errors="replace").splitlines()[-30:])
+                    self.stop()
+                    raise RuntimeError(f"SeaweedFS did not answer on {self.http_url} ({exc}; exit code "
+                                       f"{self.process.poll()}); the end of its log:\n{tail}") from None
+            time.sleep(0.1)
+
+    def create_bucket(self, name: str) -> str:
+        self.client().create_bucket(Bucket=name)
+        return name
+
+    def stop(self) -> None:
+        """Killed, not terminated: its data is thrown away, and a clean shutdown costs ~2.5 s."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        for name, port in self.ports.items():  # its gRPC sockets go to /tmp whatever TMPDIR says
+            Path(f"/tmp/seaweedfs-{name.split('.')[0]}-grpc-{port + GRPC_PORT_OFFSET}.sock").unlink(missing_ok=True)
+
+
 def _weed_binary() -> str:
     beside_python = Path(sys.executable).parent / "weed"
     found = str(beside_python) if beside_python.exists() else shutil.which("weed")
@@ -133,37 +205,18 @@ def _weed_binary() -> str:
 
 @pytest.fixture(scope="session")
 def seaweedfs_endpoint() -> Iterator[S3Endpoint]:
-    """``weed mini``: master, volume, filer and S3 gateway in one process, enforcing credentials."""
-    access_key, secret_key = "weed-access", f"weed-secret-{uuid.uuid4().hex}"
+    """``weed mini`` for the session (see ``SeaweedFS``): a real S3 implementation that checks credentials."""
     directory = Path(tempfile.mkdtemp(prefix="backupctl-seaweedfs-"))
-    ports = dict(zip(("s3", "master", "volume", "filer", "admin"), _free_seaweedfs_ports(5), strict=True))
-    (directory / "logs").mkdir()
-    (directory / "data").mkdir()
-    command = [
-        _weed_binary(), f"-logdir={directory / 'logs'}", "mini", f"-dir={directory / 'data'}",
-        "-ip=127.0.0.1", "-ip.bind=127.0.0.1", *(f"-{name}.port={port}" for name, port in ports.items()),
-        "-webdav=false", "-admin.ui=false", "-master.telemetry=false",
-        # Not the defaults: those use fixed ports (a second test session would clash), put sockets in
-        # /tmp, and create a bucket on first upload (which would hide a missing bucket).
-        "-s3.port.iceberg=0", "-s3.port.lance=0", "-s3.autoCreateBucket=false",
-        f"-s3.localSocket={directory / 's3.sock'}", f"-filer.localSocket={directory / 'filer.sock'}",
-    ]
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(directory),
-           "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key}
-    log_path = directory / "weed.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=directory)
-    endpoint = S3Endpoint(f"http://127.0.0.1:{ports['s3']}", access_key, secret_key, "us-east-1", "seaweedfs")
+    weed = SeaweedFS(_weed_binary(), directory, "weed-access")
     try:
-        _wait_until_ready(endpoint, process, log_path)
-        yield endpoint
+        try:
+            weed.start()
+        except RuntimeError as exc:
+            pytest.fail(str(exc))
+        yield S3Endpoint(weed.http_url, weed.access_key, weed.secret_key, weed.region, "seaweedfs")
     finally:
-        # Killed, not terminated: its data is thrown away, and a clean shutdown costs ~2.5 s.
-        process.kill()
-        process.wait()
+        weed.stop()
         shutil.rmtree(directory, ignore_errors=True)
-        for name, port in ports.items():  # its gRPC sockets go to /tmp whatever TMPDIR says
-            Path(f"/tmp/seaweedfs-{name}-grpc-{port + GRPC_PORT_OFFSET}.sock").unlink(missing_ok=True)
 
 
 SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
