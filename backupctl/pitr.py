@@ -133,14 +133,7 @@ class Plan:
 
 def _timeline_path(repo: Repository, source: str, timeline: int) -> list[tuple[int, int, int | None]]:
     """The ancestry of ``timeline``: (timeline, begins at, switches away at) from timeline 1 on."""
-    history = wal.read_history(repo, source, timeline) if timeline > 1 else []
-    path: list[tuple[int, int, int | None]] = []
-    begin = 0
-    for parent, switch in history:
-        path.append((parent, begin, switch))
-        begin = switch
-    path.append((timeline, begin, None))
-    return path
+    return wal.timeline_path(wal.read_history(repo, source, timeline) if timeline > 1 else [], timeline)
 
 
 class _Unreachable(BackupctlError):

@@ -34,7 +34,7 @@ from zoneinfo import ZoneInfo
 from backupctl.catalog import Manifest, parse_iso
 from backupctl.config import RetentionConfig
 from backupctl.engines.pg_physical import lsn_to_int, wal_file_name
-from backupctl.wal import ArchivedWal
+from backupctl.wal import ArchivedWal, timeline_path
 
 PHYSICAL = ("full", "incr")
 FAMILY = {"full": "physical", "incr": "physical", "logical": "logical", "sqlite": "sqlite"}
@@ -241,7 +241,7 @@ class _Timelines:
         self.paths: dict[int, list[tuple[int, int, int | None]] | None] = {}
         for tli in sorted(timelines):
             history = [] if tli == 1 else wal.histories.get(tli)
-            self.paths[tli] = None if history is None else _path(history, tli)
+            self.paths[tli] = None if history is None else timeline_path(history, tli)
 
     def reaches(self, m: Manifest, timeline: int) -> bool:
         """Whether a restore of ``m`` can follow ``timeline`` (pitr's rule: ``m`` ends before the fork)."""
@@ -263,17 +263,6 @@ class _Timelines:
                 continue
             ranges.append((tli, max(start, begin) // self.size, None if switch is None else (switch - 1) // self.size))
         return ranges
-
-
-def _path(history: list[tuple[int, int]], timeline: int) -> list[tuple[int, int, int | None]]:
-    """pitr's timeline path: (timeline, begins at LSN, switches away at LSN or None for the last)."""
-    path: list[tuple[int, int, int | None]] = []
-    begin = 0
-    for parent, switch in history:
-        path.append((parent, begin, switch))
-        begin = switch
-    path.append((timeline, begin, None))
-    return path
 
 
 def _window_rule(physical: list[Manifest], graph: _Timelines, window_start: datetime, policy: RetentionConfig,

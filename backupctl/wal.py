@@ -339,6 +339,18 @@ def parse_history(text: str, timeline: int | None = None) -> list[tuple[int, int
     return entries
 
 
+def timeline_path(history: list[tuple[int, int]], timeline: int) -> list[tuple[int, int, int | None]]:
+    """The ancestry of ``timeline`` from its history: (timeline, begins at LSN, switches away at LSN or None
+    for ``timeline`` itself), from timeline 1 on. Restore planning and retention walk the same path."""
+    path: list[tuple[int, int, int | None]] = []
+    begin = 0
+    for parent, switch in history:
+        path.append((parent, begin, switch))
+        begin = switch
+    path.append((timeline, begin, None))
+    return path
+
+
 def timeline_ranges(history: list[tuple[int, int]], timeline: int, segment_size: int,
                     ) -> list[tuple[int, int, int | None]]:
     """(timeline, first segno, last segno or None for open-ended) in the order recovery walks them.
