@@ -305,11 +305,12 @@ def _restore_physical(config: Any, source_name: str, force: bool, output: str, o
                                       restore_config=opts["restore_config"],
                                       tmp_dir=Path(source.tmp_dir) if source.tmp_dir else None, delta=opts["delta"])
         command = wal.restore_command(config.file, source_name, plan.epoch)
+        # The reader lease lasts through recovery with --start: expire must not remove the WAL it replays.
         with repo.reading("restore", pitr.backup_chain(repo, plan.backup)):
             result = pitr.restore_physical(repo, plan, options, command, source.bindir)
-    if opts["start_server"]:
-        result["recovery"] = pitr.start_and_wait(Path(result["pgdata"]), plan, source.bindir, source.user,
-                                                 opts["port"])
+            if opts["start_server"]:
+                result["recovery"] = pitr.start_and_wait(Path(result["pgdata"]), plan, source.bindir, source.user,
+                                                         opts["port"])
     if output == "json":
         emit_json(result)
     else:

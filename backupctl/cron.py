@@ -62,6 +62,7 @@ def cron_trigger(expression: str, timezone: Any = "UTC") -> Any:
         return CronTrigger(minute=minute, hour=hour, day=day_field, month=month, day_of_week=weekday_field,
                            timezone=timezone)
 
-    if day not in ("*", "?") and weekday not in ("*", "?"):
+    # Vixie cron ORs the two day fields only when neither starts with "*" ("*/2" counts as unrestricted).
+    if not day.startswith(("*", "?")) and not weekday.startswith(("*", "?")):
         return OrTrigger([build(day, "*"), build("*", weekdays(weekday))])
     return build("*" if day == "?" else day, weekdays(weekday))

@@ -229,6 +229,8 @@ class Publisher:
                         self.jobs, job = on_disk, None
                         self.exposition.update(self.statuses.values(), self.jobs)
                         write_to_textfile(os.fspath(self.textfile), self.exposition.registry())
+                        # node-exporter runs as another user, and the units' UMask=0077 made it 0600.
+                        os.chmod(self.textfile, 0o644)
                         return
                 except OSError as exc:
                     log.warning("metrics textfile not written", file=str(self.textfile), error=str(exc))

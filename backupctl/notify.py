@@ -7,6 +7,7 @@ the job it reports on.
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
 import urllib.error
@@ -56,7 +57,7 @@ def send(webhooks: list[Webhook], event: dict[str, Any]) -> int:
             delivered += 1
         except urllib.error.HTTPError as exc:
             log.warning("webhook refused the event", url=_redacted(hook.url), http_status=exc.code, job_id=event["id"])
-        except (urllib.error.URLError, OSError, ValueError) as exc:
+        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
             reason = getattr(exc, "reason", exc)
             log.warning("webhook not delivered", url=_redacted(hook.url), error=str(reason), job_id=event["id"])
     return delivered

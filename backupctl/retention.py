@@ -270,6 +270,11 @@ def _window_rule(physical: list[Manifest], graph: _Timelines, window_start: date
     """Keep, per timeline archiving within the window, the newest backup older than the window."""
     window = duration_text(policy.recovery_window or 0)
     for tli in _live_timelines(graph, window_start, current):
+        if graph.paths.get(tli) is None:
+            # Without the timeline's history nobody can tell which backups lead to it: keep them all.
+            for m in physical:
+                rules[m.id].append(f"recovery_window {window} (timeline {tli}: its history file is unreadable)")
+            continue
         reaching = [m for m in physical if graph.reaches(m, tli)]  # newest first
         before = [m for m in reaching if parse_iso(m.finished_at) <= window_start]
         if before:

@@ -300,7 +300,9 @@ class Reporter:
             notify.send(self.config.webhooks, result.event())
         if self.metrics_wanted:
             job = (result.spec.source, result.spec.job, result.ok, result.duration, result.finished_at.timestamp())
-            self.refresh([result.spec.source], job)
+            # A fresh process (`run-job` from a timer) knows no other source yet: gather them all, or the
+            # textfile it rewrites would drop every other source's metrics.
+            self.refresh([result.spec.source] if self.publisher.statuses else None, job)
 
     def refresh(self, sources: list[str] | None = None, job: tuple[str, str, bool, float, float] | None = None,
                 ) -> list[dict[str, Any]]:
@@ -454,8 +456,9 @@ class Scheduler:
         self._lanes_lock = threading.Lock()
         self.pushers: list[PusherSupervisor] = []
         self._http: Any = None
-        # Every lane of every source can run at once, plus the metrics refresh.
-        workers = 2 * max(1, len(config.sources)) + 1
+        # A job waits for its lane on a worker, and apscheduler drops a job that cannot get a worker within
+        # misfire_grace: so one worker for every job (and its catch-up run) at once, plus the metrics refresh.
+        workers = 2 * len(plan_jobs(config)) + 2
         self.aps = BackgroundScheduler(
             timezone=timezone_of(config),
             executors={"default": ThreadPoolExecutor(max_workers=workers)},

@@ -15,12 +15,12 @@ import json
 import os
 import shutil
 import sqlite3
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
+
+from bench.peers import run_tree
 
 MIB = 1024 * 1024
 
@@ -42,16 +42,9 @@ def make_database(path: Path, size_mib: int) -> None:
 
 def run_measured(command: list[str]) -> dict[str, Any]:
     """Run a child and return its wall time and peak RSS (MiB), failing loudly if it fails."""
-    clock = time.monotonic()
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.monotonic() - clock
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    out = proc.stdout.read().decode() if proc.stdout else ""
-    err = proc.stderr.read().decode() if proc.stderr else ""
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} exited {proc.returncode}: {err.strip()[-2000:]}")
-    return {"seconds": round(seconds, 2), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1), "stdout": out}
+    measured = run_tree(command, cwd=Path.cwd())
+    return {"seconds": round(measured.seconds, 2), "peak_rss_mib": round(measured.peak_rss_mib, 1),
+            "stdout": measured.stdout}
 
 
 def measure(size_mib: int, workdir: Path, repository: dict[str, Any] | None = None) -> dict[str, Any]:

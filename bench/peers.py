@@ -1,9 +1,9 @@
 """Helpers for benchmarks against peer tools: measured children, SeaweedFS over TLS, pgBackRest.
 
-Everything here runs real programs. ``run_tree`` measures a child the way bench/memory.py does (wall time,
-``ru_maxrss`` from wait4: the largest single process among the child and the descendants it waited for)
-and also samples the whole process tree's resident memory, because a peer that forks workers
-(pgBackRest with process-max=2) uses more memory than its largest process shows.
+Everything here runs real programs. ``run_tree`` measures a child: wall time, ``ru_maxrss`` from wait4
+(the largest single process among the child and the descendants it waited for), and the whole process
+tree's resident memory, sampled, because a peer that forks workers (pgBackRest with process-max=2) uses
+more memory than its largest process shows.
 """
 
 from __future__ import annotations
@@ -136,9 +136,10 @@ def tree_pids(root: int, table: dict[int, tuple[int, int]] | None = None) -> lis
 class TreeSampler(threading.Thread):
     """Samples the summed RSS of a process and its descendants; keeps the peak."""
 
-    def __init__(self, root: int, interval: float = 0.05) -> None:
+    def __init__(self, root: int, interval: float = 0.05, skip_root: bool = False) -> None:
         super().__init__(name="rss-sampler", daemon=True)
         self.root = root
+        self.skip_root = skip_root  # run_tree's launcher is not part of what is measured
         self.interval = interval
         self.peak = 0
         self.peak_processes = 0
@@ -147,7 +148,7 @@ class TreeSampler(threading.Thread):
     def run(self) -> None:
         while not self.halt.is_set():
             table = _process_table()
-            pids = tree_pids(self.root, table)
+            pids = [pid for pid in tree_pids(self.root, table) if not (self.skip_root and pid == self.root)]
             total = sum(table[pid][1] for pid in pids)
             if total > self.peak:
                 self.peak, self.peak_processes = total, len(pids)
@@ -172,23 +173,43 @@ class Measured:
                 "tree_peak_mib": round(self.tree_peak_mib, 1)}
 
 
+# Linux carries a process's high-water RSS from before exec into its ru_maxrss, so a command forked from a
+# large parent (a pytest session of a few hundred MiB) would report the parent's size. A small fresh
+# process forks the command instead and reports the command's own figure on a pipe.
+_LAUNCHER = """import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+os.write(int(sys.argv[1]), str(usage.ru_maxrss).encode())
+code = os.waitstatus_to_exitcode(status)
+sys.exit(code if code >= 0 else 128 - code)
+"""
+
+
 def run_tree(argv: list[str], *, user: str | None = None, env: dict[str, str] | None = None,
              cwd: str | Path = "/", timeout: float = 3600) -> Measured:
     """Run a child to completion; its wall time, peak RSS and its tree's peak RSS; raise if it fails.
 
     Output goes to temp files, not pipes: a child that logs a lot must not block on a full pipe
-    while we sit in wait4.
+    while we wait for it.
     """
+    python = shutil.which("python3", path="/usr/bin:/bin") or sys.executable  # one the server's user can run
+    read_rss, write_rss = os.pipe()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         clock = time.monotonic()
-        proc = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env, cwd=cwd,
-                                **as_user(user))
-        sampler = TreeSampler(proc.pid)
+        try:
+            proc = subprocess.Popen([python, "-S", "-c", _LAUNCHER, str(write_rss), *argv], stdout=out, stderr=err,
+                                    stdin=subprocess.DEVNULL, env=env, cwd=cwd, pass_fds=[write_rss],
+                                    **as_user(user))
+        finally:
+            os.close(write_rss)
+        sampler = TreeSampler(proc.pid, skip_root=True)
         sampler.start()
         killer = threading.Timer(timeout, lambda: _kill_tree(proc.pid))
         killer.start()
         try:
-            _, status, usage = os.wait4(proc.pid, 0)
+            proc.wait()
         except BaseException:  # interrupted (SIGTERM, ^C): the measured tree must not outlive us
             _kill_tree(proc.pid)
             proc.wait()
@@ -196,14 +217,15 @@ def run_tree(argv: list[str], *, user: str | None = None, env: dict[str, str] | 
         finally:
             killer.cancel()
             peak = sampler.finish()
+            with os.fdopen(read_rss, "rb") as reported:
+                maxrss_kib = int(reported.read() or 0)
         seconds = time.monotonic() - clock
-        proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
     if proc.returncode != 0:
         raise CommandFailed(argv, proc.returncode, stderr or stdout)
-    return Measured(seconds, usage.ru_maxrss / 1024, peak / MIB, stdout, stderr)
+    return Measured(seconds, maxrss_kib / 1024, peak / MIB, stdout, stderr)
 
 
 def run(argv: list[str], *, user: str | None = None, env: dict[str, str] | None = None,

@@ -78,6 +78,7 @@ class WebhookReceiver:
 
 @contextmanager
 def webhook_receiver(status: int = 204) -> Iterator[WebhookReceiver]:
+    """``status`` 0: an endpoint that answers with something that is not HTTP."""
     receiver = WebhookReceiver("")
 
     class Handler(BaseHTTPRequestHandler):
@@ -85,6 +86,9 @@ def webhook_receiver(status: int = 204) -> Iterator[WebhookReceiver]:
             body = self.rfile.read(int(self.headers["Content-Length"]))
             receiver.events.append(json.loads(body))
             receiver.headers.append(dict(self.headers))
+            if status == 0:
+                self.wfile.write(b"nonsense\r\n")
+                return
             self.send_response(status)
             self.end_headers()
 

@@ -139,7 +139,9 @@ class SeaweedFS:
         self.ports = dict(zip(names, _free_seaweedfs_ports(len(names)), strict=True))
         command = [
             self.weed, f"-logdir={self.directory / 'logs'}", "mini", f"-dir={self.directory / 'data'}",
-            "-ip=127.0.0.1", "-ip.bind=127.0.0.1", *(f"-{name}.port={port}" for name, port in self.ports.items()),
+            "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            *(f"-{name}={port}" if name == "s3.port.https" else f"-{name}.port={port}"
+              for name, port in self.ports.items()),
             "-webdav=false", "-admin.ui=false", "-master.telemetry=false",
             "-s3.port.iceberg=0", "-s3.port.lance=0", "-s3.autoCreateBucket=false",
             f"-s3.localSocket={self.directory / 's3.sock'}", f"-filer.localSocket={self.directory / 'filer.sock'}",

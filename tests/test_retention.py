@@ -389,6 +389,28 @@ def test_an_unreadable_history_keeps_that_timelines_wal() -> None:
     assert "history file of timeline 2" in by_timeline[2].reason
 
 
+def test_an_unreadable_history_keeps_every_backup_that_might_lead_to_its_timeline() -> None:
+    """Daily fulls, a failover to timeline 2 on day 3: the window's backup is on timeline 1 before the fork.
+    With timeline 2's history unreadable, which backups lead there is unknown, so none may go."""
+    c = Cluster()
+    for day in range(10):
+        c.now = EPOCH + timedelta(days=day)
+        tli = 1 if day < 3 else 2
+        c.archive(tli, day)
+        extra = {"timeline": tli, "start_lsn": int_to_lsn(day * SIZE + 0x28),
+                 "stop_lsn": int_to_lsn(day * SIZE + 0x2000), "wal_segment_size": SIZE, "system_identifier": "7"}
+        c.backups.append(manifest(day, "full", c.now, extra=extra))
+    c.histories[2] = [(1, 3 * SIZE)]
+    policy = RetentionConfig(keep_last=1, recovery_window=5 * 86400)
+    readable = plan_retention("main", c.backups, policy, c.now, wal=[c.inventory()])
+    assert len(readable.removed) > 0  # the window keeps one backup from before it, not all
+    inventory = c.inventory()
+    inventory.histories[2] = None
+    blind = plan_retention("main", c.backups, policy, c.now, wal=[inventory])
+    assert blind.removed == []
+    assert all(any("history file is unreadable" in rule for rule in d.rules) for d in blind.decisions)
+
+
 @pytest.mark.parametrize("rule", ["keep_last", "keep_daily"])
 def test_zero_counts_keep_only_the_newest(rule: str) -> None:
     backups = [manifest(n, "sqlite", EPOCH + timedelta(days=n)) for n in range(3)]

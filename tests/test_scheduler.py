@@ -50,6 +50,7 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     ("0 4 * * 3", "2026-11-25 04:00 Wednesday"),
     ("0 6 1 * *", "2026-12-01 06:00 Tuesday"),
     ("0 3 1 * 1", "2026-11-30 03:00 Monday"),  # the 1st OR a Monday, as cron does
+    ("0 3 */2 * 1", "2026-12-07 03:00 Monday"),  # a day field starting with "*" is ANDed, as cron does
     ("0 2 * * sun", "2026-11-29 02:00 Sunday"),
 ])
 def test_cron_fields_mean_what_cron_means(expression: str, expected: str) -> None:
@@ -278,19 +279,27 @@ def test_run_job_forwards_sigterm_to_its_job(tmp_path: Path) -> None:
 
 def test_run_job_reports_to_webhooks_and_the_textfile(tmp_path: Path) -> None:
     textfile = tmp_path / "backupctl.prom"
-    with webhook_receiver() as failures_only, webhook_receiver() as everything, webhook_receiver(500) as broken:
+    with webhook_receiver() as failures_only, webhook_receiver() as everything, webhook_receiver(500) as broken, \
+            webhook_receiver(0) as babbling:
         site = sqlite_site(tmp_path, {"metrics": {"textfile": str(textfile)}, "webhooks": [
             {"url": failures_only.url}, {"url": everything.url, "on_success": True},
             {"url": broken.url, "on_success": True, "timeout": "2s"},
-            {"url": f"http://127.0.0.1:{free_port()}/nobody", "on_success": True, "timeout": "2s"}]})
-        ok = site.cli("scheduler", "run-job", "devdb", "backup")
-        assert ok.code == 0, ok.stderr
-        site.db.rename(site.db.with_suffix(".gone"))
-        failed = site.cli("scheduler", "run-job", "devdb", "backup")
+            {"url": babbling.url, "on_success": True, "timeout": "2s"},
+            {"url": f"http://127.0.0.1:{free_port()}/nobody", "on_success": True, "timeout": "2s"}],
+            "sources": {"other": {"kind": "sqlite", "path": str(tmp_path / "other.sqlite3")}}})
+        previous_umask = os.umask(0o077)  # the units' UMask
+        try:
+            ok = site.cli("scheduler", "run-job", "devdb", "backup")
+            assert ok.code == 0, ok.stderr
+            site.db.rename(site.db.with_suffix(".gone"))
+            failed = site.cli("scheduler", "run-job", "devdb", "backup")
+        finally:
+            os.umask(previous_umask)
     assert failed.code == 1
     assert [e["status"] for e in everything.events] == ["success", "failure"]
     assert [e["status"] for e in failures_only.events] == ["failure"]
     assert len(broken.events) == 2, "a refusing hook is tried and only logged"
+    assert len(babbling.events) == 2, "a hook that does not speak HTTP is only logged"
     event = failures_only.events[0]
     assert event["source"] == "devdb" and event["job"] == "backup" and event["host"] and event["exit_code"] == 1
     assert "dev.sqlite3" in event["error"] and event["duration_seconds"] > 0
@@ -300,7 +309,9 @@ def test_run_job_reports_to_webhooks_and_the_textfile(tmp_path: Path) -> None:
     assert {w["event"] for w in warnings} == {"webhook refused the event", "webhook not delivered"}
     assert all("secret-token" not in json.dumps(w) for w in warnings), "webhook URLs may carry tokens"
 
+    assert textfile.stat().st_mode & 0o777 == 0o644, "node-exporter reads it as another user"
     samples = _samples(textfile.read_text())
+    assert any(("source", "other") in labels for _, labels in samples), "a timer's job keeps the other sources"
     labels = (("job", "backup"), ("source", "devdb"))
     assert samples[("backupctl_job_runs_total", (*labels, ("status", "success")))] == 1
     assert samples[("backupctl_job_runs_total", (*labels, ("status", "failure")))] == 1

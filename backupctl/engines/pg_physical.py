@@ -3,9 +3,12 @@
 ``pg_basebackup -D -`` refuses extra tablespaces, so backupctl runs ``pg_basebackup -Ft -D DIR`` with a
 FIFO in DIR for every archive the server will send (one per tablespace, then ``base.tar``): a reader
 thread per FIFO streams that archive through the pipeline as pg_basebackup writes it, and nothing but
-the small ``backup_manifest`` ever lands on local disk. WAL comes from the archive (``-X none``), so the
-server itself waits at backup stop until the WAL the backup needs is archived; meanwhile backupctl
-watches pg_stat_archiver and stops with the failing segment and its error instead of hanging.
+the small ``backup_manifest`` ever lands on local disk. Each archive is stored in parts of whole files
+(``store_archive``), so a restore can write them in parallel. WAL comes from the archive: a temporary
+replication slot holds the backup's WAL while ``-X fetch`` lets the server finish without waiting for
+the archiver, and backupctl waits itself until the last segment is in the repository (``-X none``,
+where the server waits, when no slot can be had); meanwhile it watches pg_stat_archiver and stops with
+the failing segment and its error instead of hanging.
 """
 
 from __future__ import annotations
