@@ -376,6 +376,17 @@ def _fail(message: str, code: int, debug: bool) -> NoReturn:
     sys.exit(code)
 
 
+def _verb(args: list[str]) -> str | None:
+    """The command word of a command line (after the global options)."""
+    words = iter(args)
+    for word in words:
+        if word == "--config":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one line per failure, the documented exit codes."""
     signals.install()
@@ -387,7 +398,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
-        sys.exit(EXIT_USAGE)
+        # A monitoring plugin's bad arguments are UNKNOWN (3): its 2 would read as CRITICAL.
+        sys.exit(3 if _verb(args) == "check" else EXIT_USAGE)
     except click.Abort:
         _fail("aborted", 128 + signal.SIGINT, debug)
     except KeyboardInterrupt:

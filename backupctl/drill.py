@@ -213,6 +213,9 @@ class _Drill:
             except ServerError as exc:
                 log.error("scratch server did not stop: its directory is left in place", drill_id=self.id,
                           error=str(exc), directory=str(self.work))
+                # On record too: a drill whose copy may still run has not cleaned up after itself.
+                self.checks["cleanup"] = _Check("cleanup", "failed", f"the scratch server did not stop ({exc}); "
+                                                f"stop it and remove {self.work} by hand")
                 return
             if server is not None:
                 if self.request.keep and self.work is not None and server.log_file.exists():
@@ -474,14 +477,14 @@ def _pg_checks(drill: _Drill, server: DrillServer, databases: list[str],
             check.detail = drill_checks.connect_all(params, databases)
         if drill.config.amcheck:
             with drill.step("amcheck") as check:
-                check.detail = drill_checks.amcheck(server.binaries, params, len(databases))
+                check.detail = drill_checks.amcheck(server.binaries, params, len(databases), drill.remaining())
         else:
             drill.checks["amcheck"].detail = "turned off (drill.amcheck = false)"
         if recorded is None:
             drill.checks["row_counts"].detail = "the backup recorded no row counts (it predates them)"
         else:
             with drill.step("row_counts") as check:
-                check.detail = drill_checks.pg_row_counts(params, recorded, exact)
+                check.detail = drill_checks.pg_row_counts(params, recorded, exact, drill.remaining())
         for assertion, name in zip(drill.config.assertions, drill.assertion_names(), strict=True):
             with drill.step(name) as check:
                 check.detail = drill_checks.pg_assertion(params, assertion, default_db, drill.remaining())

@@ -60,15 +60,21 @@ def connect_all(params: ConnParams, expected: list[str]) -> str:
     return f"connected to all {len(expected)} databases"
 
 
-def amcheck(binaries: PgBinaries, params: ConnParams, databases: int) -> str:
+def amcheck(binaries: PgBinaries, params: ConnParams, databases: int, timeout: float) -> str:
     """pg_amcheck of every database: heap pages and B-tree indexes (amcheck is installed where missing).
 
     Run directly rather than through ``tools.run_tool``: pg_amcheck reports corruption on stdout, which is
-    the detail a DBA needs, and exits 2 for corruption, 1 for any other failure.
+    the detail a DBA needs, and exits 2 for corruption, 1 for any other failure. It must end within
+    ``timeout`` seconds (what is left of the drill's), or it is killed and the check fails.
     """
     argv = [binaries.path("pg_amcheck"), "--all", "--install-missing", "--no-password",
             f"--maintenance-db={params.dbname}"]
-    proc = subprocess.run(argv, env=params.env(), capture_output=True, text=True, check=False)
+    try:
+        proc = subprocess.run(argv, env=params.env(), capture_output=True, text=True, check=False,
+                              timeout=max(1.0, timeout))
+    except subprocess.TimeoutExpired:
+        raise CheckFailed(f"pg_amcheck did not finish within the drill's time left ({timeout:.0f}s; "
+                          "drill.timeout in the config)") from None
     if proc.returncode == 0:
         return f"no corruption in {databases} databases (heap and B-tree indexes)"
     lines = [line.strip() for line in proc.stdout.splitlines() if line.strip()]
@@ -83,8 +89,9 @@ def _restored_tables(conn: Any) -> dict[str, tuple[str, str]]:
             for schema, table in conn.execute(_RESTORED_TABLES_SQL).fetchall()}
 
 
-def pg_row_counts(params: ConnParams, recorded: dict[str, dict[str, int | None]], exact: bool) -> str:
-    """Each recorded table's rows in the copy, against the manifest.
+def pg_row_counts(params: ConnParams, recorded: dict[str, dict[str, int | None]], exact: bool,
+                  timeout: float) -> str:
+    """Each recorded table's rows in the copy, against the manifest; each count must end within ``timeout``.
 
     ``exact``: a logical backup's counts, taken in the dump's own snapshot, must match to the row (counted
     as they were, children of inheritance included). Otherwise they are a physical backup's estimates,
@@ -101,6 +108,7 @@ def pg_row_counts(params: ConnParams, recorded: dict[str, dict[str, int | None]]
             problems.append(f"{database}: {len(expected)} tables not counted: {_one_line(exc)}")
             continue
         with conn:
+            conn.execute(f"SET statement_timeout = {max(1, int(timeout * 1000))}")
             present = _restored_tables(conn)
             for key, count in sorted(expected.items()):
                 tables += 1

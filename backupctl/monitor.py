@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from backupctl.catalog import parse_iso
 from backupctl.config import CheckConfig, Config, PostgresSource, SourceConfig
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
@@ -121,7 +122,7 @@ def evaluate(status: dict[str, Any], source: SourceConfig, config: Config, now: 
     findings = [Finding(name, "gather", UNKNOWN, error) for error in status["errors"]]
     findings += _backup_findings(status, source.check)
     if isinstance(source, PostgresSource):
-        findings += _wal_findings(status, source.check)
+        findings += _wal_findings(status, source.check, now)
         findings += _server_findings(status, source.check)
     findings += _verify_findings(status)
     findings += _drill_findings(status, source, config.scheduler.timezone, now)
@@ -149,7 +150,10 @@ def _backup_findings(status: dict[str, Any], check: CheckConfig) -> list[Finding
     return found
 
 
-def _wal_findings(status: dict[str, Any], check: CheckConfig) -> list[Finding]:
+ELSEWHERE_GRACE_SECONDS = 60.0  # a segment the server archived this long ago must be listed by now
+
+
+def _wal_findings(status: dict[str, Any], check: CheckConfig, now: datetime) -> list[Finding]:
     """WAL archive age: only where archiving is expected (physical backups, or archive_mode on)."""
     name = status["source"]
     server = status.get("server") or {}
@@ -164,6 +168,14 @@ def _wal_findings(status: dict[str, Any], check: CheckConfig) -> list[Finding]:
     if not wal or wal["age_seconds"] is None:
         return [Finding(name, "wal_age", CRITICAL, "no WAL archived (run `backupctl wal check`)")]
     age = wal["age_seconds"]
+    last, newest = (server.get("last_archived_wal") or "")[:24], (wal.get("newest_segment") or "")[:24]
+    archived_at = server.get("last_archived_time")
+    if (len(last) == 24 and newest and last > newest and archived_at
+            and (now - parse_iso(archived_at)).total_seconds() > ELSEWHERE_GRACE_SECONDS):
+        # archive_command succeeds but stores WAL somewhere else: no backup can be recovered past `newest`.
+        return [Finding(name, "wal_age", CRITICAL, f"the server archived {last} at {archived_at}, but the "
+                        f"repository's newest segment is {newest}: archive_command stores WAL elsewhere (run "
+                        f"`backupctl pg-settings {name}`)", age, "s", check.wal_age_warning, check.wal_age_critical)]
     if server.get("ready") == 0 and not server.get("failing"):
         # Nothing waits to be archived: an old newest segment only means a quiet server.
         return [Finding(name, "wal_age", OK, f"WAL archive current (newest segment {human_age(age)} old, "

@@ -550,6 +550,9 @@ class Scheduler:
             for source in self.config.sources.values():
                 if isinstance(source, PostgresSource) and source.pgdata and Path(source.pgdata).is_dir():
                     self.pushers.append(PusherSupervisor(self.config_file, source, self.stopping))
+        if self.pushers and os.environ.get("NOTIFY_SOCKET") and not self.config.wal.spool_dir:
+            log.warning("the WAL pusher's spool is in /tmp, which systemd's PrivateTmp hides from archive_command: "
+                        "each would run its own pusher; set [wal] spool_dir (e.g. /var/spool/backupctl)")
         for pusher in self.pushers:
             pusher.start()
         aps_logger = logging.getLogger("apscheduler")

@@ -156,6 +156,8 @@ def test_unreachable_repository_is_critical_and_a_bad_config_unknown(tmp_path: P
     assert result.stdout.startswith("BACKUPCTL UNKNOWN - ") and "backup_age_warnings is not a known setting" in \
         result.stdout
     assert run_cli(config, "check", "-o", "json").code == monitor.UNKNOWN
+    assert run_cli(config, "check", "--no-such-option").code == monitor.UNKNOWN, "bad arguments are UNKNOWN too"
+    assert run_cli(config, "status", "--no-such-option").code == 2
 
 
 def test_postgres_archiving_window_and_archiver_failures(request: pytest.FixtureRequest) -> None:
@@ -239,3 +241,26 @@ def _wait(condition: Any, timeout: float = 60) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.2)
+
+
+def test_wal_the_server_archived_elsewhere_is_critical() -> None:
+    """archive_command succeeds (nothing waits, no failures) but the repository stopped receiving WAL."""
+    from datetime import UTC, datetime
+
+    from backupctl.catalog import iso
+    from backupctl.config import CheckConfig
+
+    now = datetime.now(UTC)
+    server = {"reachable": True, "archive_mode": "on", "ready": 0, "failing": False,
+              "last_archived_wal": "000000010000000000000009", "last_archived_time": iso(now - timedelta(minutes=5))}
+    facts = {"source": "main", "backups": [{"type": "full"}], "server": server,
+             "wal": {"age_seconds": 3600.0, "newest_segment": "000000010000000000000005"}}
+    (finding,) = monitor._wal_findings(facts, CheckConfig(), now)
+    assert finding.state == monitor.CRITICAL and "stores WAL elsewhere" in finding.message
+    facts["wal"]["newest_segment"] = "000000010000000000000009"
+    (finding,) = monitor._wal_findings(facts, CheckConfig(), now)
+    assert finding.state == monitor.OK, "the repository has what the server archived: a quiet server"
+    server["last_archived_time"] = iso(now - timedelta(seconds=5))
+    facts["wal"]["newest_segment"] = "000000010000000000000008"
+    (finding,) = monitor._wal_findings(facts, CheckConfig(), now)
+    assert finding.state == monitor.OK, "a segment archived seconds ago may not be listed yet"
