@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 import click
 
 from backupctl import __version__, log, signals
+from backupctl.console import command_word
 from backupctl.errors import EXIT_FAILED, EXIT_USAGE, BackupctlError, ConfigError, Interrupted
 
 OUTPUT = click.option(
@@ -376,17 +377,6 @@ def _fail(message: str, code: int, debug: bool) -> NoReturn:
     sys.exit(code)
 
 
-def _verb(args: list[str]) -> str | None:
-    """The command word of a command line (after the global options)."""
-    words = iter(args)
-    for word in words:
-        if word == "--config":
-            next(words, None)
-        elif not word.startswith("-"):
-            return word
-    return None
-
-
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one line per failure, the documented exit codes."""
     signals.install()
@@ -399,7 +389,7 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         exc.show()
         # A monitoring plugin's bad arguments are UNKNOWN (3): its 2 would read as CRITICAL.
-        sys.exit(3 if _verb(args) == "check" else EXIT_USAGE)
+        sys.exit(3 if command_word(args) == "check" else EXIT_USAGE)
     except click.Abort:
         _fail("aborted", 128 + signal.SIGINT, debug)
     except KeyboardInterrupt:

@@ -13,7 +13,7 @@ import sys
 FAST_VERBS = ("wal-push", "wal-fetch")
 
 
-def _verb(args: list[str]) -> str | None:
+def command_word(args: list[str]) -> str | None:
     """The command word after the global options (--config FILE, --config=FILE, --debug)."""
     rest = iter(args)
     for arg in rest:
@@ -28,7 +28,7 @@ def _verb(args: list[str]) -> str | None:
 
 def main() -> None:
     args = sys.argv[1:]
-    if _verb(args) in FAST_VERBS and not {"-h", "--help"} & set(args):
+    if command_word(args) in FAST_VERBS and not {"-h", "--help"} & set(args):
         from backupctl import walpusher
 
         sys.exit(walpusher.main(args))

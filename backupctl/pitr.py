@@ -341,20 +341,33 @@ def restore_files(repo: Repository, plan: Plan, pgdata: Path, jobs: int, tablesp
         raise ConfigError("--delta restores a full backup's files; an incremental chain is combined by "
                           "pg_combinebackup into an empty directory: use --force")
     chain = backup_chain(repo, plan.backup)
-    if any((m.details or {}).get("tablespaces") for m in chain):
-        raise ConfigError("restoring an incremental chain with tablespaces is not supported yet: restore the "
-                          f"full backup {chain[0].id} (--backup) and replay WAL from it")
     stage_root = tmp_dir or pgdata.parent
     needed = sum(m.size for m in chain) + 64 * 1024**2
     ensure_free_space(stage_root, needed, f"staging the {len(chain)} backups of an incremental chain")
     stage = Path(tempfile.mkdtemp(prefix=".backupctl-chain-", dir=stage_root))
+    final = pg_files.tablespace_locations(plan.backup, tablespace_map)
+    for oid in (plan.backup.details or {}).get("tablespaces", {}):
+        location = Path(final[oid])
+        if location.exists() and any(location.iterdir()):
+            raise ConfigError(f"tablespace directory {location} is not empty: pass --tablespace {oid}=DIR to "
+                              "restore it elsewhere")
+
+    def staged_tablespaces(manifest: Manifest) -> dict[str, str]:
+        # Staged beside the backup's data directory, never where the tablespace lives in production.
+        return {oid: str(stage / f"{manifest.id}.tablespaces" / oid)
+                for oid in (manifest.details or {}).get("tablespaces", {})}
+
     clock = time.monotonic()
     try:
         for manifest in chain:
-            pg_files.restore_backup_files(repo, manifest, stage / manifest.id, jobs, {}, sync=False)
+            pg_files.restore_backup_files(repo, manifest, stage / manifest.id, jobs, staged_tablespaces(manifest),
+                                          sync=False)
         combine = find_binaries(min_major=17, bindir=bindir, need="pg_combinebackup")
         pgdata.rmdir()  # pg_combinebackup makes the output directory itself
-        run_tool([combine.path("pg_combinebackup"), "--output", str(pgdata),
+        # Each tablespace goes from where the newest backup of the chain was staged to its restore location.
+        mapping = [f"--tablespace-mapping={staged}={final[oid]}"
+                   for oid, staged in staged_tablespaces(plan.backup).items()]
+        run_tool([combine.path("pg_combinebackup"), "--output", str(pgdata), *mapping,
                   *(str(stage / m.id) for m in chain)], dict(os.environ), "pg_combinebackup")
         pgdata.chmod(0o700)
     finally:

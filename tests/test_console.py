@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from backupctl.console import _verb
+from backupctl.console import command_word
 
 
 @pytest.mark.parametrize(("args", "verb"), [
@@ -20,7 +20,7 @@ from backupctl.console import _verb
     ([], None),
 ])
 def test_the_command_word_is_found_after_the_global_options(args: list[str], verb: str | None) -> None:
-    assert _verb(args) == verb
+    assert command_word(args) == verb
 
 
 def _modules_after(*args: str) -> tuple[int, set[str]]:

@@ -338,3 +338,34 @@ def test_tablespace_is_backed_up_and_restored_elsewhere(site: Site, cli: CliRunn
         assert any(elsewhere.rglob("*")) and not (restored.datadir / "tablespace_map").exists()
     finally:
         restored.remove()
+
+
+@pytest.mark.parametrize("pg_binaries", [18], indirect=True)
+def test_incremental_chain_with_a_tablespace(site: Site, cli: CliRunner) -> None:
+    """A chain whose tablespace changed between its backups: each backup's tablespace is staged beside it
+    (never where production keeps it) and pg_combinebackup writes the result where --tablespace says."""
+    site.sql("ALTER SYSTEM SET summarize_wal = on")
+    site.sql("SELECT pg_reload_conf()")
+    space = site.root / "space"
+    space.mkdir()
+    shutil.chown(space, "postgres", "postgres")
+    site.sql(f"CREATE TABLESPACE extra LOCATION '{space}'")
+    site.sql("CREATE TABLE far (id int PRIMARY KEY, t text) TABLESPACE extra")
+    site.sql("INSERT INTO far SELECT g, md5(g::text) FROM generate_series(1, 20000) g")
+    _init_and_backup(site, cli)
+    site.sql("INSERT INTO far SELECT g, md5(g::text) FROM generate_series(20001, 30000) g")
+    incr = backup_id(cli(site.config, "backup", "main", "--type", "incr", "-o", "json"))
+    oid = site.sql("SELECT oid FROM pg_tablespace WHERE spcname = 'extra'")[0][0]
+    before = sorted(space.rglob("*"))
+    site.archived_now(cli)
+    elsewhere = site.root / "space-restored"
+    restored, plan = _restore(site, cli, "chain_space", "--target", "immediate", "--tablespace", f"{oid}={elsewhere}")
+    try:
+        assert plan["backup"] == incr and plan["backup_type"] == "incr"
+        assert os.readlink(restored.datadir / "pg_tblspc" / str(oid)) == str(elsewhere)
+        query = "SELECT count(*), md5(string_agg(t, ',' ORDER BY id)) FROM far"
+        assert _digest(restored, query) == _digest(site.cluster, query)
+        assert _digest(restored, query)[0] == 30000
+        assert sorted(space.rglob("*")) == before, "nothing was staged in production's tablespace"
+    finally:
+        restored.remove()
