@@ -341,16 +341,16 @@ def restore_files(repo: Repository, plan: Plan, pgdata: Path, jobs: int, tablesp
         raise ConfigError("--delta restores a full backup's files; an incremental chain is combined by "
                           "pg_combinebackup into an empty directory: use --force")
     chain = backup_chain(repo, plan.backup)
-    stage_root = tmp_dir or pgdata.parent
-    needed = sum(m.size for m in chain) + 64 * 1024**2
-    ensure_free_space(stage_root, needed, f"staging the {len(chain)} backups of an incremental chain")
-    stage = Path(tempfile.mkdtemp(prefix=".backupctl-chain-", dir=stage_root))
     final = pg_files.tablespace_locations(plan.backup, tablespace_map)
     for oid in (plan.backup.details or {}).get("tablespaces", {}):
         location = Path(final[oid])
         if location.exists() and any(location.iterdir()):
             raise ConfigError(f"tablespace directory {location} is not empty: pass --tablespace {oid}=DIR to "
                               "restore it elsewhere")
+    stage_root = tmp_dir or pgdata.parent
+    needed = sum(m.size for m in chain) + 64 * 1024**2
+    ensure_free_space(stage_root, needed, f"staging the {len(chain)} backups of an incremental chain")
+    stage = Path(tempfile.mkdtemp(prefix=".backupctl-chain-", dir=stage_root))
 
     def staged_tablespaces(manifest: Manifest) -> dict[str, str]:
         # Staged beside the backup's data directory, never where the tablespace lives in production.
