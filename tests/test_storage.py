@@ -8,6 +8,7 @@ botocore and the network exactly as a flaky store would exercise them.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import os
 import threading
@@ -217,6 +218,38 @@ def test_local_aborted_writer_leaves_no_temp_file(local_backend: Backend) -> Non
     writer.abort()  # safe to repeat
     assert stored_files(Path(local_backend.repository["path"])) == []
     assert storage.head("src/backups/b1/data") is None
+
+
+@pytest.mark.parametrize("pruned", ["after mkdir", "inside mkdir"])
+def test_local_writer_survives_a_delete_pruning_its_new_directory(
+        local_backend: Backend, monkeypatch: pytest.MonkeyPatch, pruned: str) -> None:
+    """A delete elsewhere prunes the directory it empties, in the instant after a writer made it.
+
+    The race is real (two lease takers on one host hit it in CI) but its window is microseconds, so the
+    other party's prune is played at the exact moment: right after mkdir returns (the open then fails
+    ENOENT), or between mkdir's EEXIST and its is_dir check.
+    """
+    storage = local_backend.storage()
+    storage.put("src/locks/clock/other", b"")
+    real_mkdir = Path.mkdir
+    plays = []
+
+    def mkdir_then_pruned(self: Path, *args: Any, **kwargs: Any) -> None:
+        if self.name != "clock" or plays:
+            return real_mkdir(self, *args, **kwargs)
+        plays.append(pruned)
+        if pruned == "inside mkdir":
+            storage.delete(["src/locks/clock/other"])  # prunes clock/ after mkdir saw it exist
+            raise FileExistsError(errno.EEXIST, "File exists", str(self))
+        real_mkdir(self, *args, **kwargs)
+        storage.delete(["src/locks/clock/other"])
+        return None
+
+    monkeypatch.setattr(Path, "mkdir", mkdir_then_pruned)
+    storage.put("src/locks/clock/probe", b"tick")
+    assert plays == [pruned]
+    assert storage.get_bytes("src/locks/clock/probe") == b"tick"
+    assert storage.head("src/locks/clock/other") is None
 
 
 # -- S3: one memory budget for all writers -------------------------------------------------------------

@@ -20,6 +20,7 @@ from backupctl.errors import ObjectNotFound, StorageError
 from backupctl.storage.base import ObjectInfo, ObjectWriter, Storage
 
 TEMP_PREFIX = ".tmp-"
+_PRUNE_RACE_ATTEMPTS = 20
 
 
 def fsync_dir(path: Path) -> None:
@@ -43,12 +44,27 @@ class _LocalWriter(ObjectWriter):
     def __init__(self, storage: LocalStorage, key: str) -> None:
         self._final = storage.path_for(key)
         self._key = key
-        try:
-            self._final.parent.mkdir(parents=True, exist_ok=True)
-            self._temp = self._final.parent / f"{TEMP_PREFIX}{self._final.name}.{secrets.token_hex(6)}"
-            self._file: BinaryIO | None = open(self._temp, "xb")  # noqa: SIM115 - closed in commit/abort
-        except OSError as exc:
-            raise _storage_error(exc, f"cannot write {key}") from None
+        self._temp = self._final.parent / f"{TEMP_PREFIX}{self._final.name}.{secrets.token_hex(6)}"
+        self._file: BinaryIO | None = self._open_temp()
+
+    def _open_temp(self) -> BinaryIO:
+        """Make the directory and open the temp file in it.
+
+        A concurrent delete prunes directories it leaves empty, so the one just made can vanish before
+        the temp file is in it (open fails ENOENT, or mkdir sees EEXIST and then no directory): try
+        again. Once the temp file exists the directory is not empty and no prune can remove it.
+        """
+        attempts_left = _PRUNE_RACE_ATTEMPTS
+        while True:
+            attempts_left -= 1
+            try:
+                self._final.parent.mkdir(parents=True, exist_ok=True)
+                return open(self._temp, "xb")
+            except (FileNotFoundError, FileExistsError) as exc:
+                if not attempts_left:
+                    raise _storage_error(exc, f"cannot write {self._key}") from None
+            except OSError as exc:
+                raise _storage_error(exc, f"cannot write {self._key}") from None
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         assert self._file is not None, "write after commit or abort"
