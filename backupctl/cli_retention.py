@@ -88,7 +88,7 @@ def register(cli: click.Group) -> None:
         from backupctl import pins
 
         with _open_for(state, backup_id) as (repo, manifest):
-            record = pins.pin(repo.storage, manifest, reason)
+            record = pins.pin(repo, manifest, reason)
         click.echo(f"pinned {backup_id} of {manifest.source}: {record.describe()}")
 
     @cli.command()

@@ -1,8 +1,9 @@
 """The expire verb: apply a source's retention plan, backups first, then WAL, under the source's expire lease.
 
 The plan comes from ``retention.plan_retention`` over what the repository holds right now; `--dry-run`
-prints it and the real run executes exactly it, with three late checks that can only keep more: a pin set
-while expire ran, a reader that started meanwhile, and the lease (a run whose lease was taken over stops).
+prints it and the real run executes exactly it, with two late checks that can only keep more: a reader that
+started meanwhile, and the lease (a run whose lease was taken over stops). Pins cannot change while it runs:
+`pin` takes the same lease.
 
 A backup stops existing the moment its manifest is deleted, so that goes first. Readers (restore, verify,
 drill) write their lease before they read a manifest, so listing the readers again after the manifests are
@@ -142,25 +143,17 @@ def expire(repo: Repository, source: SourceConfig, *, dry_run: bool = False, for
 def apply(repo: Repository, inputs: ExpireInputs, plan: RetentionPlan, held: lease.Lease) -> ExpireOutcome:
     """Execute ``plan`` (made from ``inputs``) while holding the source's expire lease ``held``.
 
-    Only ever less than planned: a backup pinned since the plan was made stays (with the chain it needs),
-    and a backup a reader started on stays whole until `repo gc`, with the WAL it needs.
+    Only ever less than planned: a backup a reader started on stays whole until `repo gc`, with the WAL it
+    needs. Pins cannot change meanwhile: `pin` takes this same lease.
     """
     log.info("expire started", source=plan.source, backups=len(plan.decisions), remove=len(plan.removed),
              wal_ranges=len(plan.wal_removed))
     outcome = ExpireOutcome(plan, False)
-    pinned = {m.id: "pinned while expire ran" for m in plan.removed if pins.is_pinned(repo.storage, m)}
-    if pinned:
-        inputs = replace(inputs, pins={**inputs.pins, **pinned})
-    effective = inputs.plan() if pinned else plan
-    staying = {m.id for m in plan.removed} - {m.id for m in effective.removed}
-    for backup_id in staying:
-        outcome.results[backup_id] = f"kept: {pinned.get(backup_id, 'a backup pinned while expire ran needs it')}"
-    deferred = _remove_backups(repo, effective, held, outcome)
-    if deferred:
-        effective = replace(inputs, held={**inputs.held, **deferred}).plan()
+    deferred = _remove_backups(repo, plan, held, outcome)
+    effective = replace(inputs, held={**inputs.held, **deferred}).plan() if deferred else plan
     _remove_wal(repo, plan, effective, held, outcome)
-    log.info("expire finished", source=plan.source, removed=len(plan.removed) - len(staying),
-             data_left_for_gc=len(deferred), wal_segments=sum(r.segments for r in effective.wal_removed))
+    log.info("expire finished", source=plan.source, removed=len(plan.removed), data_left_for_gc=len(deferred),
+             wal_segments=sum(r.segments for r in effective.wal_removed))
     return outcome
 
 

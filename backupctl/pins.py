@@ -3,6 +3,11 @@
 A pin is its own small object, ``<source>/pins/<id>.json``, written and removed with plain puts and deletes:
 manifests are write-once and self-checksummed, so a pin never touches one. Pins have their own folder so that
 `list` finds them with one listing of a few keys, not a second listing of every backup's objects.
+
+Pinning takes the source's expire lease for the instant it writes: expire plans from the pins it reads under
+that lease, so a pin can never land between expire's last look and its removal of the backup (it fails with
+the lease message instead, and works once expire has finished). Unpinning needs no lease: a pin that expire
+still saw only keeps a backup one run longer.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from backupctl.catalog import Manifest, iso
-from backupctl.errors import ConfigError, IntegrityError
+from backupctl.errors import BackupctlError, ConfigError, IntegrityError
+from backupctl.lease import LeaseHeld
+from backupctl.repository import Repository
 from backupctl.storage import Storage
 
 
@@ -56,11 +63,6 @@ def read_pins(storage: Storage, source: str) -> dict[str, Pin]:
     return pins
 
 
-def is_pinned(storage: Storage, manifest: Manifest) -> bool:
-    """Asked again just before a removal, so a pin set while expire planned still wins."""
-    return storage.head(pin_key(manifest.source, manifest.id)) is not None
-
-
 def _who() -> str:
     try:
         user = getpass.getuser()
@@ -69,13 +71,20 @@ def _who() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
-def pin(storage: Storage, manifest: Manifest, reason: str) -> Pin:
-    """Pin (or re-pin with a new reason) one backup."""
+def pin(repo: Repository, manifest: Manifest, reason: str) -> Pin:
+    """Pin (or re-pin with a new reason) one backup, under the source's expire lease."""
     if not reason.strip():
         raise ConfigError("--reason must say why the backup is pinned (it is shown by `list` and `expire`)")
     record = Pin(manifest.id, reason.strip(), _who(), iso(datetime.now(UTC)))
-    storage.put(pin_key(manifest.source, manifest.id),
-                json.dumps({"backup_id": record.backup_id, **record.to_json()}, indent=1).encode())
+    try:
+        with repo.exclusive_lease(manifest.source, "expire", f"pin {manifest.id}"):
+            if repo.storage.head(manifest.key) is None:
+                raise BackupctlError(f"backup {manifest.id} was removed by expire before it could be pinned")
+            repo.storage.put(pin_key(manifest.source, manifest.id),
+                             json.dumps({"backup_id": record.backup_id, **record.to_json()}, indent=1).encode())
+    except LeaseHeld as exc:
+        raise LeaseHeld(f"cannot pin {manifest.id} now: {exc}; pin it again when that run has finished "
+                        "(an expire that is running decides from the pins it read when it started)") from None
     return record
 
 

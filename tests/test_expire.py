@@ -274,22 +274,29 @@ def test_a_reader_that_starts_during_expire_keeps_the_data_until_gc(name: str, t
     assert listed == [ids[3], ids[2]]
 
 
-def test_a_backup_pinned_while_expire_runs_stays(local_backend: Backend, tmp_path: Path) -> None:
+def test_pin_waits_for_a_running_expire(local_backend: Backend, tmp_path: Path) -> None:
+    """Expire decides from the pins it read under its lease; a pin written meanwhile could be lost, so pin
+    takes the same lease and is refused (and changes nothing) while expire holds it."""
     config, ids = _sqlite_site(tmp_path, local_backend, backups=4)
     _add_retention(config, "devdb", keep_last=2)
     cfg = load_config(config)
     with open_repository(cfg) as repo:
-        inputs = gather(repo, cfg.source("devdb"))
-        plan = inputs.plan()
-        assert [m.id for m in plan.removed] == [ids[1], ids[0]]
-        pins.pin(repo.storage, repo.catalog.find(ids[1]), "legal hold")  # after the plan, before the removal
         with repo.exclusive_lease("devdb", "expire", "expire") as held:
-            outcome = apply(repo, inputs, plan, held)
-        assert outcome.results[ids[1]] == "kept: pinned while expire ran"
-        assert [row["result"] for row in outcome.rows()] == ["kept", "kept", "kept: pinned while expire ran",
-                                                             "removed"]
+            inputs = gather(repo, cfg.source("devdb"))
+            plan = inputs.plan()
+            assert [m.id for m in plan.removed] == [ids[1], ids[0]]
+            refused = run_cli(config, "pin", ids[1], "--reason", "legal hold")
+            assert refused.code != 0
+            assert f"cannot pin {ids[1]} now: devdb expire is locked by" in refused.stderr
+            assert "pin it again when that run has finished" in refused.stderr
+            assert pins.read_pins(repo.storage, "devdb") == {}
+            apply(repo, inputs, plan, held)
         manifests, _ = repo.catalog.scan("devdb")
-        assert [m.id for m in manifests] == [ids[3], ids[2], ids[1]]
+        assert [m.id for m in manifests] == [ids[3], ids[2]]
+        gone = run_cli(config, "pin", ids[1], "--reason", "legal hold")
+        assert gone.code != 0 and ids[1] in gone.stderr
+        assert run_cli(config, "pin", ids[2], "--reason", "legal hold").code == 0
+        assert list(pins.read_pins(repo.storage, "devdb")) == [ids[2]]
 
 
 def test_pins_survive_expire_and_show_in_list(local_backend: Backend, tmp_path: Path) -> None:
