@@ -124,8 +124,10 @@ class RetentionConfig:
 class CheckConfig:
     """[sources.NAME.check]: thresholds of `backupctl check` (monitoring-plugin exit codes)."""
 
-    backup_age_warning: Duration = 26 * 3600.0
-    backup_age_critical: Duration = 50 * 3600.0
+    # The newest backup of any kind. Unset, it is judged against 26h/50h when the source schedules no backups,
+    # and not at all when it does: then each scheduled kind is judged against limits from its schedule.
+    backup_age_warning: Duration | None = None
+    backup_age_critical: Duration | None = None
     wal_age_warning: Duration = 15 * 60.0  # physical sources with archiving
     wal_age_critical: Duration = 3600.0
     ready_warning: int = 16  # .ready files waiting in pg_wal/archive_status (local servers)

@@ -83,21 +83,21 @@ def _limit(state: int, warning: float | None, critical: float | None, show: Any)
     return f" ({STATE_NAMES[state].lower()} {show(limit)})"
 
 
-def schedule_period(expression: str, timezone: str | None, now: datetime) -> float:
-    """The longest gap between two runs of a cron schedule over its next year, in seconds."""
+def schedule_period(expressions: list[str], timezone: str | None, now: datetime) -> float:
+    """The longest gap between two runs of cron schedules (together) over their next year, in seconds."""
     from backupctl.cron import cron_trigger
 
-    trigger = cron_trigger(expression, timezone or "UTC")
-    fires: list[datetime] = []
-    previous = None
-    moment = now
-    while len(fires) < 400 and (not fires or (fires[-1] - fires[0]).days < 366):
-        nxt = trigger.get_next_fire_time(previous, moment)
-        if nxt is None:
-            break
-        fires.append(nxt)
-        previous, moment = nxt, nxt
-    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(fires)]
+    fires: set[datetime] = set()
+    for expression in expressions:
+        trigger = cron_trigger(expression, timezone or "UTC")
+        previous, moment, found = None, now, 0
+        while found < 400:
+            nxt = trigger.get_next_fire_time(previous, moment)
+            if nxt is None or (nxt - now).days >= 366:
+                break
+            fires.add(nxt)
+            previous, moment, found = nxt, nxt, found + 1
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(sorted(fires))]
     return max(gaps, default=86400.0)
 
 
@@ -109,7 +109,7 @@ def drill_thresholds(source: SourceConfig, timezone: str | None, now: datetime) 
         return check.drill_age_warning, check.drill_age_critical
     if source.schedule.drill is None:
         return None, None
-    period = schedule_period(source.schedule.drill, timezone, now)
+    period = schedule_period([source.schedule.drill], timezone, now)
     return period + 86400.0, 2 * period + 86400.0
 
 
@@ -120,7 +120,7 @@ def evaluate(status: dict[str, Any], source: SourceConfig, config: Config, now: 
     if not repository.get("reachable"):
         return [Finding(name, "repository", CRITICAL, f"repository unreachable: {repository.get('error')}")]
     findings = [Finding(name, "gather", UNKNOWN, error) for error in status["errors"]]
-    findings += _backup_findings(status, source.check)
+    findings += _backup_findings(status, source, config.scheduler.timezone, now)
     if isinstance(source, PostgresSource):
         findings += _wal_findings(status, source.check, now)
         findings += _server_findings(status, source.check)
@@ -129,25 +129,67 @@ def evaluate(status: dict[str, Any], source: SourceConfig, config: Config, now: 
     return findings
 
 
-def _backup_findings(status: dict[str, Any], check: CheckConfig) -> list[Finding]:
-    name = status["source"]
+DEFAULT_BACKUP_AGE = (26 * 3600.0, 50 * 3600.0)  # backup_age_* for a source whose backups run from cron or timers
+SCHEDULE_GRACE_SECONDS = 2 * 3600.0  # a scheduled backup may finish this much after its next run was due
+FAMILY_JOBS = {"physical": ("full", "incr"), "logical": ("logical",), "sqlite": ("backup",)}
+
+
+def family_thresholds(source: SourceConfig, timezone: str | None, now: datetime) -> dict[str, tuple[float, float]]:
+    """Backup kind -> (warning, critical) for each kind the source's schedule runs.
+
+    WARNING one period plus two hours after the newest backup of that kind, CRITICAL two periods plus two
+    hours (26h and 50h for a daily job), so a weekly full is not stale on day two and a nightly pg_dump
+    that stopped working cannot hide behind a physical backup that still runs.
+    """
+    limits = {}
+    for family, jobs in FAMILY_JOBS.items():
+        expressions = [e for e in (getattr(source.schedule, job) for job in jobs) if e]
+        if expressions:
+            period = schedule_period(expressions, timezone, now)
+            limits[family] = (period + SCHEDULE_GRACE_SECONDS, 2 * period + SCHEDULE_GRACE_SECONDS)
+    return limits
+
+
+def _backup_findings(status: dict[str, Any], source: SourceConfig, timezone: str | None,
+                     now: datetime) -> list[Finding]:
+    """Each scheduled kind of backup against its schedule; the newest of any kind against ``backup_age_*``
+    when those are set or nothing is scheduled (backups run from cron or systemd timers)."""
+    from backupctl.retention import FAMILY
+
+    name, check = status["source"], source.check
     found = []
     if status["damaged_manifests"]:
         found.append(Finding(name, "manifests", WARNING, f"{len(status['damaged_manifests'])} damaged manifest(s), "
                              f"e.g. {status['damaged_manifests'][0]}: run `backupctl verify --all`"))
     if not status["backups"]:
         return [*found, Finding(name, "backup_age", CRITICAL, "no backup at all")]
-    newest = min(status["backups"], key=lambda b: b["age_seconds"])
-    age = newest["age_seconds"]
-    state = _above(age, check.backup_age_warning, check.backup_age_critical)
-    found.append(Finding(name, "backup_age", state, f"last backup ({newest['type']}) {human_age(age)} old"
-                         + _limit(state, check.backup_age_warning, check.backup_age_critical, human_age),
-                         age, "s", check.backup_age_warning, check.backup_age_critical))
+    families = family_thresholds(source, timezone, now)
+    configured = (check.backup_age_warning, check.backup_age_critical)
+    if configured != (None, None) or not families:
+        warning, critical = configured if configured != (None, None) else DEFAULT_BACKUP_AGE
+        newest = min(status["backups"], key=lambda b: b["age_seconds"])
+        found.append(_age_finding(name, "backup_age", f"last backup ({newest['type']})", newest["age_seconds"],
+                                  warning, critical))
+    for family, (warning, critical) in families.items():
+        ages = [b["age_seconds"] for b in status["backups"] if FAMILY.get(b["type"]) == family]
+        if ages:
+            found.append(_age_finding(name, f"{family}_backup_age", f"last {family} backup", min(ages),
+                                      warning, critical))
+        else:
+            found.append(Finding(name, f"{family}_backup_age", WARNING,
+                                 f"no {family} backup yet, though the schedule runs one"))
     window = status.get("window")
     if window and window["kind"] == "pitr" and window["earliest"] is None:
         found.append(Finding(name, "window", CRITICAL,
                              f"no physical backup can be made consistent with the archived WAL: {window['problem']}"))
     return found
+
+
+def _age_finding(source: str, check: str, what: str, age: float, warning: float | None,
+                 critical: float | None) -> Finding:
+    state = _above(age, warning, critical)
+    return Finding(source, check, state, f"{what} {human_age(age)} old" + _limit(state, warning, critical, human_age),
+                   age, "s", warning, critical)
 
 
 ELSEWHERE_GRACE_SECONDS = 60.0  # a segment the server archived this long ago must be listed by now
@@ -180,10 +222,8 @@ def _wal_findings(status: dict[str, Any], check: CheckConfig, now: datetime) -> 
         # Nothing waits to be archived: an old newest segment only means a quiet server.
         return [Finding(name, "wal_age", OK, f"WAL archive current (newest segment {human_age(age)} old, "
                         "nothing waiting)", age, "s", check.wal_age_warning, check.wal_age_critical)]
-    state = _above(age, check.wal_age_warning, check.wal_age_critical)
-    return [Finding(name, "wal_age", state, f"newest archived WAL segment {human_age(age)} old"
-                    + _limit(state, check.wal_age_warning, check.wal_age_critical, human_age),
-                    age, "s", check.wal_age_warning, check.wal_age_critical)]
+    return [_age_finding(name, "wal_age", "newest archived WAL segment", age, check.wal_age_warning,
+                         check.wal_age_critical)]
 
 
 def _server_findings(status: dict[str, Any], check: CheckConfig) -> list[Finding]:
@@ -256,7 +296,10 @@ def summary(findings: list[Finding], sources: list[str]) -> str:
     if problems:
         text = "; ".join(f"{f.source}: {f.message}" for f in problems)
     else:
-        ages = {f.source: f.message for f in findings if f.check == "backup_age"}
+        ages = {}
+        for f in findings:
+            if f.check.endswith("backup_age"):
+                ages.setdefault(f.source, f.message)
         text = f"{len(sources)} source(s) protected: " + ", ".join(f"{s} ({ages.get(s, 'ok')})" for s in sources)
     perf = " ".join(p for p in (f.perfdata() for f in findings) if p)
     return f"BACKUPCTL {STATE_NAMES[state]} - {text}" + (f" | {perf}" if perf else "")

@@ -264,3 +264,48 @@ def test_wal_the_server_archived_elsewhere_is_critical() -> None:
     facts["wal"]["newest_segment"] = "000000010000000000000008"
     (finding,) = monitor._wal_findings(facts, CheckConfig(), now)
     assert finding.state == monitor.OK, "a segment archived seconds ago may not be listed yet"
+
+
+def _facts(*backups: tuple[str, float]) -> dict[str, Any]:
+    return {"source": "main", "damaged_manifests": [], "window": None,
+            "backups": [{"type": kind, "age_seconds": hours * 3600} for kind, hours in backups]}
+
+
+def test_each_scheduled_kind_of_backup_is_judged_by_its_schedule(tmp_path: Path) -> None:
+    """A nightly pg_dump that stopped must not hide behind a physical backup that still runs, and a weekly
+    full is not stale on day two; with no schedule, the newest backup of any kind meets 26h/50h."""
+    from datetime import UTC, datetime
+
+    document = {"repository": {"type": "local", "path": str(tmp_path / "repo")},
+                "sources": {"main": {"kind": "postgres", "host": "/tmp", "dbname": "postgres",
+                                     "schedule": {"full": "0 2 * * 0", "logical": "30 3 * * *"}},
+                            "cron": {"kind": "postgres", "host": "/tmp", "dbname": "postgres"}}}
+    config = load_config(write_toml(tmp_path / "backupctl.toml", document))
+    now = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
+    main = config.source("main")
+    assert monitor.family_thresholds(main, "UTC", now) == {
+        "physical": (7 * 86400 + 7200, 14 * 86400 + 7200), "logical": (26 * 3600, 50 * 3600)}
+
+    def judged(source: str, *backups: tuple[str, float]) -> dict[str, tuple[int, str]]:
+        facts = {**_facts(*backups), "source": source}
+        return {f.check: (f.state, f.message)
+                for f in monitor._backup_findings(facts, config.source(source), "UTC", now)}
+
+    findings = judged("main", ("full", 100), ("logical", 30))
+    assert set(findings) == {"physical_backup_age", "logical_backup_age"}, "no schedule-blind 26h check"
+    assert findings["physical_backup_age"][0] == monitor.OK
+    assert findings["logical_backup_age"] == (monitor.WARNING, "last logical backup 1.2d old (warning 1.1d)")
+    findings = judged("main", ("full", 2), ("logical", 60))
+    assert findings["logical_backup_age"][0] == monitor.CRITICAL, "fresh physical backups hide nothing"
+    findings = judged("main", ("full", 15 * 24 + 3))
+    assert findings["physical_backup_age"][0] == monitor.CRITICAL
+    assert findings["logical_backup_age"] == (monitor.WARNING, "no logical backup yet, though the schedule runs one")
+
+    assert judged("cron", ("full", 30), ("logical", 100)) == {
+        "backup_age": (monitor.WARNING, "last backup (full) 1.2d old (warning 1.1d)")}
+
+    document["sources"]["main"]["check"] = {"backup_age_warning": "12h"}
+    config = load_config(write_toml(tmp_path / "backupctl.toml", document))
+    findings = judged("main", ("full", 13), ("logical", 13))
+    assert findings["backup_age"][0] == monitor.WARNING, "a configured threshold still applies to the newest"
+    assert findings["physical_backup_age"][0] == findings["logical_backup_age"][0] == monitor.OK
