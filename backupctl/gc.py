@@ -4,7 +4,8 @@
   than the grace period, judged by the store's clock), or of a backup expire removed while a reader held
   it (marked ``expired.json``; removed once no live reader holds it). A folder that a live backup lease
   names, or that a live reader holds, is never touched.
-- Reader leases that expired long ago, and the store-clock and conditional-write probes of killed processes.
+- Reader leases that expired long ago, the store-clock and conditional-write probes of killed processes, and
+  exclusive-lease generations that a newer generation superseded.
 - Unfinished writes older than the grace period, which no listing shows: on S3 multipart uploads never
   completed (their parts stay stored and billed), in a local repository the hidden temp files of a killed
   writer. Those of a backup whose lease is live are spared by moving the cutoff before that backup began.
@@ -95,10 +96,11 @@ def _source_items(repo: Repository, source: str, cutoff: datetime, grace: str) -
     live = {r.key for r in lease.live_readers(repo.storage, source)}
     stale = [o for o in repo.storage.list(f"{source}/locks/readers/") if o.key not in live and o.modified < cutoff]
     stale += [o for o in repo.storage.list(f"{source}/locks/clock/") if o.modified < cutoff]
+    stale += lease.superseded(repo.storage, source)
     if stale:
-        items.append(GcItem(f"{source}/locks", "stale-lease", source, "remove", "expired reader leases and clock "
-                            "probes of processes that ended without cleaning up", [o.key for o in stale],
-                            sum(o.size for o in stale)))
+        items.append(GcItem(f"{source}/locks", "stale-lease", source, "remove", "expired reader leases, superseded "
+                            "lease generations and clock probes of processes that ended without cleaning up",
+                            [o.key for o in stale], sum(o.size for o in stale)))
     return items
 
 
@@ -135,10 +137,11 @@ def plan_gc(repo: Repository, grace: float) -> tuple[list[GcItem], datetime]:
     sources = repo.catalog.sources()
     items = [item for source in sources for item in _source_items(repo, source, cutoff, text)]
     probes = [o for prefix in ("locks/clock/", PROBE_PREFIX) for o in repo.storage.list(prefix) if o.modified < cutoff]
+    probes += lease.superseded(repo.storage, None)
     if probes:
-        items.append(GcItem("locks", "stale-lease", None, "remove", "clock and conditional-write probes of "
-                            "processes that ended without cleaning up", [o.key for o in probes],
-                            sum(o.size for o in probes)))
+        items.append(GcItem("locks", "stale-lease", None, "remove", "superseded lease generations, and clock and "
+                            "conditional-write probes of processes that ended without cleaning up",
+                            [o.key for o in probes], sum(o.size for o in probes)))
     write_cutoff = _write_cutoff(repo, sources, cutoff)
     if isinstance(repo.storage, LocalStorage):
         partial = _stale_temp_files(repo.storage, write_cutoff)

@@ -181,6 +181,19 @@ def _generations(storage: Storage, prefix: str) -> dict[int, ObjectInfo]:
     return found
 
 
+def superseded(storage: Storage, source: str | None) -> list[ObjectInfo]:
+    """Exclusive-lease generations older than the newest of their name: a taker that won deletes them, but
+    one killed before it could, or a stale taker that recreated an old generation and backed off, leaves
+    them. Only the newest generation ever decides anything, so these can go at any time."""
+    locks = _locks(source)
+    by_name: dict[str, list[tuple[int, ObjectInfo]]] = {}
+    for info in storage.list(locks):
+        name, dot, number = info.key[len(locks):].removesuffix(".json").rpartition(".")
+        if dot and "/" not in name and number.isdigit() and info.key.endswith(".json"):
+            by_name.setdefault(name, []).append((int(number), info))
+    return [info for generations in by_name.values() for _number, info in sorted(generations)[:-1]]
+
+
 def _body(operation: str, ttl: float, **extra: Any) -> dict[str, Any]:
     return {"host": socket.gethostname(), "pid": os.getpid(), "operation": operation,
             "started_at": datetime.now(UTC).isoformat(), "ttl": ttl, **extra}

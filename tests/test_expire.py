@@ -357,6 +357,10 @@ def test_gc_removes_debris_but_not_a_running_backup(name: str, tmp_path: Path, r
         stale.write_bytes(b"partial")
         os.utime(stale, (time.time() - 7200, time.time() - 7200))
 
+    for generation in (1, 2):  # a taker killed before it cleaned up generation 1
+        storage.put(f"devdb/locks/expire.00000000000{generation}.json", json.dumps(
+            {"host": "h", "pid": 1, "operation": "expire", "started_at": "2026-11-25T00:00:00+00:00", "ttl": 60,
+             "released": generation == 2}).encode())
     young = json.loads(run_cli(config, "repo", "gc", "--dry-run", "-o", "json").stdout)
     assert {r["id"]: r["action"] for r in young if r["item"] == "backup-debris"} == {dead: "keep", running: "keep"}
     assert all(r["result"] == "planned" for r in young)
@@ -371,6 +375,7 @@ def test_gc_removes_debris_but_not_a_running_backup(name: str, tmp_path: Path, r
             assert client.list_multipart_uploads(Bucket=bucket).get("Uploads")
         else:
             assert by_id["partial-writes"]["objects"] == 1 and not stale.exists()
+    assert [info.key for info in storage.list("devdb/locks/expire.")] == ["devdb/locks/expire.000000000002.json"]
     second = json.loads(run_cli(config, "repo", "gc", "--grace", "0s", "-o", "json").stdout)
     assert {r["id"]: r["action"] for r in second if r["item"] == "backup-debris"} == {running: "remove"}
     if upload:

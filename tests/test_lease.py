@@ -94,6 +94,12 @@ def test_a_stale_taker_that_recreates_a_cleaned_generation_backs_off(local_backe
                                                 b' "started_at": "2026-01-01T00:00:00+00:00", "ttl": 60}')
         with pytest.raises(lease.LeaseLost):
             stale.ensure_held()
+        # The recreated generation is debris that gc collects; the live one is not.
+        assert [info.key for info in lease.superseded(storage, "main")] == [stale.key]
+    storage.put("main/locks/expire.000000000007.json", b"{}")  # a lone generation supersedes nothing
+    storage.put("locks/gc.000000000001.json", b"{}")
+    storage.put("locks/gc.000000000002.json", b"{}")
+    assert [info.key for info in lease.superseded(storage, None)] == ["locks/gc.000000000001.json"]
 
 
 def test_readers_are_listed_until_they_finish(backend: Backend) -> None:
