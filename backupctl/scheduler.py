@@ -354,7 +354,8 @@ def sd_notify(message: str) -> bool:
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
             sock.connect(address)
-            sock.sendall(message.encode())
+            # Never block the scheduler: a listener that stopped reading fills its datagram queue.
+            sock.send(message.encode(), socket.MSG_DONTWAIT)
     except OSError as exc:
         log.warning("sd_notify failed", socket=os.environ.get("NOTIFY_SOCKET"), error=str(exc))
         return False

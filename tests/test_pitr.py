@@ -157,7 +157,8 @@ def test_promoted_restore_archives_a_new_timeline(site: Site, cli: CliRunner) ->
     restored, _ = _restore(site, cli, "branch", archive=True)
     try:
         with restored.connect() as conn:
-            assert conn.execute("SELECT timeline_id FROM pg_control_checkpoint()").fetchone()[0] >= 1
+            current = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0]
+            assert current.startswith("00000002"), f"promotion should start timeline 2, writes {current}"
             conn.execute("INSERT INTO marks (id, batch) VALUES (2, 'c')")
             conn.execute("SELECT pg_switch_wal()")
             assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is False
