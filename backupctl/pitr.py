@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from backupctl import epochs, wal
+from backupctl import epochs, timelines, wal
 from backupctl.catalog import Manifest, parse_iso
 from backupctl.engines import pg_files
 from backupctl.engines.pg_physical import int_to_lsn, lsn_to_int, wal_file_name
@@ -26,7 +26,9 @@ from backupctl.engines.sqlite import ensure_free_space
 from backupctl.errors import BackupctlError, ConfigError
 from backupctl.log import get_logger
 from backupctl.pg import PgBinaries, find_binaries
+from backupctl.pgmanifest import RESTORE_MARKER
 from backupctl.repository import Repository
+from backupctl.restore_target import archiving_rule, check_target
 from backupctl.tools import run_tool
 
 log = get_logger(__name__)
@@ -91,6 +93,7 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     epoch: int = 1  # the history epoch of the backup (see ``epochs``): its WAL is in ``stream``
     stream: str = ""
+    timelines: timelines.Judgement | None = None  # which timeline production is on, and why
 
     def recovery_settings(self, restore_command: str) -> dict[str, str]:
         settings = {"restore_command": restore_command}
@@ -101,7 +104,9 @@ class Plan:
             settings[f"recovery_target_{kind}"] = str(value)
         elif kind == "immediate":
             settings["recovery_target"] = "immediate"
-        settings["recovery_target_timeline"] = str(self.timeline) if self.target.timeline != "latest" else "latest"
+        # Always the chosen number: PostgreSQL's 'latest' follows the highest history file it can fetch,
+        # which may be a branch production left behind (see ``timelines``).
+        settings["recovery_target_timeline"] = str(self.timeline)
         if kind != "end" and self.target.action:
             settings["recovery_target_action"] = self.target.action
         if kind in ("time", "lsn", "xid") and not self.target.inclusive:
@@ -128,6 +133,7 @@ class Plan:
             "wal_segments": self.segments,
             "download_bytes": self.backup.stored_size,
             "notes": self.notes,
+            "timelines": self.timelines.to_json() if self.timelines else None,
         }
 
 
@@ -177,10 +183,13 @@ def make_plan(repo: Repository, source: str, target: Target, backup_id: str | No
 def _plan_in_epoch(repo: Repository, source: str, identity: wal.SourceIdentity, backups: list[Manifest],
                    target: Target, backup_id: str | None) -> Plan:
     stream = identity.stream
-    archived = wal.list_archived(repo, stream)
-    histories = wal.list_archived(repo, stream, ("history",))
-    notes: list[str] = []
-    timeline = _resolve_timeline(target, {**histories, **archived}, backups, backup_id)
+    objects = wal.list_wal_objects(repo, stream)
+    archived = wal.group_archived(objects)
+    size = int(backups[0].extra["wal_segment_size"])
+    judgement = timelines.read(repo, stream, objects, size)
+    timeline = _resolve_timeline(target, judgement, {**wal.group_archived(objects, ("history",)), **archived},
+                                 backups, backup_id)
+    notes = judgement.notes(timeline, source)
     path = _timeline_path(repo, stream, timeline)
     on_path = {t: (a, b) for t, a, b in path}
     if target.kind == "time" and target.value and _parse_time(target.value).tzinfo is None:
@@ -218,14 +227,17 @@ def _plan_in_epoch(repo: Repository, source: str, identity: wal.SourceIdentity, 
                                f"because {why}")
         chosen = max(eligible, key=lambda m: (lsn_to_int(m.extra["stop_lsn"]), m.finished_at))
     first, last, count = _check_wal(chosen, target, path, archived, notes)
-    return Plan(source, chosen, target, timeline, path, first, last, count, notes, identity.epoch, stream)
+    return Plan(source, chosen, target, timeline, path, first, last, count, notes, identity.epoch, stream, judgement)
 
 
-def _resolve_timeline(target: Target, archived: dict[int, list[Any]], backups: list[Manifest],
-                      backup_id: str | None) -> int:
+def _resolve_timeline(target: Target, judgement: timelines.Judgement, archived: dict[int, list[Any]],
+                      backups: list[Manifest], backup_id: str | None) -> int:
+    """The timeline to recover along: "latest" is production's (``timelines``), not the highest number."""
     known = set(archived) | {m.extra["timeline"] for m in backups}
     if target.timeline == "latest":
-        return max(known)
+        if judgement.ambiguous:
+            raise BackupctlError(judgement.refusal())
+        return judgement.production or max(known)
     if target.timeline == "current":
         chosen = next((m for m in backups if m.id == backup_id), None) if backup_id else max(
             backups, key=lambda m: m.finished_at)
@@ -295,6 +307,19 @@ def _check_wal(backup: Manifest, target: Target, path: list[tuple[int, int, int 
 # -- execution ------------------------------------------------------------------------------------------
 
 
+def short_of_end(plan: Plan, lsn: str) -> str | None:
+    """For a restore to the end of archived WAL: why recovery that ended at ``lsn`` fell short, or None.
+
+    PostgreSQL ends recovery quietly when restore_command says a segment is not there, so the replayed
+    LSN must reach at least the start of the newest segment the plan counted on.
+    """
+    size = int(plan.backup.extra["wal_segment_size"])
+    if wal.parse_lsn(lsn) >= wal.parse_wal_name(plan.wal_last).start_lsn(size):
+        return None
+    return (f"recovery ended at {lsn}, before the newest archived segment {plan.wal_last}: a segment on the way "
+            "could not be fetched")
+
+
 def _live_postmaster(pgdata: Path) -> int | None:
     try:
         pid = int((pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
@@ -310,23 +335,24 @@ def _live_postmaster(pgdata: Path) -> int | None:
 
 
 def prepare_pgdata(pgdata: Path, force: bool, delta: bool = False) -> None:
-    """Refuse a live cluster always, a non-empty directory without --force or --delta; leave it 0700.
+    """Refuse a live cluster always, and what ``restore_target.check_target`` refuses; leave it 0700.
 
     With --force the directory is emptied; with --delta what is there stays for the restore to reuse.
     """
     pid = _live_postmaster(pgdata)
     if pid:
         raise BackupctlError(f"a postmaster (pid {pid}) is running on {pgdata}: stop it before restoring there")
-    if pgdata.exists() and any(pgdata.iterdir()) and not delta:
-        if not force:
-            raise ConfigError(f"{pgdata} is not empty: pass --force to replace its contents, or --delta to "
-                              "reuse the files that match the backup")
-        for entry in pgdata.iterdir():
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
-    pgdata.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if check_target(pgdata, force, delta) and force:
+        try:
+            for entry in pgdata.iterdir():
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+        except OSError as exc:
+            raise ConfigError(f"--force could not empty {pgdata}: {exc.filename}: {exc.strerror}: make everything "
+                              "in it removable by the restoring user") from None
+    pgdata.mkdir(mode=0o700, exist_ok=True)
     pgdata.chmod(0o700)
 
 
@@ -363,7 +389,8 @@ def restore_files(repo: Repository, plan: Plan, pgdata: Path, jobs: int, tablesp
             pg_files.restore_backup_files(repo, manifest, stage / manifest.id, jobs, staged_tablespaces(manifest),
                                           sync=False)
         combine = find_binaries(min_major=17, bindir=bindir, need="pg_combinebackup")
-        pgdata.rmdir()  # pg_combinebackup makes the output directory itself
+        (pgdata / RESTORE_MARKER).unlink(missing_ok=True)
+        pgdata.rmdir()  # pg_combinebackup makes the output directory itself (and removes it when it fails)
         # Each tablespace goes from where the newest backup of the chain was staged to its restore location.
         mapping = [f"--tablespace-mapping={staged}={final[oid]}"
                    for oid, staged in staged_tablespaces(plan.backup).items()]
@@ -403,8 +430,12 @@ def verify_files(binaries: PgBinaries, pgdata: Path) -> None:
         raise BackupctlError(f"the restored files do not match the backup's manifest: {exc}") from None
 
 
-def write_recovery(plan: Plan, pgdata: Path, restore_command: str, standby: bool) -> None:
+def write_recovery(plan: Plan, pgdata: Path, restore_command: str, standby: bool, archive: bool = False) -> None:
+    """Recovery settings appended to postgresql.auto.conf, after the backup's own ALTER SYSTEM lines so they
+    win; without ``archive`` also ``archive_mode = off`` (a copy must not archive into the source)."""
     settings = plan.recovery_settings(restore_command)
+    if not archive:
+        settings["archive_mode"] = "off"
     lines = [f"# backupctl restore of {plan.backup.id} at {datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}"]
     lines += [f"{name} = '{value.replace(chr(39), chr(39) * 2)}'" for name, value in settings.items()]
     with open(pgdata / "postgresql.auto.conf", "a") as conf:
@@ -442,6 +473,8 @@ class RestoreOptions:
     restore_config: Path | None = None
     tmp_dir: Path | None = None
     delta: bool = False  # reuse files in pgdata that match the backup's manifest
+    archive: bool = False  # --archive: a copy keeps the backup's archive settings
+    source_pgdata: str | None = None  # the source's own data directory: a restore there keeps archiving
 
 
 def restore_physical(repo: Repository, plan: Plan, options: RestoreOptions, restore_command: str,
@@ -451,20 +484,25 @@ def restore_physical(repo: Repository, plan: Plan, options: RestoreOptions, rest
     if options.delta and options.force:
         raise ConfigError("--delta and --force exclude each other: --delta keeps matching files, --force "
                           "removes everything first")
+    archiving = archiving_rule(pgdata, options.source_pgdata, plan.source, options.archive)
     prepare_pgdata(pgdata, options.force, options.delta)
+    marker = pgdata / RESTORE_MARKER  # until the files are complete: an interrupted restore can be retried
+    marker.write_text(f"backupctl restore of {plan.backup.id} into this directory, started "
+                      f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}; not finished while this file exists\n")
     log.info("restore started", backup_id=plan.backup.id, pgdata=str(pgdata), target=plan.target.kind,
              delta=options.delta)
     clock = time.monotonic()
     timings = restore_files(repo, plan, pgdata, options.jobs, options.tablespace_map, bindir, options.tmp_dir,
                             options.delta)
-    write_recovery(plan, pgdata, restore_command, options.standby)
+    write_recovery(plan, pgdata, restore_command, options.standby, archiving.enabled)
     if options.restore_config is not None:
         _restore_config_files(repo, plan, options.restore_config)
     locations = pg_files.tablespace_locations(plan.backup, options.tablespace_map)
     _hand_to_server_user([pgdata, *(Path(p) for p in locations.values() if p)])
+    marker.unlink(missing_ok=True)
     log.info("restore finished", backup_id=plan.backup.id, pgdata=str(pgdata), bytes=plan.backup.size,
              seconds=round(time.monotonic() - clock, 3))
-    return {**plan.to_json(), "pgdata": str(pgdata), **timings}
+    return {**plan.to_json(), "pgdata": str(pgdata), "archiving": archiving.to_json(), **timings}
 
 
 def _restore_config_files(repo: Repository, plan: Plan, directory: Path) -> None:

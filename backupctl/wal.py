@@ -106,6 +106,11 @@ class ForeignWal(WalRefused):
     """WAL of another PostgreSQL system (another system identifier or major) than the source's."""
 
 
+class UnknownStream(BackupctlError):
+    """restore_command names a source (or history epoch) the repository has no identity for: nothing was ever
+    archived there, so "not archived" (which ends recovery) would be a guess. Retrying will not help."""
+
+
 # --- names and positions -------------------------------------------------------------------------
 
 
@@ -294,13 +299,18 @@ def list_archived(
     ``kinds`` picks among "segment", "partial", "backup" and "history"; a history file is listed under
     the timeline it describes.
     """
+    return group_archived(list_wal_objects(repo, source), kinds)
+
+
+def group_archived(objects: Iterable[ArchivedWal], kinds: Iterable[str] = ("segment",)) -> dict[int, list[ArchivedWal]]:
+    """``list_archived`` over objects already listed (one listing serves the planner and the judgement)."""
     wanted = set(kinds)
     result: dict[int, list[ArchivedWal]] = {}
-    for obj in list_wal_objects(repo, source):
+    for obj in objects:
         if obj.name.kind in wanted:
             result.setdefault(obj.name.timeline, []).append(obj)
-    for objects in result.values():
-        objects.sort(key=lambda o: (o.name.name, o.key))
+    for group in result.values():
+        group.sort(key=lambda o: (o.name.name, o.key))
     return dict(sorted(result.items()))
 
 
@@ -625,10 +635,16 @@ def _major_of(header: SegmentHeader, path: Path) -> int:
         ) from None
 
 
+def _data_directory(path: Path) -> Path:
+    """The data directory of a file in its pg_wal: archive_command's and restore_command's %p are
+    ``pg_wal/NAME`` relative to it (a symlinked pg_wal is not followed: the link lives in the data directory)."""
+    return path.absolute().parent.parent
+
+
 def _pg_control_sysid(path: Path) -> str | None:
     """The system identifier in the data directory's pg_control (for files without a WAL header)."""
     try:
-        with open(path.absolute().parent.parent / "global" / "pg_control", "rb") as handle:
+        with open(_data_directory(path) / "global" / "pg_control", "rb") as handle:
             data = handle.read(8)
     except OSError:
         return None
@@ -1042,16 +1058,46 @@ def _fetch_into(repo: Repository, source: str, name: str, sink: BinaryIO) -> boo
 def fetch(repo: Repository, source: str, name: str, dest: str | Path) -> bool:
     """Fetch archived file ``name`` into ``dest``: False when it is not archived.
 
-    Writes a temp file beside ``dest``, checks the plaintext sha256, fsyncs and renames it into place,
-    so ``dest`` appears complete or not at all. Raises on damage and storage failures.
+    Writes a temp file beside ``dest``, checks the plaintext sha256 and, when ``dest`` lies in a data
+    directory, the segment's system identifier (``check_restoring_system``), fsyncs and renames it into
+    place, so ``dest`` appears complete and right or not at all. Raises on damage, another system's WAL
+    and storage failures. "Not archived" means something only when the stream exists: see ``UnknownStream``.
     """
     dest = Path(dest)
     objects = find_archived(repo, source, name)
     if not objects:
         return False
     obj = _pick(objects, name)
-    write_atomically(dest, lambda handle: decode_object(repo, obj, handle))
+
+    def produce(handle: BinaryIO) -> None:
+        tap = _CountingSink(handle)
+        decode_object(repo, obj, tap)  # type: ignore[arg-type]
+        check_restoring_system(obj.name, tap.head, dest)
+
+    write_atomically(dest, produce)
     return True
+
+
+def check_restoring_system(name: WalName, head: bytes, dest: Path) -> None:
+    """Refuse a segment of another system than the cluster it is fetched for (pgBackRest does the same).
+
+    PostgreSQL takes a page header of another system for the end of valid WAL: it would end recovery
+    there and promote. The restoring cluster is the data directory ``dest`` lies in (restore_command runs
+    there with %p = ``pg_wal/RECOVERYXLOG``); where no pg_control is found (a fetch by hand, the pusher's
+    staging directory) there is nothing to compare with. ``head``: the file's first bytes.
+    """
+    if name.kind not in ("segment", "partial"):
+        return
+    system = _pg_control_sysid(dest)
+    if system is None:
+        return
+    header = read_header(head, name.name)
+    if header.system_identifier != system:
+        raise ForeignWal(
+            f"{name.name} in the repository comes from system {header.system_identifier}, but the cluster "
+            f"recovering in {_data_directory(dest)} is system {system}: restore_command names another "
+            "source's WAL (check its --source and --config), or this data directory was not restored from it"
+        )
 
 
 def write_atomically(dest: Path, produce: Callable[[BinaryIO], Any]) -> None:
@@ -1301,9 +1347,12 @@ def _runs(missing: list[str], size: int) -> list[str]:
 
 
 class _CountingSink(io.RawIOBase):
-    def __init__(self) -> None:
+    """Counts the bytes written and keeps the first ones (a segment's long header); passes all on to ``sink``."""
+
+    def __init__(self, sink: BinaryIO | None = None) -> None:
         self.head = b""
         self.size = 0
+        self._sink = sink
 
     def writable(self) -> bool:
         return True
@@ -1311,6 +1360,8 @@ class _CountingSink(io.RawIOBase):
     def write(self, data: Any) -> int:
         if len(self.head) < LONG_HEADER.size:
             self.head += bytes(data[: LONG_HEADER.size - len(self.head)])
+        if self._sink is not None:
+            self._sink.write(data)
         self.size += len(data)
         return len(data)
 
