@@ -34,6 +34,7 @@ from backupctl.tools import run_tool
 log = get_logger(__name__)
 
 PHYSICAL_TYPES = ("full", "incr")
+TARGET_NAME_BYTES = 63  # recovery_target_name: PostgreSQL's MAXFNAMELEN - 1
 
 
 @dataclass(frozen=True)
@@ -66,16 +67,56 @@ def parse_time(text: str) -> datetime:
 
 def target_from_options(time: str | None, lsn: str | None, xid: str | None, name: str | None, immediate: bool,
                         timeline: str = "latest", action: str | None = None, inclusive: bool = True) -> Target:
-    """The ``--target-*`` options of a command as a Target: at most one, none meaning the end of archived WAL."""
-    given = [(kind, value) for kind, value in (("time", time), ("lsn", lsn), ("xid", xid), ("name", name)) if value]
+    """The ``--target-*`` options of a command as a Target: at most one, none meaning the end of archived WAL.
+
+    Every value is checked here, before anything is planned or downloaded (PostgreSQL would refuse a bad
+    one only when the restored server starts), and normalised to the form PostgreSQL is given.
+    """
+    given = [(kind, value) for kind, value in (("time", time), ("lsn", lsn), ("xid", xid), ("name", name))
+             if value is not None]
     if immediate:
         given.append(("immediate", None))
     if len(given) > 1:
         raise ConfigError("give at most one of --target-time, --target-lsn, --target-xid, --target-name, --target")
     kind, value = given[0] if given else ("end", None)
+    return Target(kind, _checked_value(kind, value), _checked_timeline(timeline), action, inclusive)
+
+
+def _checked_value(kind: str, value: str | None) -> str | None:
+    """A target value as recovery will be given it, or a usage error that says what is wrong with it."""
     if kind == "time":
-        parse_time(str(value))  # a malformed time is a usage error now, not a failure halfway through
-    return Target(kind, value, timeline, action, inclusive)
+        parse_time(str(value))
+    elif kind == "lsn":
+        try:
+            return wal.format_lsn(wal.parse_lsn(str(value)))
+        except ValueError:
+            raise ConfigError(f"--target-lsn {value!r} is not an LSN (like 0/3000028, as pg_current_wal_lsn() "
+                              "shows it)") from None
+    elif kind == "xid":
+        text = str(value).strip()
+        # A 64-bit id (epoch and xid, as pg_current_xact_id() shows it) or a plain xid; 0, 1 and 2 in the
+        # low 32 bits are reserved and never name a transaction.
+        if not (text.isascii() and text.isdigit()) or int(text) >= 2**64 or int(text) % 2**32 < 3:
+            raise ConfigError(f"--target-xid {value!r} is not a transaction id: give the decimal id of a "
+                              "transaction (3 or more, e.g. from pg_current_xact_id())")
+        return str(int(text))
+    elif kind == "name":
+        if not value:
+            raise ConfigError("--target-name is empty: give the name of a restore point (pg_create_restore_point)")
+        size = len(value.encode())
+        if size > TARGET_NAME_BYTES:
+            raise ConfigError(f"--target-name is {size} bytes long: restore point names have at most "
+                              f"{TARGET_NAME_BYTES} (PostgreSQL cuts longer ones, so none can match)")
+    return value
+
+
+def _checked_timeline(timeline: str) -> str:
+    """``--target-timeline``: latest, current or a timeline number (PostgreSQL's are 32-bit, from 1)."""
+    if timeline in ("latest", "current"):
+        return timeline
+    if timeline.isascii() and timeline.isdigit() and 0 < int(timeline) < 2**32:
+        return str(int(timeline))
+    raise ConfigError(f"--target-timeline {timeline!r} is not a timeline: use latest, current or a number (1, 2, ...)")
 
 
 @dataclass

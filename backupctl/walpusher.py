@@ -540,6 +540,9 @@ def fetch_command(config_file: str | None, source: str | None, name: str, dest: 
                 return EXIT_OK
             if reply.get("status") == "missing":
                 return EXIT_FAILED
+            if reply.get("definitive"):
+                _say(str(reply.get("message")))
+                return EXIT_FETCH_FATAL
             _say(f"the pusher could not fetch {name} ({reply.get('message')}); trying in this process", "warning")
     return _sync_fetch(config_file, source, name, dest, debug, epoch)
 
@@ -557,18 +560,30 @@ def _sync_fetch(config_file: str | None, source: str | None, name: str, dest: st
     return _run_service(debug, work, fatal_exit=EXIT_FETCH_FATAL)
 
 
-def fetch_from_epoch(repo: Any, source: str, epoch: int, name: str, dest: str) -> bool:
-    """``wal.fetch`` from history epoch ``epoch``'s stream; an epoch the source does not have is an error
-    (exit 128: recovery stops), never "not archived" (which would end recovery early)."""
+def fetch_from_epoch(repo: Any, source: str, epoch: int, name: str, dest: str, known: set[str] | None = None) -> bool:
+    """``wal.fetch`` from history epoch ``epoch``'s stream: False ("not archived", which ends recovery) only
+    when the repository knows the stream (its source.json); a source or epoch it lacks (a wrong --source,
+    --epoch or config) raises ``wal.UnknownStream`` (exit 128: recovery stops). ``known``: streams already
+    found, so that a resident pusher asks the repository once."""
     from backupctl import epochs, wal
-    from backupctl.errors import BackupctlError
 
     stream = epochs.stream_name(source, epoch)
     if wal.fetch(repo, stream, name, dest):
         return True
-    if epoch > 1 and wal.read_identity(repo, stream) is None:
-        raise BackupctlError(f"source {source} has no history epoch {epoch} ({stream}/source.json is missing): "
-                             "restore_command names the wrong --epoch")
+    if known is None or stream not in known:
+        if wal.read_identity(repo, stream) is None:
+            location = repo.storage.location
+            if epoch > 1:
+                raise wal.UnknownStream(
+                    f"source {source!r} has no history epoch {epoch} in {location} ({stream}/source.json is "
+                    f"missing): restore_command names the wrong --epoch (`backupctl pg-settings {source}` prints "
+                    "the right one)")
+            raise wal.UnknownStream(
+                f"source {source!r} has nothing archived in {location} ({stream}/source.json is missing): "
+                "restore_command names a source or repository this server never archived into: fix its --source "
+                "or --config (`backupctl pg-settings SOURCE` prints the right one) rather than end recovery here")
+        if known is not None:
+            known.add(stream)
     return False
 
 
@@ -621,6 +636,7 @@ class Pusher:
         self.last_activity = time.monotonic()
         self.running = 0
         self.segment_sizes: dict[int, int] = {}  # per history epoch, learnt from fetched segments
+        self.known_streams: set[str] = set()  # streams whose source.json was found: "missing" is then true
         self._repo: Any = None
         self._guard: Any = None
         self.socket_path = os.path.join(spool, SOCKET_NAME)
@@ -680,9 +696,9 @@ class Pusher:
 
     def _failure(self, exc: BaseException, job: Job) -> dict[str, Any]:
         from backupctl.errors import BackupctlError
-        from backupctl.wal import WalNameError, WalRefused
+        from backupctl.wal import UnknownStream, WalNameError, WalRefused
 
-        definitive = isinstance(exc, WalRefused | WalNameError)
+        definitive = isinstance(exc, WalRefused | WalNameError | UnknownStream)
         message = str(exc) if isinstance(exc, BackupctlError) else f"unexpected {type(exc).__name__}: {exc}"
         self.log.warning(f"{job.op} failed", name=job.name, error=message, definitive=definitive)
         return {"status": "error", "definitive": definitive, "message": message}
@@ -701,7 +717,7 @@ class Pusher:
         from backupctl import wal
 
         repo, _guard = self.repo()
-        if not fetch_from_epoch(repo, self.source, job.epoch, job.name, job.path):
+        if not fetch_from_epoch(repo, self.source, job.epoch, job.name, job.path, self.known_streams):
             return {"status": "missing"}
         if wal.parse_wal_name(job.name).kind == "segment":
             self.segment_sizes[job.epoch] = os.stat(job.path).st_size
@@ -786,7 +802,8 @@ class Pusher:
                     self._new_fetch(epoch, next_name, ahead)
 
     def deliver(self, job: Job, dest: str) -> None:
-        """Move a staged file into PostgreSQL's destination: rename on one filesystem, else copy."""
+        """Move a staged file into PostgreSQL's destination (rename on one filesystem, else copy), once its
+        system identifier is the restoring cluster's (``wal.ForeignWal`` otherwise: nothing reaches ``dest``)."""
         import errno
         import shutil
         from pathlib import Path
@@ -797,6 +814,13 @@ class Pusher:
             if self.fetches.get((job.epoch, job.name)) is job:
                 self.fetches.pop((job.epoch, job.name))
         target = Path(dest)
+        with open(job.path, "rb") as staged:
+            head = staged.read(wal.LONG_HEADER.size)
+        try:
+            wal.check_restoring_system(wal.parse_wal_name(job.name), head, target)
+        except wal.ForeignWal:
+            _unlink(job.path)
+            raise
         try:
             os.rename(job.path, target)
         except OSError as exc:
@@ -878,8 +902,12 @@ class Pusher:
         result = self._wait(conn, job)
         if result["status"] != "ok":
             return result
+        from backupctl.wal import ForeignWal
+
         try:
             self.deliver(job, dest)
+        except ForeignWal as exc:
+            return self._failure(exc, job)
         except OSError as exc:
             return {"status": "error", "definitive": False, "message": f"cannot write {dest}: {exc.strerror}"}
         self.prefetch_after(name, epoch)
