@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from backupctl import epochs
+from backupctl import wal as archive
 from backupctl.catalog import Manifest, backup_prefix, iso, new_backup_id, seal_details
 from backupctl.config import PostgresSource, SqliteSource
 from backupctl.engines import pg_contents, pg_logical, pg_physical, sqlite
 from backupctl.errors import BackupctlError, ConfigError, StorageError
-from backupctl.lease import Lease
+from backupctl.lease import Lease, store_now
 from backupctl.log import get_logger
 from backupctl.pg import find_binaries
 from backupctl.pgconn import ConnParams
@@ -107,13 +108,17 @@ class _Run:
 
 def backup_source(repo: Repository, source: SqliteSource | PostgresSource, backup_type: str | None,
                   options: BackupOptions) -> Manifest:
-    """Dispatch on the source's kind and the requested type."""
+    """Dispatch on the source's kind and the requested type; a type the source cannot take is a usage error."""
     if isinstance(source, SqliteSource):
         if backup_type not in (None, "sqlite"):
-            raise ConfigError(f"source {source.name} is a SQLite database: it takes no --type {backup_type}")
+            raise ConfigError(f"source {source.name} is a SQLite database: --type {backup_type} does not apply "
+                              "(it takes --type sqlite, the default)")
         if options.databases:
             raise ConfigError("--database applies to PostgreSQL logical backups")
         return backup_sqlite(repo, source, options)
+    if backup_type not in (None, "logical", "full", "incr"):
+        raise ConfigError(f"source {source.name} is a PostgreSQL server: --type {backup_type} does not apply "
+                          "(it takes --type logical, full or incr)")
     if options.export_json:
         raise ConfigError("--export-json applies to SQLite backups")
     if backup_type in (None, "logical"):
@@ -187,6 +192,7 @@ def backup_logical(repo: Repository, source: PostgresSource, options: BackupOpti
             "system_identifier": server.system_identifier,
             "pg_dump_major": binaries.major,
             "databases": len(databases),
+            **_stop_clocks(repo, source.name, params),
         }
         return run.publish("postgres", details, extra, options)
 
@@ -217,7 +223,7 @@ def backup_physical(repo: Repository, source: PostgresSource, backup_type: str,
         contents = pg_contents.describe(params, list(facts.databases))
         streamed = pg_physical.stream_basebackup(
             binaries, params, facts, f"backupctl {run.id}", source.checkpoint == "fast", run.store, tmp_root,
-            parent_manifest, wal_stored=_wal_stored(repo, identity.stream), part_bytes=source.split_size,
+            parent_manifest, wal_present=_wal_present(repo, identity.stream), part_bytes=source.split_size,
         )
         run.store("backup_manifest", io.BytesIO(streamed.manifest))
         for name, path in facts.config_files.items():
@@ -228,7 +234,7 @@ def backup_physical(repo: Repository, source: PostgresSource, backup_type: str,
                 log.warning("config file not backed up", file=path, error=exc.strerror)
         wal = streamed.wal
         assert wal is not None
-        start, stop = pg_physical.lsn_to_int(wal.start_lsn), pg_physical.lsn_to_int(wal.end_lsn)
+        start, stop = archive.parse_lsn(wal.start_lsn), archive.parse_lsn(wal.end_lsn)
         extra = {
             "pg_major": facts.major,
             "pg_version_num": facts.version_num,
@@ -236,11 +242,12 @@ def backup_physical(repo: Repository, source: PostgresSource, backup_type: str,
             "timeline": wal.timeline,
             "start_lsn": wal.start_lsn,
             "stop_lsn": wal.end_lsn,
-            "start_wal": pg_physical.wal_file_name(wal.timeline, start, facts.segment_size),
-            "stop_wal": pg_physical.wal_file_name(wal.timeline, stop, facts.segment_size),
+            "start_wal": archive.segment_of_lsn(wal.timeline, start, facts.segment_size),
+            "stop_wal": archive.segment_of_lsn(wal.timeline, stop, facts.segment_size),
             "wal_segment_size": facts.segment_size,
             "tablespaces": sorted(streamed.tablespaces),
             "pg_basebackup_version": binaries.version,
+            **_stop_clocks(repo, source.name, params),
         }
         details = {
             "data_directory": facts.data_directory,
@@ -252,11 +259,24 @@ def backup_physical(repo: Repository, source: PostgresSource, backup_type: str,
         return run.publish("postgres", details, extra, options, parent.id if parent else None)
 
 
-def _wal_stored(repo: Repository, stream: str) -> Callable[[str], bool]:
-    """Whether the repository holds a WAL segment of ``stream``: how a backup knows its WAL is archived."""
-    from backupctl import wal as archive
+def _wal_present(repo: Repository, stream: str) -> Callable[[list[str]], set[str]]:
+    """Which of some WAL segments the repository holds in ``stream``: how a backup knows its WAL is archived."""
+    return lambda segments: set(archive.find_segments(repo, stream, segments))
 
-    return lambda segment: bool(archive.find_archived(repo, stream, segment))
+
+def _stop_clocks(repo: Repository, source: str, params: ConnParams) -> dict[str, str]:
+    """The moment the backup stopped, on the server's clock and then on the store's, read back to back.
+
+    ``started_at``/``finished_at`` are the backup host's clock, which may be off by any amount. Restore
+    targets and commit times are the server's clock, so the planner compares a backup with them through
+    ``server_stop_time``; Last-Modified and expire's "now" are the store's, so retention uses
+    ``store_stop_time``; their difference turns one into the other (to about a second: S3 keeps whole
+    seconds). Read after a physical backup's WAL is stored, a little after pg_basebackup stopped: a
+    later time only ever makes the planner pick an older backup, never one that ends after its target.
+    """
+    with params.connect() as conn:
+        server = conn.execute("SELECT clock_timestamp()").fetchone()[0]
+    return {"server_stop_time": iso(server), "store_stop_time": iso(store_now(repo.storage, source))}
 
 
 def _incremental_parent(repo: Repository, source: PostgresSource, facts: pg_physical.ServerFacts) -> Manifest:

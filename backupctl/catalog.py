@@ -17,7 +17,7 @@ import socket
 import string
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from backupctl import __version__
@@ -97,6 +97,27 @@ class Manifest:
     @property
     def duration(self) -> float:
         return (parse_iso(self.finished_at) - parse_iso(self.started_at)).total_seconds()
+
+    @property
+    def server_stop_time(self) -> datetime:
+        """When the backup stopped on the PostgreSQL server's own clock (``extra["server_stop_time"]``, its
+        clock_timestamp() once the backup had stopped): the clock of commit times and recovery targets. A
+        manifest written before backupctl recorded it (or of a SQLite backup) gives ``finished_at``."""
+        return parse_iso(self.extra.get("server_stop_time") or self.finished_at)
+
+    @property
+    def store_stop_time(self) -> datetime:
+        """The same moment on the store's clock (the clock of Last-Modified, leases and ``expire``'s "now");
+        ``finished_at`` for a manifest that predates it."""
+        return parse_iso(self.extra.get("store_stop_time") or self.finished_at)
+
+    @property
+    def store_clock_ahead(self) -> timedelta:
+        """How far the store's clock was ahead of the server's when the backup stopped (both read back to
+        back); zero when the manifest does not record both."""
+        if not (self.extra.get("server_stop_time") and self.extra.get("store_stop_time")):
+            return timedelta(0)
+        return self.store_stop_time - self.server_stop_time
 
     def object(self, role_key: str) -> StoredObject:
         """The object whose key starts with this backup's prefix plus ``role_key``."""

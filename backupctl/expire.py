@@ -71,7 +71,9 @@ def readers_by_backup(repo: Repository, source: str) -> dict[str, str]:
 
 
 def gather(repo: Repository, source: SourceConfig, now: datetime | None = None) -> ExpireInputs:
-    """Read what the plan needs: manifests, pins, live readers and (PostgreSQL) the WAL listing."""
+    """Read what the plan needs: manifests, pins, live readers, (PostgreSQL) the WAL listing, and "now" on
+    the store's clock (the clock of Last-Modified and of each backup's ``store_stop_time``), never this
+    host's: an expiring host whose clock runs days ahead must not push backups out of the recovery window."""
     manifests, damaged = repo.catalog.scan(source.name)
     if damaged:
         key, problem = next(iter(damaged.items()))
@@ -81,8 +83,8 @@ def gather(repo: Repository, source: SourceConfig, now: datetime | None = None) 
                              "`backupctl verify --all`)")
     pinned = {backup_id: pin.describe() for backup_id, pin in pins.read_pins(repo.storage, source.name).items()}
     inventories = _wal_inventories(repo, source.name, manifests) if isinstance(source, PostgresSource) else []
-    return ExpireInputs(source.name, source.retention, now or datetime.now(UTC), manifests, pinned,
-                        readers_by_backup(repo, source.name), inventories)
+    return ExpireInputs(source.name, source.retention, now or lease.store_now(repo.storage, source.name), manifests,
+                        pinned, readers_by_backup(repo, source.name), inventories)
 
 
 def _wal_inventories(repo: Repository, source: str, manifests: list[Manifest]) -> list[WalInventory]:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from backupctl import epochs, timelines, wal
-from backupctl.catalog import Manifest, parse_iso
+from backupctl.catalog import Manifest, iso
 from backupctl.engines import pg_files
 from backupctl.engines.pg_physical import int_to_lsn, lsn_to_int, wal_file_name
 from backupctl.engines.sqlite import ensure_free_space
@@ -248,8 +248,8 @@ def _plan_in_epoch(repo: Repository, source: str, identity: wal.SourceIdentity, 
         if switch is not None and stop > switch:
             return (f"it ends at {m.extra['stop_lsn']} on timeline {tli}, after timeline {timeline} forked "
                     f"at {int_to_lsn(switch)}")
-        if target.kind == "time" and parse_iso(m.finished_at) > target.moment():
-            return f"it finished at {m.finished_at}, after the target time"
+        if target.kind == "time" and m.server_stop_time > target.moment():  # both on the server's clock
+            return f"it finished at {iso(m.server_stop_time)} (server time), after the target time"
         if target.kind == "lsn" and stop > lsn_to_int(str(target.value)):
             return f"it ends at {m.extra['stop_lsn']}, after the target LSN"
         return None
@@ -295,7 +295,13 @@ def _resolve_timeline(target: Target, judgement: timelines.Judgement, archived: 
 
 def _check_wal(backup: Manifest, target: Target, path: list[tuple[int, int, int | None]],
                archived: dict[int, list[Any]], notes: list[str]) -> tuple[str, str, int]:
-    """Walk the WAL the restore needs, segment by segment along the timeline path."""
+    """Walk the WAL the restore needs, segment by segment along the timeline path.
+
+    "The target time is after the end of archived WAL" compares two clocks: a segment's Last-Modified is
+    the store's, the target (like every commit time) the server's. The rule: a segment's time is moved onto
+    the server's clock by the offset ``backup`` recorded when it stopped (``Manifest.store_clock_ahead``,
+    store minus server), and then compared; a manifest without it counts the clocks as equal.
+    """
     size = int(backup.extra["wal_segment_size"])
     start = lsn_to_int(backup.extra["start_lsn"])
     if target.kind == "immediate":
@@ -319,10 +325,12 @@ def _check_wal(backup: Manifest, target: Target, path: list[tuple[int, int, int 
         while end_segno is None or segno <= end_segno:
             if segno not in have:
                 if end_segno is None and not any(n > segno for n in have):  # the end of the archive
-                    if target.kind == "time" and previous is not None and previous.modified < target.moment():
+                    archived_at = previous.modified - backup.store_clock_ahead if previous else None
+                    if target.kind == "time" and archived_at is not None and archived_at < target.moment():
                         raise BackupctlError(
                             f"the target time is after the end of archived WAL: the newest segment "
-                            f"{previous.name.name} was archived at {previous.modified:%Y-%m-%d %H:%M:%S %Z}; "
+                            f"{previous.name.name} was archived at {archived_at:%Y-%m-%d %H:%M:%S %Z} (server "
+                            "time); "
                             "run `backupctl wal check` to archive the current one, or pick an earlier time"
                         )
                     break

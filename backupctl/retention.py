@@ -15,6 +15,12 @@ incremental are always kept. ``recovery_window`` keeps, for every timeline still
 window, the newest physical backup that finished before the window began (and can reach that timeline),
 so that any moment of the window can be restored.
 
+Clocks: the recovery window is judged on the store's clock alone. ``now`` is the store's (expire reads
+it with ``lease.store_now``), archiving is judged by the segments' Last-Modified, and a backup's end by
+its ``store_stop_time`` (``finished_at`` for manifests that predate it): a host whose clock is off, the
+backup's or the expiring one's, cannot move a backup out of the window. The keep_* buckets and
+keep_within use ``finished_at``: they place backups relative to each other, not to "now".
+
 WAL: a retained physical backup needs every segment from its start along the history of each timeline it
 can reach (up to each fork, then the branch from the fork on); whatever no retained backup needs is
 removed. History files are never removed. A timeline no retained backup reaches is kept while it is still
@@ -33,8 +39,7 @@ from zoneinfo import ZoneInfo
 
 from backupctl.catalog import Manifest, parse_iso
 from backupctl.config import RetentionConfig
-from backupctl.engines.pg_physical import lsn_to_int, wal_file_name
-from backupctl.wal import ArchivedWal, timeline_path
+from backupctl.wal import ArchivedWal, parse_lsn, segment_name, timeline_path
 
 PHYSICAL = ("full", "incr")
 FAMILY = {"full": "physical", "incr": "physical", "logical": "logical", "sqlite": "sqlite"}
@@ -251,12 +256,12 @@ class _Timelines:
         own = int(m.extra["timeline"])
         for tli, _begin, switch in path:
             if tli == own:
-                return switch is None or lsn_to_int(m.extra["stop_lsn"]) <= switch
+                return switch is None or parse_lsn(m.extra["stop_lsn"]) <= switch
         return False
 
     def needs(self, m: Manifest, timeline: int) -> list[tuple[int, int, int | None]]:
         """(timeline, first segno, last segno or None) that a restore of ``m`` along ``timeline`` replays."""
-        start = lsn_to_int(m.extra["start_lsn"])
+        start = parse_lsn(m.extra["start_lsn"])
         ranges = []
         for tli, begin, switch in self.paths[timeline] or []:
             if switch is not None and switch <= start:
@@ -276,7 +281,7 @@ def _window_rule(physical: list[Manifest], graph: _Timelines, window_start: date
                 rules[m.id].append(f"recovery_window {window} (timeline {tli}: its history file is unreadable)")
             continue
         reaching = [m for m in physical if graph.reaches(m, tli)]  # newest first
-        before = [m for m in reaching if parse_iso(m.finished_at) <= window_start]
+        before = [m for m in reaching if m.store_stop_time <= window_start]
         if before:
             rules[before[0].id].append(f"recovery_window {window} (timeline {tli})")
         elif reaching:
@@ -305,12 +310,12 @@ def _wal_plan(source: str, wal: WalInventory, kept: list[Manifest], graph: _Time
         reason = "no physical backup of this system: its WAL is not expired without one"
         return [_run(source, wal, tli, objs, True, reason) for tli, objs in sorted(by_timeline.items())]
     needs: dict[int, list[tuple[int, int | None, str]]] = {}
-    for m in sorted(kept, key=lambda m: lsn_to_int(m.extra["start_lsn"])):
+    for m in sorted(kept, key=lambda m: parse_lsn(m.extra["start_lsn"])):
         for tli in graph.paths:
             if graph.reaches(m, tli):
                 for on, lo, hi in graph.needs(m, tli):
                     needs.setdefault(on, []).append((lo, hi, m.id))
-    newest_kept = max((parse_iso(m.finished_at) for m in kept), default=None)
+    newest_kept = max((m.store_stop_time for m in kept), default=None)
     ranges: list[WalRange] = []
     for tli, objs in sorted(by_timeline.items()):
         if graph.paths.get(tli) is None:
@@ -362,6 +367,6 @@ def _split(source: str, wal: WalInventory, tli: int, objs: list[ArchivedWal],
 def _run(source: str, wal: WalInventory, tli: int, objs: Iterable[ArchivedWal], keep: bool, reason: str) -> WalRange:
     objs = list(objs)
     size = wal.segment_size
-    names = [wal_file_name(tli, o.name.segno(size) * size, size) for o in objs]
+    names = [segment_name(tli, o.name.segno(size), size) for o in objs]
     return WalRange(source, wal.stream, tli, names[0], names[-1], len({o.name.segno(size) for o in objs}),
                     sum(o.stored_size for o in objs), keep, reason, [o.key for o in objs])

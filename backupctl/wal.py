@@ -281,6 +281,19 @@ def find_archived(repo: Repository, source: str, name: str | WalName) -> list[Ar
     return found
 
 
+def find_segments(repo: Repository, source: str, names: list[str]) -> dict[str, list[ArchivedWal]]:
+    """The archived objects of some segments (e.g. a backup's range): one listing per 16-hex folder they
+    fall in, never a request per segment. Names not archived are absent from the result."""
+    wanted = set(names)
+    found: dict[str, list[ArchivedWal]] = {}
+    for folder in dict.fromkeys(name[:16] for name in names):
+        for info in repo.storage.list(f"{wal_prefix(source)}{folder}/"):
+            obj = parse_key(source, info.key, info.size, info.modified)
+            if obj is not None and obj.name.kind == "segment" and obj.name.name in wanted:
+                found.setdefault(obj.name.name, []).append(obj)
+    return found
+
+
 def list_wal_objects(repo: Repository, source: str) -> list[ArchivedWal]:
     """Every WAL object of a source (one paginated listing), in key order."""
     found = []
@@ -1317,7 +1330,7 @@ def verify_wal(repo: Repository, source: str, jobs: int = 4, decode: bool | None
     to_check += [by_name[history_name(tli)][0] for tli in chain if tli > 1 and history_name(tli) in by_name]
     if decode:
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-            for problem, nbytes in pool.map(lambda o: _check_object(repo, o, identity, size), to_check):
+            for problem, nbytes in pool.map(lambda o: check_object(repo, o, identity, size), to_check):
                 result.bytes += nbytes
                 if problem:
                     result.problems.append(problem)
@@ -1366,8 +1379,10 @@ class _CountingSink(io.RawIOBase):
         return len(data)
 
 
-def _check_object(repo: Repository, obj: ArchivedWal, identity: SourceIdentity | None,
-                  size: int) -> tuple[str | None, int]:
+def check_object(repo: Repository, obj: ArchivedWal, identity: SourceIdentity | None,
+                 size: int) -> tuple[str | None, int]:
+    """Decode one archived file against its checksum (and a segment's header against ``identity``):
+    (the problem or None, plain bytes read)."""
     sink = _CountingSink()
     try:
         decode_object(repo, obj, sink)  # type: ignore[arg-type]

@@ -6,9 +6,10 @@ thread per FIFO streams that archive through the pipeline as pg_basebackup write
 the small ``backup_manifest`` ever lands on local disk. Each archive is stored in parts of whole files
 (``store_archive``), so a restore can write them in parallel. WAL comes from the archive: a temporary
 replication slot holds the backup's WAL while ``-X fetch`` lets the server finish without waiting for
-the archiver, and backupctl waits itself until the last segment is in the repository (``-X none``,
-where the server waits, when no slot can be had); meanwhile it watches pg_stat_archiver and stops with
-the failing segment and its error instead of hanging.
+the archiver, and backupctl waits itself until every segment from the backup's start to its stop is in
+the repository (with ``-X none``, when no slot can be had, the server waits for the archiver first; the
+repository is checked all the same); meanwhile it watches pg_stat_archiver and stops with the failing
+segment and its error instead of hanging.
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from backupctl import wal as archive
 from backupctl.errors import BackupctlError
 from backupctl.log import get_logger
 from backupctl.pg import PgBinaries
@@ -40,6 +42,8 @@ from backupctl.tools import ToolProcess
 log = get_logger(__name__)
 
 ARCHIVER_GRACE_SECONDS = 30.0  # how long archiving may keep failing before the backup gives up
+STORED_ELSEWHERE_SECONDS = 10.0  # a segment the server archived may take this long to show in the repository
+GAP_GRACE_SECONDS = 60.0  # a segment may stay missing this long while later ones of the range are stored
 PART_BYTES = 256 * 1024**2  # default size of one stored part of an archive (sources.NAME.split_size)
 PARALLEL_COMMITS = 2  # parts that may finish in the background while the next one streams
 
@@ -102,6 +106,13 @@ class WalRange:
     start_lsn: str
     end_lsn: str
 
+    def segments(self, segment_size: int) -> list[str]:
+        """The segments from the one holding ``start_lsn`` to the one holding the last byte before ``end_lsn``:
+        the WAL that makes the backup's files consistent (a restore replays no less)."""
+        first = archive.lsn_to_segno(archive.parse_lsn(self.start_lsn), segment_size)
+        last = archive.lsn_to_segno(archive.parse_lsn(self.end_lsn) - 1, segment_size)
+        return [archive.segment_name(self.timeline, segno, segment_size) for segno in range(first, last + 1)]
+
 
 def lsn_to_int(lsn: str) -> int:
     high, low = lsn.split("/")
@@ -138,16 +149,19 @@ class StreamedBackup:
     tablespaces: dict[str, str] = field(default_factory=dict)
     wal: WalRange | None = None
     manifest: bytes = b""
-    wal_wait_seconds: float | None = None  # waited for the last segment to be archived (None: the server did)
+    wal_wait_seconds: float | None = None  # waited for the range's WAL to be in the repository (None: no check)
 
 
 class _ArchiverWatch(threading.Thread):
-    """Polls pg_stat_archiver while the backup runs; trips when archiving keeps failing."""
+    """Polls pg_stat_archiver while the backup runs; trips when archiving keeps failing.
 
-    def __init__(self, params: ConnParams, since: datetime) -> None:
+    Failures count from when the watch connected, on the server's clock (pg_stat_archiver's times are
+    the server's): a backup host whose clock is off neither misses a failure nor blames an old one.
+    """
+
+    def __init__(self, params: ConnParams) -> None:
         super().__init__(name="archiver-watch", daemon=True)
         self.params = params
-        self.since = since
         self.stop = threading.Event()
         self.problem: str | None = None
 
@@ -155,11 +169,12 @@ class _ArchiverWatch(threading.Thread):
         failing_since: float | None = None
         try:
             with self.params.connect() as conn:
+                since: datetime = conn.execute("SELECT clock_timestamp()").fetchone()[0]
                 while not self.stop.wait(1.0):
                     archived_at, failed_wal, failed_at, failures = conn.execute(
                         "SELECT last_archived_time, last_failed_wal, last_failed_time, failed_count "
                         "FROM pg_stat_archiver").fetchone()
-                    failing = failed_at is not None and failed_at > self.since and (
+                    failing = failed_at is not None and failed_at > since and (
                         archived_at is None or archived_at < failed_at)
                     if not failing:
                         failing_since = None
@@ -246,9 +261,6 @@ class _WalReservation:
             self.conn.close()
             raise
 
-    def last_archived(self) -> str | None:
-        return self.conn.execute("SELECT last_archived_wal FROM pg_stat_archiver").fetchone()[0]
-
     def close(self) -> None:
         self.conn.close()
 
@@ -263,41 +275,57 @@ def _reserve_wal(params: ConnParams) -> _WalReservation | None:
         return None
 
 
-def wait_until_stored(segment: str, stored: Callable[[str], bool], reservation: _WalReservation,
-                      watch: _ArchiverWatch) -> float:
-    """Wait until WAL segment ``segment`` (the backup's last) is in the repository; seconds waited.
+def wait_until_stored(segments: list[str], present: Callable[[list[str]], set[str]],
+                      last_archived: Callable[[], str | None], watch: _ArchiverWatch) -> float:
+    """Wait until every WAL segment of ``segments`` (a backup's range, in order) is in the repository;
+    returns the seconds waited.
 
-    A failing archive_command stops the wait with the archiver's error (``watch``); a segment that the
-    server reports archived but the repository does not have means archive_command stores WAL
-    somewhere else, and the backup could never be restored from this repository.
+    The last segment being stored proves nothing about the earlier ones: the async pusher uploads out of
+    order. So each poll asks ``present`` (one listing) which of them the repository holds, and the wait
+    follows the earliest missing one. It fails, naming that segment, when archive_command keeps failing
+    (``watch``); when the server reports it archived (``last_archived`` at or past it) and the repository
+    still lacks it ``STORED_ELSEWHERE_SECONDS`` later (archive_command stores WAL somewhere else, or the
+    object was removed): this repository could never restore the backup; or when later segments of the
+    range are stored and it stays missing for ``GAP_GRACE_SECONDS`` (its upload failed or hangs).
     """
     clock = time.monotonic()
     pause, told = 0.02, clock
-    archived_at: float | None = None
-    while not stored(segment):
+    archived_since: dict[str, float] = {}
+    gap_since: dict[str, float] = {}
+    while True:
+        stored = present(segments)
+        missing = [segment for segment in segments if segment not in stored]
+        if not missing:
+            return time.monotonic() - clock
         if watch.problem:
             raise BackupctlError(watch.problem)
-        now = time.monotonic()
-        last = reservation.last_archived() or ""
-        if len(last) >= 24 and last[:24] >= segment and last[:8] == segment[:8]:
-            archived_at = archived_at or now
-            if now - archived_at > 10:
-                raise BackupctlError(
-                    f"the server archived WAL segment {segment}, but it is not in the repository: "
-                    "archive_command stores WAL elsewhere; set it to what `backupctl pg-settings` prints"
-                )
+        now, first = time.monotonic(), missing[0]
+        last = last_archived() or ""
+        archived = len(last) >= 24 and last[:8] == first[:8] and last[:24] >= first
+        overtaken = any(segment in stored for segment in segments[segments.index(first) + 1:])
+        if archived and now - archived_since.setdefault(first, now) > STORED_ELSEWHERE_SECONDS:
+            raise BackupctlError(
+                f"the server archived WAL segment {first} of this backup, but it is not in the repository: "
+                "archive_command stores WAL elsewhere (set it to what `backupctl pg-settings` prints) or the "
+                "segment was removed; the backup is not published"
+            )
+        if overtaken and now - gap_since.setdefault(first, now) > GAP_GRACE_SECONDS:
+            raise BackupctlError(
+                f"WAL segment {first} of this backup is not in the repository {GAP_GRACE_SECONDS:.0f}s after "
+                "later segments were stored: its upload failed or hangs (see pusher.log in the WAL spool "
+                "directory and `backupctl wal check`); the backup is not published"
+            )
         if now - told > 60:
             told = now
-            log.info("waiting for the backup's last WAL segment to be archived", segment=segment,
+            log.info("waiting for the backup's WAL to be archived", segment=first, missing=len(missing),
                      seconds=round(now - clock))
         time.sleep(pause)
         pause = min(pause * 1.5, 1.0)
-    return time.monotonic() - clock
 
 
 def stream_basebackup(binaries: PgBinaries, params: ConnParams, facts: ServerFacts, label: str,
                       fast_checkpoint: bool, store: Store, tmp_root: Path, parent_manifest: Path | None = None,
-                      wal_stored: Callable[[str], bool] | None = None,
+                      wal_present: Callable[[list[str]], set[str]] | None = None,
                       part_bytes: int = PART_BYTES) -> StreamedBackup:
     """Run pg_basebackup, storing each tar archive as it streams by; see the module docstring.
 
@@ -307,10 +335,11 @@ def stream_basebackup(binaries: PgBinaries, params: ConnParams, facts: ServerFac
     before the server sends the first one (it has to connect and checkpoint first). Should a FIFO lose
     that race, pg_basebackup writes a plain file, which is stored afterwards: slower, never wrong.
 
-    ``wal_stored(segment)`` says whether the repository has a WAL segment; with it, and a replication
-    slot to spare, the server does not wait for the archiver (see ``_WalReservation``).
+    ``wal_present(segments)`` says which of some WAL segments the repository holds; with it, the backup
+    returns only once every segment of its range is there (``wait_until_stored``), and with a
+    replication slot to spare the server does not wait for the archiver (see ``_WalReservation``).
     """
-    reservation = _reserve_wal(params) if wal_stored is not None else None
+    reservation = _reserve_wal(params) if wal_present is not None else None
     argv = [binaries.path("pg_basebackup"), "--format=tar", f"--wal-method={'fetch' if reservation else 'none'}",
             "--verbose", f"--checkpoint={'fast' if fast_checkpoint else 'spread'}", f"--label={label}",
             "--manifest-checksums=CRC32C", "--no-password"]
@@ -318,7 +347,7 @@ def stream_basebackup(binaries: PgBinaries, params: ConnParams, facts: ServerFac
         argv.append(f"--incremental={parent_manifest}")
     env = params.env() | {"LC_MESSAGES": "C"}
     result = StreamedBackup(tablespaces=dict(facts.tablespaces))
-    watch = _ArchiverWatch(params, datetime.now(UTC))
+    watch = _ArchiverWatch(params)
     watch.start()
     try:
         if not facts.tablespaces:
@@ -331,9 +360,15 @@ def stream_basebackup(binaries: PgBinaries, params: ConnParams, facts: ServerFac
             manifest = _stream_to_fifos(argv, env, facts, store, tmp_root, watch, result, part_bytes)
         result.manifest = manifest
         result.wal = manifest_wal_range(manifest)
-        if reservation is not None and wal_stored is not None:
-            last = wal_file_name(result.wal.timeline, lsn_to_int(result.wal.end_lsn) - 1, facts.segment_size)
-            result.wal_wait_seconds = round(wait_until_stored(last, wal_stored, reservation, watch), 3)
+        if wal_present is not None:
+            with contextlib.ExitStack() as stack:
+                conn = reservation.conn if reservation else stack.enter_context(params.connect())
+
+                def last_archived() -> str | None:
+                    return conn.execute("SELECT last_archived_wal FROM pg_stat_archiver").fetchone()[0]
+
+                waited = wait_until_stored(result.wal.segments(facts.segment_size), wal_present, last_archived, watch)
+                result.wal_wait_seconds = round(waited, 3)
     finally:
         watch.stop.set()
         if reservation is not None:
