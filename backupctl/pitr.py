@@ -21,7 +21,6 @@ from typing import Any
 from backupctl import epochs, timelines, wal
 from backupctl.catalog import Manifest, iso
 from backupctl.engines import pg_files
-from backupctl.engines.pg_physical import int_to_lsn, lsn_to_int, wal_file_name
 from backupctl.engines.sqlite import ensure_free_space
 from backupctl.errors import BackupctlError, ConfigError
 from backupctl.log import get_logger
@@ -167,7 +166,7 @@ class Plan:
                        "action": self.target.action or "pause (PostgreSQL's default)"},
             "epoch": self.epoch,
             "timeline": self.timeline,
-            "timeline_path": [{"timeline": t, "from": int_to_lsn(a), "until": int_to_lsn(b) if b else None}
+            "timeline_path": [{"timeline": t, "from": wal.format_lsn(a), "until": wal.format_lsn(b) if b else None}
                               for t, a, b in self.path],
             "wal_first": self.wal_first,
             "wal_last": self.wal_last,
@@ -241,16 +240,16 @@ def _plan_in_epoch(repo: Repository, source: str, identity: wal.SourceIdentity, 
 
     def reaches(m: Manifest) -> str | None:
         """None when ``m`` can reach the target on the path, else why not."""
-        tli, stop = m.extra["timeline"], lsn_to_int(m.extra["stop_lsn"])
+        tli, stop = m.extra["timeline"], wal.parse_lsn(m.extra["stop_lsn"])
         if tli not in on_path:
             return f"it is on timeline {tli}, which is not an ancestor of timeline {timeline}"
         switch = on_path[tli][1]
         if switch is not None and stop > switch:
             return (f"it ends at {m.extra['stop_lsn']} on timeline {tli}, after timeline {timeline} forked "
-                    f"at {int_to_lsn(switch)}")
+                    f"at {wal.format_lsn(switch)}")
         if target.kind == "time" and m.server_stop_time > target.moment():  # both on the server's clock
             return f"it finished at {iso(m.server_stop_time)} (server time), after the target time"
-        if target.kind == "lsn" and stop > lsn_to_int(str(target.value)):
+        if target.kind == "lsn" and stop > wal.parse_lsn(str(target.value)):
             return f"it ends at {m.extra['stop_lsn']}, after the target LSN"
         return None
 
@@ -266,7 +265,7 @@ def _plan_in_epoch(repo: Repository, source: str, identity: wal.SourceIdentity, 
             why = reaches(oldest)
             raise _Unreachable(f"no backup of {source} can reach the target: the oldest ({oldest.id}) cannot "
                                f"because {why}")
-        chosen = max(eligible, key=lambda m: (lsn_to_int(m.extra["stop_lsn"]), m.finished_at))
+        chosen = max(eligible, key=lambda m: (wal.parse_lsn(m.extra["stop_lsn"]), m.finished_at))
     first, last, count = _check_wal(chosen, target, path, archived, notes)
     return Plan(source, chosen, target, timeline, path, first, last, count, notes, identity.epoch, stream, judgement)
 
@@ -303,14 +302,14 @@ def _check_wal(backup: Manifest, target: Target, path: list[tuple[int, int, int 
     store minus server), and then compared; a manifest without it counts the clocks as equal.
     """
     size = int(backup.extra["wal_segment_size"])
-    start = lsn_to_int(backup.extra["start_lsn"])
+    start = wal.parse_lsn(backup.extra["start_lsn"])
     if target.kind == "immediate":
-        need_until: int | None = lsn_to_int(backup.extra["stop_lsn"])
+        need_until: int | None = wal.parse_lsn(backup.extra["stop_lsn"])
     elif target.kind == "lsn":
-        need_until = lsn_to_int(str(target.value))
+        need_until = wal.parse_lsn(str(target.value))
     else:
         need_until = None  # to the end of the archive (time, xid, name, end)
-    first = wal_file_name(backup.extra["timeline"], start, size)
+    first = wal.segment_of_lsn(backup.extra["timeline"], start, size)
     last, count, previous = first, 0, None
     for tli, begin, switch in path:
         if switch is not None and switch <= start:
@@ -334,10 +333,10 @@ def _check_wal(backup: Manifest, target: Target, path: list[tuple[int, int, int 
                             "run `backupctl wal check` to archive the current one, or pick an earlier time"
                         )
                     break
-                missing = wal_file_name(tli, segno * size, size)
+                missing = wal.segment_name(tli, segno, size)
                 raise BackupctlError(
                     f"WAL segment {missing} is missing from the archive: restoring from {backup.id} cannot get "
-                    f"past {int_to_lsn(segno * size)} on timeline {tli}"
+                    f"past {wal.format_lsn(segno * size)} on timeline {tli}"
                     + (f" (the last segment before the gap is {last})" if count else "")
                 )
             previous = have[segno]

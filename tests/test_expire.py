@@ -29,12 +29,11 @@ from test_pitr import site as pitr_site  # noqa: F401 - the archiving cluster fi
 from backupctl import lease, pins, pitr
 from backupctl.catalog import iso
 from backupctl.config import load_config
-from backupctl.engines.pg_physical import lsn_to_int
 from backupctl.expire import apply, gather
 from backupctl.pg import PgBinaries
 from backupctl.repository import Repository, open_repository
 from backupctl.storage.local import TEMP_PREFIX
-from backupctl.wal import list_wal_objects, segment_name
+from backupctl.wal import list_wal_objects, parse_lsn, segment_name
 
 DAY = timedelta(days=1)
 
@@ -98,7 +97,7 @@ def test_daily_backups_expire_by_policy_and_pitr_inside_the_window_works(
     with _open(site.config) as repo:
         _set_times(repo, {ids[day]: now - (days - 1 - day) * DAY - timedelta(hours=1) for day in range(days)})
         before = _wal_segnos(repo, "main")
-        window_start = lsn_to_int(repo.catalog.find(ids[3]).extra["start_lsn"]) // (16 * 1024**2)
+        window_start = parse_lsn(repo.catalog.find(ids[3]).extra["start_lsn"]) // (16 * 1024**2)
     _chown_tree(site.root)
     _add_retention(site.config, "main", keep_last=2, recovery_window="3d")
 
@@ -189,7 +188,7 @@ def test_incremental_chains_and_readers_on_s3(pg_binaries: PgBinaries, s3_site: 
     now = datetime.now(UTC)
     with _open(site.config) as repo:
         _set_times(repo, {backup: now - (4 - n) * DAY - timedelta(hours=1) for n, backup in enumerate(ids)})
-        first_kept_segment = lsn_to_int(repo.catalog.find(ids[2]).extra["start_lsn"]) // (16 * 1024**2)
+        first_kept_segment = parse_lsn(repo.catalog.find(ids[2]).extra["start_lsn"]) // (16 * 1024**2)
         storage = repo.storage
         with lease.shared(storage, "main", operation="verify", backups=[ids[1]]):
             _add_retention(site.config, "main", keep_last=1)
@@ -200,7 +199,7 @@ def test_incremental_chains_and_readers_on_s3(pg_binaries: PgBinaries, s3_site: 
         assert rules[ids[2]] == ["newest full", f"parent of {ids[3]}"]
         assert rules[ids[3]] == [f"parent of {ids[4]}"]
         assert all(row["action"] == "keep" for row in held if row["item"] == "backup")
-        oldest = lsn_to_int(repo.catalog.find(ids[0]).extra["start_lsn"]) // (16 * 1024**2)
+        oldest = parse_lsn(repo.catalog.find(ids[0]).extra["start_lsn"]) // (16 * 1024**2)
         assert min(_wal_segnos(repo, "main").values()) == oldest, "only WAL older than every backup went"
 
         released = _plan_rows(cli(site.config, "expire", "main", "-o", "json"))

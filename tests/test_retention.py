@@ -20,9 +20,8 @@ from hypothesis import strategies as st
 
 from backupctl.catalog import Manifest, iso, parse_iso
 from backupctl.config import RetentionConfig
-from backupctl.engines.pg_physical import int_to_lsn, lsn_to_int
 from backupctl.retention import RetentionPlan, WalInventory, plan_retention
-from backupctl.wal import ArchivedWal, history_name, parse_wal_name, segment_name
+from backupctl.wal import ArchivedWal, format_lsn, history_name, parse_lsn, parse_wal_name, segment_name
 
 SIZE = 16 * 1024**2
 EPOCH = datetime(2025, 12, 20, 5, 0, tzinfo=UTC)
@@ -234,7 +233,7 @@ def cluster_lives(draw: st.DrawFn) -> Cluster:
             start, stop = pos + 0x28, pos + 0x2000
             physical = list(c.backups)
             incremental = bool(physical) and draw(st.booleans())
-            extra = {"timeline": current, "start_lsn": int_to_lsn(start), "stop_lsn": int_to_lsn(stop),
+            extra = {"timeline": current, "start_lsn": format_lsn(start), "stop_lsn": format_lsn(stop),
                      "wal_segment_size": SIZE, "system_identifier": "7"}
             c.archive(current, pos // SIZE)
             c.backups.append(manifest(number, "incr" if incremental else "full", c.now,
@@ -268,13 +267,13 @@ def path_of(c: Cluster, timeline: int) -> list[tuple[int, int, int | None]]:
 def reaches(c: Cluster, m: Manifest, timeline: int) -> bool:
     for tli, _begin, switch in path_of(c, timeline):
         if tli == m.extra["timeline"]:
-            return switch is None or lsn_to_int(m.extra["stop_lsn"]) <= switch
+            return switch is None or parse_lsn(m.extra["stop_lsn"]) <= switch
     return False
 
 
 def replayed(c: Cluster, m: Manifest, timeline: int) -> set[tuple[int, str]]:
     """Archived files a restore of ``m`` along ``timeline`` reads, to the end of that timeline."""
-    start = lsn_to_int(m.extra["start_lsn"])
+    start = parse_lsn(m.extra["start_lsn"])
     wanted = set()
     for tli, begin, switch in path_of(c, timeline):
         for (on, name), _when in c.files.items():
@@ -308,7 +307,7 @@ def test_every_retained_backup_still_replays_to_the_end_of_every_timeline_it_rea
                 assert not (replayed(c, m, tli) & gone), (m.id, tli)
     # Nothing at or after the oldest retained backup's start on its own timeline is touched.
     for tli in timelines(c):
-        starts = [lsn_to_int(m.extra["start_lsn"]) // SIZE for m in plan.kept if m.extra["timeline"] == tli]
+        starts = [parse_lsn(m.extra["start_lsn"]) // SIZE for m in plan.kept if m.extra["timeline"] == tli]
         if starts:
             assert not any(on == tli and parse_wal_name(name).segno(SIZE) >= min(starts) for on, name in gone)
 
@@ -351,7 +350,7 @@ def test_wal_before_the_window_backup_goes_and_the_rest_stays() -> None:
         start = (day * 4) * SIZE
         c.archive(1, day * 4)
         c.backups.append(manifest(day, "full", c.now, extra={
-            "timeline": 1, "start_lsn": int_to_lsn(start + 0x28), "stop_lsn": int_to_lsn(start + 0x2000),
+            "timeline": 1, "start_lsn": format_lsn(start + 0x28), "stop_lsn": format_lsn(start + 0x2000),
             "wal_segment_size": SIZE, "system_identifier": "7"}))
         for segno in range(day * 4 + 1, day * 4 + 4):
             c.archive(1, segno)
@@ -378,7 +377,7 @@ def test_an_unreadable_history_keeps_that_timelines_wal() -> None:
     c = Cluster()
     for segno in range(6):
         c.archive(1, segno)
-    extra = {"timeline": 1, "start_lsn": int_to_lsn(4 * SIZE + 0x28), "stop_lsn": int_to_lsn(4 * SIZE + 0x2000),
+    extra = {"timeline": 1, "start_lsn": format_lsn(4 * SIZE + 0x28), "stop_lsn": format_lsn(4 * SIZE + 0x2000),
              "wal_segment_size": SIZE, "system_identifier": "7"}
     c.backups.append(manifest(0, "full", c.now, extra=extra))
     c.archive(2, 2)
@@ -397,8 +396,8 @@ def test_an_unreadable_history_keeps_every_backup_that_might_lead_to_its_timelin
         c.now = EPOCH + timedelta(days=day)
         tli = 1 if day < 3 else 2
         c.archive(tli, day)
-        extra = {"timeline": tli, "start_lsn": int_to_lsn(day * SIZE + 0x28),
-                 "stop_lsn": int_to_lsn(day * SIZE + 0x2000), "wal_segment_size": SIZE, "system_identifier": "7"}
+        extra = {"timeline": tli, "start_lsn": format_lsn(day * SIZE + 0x28),
+                 "stop_lsn": format_lsn(day * SIZE + 0x2000), "wal_segment_size": SIZE, "system_identifier": "7"}
         c.backups.append(manifest(day, "full", c.now, extra=extra))
     c.histories[2] = [(1, 3 * SIZE)]
     policy = RetentionConfig(keep_last=1, recovery_window=5 * 86400)
@@ -426,8 +425,8 @@ def test_the_window_backup_is_kept_when_archiving_stopped_before_the_window() ->
         if day < 5:
             c.archive(1, day * 2)
             c.archive(1, day * 2 + 1)
-        extra = {"timeline": 1, "start_lsn": int_to_lsn(min(day, 4) * 2 * SIZE + 0x28 + day),
-                 "stop_lsn": int_to_lsn(min(day, 4) * 2 * SIZE + 0x2000), "wal_segment_size": SIZE,
+        extra = {"timeline": 1, "start_lsn": format_lsn(min(day, 4) * 2 * SIZE + 0x28 + day),
+                 "stop_lsn": format_lsn(min(day, 4) * 2 * SIZE + 0x2000), "wal_segment_size": SIZE,
                  "system_identifier": "7"}
         c.backups.append(manifest(day, "full", c.now, extra=extra))
     plan = plan_retention("main", c.backups, RetentionConfig(keep_last=1, recovery_window=7 * 86400.0), c.now,
@@ -447,7 +446,7 @@ def test_each_epochs_wal_is_governed_by_that_systems_backups() -> None:
             c.archive(1, day * 2)
             start = day * 2 * SIZE
             c.backups.append(manifest(epoch * 10 + day, "full", c.now, extra={
-                "timeline": 1, "start_lsn": int_to_lsn(start + 0x28), "stop_lsn": int_to_lsn(start + 0x2000),
+                "timeline": 1, "start_lsn": format_lsn(start + 0x28), "stop_lsn": format_lsn(start + 0x2000),
                 "wal_segment_size": SIZE, "system_identifier": system}))
             c.archive(1, day * 2 + 1)
         stream = "main" if epoch == 1 else "main/epochs/2"

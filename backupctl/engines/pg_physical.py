@@ -114,22 +114,6 @@ class WalRange:
         return [archive.segment_name(self.timeline, segno, segment_size) for segno in range(first, last + 1)]
 
 
-def lsn_to_int(lsn: str) -> int:
-    high, low = lsn.split("/")
-    return (int(high, 16) << 32) | int(low, 16)
-
-
-def int_to_lsn(value: int) -> str:
-    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
-
-
-def wal_file_name(timeline: int, lsn: int, segment_size: int) -> str:
-    """The name of the WAL segment holding ``lsn``."""
-    segno = lsn // segment_size
-    per_log = 0x100000000 // segment_size
-    return f"{timeline:08X}{segno // per_log:08X}{segno % per_log:08X}"
-
-
 def manifest_wal_range(manifest: bytes) -> WalRange:
     """The WAL a backup needs, from PostgreSQL's backup_manifest (the last range is the backup's)."""
     try:
