@@ -29,10 +29,13 @@ archives) fail at once with exit 1.
 
 wal-fetch asks the same resident process (when ``[wal] prefetch`` > 0): it fetches the segment asked for
 and the next ``prefetch`` ones in parallel into the spool directory, and moves each into place when
-PostgreSQL asks for it. A file that is not archived exits 1 at once; any other failure (an unreachable
-store after retries, damage, a bad config) exits 128, which makes PostgreSQL stop recovery rather than
-take the failure for the end of the archive. ``--epoch N`` fetches from history epoch N of the source
-(a cluster restored from a backup taken after pg_upgrade: see ``backupctl.epochs``); without it, epoch 1.
+PostgreSQL asks for it. A file that is not archived exits 1 at once, but only when the repository knows the
+source (its source.json: a wrong --source, --epoch or config would otherwise end recovery early); a
+segment whose system identifier is not the one in the restoring cluster's pg_control is refused before
+it reaches %p; these and any other failure (an unreachable store after retries, damage, a bad config)
+exit 128, which makes PostgreSQL stop recovery rather than take the failure for the end of the archive.
+``--epoch N`` fetches from history epoch N of the source (a cluster restored from a backup taken after
+pg_upgrade: see ``backupctl.epochs``); without it, epoch 1.
 """
 
 from __future__ import annotations
