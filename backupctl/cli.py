@@ -213,7 +213,9 @@ def verify(state: State, backup_id: str | None, all_: bool, source: str | None, 
 @click.option("--target-name", help="Physical: recover to this named restore point.")
 @click.option("--target", "target_immediate", type=click.Choice(["immediate"]),
               help="Physical: stop as soon as the backup is consistent.")
-@click.option("--target-timeline", default="latest", show_default=True, help="latest, current or a number.")
+@click.option("--target-timeline", default="latest", show_default=True,
+              help="latest (the timeline production is on, judged from the archive: not merely the highest), "
+                   "current (the backup's) or a number.")
 @click.option("--target-action", type=click.Choice(["promote", "pause", "shutdown"]),
               help="Physical: what the server does at the target (default: PostgreSQL's, pause).")
 @click.option("--exclusive", is_flag=True, help="Physical: stop just before the target (time, LSN, xid).")

@@ -156,6 +156,9 @@ def _status_view(facts: list[dict[str, Any]]) -> None:
     if backups:
         table(None, ["SOURCE", "TYPE", "NEWEST", "FINISHED", "AGE", "SIZE", "STORED", "TOOK", "COUNT"], backups)
     for s in facts:
+        judged = s.get("timelines")
+        if judged and len(judged["tips"]) > 1:
+            console().print(f"{s['source']}: timelines: {judged['reason']}")
         for error in s["errors"]:
             console().print(f"{s['source']}: {error}")
 
@@ -180,7 +183,8 @@ def _window_cell(window: dict[str, Any] | None) -> str:
     if window["earliest"] is None:
         return f"NONE: {window['problem']}"
     kind = "PITR" if window["kind"] == "pitr" else f"{window['points']} backups"
-    return f"{kind} {window['earliest'][:16]} .. {window['latest'][:16]} ({_age(window['seconds'])})"
+    on = f" on timeline {window['timeline']}" if window.get("timeline") else ""
+    return f"{kind} {window['earliest'][:16]} .. {window['latest'][:16]} ({_age(window['seconds'])}){on}"
 
 
 def _record_cell(record: dict[str, Any] | None) -> str:

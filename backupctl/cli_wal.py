@@ -42,7 +42,7 @@ def register(cli: click.Group) -> None:
 
     @cli.group(name="wal")
     def wal_group() -> None:
-        """The WAL archive of a PostgreSQL source: status, verify, check, new-epoch."""
+        """The WAL archive of a PostgreSQL source: status, verify, check, new-epoch, forget-timeline."""
 
     @wal_group.command(name="status")
     @click.argument("source", required=False)
@@ -160,6 +160,36 @@ def register(cli: click.Group) -> None:
         else:
             _epoch_view(result)
 
+    @wal_group.command(name="forget-timeline")
+    @click.argument("timeline", type=click.IntRange(min=1))
+    @click.option("--source", help="The PostgreSQL source (optional when the config has only one).")
+    @click.option("--epoch", type=click.IntRange(min=1), help="The history epoch (default: the current one).")
+    @click.option("--dry-run", is_flag=True, help="Show what would be removed; remove nothing.")
+    @click.option("--force", is_flag=True, help="Also when the timeline may still be archiving, and remove the "
+                  "backups taken on it.")
+    @OUTPUT
+    @pass_state
+    def wal_forget_timeline(state: State, timeline: int, source: str | None, epoch: int | None, dry_run: bool,
+                            force: bool, output: str) -> None:
+        """Retire TIMELINE, a branch that should never have been archived (a promoted copy that kept
+        production's archive_command): its history file and WAL, and those of every timeline that branched
+        from it. Production's timeline and its ancestors are refused; `backupctl check` names the branches."""
+        from backupctl import timelines, wal
+        from backupctl.privileges import become_server_user
+        from backupctl.render import emit_json
+        from backupctl.repository import open_repository
+
+        config = state.config()
+        src = wal.select_source(config, source)
+        if src.pgdata:
+            become_server_user(src)
+        with open_repository(config) as repo:
+            result = timelines.forget(repo, src.name, timeline, dry_run=dry_run, force=force, epoch=epoch)
+        if output == "json":
+            emit_json([result.to_json()])
+        else:
+            _forgotten_view(result)
+
     @cli.command(name="pg-settings")
     @click.argument("source", required=False)
     @pass_state
@@ -228,6 +258,24 @@ def _verify_view(result: Any, epochs: bool) -> None:
                   f"objects, {human_size(result.bytes)} read in {result.seconds:.2f}s")
     for problem in result.problems:
         out.print(f"  {problem}")
+
+
+def _forgotten_view(result: Any) -> None:
+    """What ``wal forget-timeline`` removed, or would remove."""
+    from backupctl.render import console, human_size
+
+    out = console()
+    verb = "would remove" if result.dry_run else "removed"
+    names = ", ".join(map(str, result.timelines))
+    descendants = ", ".join(map(str, result.timelines[1:]))
+    below = f" (with {descendants}, which branched from it)" if descendants else ""
+    out.print(f"{verb} timeline {result.timelines[0]}{below} of {result.source}: {len(result.wal_files)} WAL "
+              f"file(s)" + (f" {result.wal_files[0]}..{result.wal_files[-1]}" if result.wal_files else "")
+              + f", history file(s) {', '.join(result.history_files) or 'none'}, {human_size(result.stored_bytes)}")
+    if result.backups:
+        out.print(f"{verb} the backups taken on timeline(s) {names}: {', '.join(result.backups)}")
+    if result.production is not None:
+        out.print(f"production is on timeline {result.production}; restores follow it")
 
 
 def _epoch_view(result: Any) -> None:

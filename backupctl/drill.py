@@ -328,6 +328,8 @@ def _drill_physical(drill: _Drill, repo: Repository, source: PostgresSource, cho
         drill.backup = plan.backup
         check.detail = (f"backup {plan.backup.id} ({plan.backup.type}, finished {plan.backup.finished_at}) and "
                         f"{plan.segments} archived WAL segments {plan.wal_first}..{plan.wal_last} on timeline "
+        if plan.timelines is not None and len(plan.timelines.tips) > 1:  # the judgement restore follows
+            check.detail += f"; {plan.timelines.reason()}"
                         f"{plan.timeline}")
     server: DrillServer | None = None
     with contextlib.ExitStack() as held:

@@ -122,6 +122,7 @@ def evaluate(status: dict[str, Any], source: SourceConfig, config: Config, now: 
     findings = [Finding(name, "gather", UNKNOWN, error) for error in status["errors"]]
     findings += _backup_findings(status, source, config.scheduler.timezone, now)
     if isinstance(source, PostgresSource):
+        findings += _timeline_findings(status)
         findings += _wal_findings(status, source.check, now)
         findings += _server_findings(status, source.check)
     findings += _verify_findings(status)
@@ -179,7 +180,8 @@ def _backup_findings(status: dict[str, Any], source: SourceConfig, timezone: str
             found.append(Finding(name, f"{family}_backup_age", WARNING,
                                  f"no {family} backup yet, though the schedule runs one"))
     window = status.get("window")
-    if window and window["kind"] == "pitr" and window["earliest"] is None:
+    ambiguous = (status.get("timelines") or {}).get("ambiguous")  # the timelines finding says why, and how
+    if window and window["kind"] == "pitr" and window["earliest"] is None and not ambiguous:
         found.append(Finding(name, "window", CRITICAL,
                              f"no physical backup can be made consistent with the archived WAL: {window['problem']}"))
     return found
@@ -190,6 +192,25 @@ def _age_finding(source: str, check: str, what: str, age: float, warning: float 
     state = _above(age, warning, critical)
     return Finding(source, check, state, f"{what} {human_age(age)} old" + _limit(state, warning, critical, human_age),
                    age, "s", warning, critical)
+
+
+def _timeline_findings(status: dict[str, Any]) -> list[Finding]:
+    """The judgement of which timeline production is on (``timelines``): CRITICAL when nobody can tell (the
+    default restore refuses), WARNING when a branch production left behind is still in the archive (then the
+    highest timeline is not production's, and PostgreSQL's own 'latest' would follow the branch)."""
+    judged = status.get("timelines")
+    if not judged:
+        return []
+    name = status["source"]
+    if judged["ambiguous"]:
+        return [Finding(name, "timelines", CRITICAL, f"{judged['reason']} (a restore needs --target-timeline)")]
+    production, branches = judged["production"], judged["branches"]
+    if branches:
+        commands = ", ".join(f"`backupctl wal forget-timeline {b} --source {name}`" for b in branches)
+        return [Finding(name, "timelines", WARNING, f"timeline(s) {', '.join(map(str, branches))} left behind by "
+                        f"production (timeline {production}, highest {judged['highest']}); restores follow timeline "
+                        f"{production}; retire them with {commands}")]
+    return [Finding(name, "timelines", OK, f"production on timeline {production}")]
 
 
 ELSEWHERE_GRACE_SECONDS = 60.0  # a segment the server archived this long ago must be listed by now

@@ -13,7 +13,8 @@ policy's time zone, applied to each backup's finish time. A backup is kept when 
 newest backup of each type, pinned backups, backups a live reader holds and every ancestor of a kept
 incremental are always kept. ``recovery_window`` keeps, for every timeline still archiving within the
 window, the newest physical backup that finished before the window began (and can reach that timeline),
-so that any moment of the window can be restored.
+so that any moment of the window can be restored; in the live epoch production's timeline (``timelines``:
+not merely the highest number) and the highest one count as archiving even when they are quiet.
 
 Clocks: the recovery window is judged on the store's clock alone. ``now`` is the store's (expire reads
 it with ``lease.store_now``), archiving is judged by the segments' Last-Modified, and a backup's end by
@@ -39,6 +40,7 @@ from zoneinfo import ZoneInfo
 
 from backupctl.catalog import Manifest, parse_iso
 from backupctl.config import RetentionConfig
+from backupctl.timelines import judge
 from backupctl.wal import ArchivedWal, parse_lsn, segment_name, timeline_path
 
 PHYSICAL = ("full", "incr")
@@ -247,6 +249,9 @@ class _Timelines:
         for tli in sorted(timelines):
             history = [] if tli == 1 else wal.histories.get(tli)
             self.paths[tli] = None if history is None else timeline_path(history, tli)
+        judged = judge(wal.histories, wal.objects, wal.segment_size)
+        # Restore's default timeline (every tip while nobody can tell which one production is on).
+        self.production = [judged.production] if judged.production else [t.timeline for t in judged.tips]
 
     def reaches(self, m: Manifest, timeline: int) -> bool:
         """Whether a restore of ``m`` can follow ``timeline`` (pitr's rule: ``m`` ends before the fork)."""
@@ -290,11 +295,12 @@ def _window_rule(physical: list[Manifest], graph: _Timelines, window_start: date
 
 
 def _live_timelines(graph: _Timelines, window_start: datetime, current: bool) -> list[int]:
-    """Timelines with WAL archived within the window, and in the live epoch always the highest one
-    (restore's "latest"), even when archiving stopped before the window began."""
+    """Timelines with WAL archived within the window, and in the live epoch always production's (restore's
+    default, see ``timelines``) and the highest one (`--target-timeline` may name it), even when archiving
+    stopped before the window began: keeping a backup too many is cheap, losing production's is not."""
     live = {o.name.timeline for o in graph.objects if o.modified >= window_start}
     if current:
-        live.add(max(graph.paths))
+        live.update([*graph.production, max(graph.paths)])
     return sorted(live)
 
 

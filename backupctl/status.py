@@ -56,8 +56,8 @@ def _unreachable(status: dict[str, Any], source: SourceConfig, error: str) -> di
 def _skeleton(source: SourceConfig, now: datetime) -> dict[str, Any]:
     return {"id": source.name, "source": source.name, "kind": source.kind, "checked_at": iso(now),
             "repository": None, "backups": [], "backup_count": 0, "damaged_manifests": [], "wal": None,
-            "server": None, "window": None, "last_verify": None, "last_drill": None, "drills_scheduled":
-            source.schedule.drill is not None, "errors": []}
+            "server": None, "window": None, "timelines": None, "last_verify": None, "last_drill": None,
+            "drills_scheduled": source.schedule.drill is not None, "errors": []}
 
 
 def _attempt(status: dict[str, Any], part: str, gather_part: Callable[[], Any]) -> Any:
@@ -82,7 +82,8 @@ def source_status(repo: Repository, source: SourceConfig, now: datetime) -> dict
     status["backups"] = _newest_per_type(manifests, now)
     status["backup_count"] = len(manifests)
     status["damaged_manifests"] = sorted(damaged)
-    status["wal"] = _attempt(status, "wal", lambda: _wal(repo, source, now))
+    status["timelines"] = _attempt(status, "timelines", lambda: _timelines(repo, source))
+    status["wal"] = _attempt(status, "wal", lambda: _wal(repo, source, now, status["timelines"]))
     verify = _attempt(status, "last verify", lambda: _newest_record(repo, f"{source.name}/{VERIFICATIONS}/"))
     drill = _attempt(status, "last drill", lambda: _last_drill(repo, source.name))
     status["last_verify"] = _record_summary(verify, ("mode", "bytes"), now)
@@ -132,8 +133,29 @@ def _newest_per_type(manifests: list[Manifest], now: datetime) -> list[dict[str,
     return rows
 
 
-def _wal(repo: Repository, source: SourceConfig, now: datetime) -> dict[str, Any] | None:
-    """The archive as the repository has it: the newest segment and its age, gaps, timelines."""
+def _timelines(repo: Repository, source: SourceConfig) -> dict[str, Any] | None:
+    """Which timeline production is on in the live history epoch, and why (``timelines``): the judgement
+    restore's default follows, with the branches it leaves behind."""
+    if not isinstance(source, PostgresSource):
+        return None
+    from backupctl import epochs, timelines, wal
+
+    current = epochs.current_stream(repo, source.name)
+    if current is None:
+        return None
+    objects = wal.list_wal_objects(repo, current.stream)
+    if not objects:
+        return None
+    judgement = timelines.read(repo, current.stream, objects, current.segment_size or wal.DEFAULT_SEGMENT_SIZE)
+    return {**judgement.to_json(), "epoch": current.epoch, "off_path": judgement.off_path()}
+
+
+def _wal(repo: Repository, source: SourceConfig, now: datetime,
+         judged: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The archive as the repository has it: the newest segment and its age, gaps, timelines.
+
+    The newest segment is production's: a branch's archiving (a promoted copy) must not hide that
+    production stopped archiving."""
     if not isinstance(source, PostgresSource):
         return None
     from backupctl import wal
@@ -141,8 +163,9 @@ def _wal(repo: Repository, source: SourceConfig, now: datetime) -> dict[str, Any
     timelines = wal.wal_status(repo, source.name, now)
     if not timelines:
         return None
-    newest = max((t for t in timelines if t["newest_archived_at"]), key=lambda t: t["newest_archived_at"],
-                 default=None)
+    elsewhere = {(judged["epoch"], t) for t in judged["off_path"]} if judged else set()
+    newest = max((t for t in timelines if t["newest_archived_at"] and (t["epoch"], t["timeline"]) not in elsewhere),
+                 key=lambda t: t["newest_archived_at"], default=None)
     return {
         "newest_segment": newest["newest_segment"] if newest else None,
         "newest_archived_at": newest["newest_archived_at"] if newest else None,
