@@ -4,7 +4,8 @@ The plan picks the newest physical backup that can reach the target on the targe
 archived WAL from that backup's start onwards along the timeline's history. Everything that would make
 PostgreSQL stop short or fork the wrong way (the target lies before every backup or after the end of
 archived WAL, a segment is missing, the backup is on a branch that does not lead to the timeline) is
-found here, before a byte is downloaded.
+found here, before a byte is downloaded. The default timeline is the one production is on, judged from
+the archive by ``timelines`` (not merely the highest number), and recovery is told that number.
 """
 
 from __future__ import annotations
