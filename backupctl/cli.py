@@ -6,6 +6,7 @@ Failures the user can act on are ``BackupctlError``s and print as one line with 
 
 from __future__ import annotations
 
+import shlex
 import signal
 import sys
 import traceback
@@ -224,6 +225,9 @@ def verify(state: State, backup_id: str | None, all_: bool, source: str | None, 
 @click.option("--start", "start_server", is_flag=True,
               help="Physical: start the restored server and wait until it reaches the target.")
 @click.option("--standby", is_flag=True, help="Physical: write standby.signal instead of recovery.signal.")
+@click.option("--archive", "keep_archiving", is_flag=True,
+              help="Physical: the restored copy keeps the backup's WAL archiving (default: archive_mode = off, "
+                   "unless restoring into the source's own pgdata).")
 @click.option("--tablespace", "tablespaces", multiple=True, metavar="OID=DIR",
               help="Physical: restore a tablespace to another directory (repeatable).")
 @click.option("--restore-config", type=click.Path(path_type=Path),
@@ -277,7 +281,7 @@ def restore(state: State, backup_id: str, target: Path | None, force: bool, outp
 
 
 def _restore_physical(config: Any, source_name: str, force: bool, output: str, opts: dict[str, Any]) -> None:
-    from backupctl import pitr, wal
+    from backupctl import pitr, restore_start, wal
     from backupctl.config import PostgresSource
     from backupctl.privileges import become_server_user
     from backupctl.render import emit_json, plan_view
@@ -297,6 +301,8 @@ def _restore_physical(config: Any, source_name: str, force: bool, output: str, o
         mapping[oid] = str(Path(directory).absolute())
     if not opts["dry_run"] and opts["pgdata"] is None:
         raise ConfigError("a physical restore needs --pgdata DIR (or --dry-run to see the plan)")
+    if opts["start_server"] and not opts["dry_run"]:
+        restore_start.check_port(opts["port"])  # before anything is downloaded
     become_server_user(source)
     with open_repository(config) as repo:
         plan = pitr.make_plan(repo, source_name, target, opts["backup_choice"])
@@ -306,26 +312,43 @@ def _restore_physical(config: Any, source_name: str, force: bool, output: str, o
         options = pitr.RestoreOptions(pgdata=opts["pgdata"], force=force, jobs=opts["jobs"] or pitr.default_jobs(),
                                       standby=opts["standby"], tablespace_map=mapping,
                                       restore_config=opts["restore_config"],
-                                      tmp_dir=Path(source.tmp_dir) if source.tmp_dir else None, delta=opts["delta"])
+                                      tmp_dir=Path(source.tmp_dir) if source.tmp_dir else None, delta=opts["delta"],
+                                      archive=opts["keep_archiving"], source_pgdata=source.pgdata)
         command = wal.restore_command(config.file, source_name, plan.epoch)
         # The reader lease lasts through recovery with --start: expire must not remove the WAL it replays.
         with repo.reading("restore", pitr.backup_chain(repo, plan.backup)):
             result = pitr.restore_physical(repo, plan, options, command, source.bindir)
             if opts["start_server"]:
-                result["recovery"] = pitr.start_and_wait(Path(result["pgdata"]), plan, source.bindir, source.user,
-                                                         opts["port"])
+                try:
+                    result["recovery"] = restore_start.start_and_wait(
+                        Path(result["pgdata"]), plan, source.bindir, source.user, opts["port"], opts["standby"])
+                except BackupctlError as exc:
+                    raise restore_start.RecoveryFailed(f"{exc}; once the cause is fixed, run the restore again: "
+                                                       f"{_retry_command(plan.backup.type)}") from None
     if output == "json":
         emit_json(result)
     else:
         plan_view(result)
         recovery = result.get("recovery")
         if recovery:
-            where = ""
-            if "lsn" in recovery:
-                where = f" at {recovery['lsn']} (last transaction {recovery['last_replayed_at']})"
-            click.echo(f"restored {plan.backup.id} into {result['pgdata']}; server {recovery['state']}{where}")
+            for note in recovery["notes"]:
+                click.echo(f"note: {note}")
+            promoted = (f", promoted to timeline {recovery['promoted_timeline']}"
+                        if "promoted_timeline" in recovery else "")
+            commit = recovery["last_replayed_commit"] or "unknown"
+            click.echo(f"restored {plan.backup.id} into {result['pgdata']}; server {recovery['state']} at "
+                       f"{recovery['lsn']} on timeline {recovery['timeline']}{promoted}, port {recovery['port']}; "
+                       f"last replayed commit {commit}")
+            if "psql" in recovery:
+                click.echo(f"connect: {recovery['psql']}")
         else:
             click.echo(f"restored {plan.backup.id} into {result['pgdata']}: start the server to recover")
+
+
+def _retry_command(backup_type: str) -> str:
+    """This very command, redone over what the failed attempt restored (an incremental chain needs --force)."""
+    words = [word for word in sys.argv[1:] if word not in ("--force", "--delta")]
+    return shlex.join(["backupctl", *words, "--force" if backup_type == "incr" else "--delta"])
 
 
 def _restore_logical(repo: Any, manifest: Any, config: Any, force: bool, opts: dict[str, Any]) -> None:

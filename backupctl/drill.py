@@ -45,7 +45,6 @@ from backupctl import __version__, drill_checks, pitr, restore, wal
 from backupctl.catalog import Catalog, Manifest, iso, new_record_id, open_details
 from backupctl.config import DrillConfig, PostgresSource, SourceConfig, SqliteSource
 from backupctl.engines import pg_logical
-from backupctl.engines.pg_physical import lsn_to_int
 from backupctl.engines.sqlite import ensure_free_space
 from backupctl.errors import BackupctlError, ConfigError, ObjectNotFound
 from backupctl.log import get_logger
@@ -328,9 +327,9 @@ def _drill_physical(drill: _Drill, repo: Repository, source: PostgresSource, cho
         drill.backup = plan.backup
         check.detail = (f"backup {plan.backup.id} ({plan.backup.type}, finished {plan.backup.finished_at}) and "
                         f"{plan.segments} archived WAL segments {plan.wal_first}..{plan.wal_last} on timeline "
+                        f"{plan.timeline}")
         if plan.timelines is not None and len(plan.timelines.tips) > 1:  # the judgement restore follows
             check.detail += f"; {plan.timelines.reason()}"
-                        f"{plan.timeline}")
     server: DrillServer | None = None
     with contextlib.ExitStack() as held:
         try:
@@ -417,12 +416,9 @@ def _recover(drill: _Drill, server: DrillServer, plan: pitr.Plan) -> str:
     promoted = int(walfile[:8], 16)
     drill.reached = {"lsn": lsn, "time": iso(at) if at else None, "timeline": plan.timeline,
                      "promoted_timeline": promoted}
-    if plan.target.kind == "end" and lsn is not None:
-        size = int(plan.backup.extra["wal_segment_size"])
-        if lsn_to_int(lsn) < wal.parse_wal_name(plan.wal_last).start_lsn(size):
-            raise drill_checks.CheckFailed(
-                f"recovery ended at {lsn}, before the newest archived segment {plan.wal_last}: a segment on the "
-                "way could not be fetched (see the server log with --keep)")
+    short = pitr.short_of_end(plan, lsn) if plan.target.kind == "end" and lsn is not None else None
+    if short:
+        raise drill_checks.CheckFailed(f"{short} (see the server log with --keep)")
     last = f" (last transaction {drill.reached['time']})" if at else ""
     return (f"reached {lsn}{last} on timeline {plan.timeline} after replaying {drill.segments_replayed} archived "
             f"WAL segments; promoted to timeline {promoted}")

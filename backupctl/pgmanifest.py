@@ -38,6 +38,9 @@ IGNORED_PREFIXES = (b"pg_wal/",)  # WAL comes from the archive, as with pg_verif
 SELF_CHECKSUMMED = (b"global/pg_control", b"pg_logical/replorigin_checkpoint")
 SELF_CHECKSUMMED_PARTS = (b"/pg_filenode.map",)
 MANIFEST_NAME = b"backup_manifest"  # written from its own object, never from a tar member
+# A backupctl restore keeps this file in the data directory until its files are complete: --force and
+# --delta accept a directory that holds it (an interrupted restore), and --delta keeps it while it works.
+RESTORE_MARKER = "backupctl.restore-in-progress"
 READ_STEP = 1024 * 1024
 
 
@@ -212,6 +215,8 @@ def prepare_delta(manifest: BackupManifest, roots: dict[bytes, Path], jobs: int)
     removed = 0
     for prefix, root in roots.items():
         for path, rel in _walk(os.fsencode(root), prefix):
+            if rel == os.fsencode(RESTORE_MARKER):
+                continue
             entry = manifest.files.get(rel)
             try:
                 info = os.lstat(path)

@@ -369,7 +369,8 @@ def short_of_end(plan: Plan, lsn: str) -> str | None:
             "could not be fetched")
 
 
-def _live_postmaster(pgdata: Path) -> int | None:
+def live_postmaster(pgdata: Path) -> int | None:
+    """The pid of a postmaster running on ``pgdata``, from its postmaster.pid; None when there is none."""
     try:
         pid = int((pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
     except (OSError, ValueError):
@@ -388,7 +389,7 @@ def prepare_pgdata(pgdata: Path, force: bool, delta: bool = False) -> None:
 
     With --force the directory is emptied; with --delta what is there stays for the restore to reuse.
     """
-    pid = _live_postmaster(pgdata)
+    pid = live_postmaster(pgdata)
     if pid:
         raise BackupctlError(f"a postmaster (pid {pid}) is running on {pgdata}: stop it before restoring there")
     if check_target(pgdata, force, delta) and force:
@@ -585,56 +586,3 @@ def _hand_to_server_user(roots: list[Path]) -> None:
         for dirpath, dirnames, filenames in os.walk(root):
             for name in dirnames + filenames:
                 os.lchown(os.path.join(dirpath, name), owner.pw_uid, owner.pw_gid)
-
-
-def start_and_wait(pgdata: Path, plan: Plan, bindir: str | None, user: str | None, port: int | None,
-                   timeout: float = 3600) -> dict[str, Any]:
-    """`restore --start`: start the restored server, wait until recovery reaches its target, and say where."""
-    import psycopg
-
-    binaries = server_binaries(plan.backup.extra["pg_major"], bindir, "pg_ctl")
-    log_file = pgdata.parent / f"{pgdata.name}.recovery.log"
-    argv = [binaries.path("pg_ctl"), "start", "--pgdata", str(pgdata), "--log", str(log_file), "--wait",
-            f"--timeout={int(timeout)}"]
-    if port is not None:
-        argv += ["-o", f"-p {port}"]
-    if os.geteuid() == 0:
-        argv = ["runuser", "-u", "postgres", "--", *argv]
-    clock = time.monotonic()
-    try:
-        run_tool(argv, dict(os.environ), "starting the restored server")
-    except BackupctlError as exc:
-        raise BackupctlError(f"{exc} (see {log_file})") from None
-    lines = (pgdata / "postmaster.pid").read_text().splitlines()
-    conninfo = {"host": lines[4] or "127.0.0.1", "port": int(lines[3]), "dbname": "postgres"}
-    if user:
-        conninfo["user"] = user
-    deadline = time.monotonic() + timeout
-    state = "running"
-    while time.monotonic() < deadline:
-        if _live_postmaster(pgdata) is None:
-            state = "shut down at the target"
-            break
-        try:
-            with psycopg.connect(**conninfo, autocommit=True, connect_timeout=5) as conn:
-                if not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
-                    state = "promoted"
-                    point = conn.execute("SELECT pg_current_wal_lsn()::text, now()::text, "
-                                         "(SELECT timeline_id FROM pg_control_checkpoint())").fetchone()
-                    break
-                paused = conn.execute("SELECT pg_get_wal_replay_pause_state()").fetchone()[0]
-                if paused == "paused":
-                    state = "paused at the target"
-                    point = conn.execute("SELECT pg_last_wal_replay_lsn()::text, "
-                                         "pg_last_xact_replay_timestamp()::text, NULL").fetchone()
-                    break
-        except psycopg.OperationalError:
-            pass
-        time.sleep(0.5)
-    else:
-        raise BackupctlError(f"recovery did not reach its target within {timeout:.0f}s (see {log_file})")
-    result: dict[str, Any] = {"state": state, "start_seconds": round(time.monotonic() - clock, 3),
-                              "log": str(log_file), "port": conninfo["port"]}
-    if state != "shut down at the target":
-        result.update({"lsn": point[0], "last_replayed_at": point[1], "timeline": point[2]})
-    return result

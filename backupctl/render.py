@@ -149,5 +149,7 @@ def plan_view(plan: dict[str, Any]) -> None:
     out.print(f"timeline:     {plan['timeline']} (path {path})")
     out.print(f"WAL:          {plan['wal_segments']} segments, {plan['wal_first']} to {plan['wal_last']}")
     out.print(f"download:     {human_size(plan['download_bytes'])}")
+    if plan.get("archiving"):
+        out.print(f"archiving:    {plan['archiving']['state']} ({plan['archiving']['reason']})")
     for note in plan["notes"]:
         out.print(f"note:         {note}")

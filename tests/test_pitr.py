@@ -113,7 +113,7 @@ def _restore(site: Site, cli: CliRunner, name: str, *target: str,
     """Restore and start; without ``archive`` the copy does not archive (its new timeline stays private)."""
     pgdata = site.restore_dir(name)
     result = cli(site.config, "restore", "main", "--pgdata", str(pgdata), "--target-action", "promote",
-                 *target, "-o", "json")
+                 *target, *(["--archive"] if archive else []), "-o", "json")
     assert result.code == 0, result.stderr
     extra = {} if archive else {"archive_mode": "off"}
     return site.start_restored(pgdata, **extra), json.loads(result.stdout)
