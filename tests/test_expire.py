@@ -43,10 +43,12 @@ def _open(config: Path) -> Repository:
 
 
 def _set_times(repo: Repository, finished: dict[str, datetime]) -> None:
-    """Move backups into the past: rewrite their manifests with new times and a valid checksum."""
+    """Move backups into the past: rewrite their manifests with new times and a valid checksum (the stop
+    times on the server's and the store's clocks too: retention's window judges by the store's)."""
     for backup, moment in finished.items():
         manifest = repo.catalog.find(backup)
         manifest.started_at, manifest.finished_at = iso(moment - timedelta(minutes=2)), iso(moment)
+        manifest.extra.update(server_stop_time=iso(moment), store_stop_time=iso(moment))
         repo.storage.put(manifest.key, json.dumps(manifest.to_document(), indent=1, sort_keys=True).encode())
 
 
