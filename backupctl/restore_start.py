@@ -33,7 +33,10 @@ _CLIENT_FATALS = ("the database system is starting up", "the database system is 
                   "the database system is shutting down", "the database system is in recovery mode",
                   "the database system is not accepting connections",
                   "terminating connection due to administrator command")
-_LAST_COMMIT_RE = re.compile(r"last completed transaction was at log time (.+)$", re.MULTILINE)
+# A stopped server answers no query: its last replayed commit is what the log says, when it says it (as DETAIL
+# of a restartpoint, or the commit recovery stopped after).
+_LAST_COMMIT_RE = re.compile(r"(?:last completed transaction was at log time|recovery stopping after commit of "
+                             r"transaction \d+, time) (.+?)\.?$", re.MULTILINE | re.IGNORECASE)
 
 
 class RecoveryFailed(BackupctlError):
@@ -233,9 +236,9 @@ def start_and_wait(pgdata: Path, plan: pitr.Plan, bindir: str | None, user: str 
                        + (f"; {started}" if started else ""))
         reached = max((control.get(label, "0/0") for label in ("Minimum recovery ending location",
                                                                 "Latest checkpoint location")), key=wal.parse_lsn)
-        last = _LAST_COMMIT_RE.search(log_text)
+        commits = _LAST_COMMIT_RE.findall(log_text)
         seen = _Seen("shut down at the target", reached, None)
-        last_commit = last.group(1).strip() if last else None
+        last_commit = commits[-1].strip() if commits else None
     else:
         if seen.state != expected:
             raise fail(f"the restored server is {seen.state}, not {expected} as asked"

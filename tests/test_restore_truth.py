@@ -246,3 +246,29 @@ def test_force_and_delta_touch_only_a_data_directory(site: Site, cli: CliRunner)
     again = cli(site.config, "restore", "main", "--pgdata", str(interrupted), "--force", "--target", "immediate")
     assert again.code == 0, again.stderr
     assert (interrupted / "PG_VERSION").exists() and not (interrupted / RESTORE_MARKER).exists()
+
+
+def test_restore_start_reports_a_pause_and_a_shutdown_at_the_target(site: Site, cli: CliRunner) -> None:
+    _init_and_backup(site, cli)
+    site.sql("INSERT INTO marks (id, batch) VALUES (1, 'a')")
+    site.sql("SELECT pg_create_restore_point('after_a')")
+    site.sql("INSERT INTO marks (id, batch) VALUES (2, 'b')")
+    site.archived_now(cli)
+
+    paused = site.restore_dir("paused")
+    result = cli(site.config, "restore", "main", "--pgdata", str(paused), "--target-name", "after_a", "--start",
+                 "--port", str(free_port()), "-o", "json")
+    try:
+        assert result.code == 0, result.stderr
+        recovery = json.loads(result.stdout)["recovery"]
+        assert recovery["state"] == "paused at the target" and recovery["timeline"] == 1, recovery
+        assert _rows(recovery, site) == "a"
+    finally:
+        _stop_copy(site, paused)
+
+    stopped = site.restore_dir("stopped")
+    result = cli(site.config, "restore", "main", "--pgdata", str(stopped), "--target-name", "after_a",
+                 "--target-action", "shutdown", "--start", "--port", str(free_port()))
+    assert result.code == 0, result.stderr
+    assert "; server shut down at the target at " in result.stdout, result.stdout
+    assert "connect:" not in result.stdout and not (stopped / "postmaster.pid").exists()
