@@ -1,21 +1,25 @@
-"""Times that mean one thing: a host whose clock is wrong changes neither restore plans nor retention.
+"""Times that mean one thing: a host or store whose clock is wrong changes neither restore plans nor retention.
 
-The wrong clock is libfaketime's (the Debian package `faketime`), on the backup or the expire process
-only: the PostgreSQL server and the store (a local repository: file times come from the kernel, which
-libfaketime does not touch) keep the real time.
+The wrong clock is libfaketime's (the Debian package `faketime`), on the backup or the expire process, or
+on an S3 server (moto) whose Last-Modified then runs behind: everything else keeps the real time (a local
+repository's file times come from the kernel, which libfaketime does not touch).
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
+import boto3
 import pytest
-from conftest import CliRunner, Result, backup_id, cli_env
-from test_pitr import Site, _batches, _init_and_backup, _restore, site  # noqa: F401 - the archiving cluster fixture
+from conftest import CliRunner, Result, backup_id, cli_env, write_toml
+from s3_servers import free_port
+from test_pitr import Site, _batches, _chown_tree, _init_and_backup, _restore, site  # noqa: F401 - the archiving cluster fixture
 
 pytestmark = pytest.mark.skipif(shutil.which("faketime") is None, reason="needs the faketime package")
 
@@ -75,5 +79,56 @@ def test_an_expire_host_clock_days_ahead_keeps_the_backups_of_the_recovery_windo
     restored, restore_plan = _restore(site, cli, "inside_window", "--backup", older, "--target", "immediate")
     try:
         assert restore_plan["backup"] == older and _batches(restored) == []
+    finally:
+        restored.remove()
+
+
+@pytest.fixture
+def store_behind(site: Site) -> Iterator[Site]:  # noqa: F811
+    """The archiving cluster with its repository on an S3 server (moto) whose clock runs 2 days behind."""
+    port = free_port()
+    server = subprocess.Popen(["faketime", "-f", "-2d", sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
+                               "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.1)
+        endpoint = f"http://127.0.0.1:{port}"
+        boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="moto", aws_secret_access_key="moto",
+                     region_name="us-east-1").create_bucket(Bucket="skewed")
+        credentials = site.root / "aws-credentials"
+        credentials.write_text("[default]\naws_access_key_id = moto\naws_secret_access_key = moto\n")
+        write_toml(site.config, {
+            "repository": {"type": "s3", "bucket": "skewed", "region": "us-east-1", "endpoint_url": endpoint,
+                           "addressing_style": "path", "credentials_file": str(credentials)},
+            "wal": {"spool_dir": str(site.root / "spool")},
+            "sources": {"main": {"kind": "postgres", "host": "127.0.0.1", "port": site.cluster.port,
+                                 "user": "postgres", "pgdata": str(site.cluster.datadir),
+                                 "bindir": str(site.cluster.binaries.bindir)}},
+        })
+        _chown_tree(site.root)
+        yield site
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def test_a_store_clock_days_behind_the_server_does_not_end_archived_wal_before_a_target_time(
+        store_behind: Site, cli: CliRunner) -> None:
+    bid = _init_and_backup(store_behind, cli)
+    store_behind.sql("INSERT INTO marks (id, batch) VALUES (1, 'a')")
+    time.sleep(1.1)
+    target = store_behind.sql("SELECT now()::text")[0][0]
+    time.sleep(1.1)
+    store_behind.sql("INSERT INTO marks (id, batch) VALUES (2, 'b')")
+    store_behind.archived_now(cli)
+
+    restored, plan = _restore(store_behind, cli, "by_time", "--target-time", target)
+    try:
+        assert plan["backup"] == bid
+        assert _batches(restored) == ["a"]
     finally:
         restored.remove()
