@@ -231,7 +231,7 @@ class _WalReservation:
 
     With it, pg_basebackup runs with ``-X fetch``, which tells the server not to wait for the archiver at
     backup stop (with ``-X none`` it sleeps in whole seconds until the last segment is archived);
-    backupctl then waits for that segment itself, watching the repository. The WAL that comes along is
+    backupctl then waits for the backup's segments itself, watching the repository. The WAL that comes along is
     dropped from the stored archive: the repository's WAL archive holds it. The slot is temporary, so the
     server drops it when this session ends, whatever happens to backupctl.
     """
