@@ -13,7 +13,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from conftest import CliRunner
+from conftest import CliRunner, backup_id
 from hypothesis import given
 from hypothesis import strategies as st
 from test_pitr import Site, _batches, _init_and_backup, _restore
@@ -189,9 +189,9 @@ def _json(result: Any) -> Any:
     return json.loads(result.stdout)
 
 
-def test_a_promoted_copy_archiving_into_the_source_does_not_steer_restores_and_can_be_forgotten(
-        pitr_site: Site, cli: CliRunner) -> None:  # noqa: F811 - the fixture imported above
-    site = pitr_site
+def _side_copy(site: Site, cli: CliRunner) -> None:
+    """A copy restored beside production and promoted, with production's archive_command: its timeline 2
+    lands in production's source, while production goes on committing and archiving on timeline 1."""
     _init_and_backup(site, cli)
     site.sql("INSERT INTO marks (id, batch) VALUES (1, 'a')")
     site.archived_now(cli)
@@ -205,10 +205,15 @@ def test_a_promoted_copy_archiving_into_the_source_does_not_steer_restores_and_c
         assert _history_archived(site, 2)
     finally:
         copy.remove()
-    for number in (3, 4):  # production goes on committing and archiving on timeline 1
+    for number in (3, 4):
         site.sql(f"INSERT INTO marks (id, batch) VALUES ({number}, 'production')")
         site.archived_now(cli)
 
+
+def test_a_promoted_copy_archiving_into_the_source_does_not_steer_restores_and_can_be_forgotten(
+        pitr_site: Site, cli: CliRunner) -> None:  # noqa: F811 - the fixture imported above
+    site = pitr_site
+    _side_copy(site, cli)
     plan = _json(cli(site.config, "restore", "main", "--dry-run", "-o", "json"))
     assert plan["timeline"] == 1 and plan["timelines"]["production"] == 1
     assert plan["timelines"]["branches"] == [2]
@@ -239,6 +244,27 @@ def test_a_promoted_copy_archiving_into_the_source_does_not_steer_restores_and_c
     assert check.code == 0, check.stdout
     again = _json(cli(site.config, "restore", "main", "--dry-run", "-o", "json"))
     assert again["timeline"] == 1 and not any("timeline 2" in note for note in again["notes"])
+
+
+def test_after_expire_the_copys_history_file_neither_blocks_restores_nor_keeps_check_critical(
+        pitr_site: Site, cli: CliRunner) -> None:  # noqa: F811 - the fixture imported above
+    site = pitr_site
+    _side_copy(site, cli)
+    newer = backup_id(cli(site.config, "backup", "main", "--type", "full", "-o", "json"))
+    site.sql("INSERT INTO marks (id, batch) VALUES (5, 'production')")
+    site.archived_now(cli)
+    site.config.write_text(site.config.read_text() + "\n[sources.main.retention]\nkeep_last = 1\n")
+    expired = cli(site.config, "expire", "main")
+    assert expired.code == 0, expired.stderr
+    assert _history_archived(site, 2) and _timeline_rows(site, cli).get(2, {}).get("segments", 0) == 0
+
+    plan = _json(cli(site.config, "restore", "main", "--dry-run", "-o", "json"))
+    assert (plan["backup"], plan["timeline"]) == (newer, 1)
+    check = cli(site.config, "check", "main")
+    assert check.code == 1 and "forget-timeline 2" in check.stdout, check.stdout
+    done = _json(cli(site.config, "wal", "forget-timeline", "2", "--source", "main", "-o", "json"))[0]
+    assert done["history_files"] == ["00000002.history"] and done["wal_files"] == 0
+    assert cli(site.config, "check", "main").code == 0
 
 
 def test_a_failover_to_a_streaming_standby_is_followed_and_the_old_primarys_last_segments_are_not(
