@@ -222,6 +222,9 @@ def test_a_promoted_copy_archiving_into_the_source_does_not_steer_restores_and_c
     assert status["timelines"]["production"] == 1 and status["window"]["timeline"] == 1
     check = cli(site.config, "check", "main")
     assert check.code == 1 and "backupctl wal forget-timeline 2 --source main" in check.stdout, check.stdout
+    drilled = _json(cli(site.config, "drill", "run", "main", "-o", "json"))
+    planned = next(c["detail"] for c in drilled["checks"] if c["name"] == "plan")
+    assert drilled["status"] == "passed" and "on timeline 1;" in planned and "timeline 2" in planned, planned
 
     restored, plan = _restore(site, cli, "after_copy")
     try:
