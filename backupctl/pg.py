@@ -392,7 +392,7 @@ def _utf8_locale() -> str | None:
     return "C.UTF-8" if "c.utf8" in names else None
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -563,7 +563,7 @@ class ScratchCluster:
         """
         deadline = time.monotonic() + timeout
         if self.port is None:
-            self.port = _free_port()
+            self.port = free_port()
         for attempt in range(1, PORT_ATTEMPTS + 1):
             log_offset = self.log_file.stat().st_size if self.log_file.exists() else 0
             result = self._pg_ctl(
@@ -576,7 +576,7 @@ class ScratchCluster:
             if self.is_running():  # pg_ctl gave up waiting: do not leave a server behind
                 self.stop("immediate")
             if "Address already in use" in log and attempt < PORT_ATTEMPTS:
-                self.port = _free_port()
+                self.port = free_port()
                 continue
             raise ServerError(
                 f"pg_ctl start of PostgreSQL {self.binaries.version} failed for {self.datadir} "

@@ -23,7 +23,7 @@ from typing import Any
 
 from backupctl import pitr, wal
 from backupctl.errors import BackupctlError, ConfigError
-from backupctl.pg import PgBinaries, _free_port
+from backupctl.pg import PgBinaries, free_port
 from backupctl.tools import run_tool
 
 _SEVERE_RE = re.compile(r"\b(?:FATAL|PANIC):\s+(.*)")
@@ -95,7 +95,7 @@ def _choose_port(binaries: PgBinaries, pgdata: Path, asked: int | None) -> tuple
     configured = int(text.strip())
     if not port_in_use(configured):
         return configured, None
-    free = _free_port()
+    free = free_port()
     return free, f"port {configured} of the restored configuration is in use: the server was started on {free}"
 
 
