@@ -136,7 +136,7 @@ class Plan:
     stream: str = ""
     timelines: timelines.Judgement | None = None  # which timeline production is on, and why
 
-    def recovery_settings(self, restore_command: str) -> dict[str, str]:
+    def recovery_settings(self, restore_command: str, standby: bool = False) -> dict[str, str]:
         settings = {"restore_command": restore_command}
         kind, value = self.target.kind, self.target.value
         if kind == "time":
@@ -145,14 +145,23 @@ class Plan:
             settings[f"recovery_target_{kind}"] = str(value)
         elif kind == "immediate":
             settings["recovery_target"] = "immediate"
-        # Always the chosen number: PostgreSQL's 'latest' follows the highest history file it can fetch,
-        # which may be a branch production left behind (see ``timelines``).
-        settings["recovery_target_timeline"] = str(self.timeline)
+        settings["recovery_target_timeline"] = self.timeline_setting(standby)
         if kind != "end" and self.target.action:
             settings["recovery_target_action"] = self.target.action
         if kind in ("time", "lsn", "xid") and not self.target.inclusive:
             settings["recovery_target_inclusive"] = "off"
         return settings
+
+    def timeline_setting(self, standby: bool) -> str:
+        """recovery_target_timeline: the chosen number, since PostgreSQL's 'latest' follows the highest history
+        file it can fetch, which may be a branch production left behind (see ``timelines``). A standby that
+        follows production's timeline to the end of the archive gets 'latest' when no timeline lies above
+        production's: it must follow production through its next failover, which 'latest' does."""
+        judged = self.timelines
+        above = judged is not None and any(t > self.timeline for t in [*judged.histories, *judged.unplaced])
+        if standby and self.target.kind == "end" and self.target.timeline == "latest" and not above:
+            return "latest"
+        return str(self.timeline)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -483,7 +492,7 @@ def verify_files(binaries: PgBinaries, pgdata: Path) -> None:
 def write_recovery(plan: Plan, pgdata: Path, restore_command: str, standby: bool, archive: bool = False) -> None:
     """Recovery settings appended to postgresql.auto.conf, after the backup's own ALTER SYSTEM lines so they
     win; without ``archive`` also ``archive_mode = off`` (a copy must not archive into the source)."""
-    settings = plan.recovery_settings(restore_command)
+    settings = plan.recovery_settings(restore_command, standby)
     if not archive:
         settings["archive_mode"] = "off"
     lines = [f"# backupctl restore of {plan.backup.id} at {datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}"]

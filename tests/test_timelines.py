@@ -19,7 +19,9 @@ from hypothesis import strategies as st
 from test_pitr import Site, _batches, _init_and_backup, _restore
 from test_pitr import site as pitr_site  # noqa: F401 - the archiving cluster fixture, as `pitr_site`
 
+from backupctl.catalog import Manifest
 from backupctl.pg import ScratchCluster
+from backupctl.pitr import Plan, Target
 from backupctl.timelines import Judgement, judge
 from backupctl.wal import ArchivedWal, history_name, parse_wal_name, segment_name
 
@@ -154,6 +156,26 @@ def test_a_chain_of_failovers_always_follows_the_newest_timeline(lengths: list[i
             segno += 1
     found = _judge(histories, objects)
     assert found.production == len(lengths) and not found.ambiguous and found.branches() == []
+
+
+def _plan(judged: Judgement, timeline: int, target: Target) -> Plan:
+    backup = Manifest(id="20261204T120000000Z-F-abc", source="main", kind="postgres", type="full",
+                      started_at="2026-12-04T11:59:00Z", finished_at="2026-12-04T12:00:00Z", objects=[],
+                      encryption=None, parent=None, extra={})
+    return Plan("main", backup, target, timeline, [], "", "", 0, timelines=judged)
+
+
+def test_recovery_names_the_timeline_and_only_a_standby_on_the_highest_one_follows_the_next_failover() -> None:
+    """'latest' would lead PostgreSQL onto a branch above production; a standby of production with nothing
+    above it must still follow production's next promotion, which only 'latest' does."""
+    branch = _judge({2: [(1, _fork(5))]}, [_seg(1, n, n) for n in range(1, 11)] + [_history(2, 5.2), _seg(2, 5, 5.3)])
+    single = _judge({}, [_seg(1, n, n) for n in range(1, 6)])
+    end = Target("end")
+    assert _plan(branch, 1, end).recovery_settings("x", standby=True)["recovery_target_timeline"] == "1"
+    assert _plan(single, 1, end).recovery_settings("x", standby=False)["recovery_target_timeline"] == "1"
+    assert _plan(single, 1, end).recovery_settings("x", standby=True)["recovery_target_timeline"] == "latest"
+    pinned = Target("end", timeline="1")
+    assert _plan(single, 1, pinned).recovery_settings("x", standby=True)["recovery_target_timeline"] == "1"
 
 
 # --- on real PostgreSQL --------------------------------------------------------------------------------
