@@ -202,6 +202,9 @@ def _timeline_findings(status: dict[str, Any]) -> list[Finding]:
     if not judged:
         return []
     name = status["source"]
+    disagreement = _live_server_disagrees(status, judged)
+    if disagreement:
+        return [disagreement]
     if judged["ambiguous"]:
         return [Finding(name, "timelines", CRITICAL, f"{judged['reason']} (a restore needs --target-timeline)")]
     production, branches = judged["production"], judged["branches"]
@@ -211,6 +214,44 @@ def _timeline_findings(status: dict[str, Any]) -> list[Finding]:
                         f"production (timeline {production}, highest {judged['highest']}); restores follow timeline "
                         f"{production}; retire them with {commands}")]
     return [Finding(name, "timelines", OK, f"production on timeline {production}")]
+
+
+def _live_server_disagrees(status: dict[str, Any], judged: dict[str, Any]) -> Finding | None:
+    """The source's server, when it answers as a primary, is the ground truth the archive's judgement can
+    only infer: a copy that archived its timeline a moment ago, while production had nothing to archive
+    yet, looks like production to the archive alone. CRITICAL when the server writes another timeline than
+    the one restores would follow (with the branch to retire); WARNING when the server's own timeline is
+    not in the archive yet (its history file is not archived)."""
+    server = status.get("server") or {}
+    current = server.get("current_wal")
+    if not (server.get("reachable") and not server.get("in_recovery") and current):
+        return None
+    live = int(current[:8], 16)
+    if live == judged["production"]:
+        return None
+    name = status["source"]
+    parents = {row["timeline"]: row["parent"] for row in judged["tree"]}
+    if live not in parents:
+        return Finding(name, "timelines", WARNING, f"the server writes timeline {live}, which the archive does not "
+                       f"have yet (no {live:08X}.history archived): check archive_command and `backupctl wal check "
+                       f"{name}`")
+
+    def ancestry(timeline: int | None) -> list[int]:
+        line = []
+        while timeline is not None:
+            line.append(timeline)
+            timeline = parents.get(timeline)
+        return line[::-1]
+
+    if judged["production"] is None:
+        return Finding(name, "timelines", CRITICAL, f"{judged['reason']}; the server writes timeline {live} now: "
+                       f"restore with --target-timeline {live}, and retire the other line with `backupctl wal "
+                       f"forget-timeline N --source {name}`")
+    branch = next((t for t in ancestry(judged["production"]) if t not in ancestry(live)), None)
+    retire = (f"if the server is production, retire the branch with `backupctl wal forget-timeline {branch} "
+              f"--source {name}`" if branch else f"restore with --target-timeline {live}")
+    return Finding(name, "timelines", CRITICAL, f"the server writes timeline {live}, but restores would follow "
+                   f"timeline {judged['production']} ({judged['reason']}); {retire}")
 
 
 ELSEWHERE_GRACE_SECONDS = 60.0  # a segment the server archived this long ago must be listed by now

@@ -266,6 +266,28 @@ def test_wal_the_server_archived_elsewhere_is_critical() -> None:
     assert finding.state == monitor.OK, "a segment archived seconds ago may not be listed yet"
 
 
+def test_a_live_primary_on_another_timeline_than_restores_would_follow_is_critical() -> None:
+    """The archive alone takes a copy's freshly archived timeline for production while production had nothing
+    to archive yet; the source's server, answering as a primary, says which timeline is production's."""
+    tree = [{"timeline": 1, "parent": None, "fork": None}, {"timeline": 2, "parent": 1, "fork": "0/5000000"}]
+    judged = {"production": 2, "ambiguous": False, "reason": "timeline 2 is the only line still archived",
+              "branches": [], "highest": 2, "tree": tree}
+    server = {"reachable": True, "in_recovery": False, "current_wal": "000000010000000000000005"}
+    (finding,) = monitor._timeline_findings({"source": "main", "timelines": judged, "server": server})
+    assert finding.state == monitor.CRITICAL
+    assert "the server writes timeline 1, but restores would follow timeline 2" in finding.message
+    assert "`backupctl wal forget-timeline 2 --source main`" in finding.message
+    server["current_wal"] = "000000020000000000000007"
+    (finding,) = monitor._timeline_findings({"source": "main", "timelines": judged, "server": server})
+    assert finding.state == monitor.OK, "the server agrees with the archive"
+    server["current_wal"] = "000000030000000000000007"
+    (finding,) = monitor._timeline_findings({"source": "main", "timelines": judged, "server": server})
+    assert finding.state == monitor.WARNING and "no 00000003.history archived" in finding.message
+    server.update(current_wal="000000010000000000000005", in_recovery=True)
+    (finding,) = monitor._timeline_findings({"source": "main", "timelines": judged, "server": server})
+    assert finding.state == monitor.OK, "a standby (a rewound old primary) says nothing about production"
+
+
 def _facts(*backups: tuple[str, float]) -> dict[str, Any]:
     return {"source": "main", "damaged_manifests": [], "window": None,
             "backups": [{"type": kind, "age_seconds": hours * 3600} for kind, hours in backups]}

@@ -227,6 +227,12 @@ def _side_copy(site: Site, cli: CliRunner) -> None:
         assert _history_archived(site, 2)
     finally:
         copy.remove()
+    # Production has archived nothing since the copy forked: the archive alone takes timeline 2 for
+    # production, and only production's server, asked by check, can tell it is a copy's.
+    check = cli(site.config, "check", "main")
+    assert check.code == 2, check.stdout
+    assert "the server writes timeline 1, but restores would follow timeline 2" in check.stdout
+    assert "forget-timeline 2 --source main" in check.stdout
     for number in (3, 4):
         site.sql(f"INSERT INTO marks (id, batch) VALUES ({number}, 'production')")
         site.archived_now(cli)
