@@ -199,8 +199,10 @@ def start_and_wait(pgdata: Path, plan: pitr.Plan, bindir: str | None, user: str 
     chosen, note = _choose_port(binaries, pgdata, port)
     log_file = pgdata.parent / f"{pgdata.name}.recovery.log"
     offset = log_file.stat().st_size if log_file.exists() else 0
+    # The logging collector would take the server's messages (the FATAL that says why recovery failed) away
+    # from the log file read here: off for this run of the server (a restart brings the configured one back).
     argv = _as_server_user([binaries.path("pg_ctl"), "start", "--pgdata", str(pgdata), "--log", str(log_file),
-                            "--wait", f"--timeout={int(timeout)}", "-o", f"-p {chosen}"])
+                            "--wait", f"--timeout={int(timeout)}", "-o", f"-p {chosen} -c logging_collector=off"])
     clock = time.monotonic()
     started = ""
     try:  # pg_ctl's exit is no verdict (a server that shuts down at its target makes it fail): the state is

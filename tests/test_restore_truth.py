@@ -100,6 +100,8 @@ def test_a_copy_does_not_archive_unless_asked_and_production_restored_in_place_d
 
 def test_restore_start_fails_quoting_postgres_when_an_archived_segment_is_damaged(site: Site,
                                                                                    cli: CliRunner) -> None:
+    # Production logs through the logging collector (RHEL's default): the copy's FATAL must still be quoted.
+    site.sql("ALTER SYSTEM SET logging_collector = on")
     _init_and_backup(site, cli)
     site.sql("INSERT INTO marks (id, batch) VALUES (1, 'a')")
     site.archived_now(cli)
