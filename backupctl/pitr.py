@@ -28,7 +28,7 @@ from backupctl.log import get_logger
 from backupctl.pg import PgBinaries, find_binaries
 from backupctl.pgmanifest import RESTORE_MARKER
 from backupctl.repository import Repository
-from backupctl.restore_target import archiving_rule, check_target
+from backupctl.restore_target import archiving_rule, check_tablespace_target, check_target
 from backupctl.tools import run_tool
 
 log = get_logger(__name__)
@@ -545,6 +545,9 @@ def restore_physical(repo: Repository, plan: Plan, options: RestoreOptions, rest
                           "removes everything first")
     archiving = archiving_rule(pgdata, options.source_pgdata, plan.source, options.archive)
     prepare_pgdata(pgdata, options.force, options.delta)
+    if options.delta:
+        for oid, location in pg_files.tablespace_locations(plan.backup, options.tablespace_map).items():
+            check_tablespace_target(Path(location), oid)
     marker = pgdata / RESTORE_MARKER  # until the files are complete: an interrupted restore can be retried
     marker.write_text(f"backupctl restore of {plan.backup.id} into this directory, started "
                       f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}; not finished while this file exists\n")

@@ -114,6 +114,28 @@ def _check_target(pgdata: Path, force: bool, delta: bool) -> bool:
     return True
 
 
+def check_tablespace_target(location: Path, oid: str) -> None:
+    """``--delta`` over a tablespace directory removes whatever the backup does not have there, so it acts only
+    on what a tablespace holds: nothing, or PostgreSQL's ``PG_<major>_<catalog version>`` directories. Anything
+    else (someone's files, another cluster's tablespace under another name) is refused with one line."""
+    if not location.exists():
+        return
+    real = os.path.realpath(location)
+    if real == "/" or real in _home_directories():
+        raise ConfigError(f"--delta refuses to restore tablespace {oid} into {location}: pass --tablespace {oid}=DIR "
+                          "with the tablespace's own directory")
+    try:
+        foreign = sorted(entry.name for entry in location.iterdir()
+                         if not (entry.name.startswith("PG_") and entry.is_dir() and not entry.is_symlink()))
+    except OSError as exc:
+        raise ConfigError(f"tablespace {oid}: user {_user()} cannot read {location} ({exc.strerror}): pick a "
+                          f"directory {_user()} can use (--tablespace {oid}=DIR)") from None
+    if foreign:
+        raise ConfigError(f"--delta refused: tablespace directory {location} holds {', '.join(foreign[:3])}"
+                          f"{' ...' if len(foreign) > 3 else ''}, which no tablespace holds, so its files stay: "
+                          f"pass --tablespace {oid}=DIR with an empty or new directory")
+
+
 @dataclass(frozen=True)
 class Archiving:
     """Whether the restored cluster archives WAL, and why (shown in the restore's output)."""

@@ -339,6 +339,19 @@ def test_tablespace_is_backed_up_and_restored_elsewhere(site: Site, cli: CliRunn
         assert any(elsewhere.rglob("*")) and not (restored.datadir / "tablespace_map").exists()
     finally:
         restored.remove()
+    # --delta removes what the backup does not have: never in a tablespace directory that holds other files.
+    again = site.root / "again"
+    first = cli(site.config, "restore", "main", "--pgdata", str(again), "--target", "immediate",
+                "--tablespace", f"{oid}={site.root / 'space-again'}")
+    assert first.code == 0, first.stderr
+    notes = site.root / "notes"
+    notes.mkdir()
+    (notes / "keep.txt").write_text("mine")
+    shutil.chown(notes, "postgres", "postgres")
+    refused = cli(site.config, "restore", "main", "--pgdata", str(again), "--delta", "--target", "immediate",
+                  "--tablespace", f"{oid}={notes}")
+    assert refused.code == 2 and f"tablespace directory {notes} holds keep.txt" in refused.error_line, refused.stderr
+    assert (notes / "keep.txt").read_text() == "mine"
 
 
 @pytest.mark.parametrize("pg_binaries", [18], indirect=True)
