@@ -37,6 +37,17 @@ def test_the_faked_clock_is_the_backupctl_process_clock_only() -> None:
     assert float(faked.stdout) - time.time() > 86400
 
 
+def _target_before(at: Site, cli: CliRunner, number: int, batch: str) -> str:
+    """A target time (the server's) a second after the last commit and a second before row ``number``,
+    which is then committed and archived."""
+    time.sleep(1.1)
+    target = at.sql("SELECT now()::text")[0][0]
+    time.sleep(1.1)
+    at.sql(f"INSERT INTO marks (id, batch) VALUES ({number}, '{batch}')")
+    at.archived_now(cli)
+    return target
+
+
 def test_a_backup_host_clock_days_ahead_does_not_change_which_backup_reaches_a_time(
         site: Site, cli: CliRunner) -> None:  # noqa: F811
     assert cli(site.config, "init").code == 0
@@ -44,11 +55,7 @@ def test_a_backup_host_clock_days_ahead_does_not_change_which_backup_reaches_a_t
     site.sql("INSERT INTO marks (id, batch) VALUES (1, 'a')")
     ahead = backup_id(faked_cli("+2d", site.config, "backup", "main", "--type", "full", "-o", "json"))
     site.sql("INSERT INTO marks (id, batch) VALUES (2, 'b')")
-    time.sleep(1.1)
-    target = site.sql("SELECT now()::text")[0][0]
-    time.sleep(1.1)
-    site.sql("INSERT INTO marks (id, batch) VALUES (3, 'c')")
-    site.archived_now(cli)
+    target = _target_before(site, cli, 3, "c")
 
     restored, plan = _restore(site, cli, "by_time", "--target-time", target)
     try:
@@ -120,11 +127,7 @@ def test_a_store_clock_days_behind_the_server_does_not_end_archived_wal_before_a
         store_behind: Site, cli: CliRunner) -> None:
     bid = _init_and_backup(store_behind, cli)
     store_behind.sql("INSERT INTO marks (id, batch) VALUES (1, 'a')")
-    time.sleep(1.1)
-    target = store_behind.sql("SELECT now()::text")[0][0]
-    time.sleep(1.1)
-    store_behind.sql("INSERT INTO marks (id, batch) VALUES (2, 'b')")
-    store_behind.archived_now(cli)
+    target = _target_before(store_behind, cli, 2, "b")
 
     restored, plan = _restore(store_behind, cli, "by_time", "--target-time", target)
     try:
