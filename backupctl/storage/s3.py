@@ -414,7 +414,7 @@ class _Buffers:
             if len(free) < self._keep:
                 free.append(buffer)
             else:
-                buffer.close()
+                _unmap(buffer)
         if within:
             self._budget.release()
 
@@ -422,8 +422,20 @@ class _Buffers:
         with self._lock:
             for free in self._free.values():
                 for buffer in free:
-                    buffer.close()
+                    _unmap(buffer)
             self._free.clear()
+
+
+def _unmap(buffer: mmap.mmap) -> None:
+    """Unmap ``buffer`` now, or when the last view of it goes if a view is still alive.
+
+    A request interrupted by a signal leaves its frames, and the views of its body that botocore read,
+    alive in the traceback of the ``Interrupted`` on its way up, which is exactly when writers abort and
+    the storage closes: closing the mapping then raises BufferError and hides the interruption. The
+    views keep the mmap object alive, and its mapping is freed with the last of them.
+    """
+    with contextlib.suppress(BufferError):
+        buffer.close()
 
 
 class _Body(io.RawIOBase):
