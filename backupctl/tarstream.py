@@ -14,6 +14,7 @@ checksums are proven without reading anything back.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import os
@@ -32,6 +33,7 @@ BLOCK = 512
 ZERO_BLOCK = bytes(BLOCK)
 END = bytes(2 * BLOCK)  # the end-of-archive marker
 FILE, HARDLINK, SYMLINK, DIRECTORY = b"0", b"1", b"2", b"5"
+_DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class ExtractionStopped(SinkError):
@@ -266,17 +268,23 @@ class FileChecks(Protocol):
 class TarExtractor(io.RawIOBase):
     """Writes a tar stream into ``root`` as it arrives: a sink for ``Pipeline.read``.
 
-    Member names must stay inside ``root`` (no absolute paths, no ``..``); symbolic links are allowed
-    only where ``allow_symlink`` says (pg_basebackup's ``pg_tblspc/<oid>``). What is in the way of a
-    member (a file where a directory goes, a stale symlink) is replaced, so the same code serves a
-    restore into an empty directory and a delta restore over an old copy.
+    Nothing lands outside ``root``, whatever the archive says: names are relative and without ``..``,
+    symbolic links are refused (pg_basebackup's tar format lists tablespaces in ``tablespace_map``, and the
+    restore makes the ``pg_tblspc`` links itself), and every path is walked one directory at a time with
+    ``O_NOFOLLOW``, so no symlink in the target is followed either, except a ``pg_wal`` link at the top of
+    the data directory (WAL on its own disk; ``keep_link`` says which). What is in the way of a member (a
+    file where a directory goes) is replaced, so the same code serves a restore into an empty directory
+    and a delta restore over an old copy. Modes keep at most the owner's and the group's read and write
+    bits (and search on directories): a forged archive makes no set-id or world-writable file.
     """
 
-    def __init__(self, root: Path, checks: FileChecks, allow_symlink: Callable[[bytes], bool] = lambda n: False,
+    def __init__(self, root: Path, checks: FileChecks, keep_link: Callable[[bytes], bool] = lambda n: False,
                  stop: threading.Event | None = None) -> None:
         self._root = os.fsencode(root)
+        self._root_fd = os.open(self._root, _DIRECTORY_FLAGS & ~os.O_NOFOLLOW)  # the target itself is trusted
+        self._parent: tuple[bytes, int] | None = None  # the last parent directory walked to, and its fd
         self._checks = checks
-        self._allow_symlink = allow_symlink
+        self._keep_link = keep_link
         self._stop = stop
         self._header = bytearray()
         self._member: Member | None = None
@@ -319,39 +327,38 @@ class TarExtractor(io.RawIOBase):
             raise TarFormatError("the tar archive is truncated: it has no end marker")
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        for fd in (self._fd, self._parent[1] if self._parent else -1, self._root_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._fd = self._root_fd = -1
+        self._parent = None
         super().close()
-
-    def _path(self, name: bytes) -> bytes:
-        parts = name.split(b"/")
-        if not name or name.startswith(b"/") or b".." in parts:
-            raise TarFormatError(f"tar member {name.decode(errors='replace')!r} would land outside the data directory")
-        return self._root + b"/" + name
 
     def _start(self, header: bytes) -> None:
         member = parse_header(header)
         if member is None:
             self._ended = True
             return
-        path = self._path(member.name)
+        parts = member.name.split(b"/")
+        if not member.name or member.name.startswith(b"/") or b".." in parts:
+            raise TarFormatError(f"tar member {_shown(member.name)!r} would land outside the data directory: "
+                                 "the backup is damaged or forged")
         if member.kind == DIRECTORY:
-            self._make_directory(path, member.mode)
+            self._make_directory(member.name, member.mode & 0o750 or 0o700)
             self.directories.append(member.name)
-        elif member.kind == SYMLINK and self._allow_symlink(member.name):
-            remove_path(path)
-            os.symlink(member.linkname, path)
         elif member.kind == FILE:
             self._member = member
             self._data_left, self._pad_left = member.size, member.stored_size - member.size
             self._hasher = self._checks.begin(member.name, member.size)
             if self._hasher is not None:
-                self._fd = _create(path, member.mode)
+                self._fd = self._create(member.name, member.mode & 0o640 or 0o600)
             if not member.size:
                 self._end_file()
+        elif member.kind == SYMLINK:
+            raise TarFormatError(f"tar member {_shown(member.name)!r} is a symbolic link (to "
+                                 f"{_shown(member.linkname)!r}), which a backup never holds: it is damaged or forged")
         else:
-            raise TarFormatError(f"unexpected tar member {member.name.decode(errors='replace')!r} "
+            raise TarFormatError(f"unexpected tar member {_shown(member.name)!r} "
                                  f"of type {member.kind.decode(errors='replace')!r}")
 
     def _data(self, view: memoryview) -> memoryview:
@@ -382,14 +389,78 @@ class TarExtractor(io.RawIOBase):
             self._checks.end(member.name, member.size, self._hasher)
         self._member = self._hasher = None
 
-    def _make_directory(self, path: bytes, mode: int) -> None:
+    def _parent_fd(self, name: bytes) -> tuple[int, bytes]:
+        """The directory that holds ``name`` (made if missing, never through a symlink) and its last component.
+
+        Members come grouped by directory, so the last directory walked to is kept open.
+        """
+        parent, _, base = name.rpartition(b"/")
+        if self._parent is not None and self._parent[0] == parent:
+            return self._parent[1], base
+        fd = os.dup(self._root_fd)
         try:
-            os.mkdir(path, mode or 0o700)
-        except FileExistsError:
-            if not stat.S_ISDIR(os.stat(path).st_mode):  # a symlink to a directory (pg_wal elsewhere) is kept
-                remove_path(path)
-                os.mkdir(path, mode or 0o700)
-        os.chmod(path, mode or 0o700)
+            walked = b""
+            for component in parent.split(b"/") if parent else []:
+                walked = walked + b"/" + component if walked else component
+                inner = self._open_directory(fd, component, walked, 0o700)
+                os.close(fd)
+                fd = inner
+        except BaseException:
+            os.close(fd)
+            raise
+        if self._parent is not None:
+            os.close(self._parent[1])
+        self._parent = (parent, fd)
+        return fd, base
+
+    def _open_directory(self, dir_fd: int, component: bytes, name: bytes, mode: int) -> int:
+        """``component`` of ``dir_fd`` as a directory: opened, or made first; a file in the way is replaced."""
+        for _ in range(4):  # replace what is in the way, make, open
+            try:
+                return os.open(component, _DIRECTORY_FLAGS, dir_fd=dir_fd)
+            except FileNotFoundError:
+                with contextlib.suppress(FileExistsError):  # another part of the restore made it meanwhile
+                    os.mkdir(component, mode, dir_fd=dir_fd)
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                if stat.S_ISLNK(os.lstat(component, dir_fd=dir_fd).st_mode):
+                    if self._keep_link(name):
+                        return os.open(component, _DIRECTORY_FLAGS & ~os.O_NOFOLLOW, dir_fd=dir_fd)
+                    raise TarFormatError(f"{_shown(os.path.join(self._root, name))} is a symbolic link: a restore "
+                                         "writes only inside the data directory; remove the link") from None
+                os.unlink(component, dir_fd=dir_fd)
+        raise TarFormatError(f"cannot make directory {_shown(os.path.join(self._root, name))}: it keeps changing")
+
+    def _make_directory(self, name: bytes, mode: int) -> None:
+        parent_fd, base = self._parent_fd(name)
+        fd = self._open_directory(parent_fd, base, name, mode)
+        try:
+            os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
+
+    def _create(self, name: bytes, mode: int) -> int:
+        """Open ``name`` to be written from scratch; a directory or symlink in the way is removed first."""
+        parent_fd, base = self._parent_fd(name)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+        for attempt in range(2):
+            try:
+                fd = os.open(base, flags, mode, dir_fd=parent_fd)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EISDIR, errno.ELOOP) or attempt:
+                    raise
+                if stat.S_ISDIR(os.lstat(base, dir_fd=parent_fd).st_mode):
+                    shutil.rmtree(base, dir_fd=parent_fd)
+                else:
+                    os.unlink(base, dir_fd=parent_fd)
+        os.fchmod(fd, mode)
+        return fd
+
+
+def _shown(name: bytes) -> str:
+    return name.decode(errors="replace")
 
 
 def remove_path(path: bytes) -> None:
@@ -402,23 +473,3 @@ def remove_path(path: bytes) -> None:
         shutil.rmtree(path)
     else:
         os.unlink(path)
-
-
-def _create(path: bytes, mode: int) -> int:
-    """Open ``path`` to be written from scratch; a directory or symlink in the way is removed first."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
-    mode = mode or 0o600
-    for attempt in range(3):
-        try:
-            fd = os.open(path, flags, mode)
-            break
-        except FileNotFoundError:
-            if attempt:
-                raise
-            os.makedirs(os.path.dirname(path), 0o700, exist_ok=True)
-        except OSError as exc:
-            if exc.errno not in (errno.EISDIR, errno.ELOOP) or attempt:
-                raise
-            remove_path(path)
-    os.fchmod(fd, mode)
-    return fd

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from backupctl.catalog import Manifest
-from backupctl.errors import ConfigError
+from backupctl.errors import ConfigError, IntegrityError
 from backupctl.log import get_logger
 from backupctl.pgmanifest import BackupManifest, ManifestCheck, expected_directories, prepare_delta, prune
 from backupctl.pipeline import StoredObject
@@ -34,7 +34,6 @@ log = get_logger(__name__)
 
 # base.tar.zst (one object) or base/0003.tar.zst (parts); tablespaces/16384.tar.zst or tablespaces/16384/0000.tar.zst
 _ARCHIVE = re.compile(r"^(?:base(?:\.tar|/\d+\.tar)|tablespaces/(?P<oid>\d+)(?:\.tar|/\d+\.tar))(?:\.|$)")
-_TABLESPACE_LINK = re.compile(rb"^pg_tblspc/\d+$")
 
 
 @dataclass(frozen=True)
@@ -102,7 +101,7 @@ def restore_backup_files(repo: Repository, backup: Manifest, pgdata: Path, jobs:
         out.write(data)
     if delta:
         prune(roots, expected_directories(manifest, directories))
-    _link_tablespaces(pgdata, locations)
+    _link_tablespaces(pgdata, {a.prefix.split(b"/")[1].decode(): a.root for a in archives if a.prefix})
     result["download_extract_seconds"] = round(time.monotonic() - clock, 3)
     if sync:
         synced = time.monotonic()
@@ -125,10 +124,10 @@ def _extract_all(repo: Repository, archives: list[Archive], check: ManifestCheck
     directories: set[bytes] = set()
 
     def extract(archive: Archive) -> None:
-        def allow_symlink(name: bytes) -> bool:
-            return not archive.prefix and bool(_TABLESPACE_LINK.match(name))
+        def keep_link(name: bytes) -> bool:  # WAL on its own disk, as initdb --waldir leaves it
+            return not archive.prefix and name == b"pg_wal"
 
-        extractor = TarExtractor(archive.root, check.archive(archive.prefix), allow_symlink, stop)
+        extractor = TarExtractor(archive.root, check.archive(archive.prefix), keep_link, stop)
         try:
             repo.pipeline.read(archive.obj, extractor)  # type: ignore[arg-type]
             extractor.finish()
@@ -150,22 +149,26 @@ def _extract_all(repo: Repository, archives: list[Archive], check: ManifestCheck
     return directories
 
 
-def _link_tablespaces(pgdata: Path, locations: dict[str, str]) -> None:
+def _link_tablespaces(pgdata: Path, restored: dict[str, Path]) -> None:
     """pg_tblspc/<oid> as symlinks to where each tablespace went, as a plain-format backup has them.
 
     pg_basebackup's tar format lists them in tablespace_map instead (and pg_tblspc/<oid> as empty
     directories); with the links in place the file goes, so the server does not relink them itself.
+    A link only ever points where this restore put a tablespace (``restored``): a tablespace_map that
+    names another one (a forged backup's way to send the server's writes elsewhere) is refused.
     """
     tablespace_file = pgdata / "tablespace_map"
     if not tablespace_file.exists():
         return
+    oids = [line.partition(" ")[0] for line in tablespace_file.read_text().splitlines() if line]
+    foreign = [oid for oid in oids if oid not in restored]
+    if foreign:
+        raise IntegrityError(f"the backup's tablespace_map names tablespace {foreign[0]}, which the backup does not "
+                             "hold: it is damaged or forged, and no link goes outside what was restored")
     (pgdata / "pg_tblspc").mkdir(mode=0o700, exist_ok=True)
-    for line in tablespace_file.read_text().splitlines():
-        oid, _, original = line.partition(" ")
-        if not oid:
-            continue
+    for oid in oids:
         link = pgdata / "pg_tblspc" / oid
         remove_path(os.fsencode(link))
-        link.symlink_to(locations.get(oid) or original)
+        link.symlink_to(restored[oid])
     tablespace_file.unlink()
     log.debug("tablespaces linked", pgdata=str(pgdata))
