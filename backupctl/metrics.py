@@ -138,6 +138,9 @@ def status_families(statuses: Iterable[dict[str, Any]]) -> list[Metric]:
             out.set("backupctl_wal_archive_failing", "1 while archive_command fails (newest failure after the "
                     "newest success).", src, 1 if server["failing"] else 0)
         out.set("backupctl_wal_ready_segments", "Segments waiting in pg_wal/archive_status.", src, server.get("ready"))
+        out.set("backupctl_wal_oldest_ready_age_seconds", "How long the oldest segment waiting in "
+                "pg_wal/archive_status has waited (0 when none waits).", src,
+                (server["oldest_ready_age_seconds"] or 0.0) if "oldest_ready_age_seconds" in server else None)
         out.set("backupctl_pg_wal_bytes", "Size of pg_wal.", src, server.get("pg_wal_bytes"))
         out.set("backupctl_data_directory_free_ratio", "Free space on the data directory's filesystem (0-1).", src,
                 server["disk_free_percent"] / 100 if server.get("disk_free_percent") is not None else None)

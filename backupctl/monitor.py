@@ -304,6 +304,8 @@ def _server_findings(status: dict[str, Any], check: CheckConfig) -> list[Finding
         found.append(Finding(name, "ready", state, f"{ready} WAL segment(s) waiting to be archived"
                              + _limit(state, check.ready_warning, check.ready_critical, str),
                              ready, "", check.ready_warning, check.ready_critical))
+    if "oldest_ready_age_seconds" in server:
+        found.append(_ready_age_finding(name, server, check))
     if server.get("pg_wal_bytes") is not None and (check.pg_wal_warning or check.pg_wal_critical):
         size = server["pg_wal_bytes"]
         state = _above(size, check.pg_wal_warning, check.pg_wal_critical)
@@ -320,6 +322,24 @@ def _server_findings(status: dict[str, Any], check: CheckConfig) -> list[Finding
     if server.get("local_error"):
         found.append(Finding(name, "local", UNKNOWN, server["local_error"]))
     return found
+
+
+def _ready_age_finding(name: str, server: dict[str, Any], check: CheckConfig) -> Finding:
+    """How long the oldest .ready file has waited. An archive_command that cannot run at all (exit 126 or
+    127: not executable, not found; > 128: killed by a signal) makes PostgreSQL restart the archiver without
+    counting a failure in pg_stat_archiver, so only the waiting file shows it; said so when nothing failed."""
+    warning, critical = check.ready_age_warning, check.ready_age_critical
+    age = server["oldest_ready_age_seconds"]
+    if age is None:
+        return Finding(name, "ready_age", OK, "no WAL file waiting to be archived", 0.0, "s", warning, critical)
+    state = _above(age, warning, critical)
+    message = (f"{server['oldest_ready']} has waited {human_age(age)} to be archived"
+               + _limit(state, warning, critical, human_age))
+    if state != OK and not server.get("failing"):
+        message += ("; pg_stat_archiver counts no failure, so archive_command may not run at all (exit 126/127: "
+                    "not executable or not found; or killed by a signal): see the server log and compare "
+                    f"archive_command with `backupctl pg-settings {name}`")
+    return Finding(name, "ready_age", state, message, age, "s", warning, critical)
 
 
 def _verify_findings(status: dict[str, Any]) -> list[Finding]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -248,16 +249,29 @@ def server_facts(source: SourceConfig) -> dict[str, Any] | None:
     return facts
 
 
+_BACKLOG_SQL = """
+WITH ready AS (SELECT name, modification FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'),
+     oldest AS (SELECT name, modification FROM ready ORDER BY modification, name LIMIT 1)
+SELECT (SELECT count(*) FROM ready), (SELECT coalesce(sum(size), 0) FROM pg_ls_waldir()),
+       (SELECT name FROM oldest), (SELECT extract(epoch FROM clock_timestamp() - modification) FROM oldest)
+"""
+
+
 def _remote_backlog(conn: Any) -> dict[str, Any]:
-    """The .ready backlog and pg_wal's size through SQL (superuser or pg_monitor); {} when refused."""
+    """The .ready backlog, its oldest file and pg_wal's size through SQL (superuser or pg_monitor); {} when
+    refused. The oldest file's age is on the server's clock, like its modification time."""
     try:
-        ready, size = conn.execute(
-            "SELECT (SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'), "
-            "(SELECT coalesce(sum(size), 0) FROM pg_ls_waldir())").fetchone()
+        ready, size, oldest, age = conn.execute(_BACKLOG_SQL).fetchone()
     except Exception as exc:  # insufficient privilege: the local data directory may still tell
         log.debug("pg_wal facts not readable through SQL", error=str(exc))
         return {}
-    return {"ready": int(ready), "pg_wal_bytes": int(size)}
+    return {"ready": int(ready), "pg_wal_bytes": int(size), **_oldest_ready(oldest, age)}
+
+
+def _oldest_ready(name: str | None, age: float | None) -> dict[str, Any]:
+    """The facts of the oldest .ready file: the WAL file that waits longest and for how many seconds."""
+    return {"oldest_ready": name.removesuffix(".ready") if name else None,
+            "oldest_ready_age_seconds": None if age is None else max(0.0, round(float(age), 1))}
 
 
 def _local_facts(pgdata: Path) -> dict[str, Any]:
@@ -273,13 +287,28 @@ def _local_facts(pgdata: Path) -> dict[str, Any]:
         return facts
     try:
         pg_wal = pgdata / "pg_wal"
-        with os.scandir(pg_wal / "archive_status") as entries:
-            facts["ready"] = sum(1 for e in entries if e.name.endswith(".ready"))
+        ready = _ready_files(pg_wal / "archive_status")
+        facts["ready"] = len(ready)
+        facts.update(_oldest_ready(ready[0][1], time.time() - ready[0][0]) if ready else _oldest_ready(None, None))
         with os.scandir(pg_wal) as entries:
             facts["pg_wal_bytes"] = sum(e.stat().st_size for e in entries if e.is_file(follow_symlinks=False))
     except OSError as exc:
         facts["local_error"] = f"cannot read {exc.filename}: {exc.strerror} (run as the server's OS user)"
     return facts
+
+
+def _ready_files(archive_status: Path) -> list[tuple[float, str]]:
+    """(modification time, name) of each .ready file, oldest first. A file the archiver renames to .done
+    between the listing and its stat is archived, not missing: it is left out."""
+    found = []
+    with os.scandir(archive_status) as entries:
+        for entry in entries:
+            if entry.name.endswith(".ready"):
+                try:
+                    found.append((entry.stat().st_mtime, entry.name))
+                except FileNotFoundError:
+                    continue
+    return sorted(found)
 
 
 # --- the recoverable window ----------------------------------------------------------------------------
