@@ -17,6 +17,10 @@ from pyrage import x25519
 from backupctl.errors import BackupctlError, ConfigError, DecryptionError
 
 SECRET_PREFIX = "AGE-SECRET-KEY-1"
+AGE_MAGIC = b"age-encryption.org/v1\n"
+HEADER_LIMIT = 64 * 1024  # an age header this long would hold some 600 X25519 stanzas
+GREASE = "-grease"
+RECIPIENTS_COMMAND = "backupctl repo recipients add|remove AGE1..."
 
 
 def parse_recipients(recipients: list[str], where: str) -> list[x25519.Recipient]:
@@ -28,6 +32,52 @@ def parse_recipients(recipients: list[str], where: str) -> list[x25519.Recipient
         except pyrage.RecipientError:
             raise ConfigError(f"{where}: {text!r} is not an age X25519 recipient (age1...)") from None
     return parsed
+
+
+def check_recipients(configured: list[str], listed: list[str], location: str, setting: str) -> None:
+    """Refuse a config whose recipients are not exactly the repository's (order aside), naming the difference.
+
+    Only ``backupctl repo recipients`` changes the repository's list (key rotation), so a typo'd, old or
+    tampered config cannot quietly write backups that the real identity cannot open, or that a stranger can.
+    """
+    unknown = [r for r in configured if r not in listed]
+    absent = [r for r in listed if r not in configured]
+    if not unknown and not absent:
+        return
+    differences = ([f"{', '.join(unknown)} is not one of the repository's"] if unknown else []) + (
+        [f"{', '.join(absent)} is missing"] if absent else [])
+    raise ConfigError(
+        f"{setting} differ from what repository {location} lists ({', '.join(listed)}): "
+        f"{'; '.join(differences)}; copy the repository's list into the config, or change the repository's "
+        f"with `{RECIPIENTS_COMMAND}`"
+    )
+
+
+def header_stanzas(stream: BinaryIO) -> list[str]:
+    """The types of an age file's recipient stanzas (``X25519``, ``scrypt``...), read from its header.
+
+    An X25519 stanza holds an ephemeral share and the wrapped file key, never the recipient: without a
+    recipient's identity nobody can tell whom it is for. So the count is what a host holding only public
+    keys can compare with the recipients a manifest records. rage also writes "grease" stanzas (random types
+    ending in ``-grease``) that no identity opens: they are left out. Raises ValueError for a header that is not
+    age's.
+    """
+    head = b""
+    while b"\n---" not in head and len(head) < HEADER_LIMIT:
+        chunk = stream.read(HEADER_LIMIT - len(head))
+        if not chunk:
+            break
+        head += chunk
+    if not head.startswith(AGE_MAGIC):
+        raise ValueError("it does not start with an age header")
+    types = []
+    for line in head[len(AGE_MAGIC):].split(b"\n"):
+        if line.startswith(b"---"):
+            return types
+        kind = line[3:].split(b" ", 1)[0].decode("ascii", "replace") if line.startswith(b"-> ") else ""
+        if kind and not kind.endswith(GREASE):
+            types.append(kind)
+    raise ValueError("its age header has no end")
 
 
 def load_identity(path: Path) -> x25519.Identity:

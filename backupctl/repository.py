@@ -1,8 +1,11 @@
 """The repository as a whole: its format marker, its sources, and the handles every service needs.
 
-``backupctl.json`` at the root says what made the repository and whether it is encrypted; every command
-reads it first, so a repository from a newer, incompatible backupctl, a foreign folder, or a config whose
-encryption disagrees with the repository is refused before anything is written.
+``backupctl.json`` at the root says what made the repository and whether it is encrypted, and to which age
+recipients; every command reads it first, so a repository from a newer, incompatible backupctl, a foreign
+folder, or a config whose encryption disagrees with the repository is refused before anything is written.
+New data is encrypted to exactly the recipients the marker lists; only ``change_recipients`` (``backupctl
+repo recipients add|remove``, key rotation) changes that list, and it keeps the removed ones as ``retired``
+so that older backups encrypted to them are not mistaken for foreign ones.
 """
 
 from __future__ import annotations
@@ -10,12 +13,12 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, closing, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from backupctl import __version__, lease
+from backupctl import __version__, crypto, lease
 from backupctl.catalog import Catalog, Manifest, iso
 from backupctl.config import Config
 from backupctl.errors import BackupctlError, ConfigError, IntegrityError, ObjectNotFound
@@ -88,6 +91,7 @@ class Repository:
         facts written with the first registration but not compared here (a WAL segment size, which a
         logical backup cannot know): the caller checks them against the returned document.
         """
+        self.pipeline.require_repository_recipients()  # every writer registers its source before writing data
         key = f"{name}/source.json"
         document = {"source": name, "registered_at": iso(datetime.now(UTC)), **identity, **(recorded or {})}
         if self.storage.put_if_absent(key, json.dumps(document, indent=1).encode()):
@@ -120,13 +124,29 @@ def _read_marker(storage: Storage) -> dict[str, Any] | None:
     return meta
 
 
-def _check_compatible(meta: dict[str, Any], pipeline: Pipeline, location: str) -> None:
+def listed_recipients(meta: dict[str, Any]) -> list[str]:
+    """The recipients new data is encrypted to (empty for an unencrypted repository)."""
+    return list((meta.get("encryption") or {}).get("recipients", []))
+
+
+def retired_recipients(meta: dict[str, Any]) -> list[str]:
+    """Recipients removed by key rotation: older backups may still be encrypted to them."""
+    return [entry["recipient"] for entry in (meta.get("encryption") or {}).get("retired", [])]
+
+
+def _check_version(meta: dict[str, Any], location: str) -> None:
     version = meta.get("version")
     if not isinstance(version, int) or version > REPO_VERSION:
         raise BackupctlError(
             f"repository {location} has format version {version}, but this backupctl ({__version__}) "
             f"understands up to {REPO_VERSION}: upgrade backupctl"
         )
+
+
+def _check_compatible(meta: dict[str, Any], pipeline: Pipeline, location: str) -> None:
+    """Refuse a config that disagrees with the repository, and bind the pipeline to the repository's
+    recipients (its writes then refuse a config whose list differs; reads never do)."""
+    _check_version(meta, location)
     encrypted = meta.get("encryption") is not None
     if encrypted and not pipeline.encrypted:
         raise ConfigError(
@@ -138,6 +158,7 @@ def _check_compatible(meta: dict[str, Any], pipeline: Pipeline, location: str) -
             f"repository {location} is not encrypted but the config has [encryption]: "
             "remove it or use a new repository"
         )
+    pipeline.repository_recipients = listed_recipients(meta)
 
 
 def open_repository(config: Config) -> Repository:
@@ -167,8 +188,66 @@ def init_repository(config: Config) -> tuple[Repository, bool]:
     created = storage.put_if_absent(MARKER, json.dumps(meta, indent=1).encode())
     if not created:
         meta = _read_marker(storage) or meta
-        _check_compatible(meta, pipeline, storage.location)
+    _check_compatible(meta, pipeline, storage.location)
     return Repository(config, storage, pipeline, Catalog(storage), meta), created
+
+
+@dataclass
+class RecipientsChange:
+    """What ``change_recipients`` did: ``action`` is added, removed or unchanged."""
+
+    location: str
+    action: str
+    recipient: str
+    recipients: list[str]
+
+
+def change_recipients(config: Config, recipient: str, add: bool) -> RecipientsChange:
+    """Key rotation: add ``recipient`` to, or remove it from, the list new data is encrypted to.
+
+    The marker is re-read and rewritten under the repository-wide ``recipients`` lease, itself a conditional
+    write: two hosts changing the list at once cannot lose one change (the second fails at once and can run
+    again). The config's own recipients are not compared here: this is the one command that makes them
+    differ, and each host's config must then be given the new list. The last recipient of an encrypted
+    repository cannot be removed (encryption is chosen once, at ``init``).
+    """
+    name = str(crypto.parse_recipients([recipient], "the recipient")[0])
+    storage = open_storage(config.repository)
+    with closing(storage):
+        if _read_marker(storage) is None:
+            raise BackupctlError(f"no repository at {storage.location}: run `backupctl init` first")
+        with lease.exclusive(storage, None, "recipients", operation=f"recipients {'add' if add else 'remove'}",
+                             ttl=config.repository.lease_ttl) as held:
+            meta = _read_marker(storage) or {}  # as it is now that no other host can change it
+            _check_version(meta, storage.location)
+            encryption = meta.get("encryption")
+            if encryption is None:
+                raise ConfigError(f"repository {storage.location} is not encrypted: encryption is chosen at "
+                                  "`backupctl init`; use a new repository to encrypt")
+            listed = listed_recipients(meta)
+            retired = [e for e in encryption.get("retired", []) if e["recipient"] != name]
+            if add == (name in listed):
+                if add:
+                    return RecipientsChange(storage.location, "unchanged", name, listed)
+                raise ConfigError(f"{name} is not a recipient of repository {storage.location} "
+                                  f"({', '.join(listed)}): nothing to remove")
+            if add:
+                listed.append(name)
+            elif listed == [name]:
+                raise ConfigError(f"{name} is the last recipient of repository {storage.location}: add its "
+                                  f"successor first (`backupctl repo recipients add AGE1...`)")
+            else:
+                listed.remove(name)
+                retired.append({"recipient": name, "removed_at": iso(datetime.now(UTC))})
+            data = json.dumps({**meta, "encryption": {**encryption, "recipients": listed, "retired": retired}},
+                              indent=1).encode()
+            held.ensure_held()
+            storage.put(MARKER, data)
+            if storage.get_bytes(MARKER) != data:
+                raise BackupctlError(f"{storage.location}/{MARKER} changed while the recipients were written: "
+                                     "run the command again")
+    log.info("repository recipients changed", location=storage.location, recipients=listed)
+    return RecipientsChange(storage.location, "added" if add else "removed", name, listed)
 
 
 def probe_conditional_writes(storage: Storage) -> None:

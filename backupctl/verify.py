@@ -7,6 +7,12 @@ A host with only the public key checks sizes and sha256 of the stored bytes, and
 A physical backup is restorable only with the archived WAL that makes its files consistent, so that WAL
 range is read and decoded too (``_check_wal_range``): a backup whose range lost a segment fails here, as
 its restore would.
+
+An encrypted backup is also checked for whom it is encrypted to (``_check_recipients``): a backup written by
+a config whose recipients drifted from the repository's is flagged, with or without the identity.
+
+Every verdict is recorded in the repository; a verdict that cannot be recorded fails the command (the CLI
+says so), because ``check`` would otherwise keep showing an older one.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from backupctl import epochs, wal
+from backupctl import crypto, epochs, wal
 from backupctl.catalog import Manifest, iso, new_record_id, open_details
 from backupctl.config import PostgresSource
 from backupctl.engines import pg_logical, pg_physical
@@ -27,7 +33,7 @@ from backupctl.errors import BackupctlError, IntegrityError, ObjectNotFound, Sto
 from backupctl.log import get_logger
 from backupctl.pg import PgBinaries
 from backupctl.pipeline import StoredObject
-from backupctl.repository import Repository
+from backupctl.repository import Repository, listed_recipients, retired_recipients
 from backupctl.restore import restore_binaries
 from backupctl.tools import ProcessSink, ToolProcess
 
@@ -49,6 +55,7 @@ class VerifyResult:
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
     checks: list[str] = field(default_factory=list)  # what was proven beyond checksums
+    record_error: str | None = None  # why the verdict could not be recorded in the repository
 
     @property
     def ok(self) -> bool:
@@ -65,6 +72,7 @@ class VerifyResult:
             "seconds": round(self.seconds, 3),
             "problems": self.problems,
             "checks": self.checks,
+            "recorded": self.record_error is None,
         }
 
 
@@ -108,6 +116,8 @@ def verify_backup(repo: Repository, manifest: Manifest, bindir: str | None = Non
                 result.problems.append(str(exc))
             result.objects += 1
             result.bytes += obj.stored_size
+        if manifest.encryption is not None:
+            _check_recipients(repo, manifest, decode, result)
         if manifest.type in PHYSICAL:
             _check_wal_range(repo, manifest, decode, result)
     result.seconds = time.monotonic() - clock
@@ -121,6 +131,49 @@ def verify_backup(repo: Repository, manifest: Manifest, bindir: str | None = Non
     )
     record_verification(repo, result, started)
     return result
+
+
+def _check_recipients(repo: Repository, manifest: Manifest, decode: bool, result: VerifyResult) -> None:
+    """Whom the backup is encrypted to: only recipients the repository lists (or listed once, retired by
+    ``repo recipients remove``), and in each object's age header exactly one X25519 stanza per recipient the
+    manifest records.
+
+    An X25519 stanza does not name its recipient (it holds an ephemeral share and the wrapped file key), so
+    a host with public keys only judges the manifest's record and the count of stanzas: an extra stanza the
+    manifest hides is found, a stanza swapped for a stranger's under an honest count is not. The identity
+    proves the rest that matters to its holder: the objects decrypt with it (``check`` decodes them).
+    """
+    damaged = bool(result.problems)
+    recorded = list((manifest.encryption or {}).get("recipients", []))
+    listed, retired = listed_recipients(repo.meta), retired_recipients(repo.meta)
+    foreign = [r for r in recorded if r not in listed and r not in retired]
+    if foreign:
+        result.problems.append(
+            f"backup {manifest.id} is encrypted to {', '.join(foreign)}, which the repository does not list "
+            f"({', '.join(listed)}): a config whose recipients drifted wrote it; that key's holder can read it"
+        )
+    if old := [r for r in recorded if r in retired]:
+        result.checks.append(f"encrypted to retired recipient {', '.join(old)} (removed by key rotation)")
+    for obj in manifest.objects:
+        if obj.encryption is None:
+            continue
+        try:
+            with repo.storage.get(obj.key) as raw:
+                stanzas = crypto.header_stanzas(raw)
+        except ObjectNotFound:
+            continue  # reported by the object's own check
+        except ValueError as exc:
+            result.problems.append(f"{obj.key} is not an age file: {exc}")
+            continue
+        if stanzas != ["X25519"] * len(recorded):
+            kinds = ", ".join(sorted(set(stanzas))) or "none"
+            result.problems.append(
+                f"{obj.key} has {len(stanzas)} recipient stanzas ({kinds}), but manifest {manifest.id} records "
+                f"{len(recorded)} recipients: it is encrypted to a recipient the manifest does not name"
+            )
+    if decode and not damaged:
+        result.checks.append(f"decrypted with identity {crypto.public_key(repo.pipeline.identity())}, one of the "
+                             f"{len(recorded)} recipients recorded")
 
 
 def _check_wal_range(repo: Repository, manifest: Manifest, decode: bool, result: VerifyResult) -> None:
@@ -157,7 +210,8 @@ def _check_wal_range(repo: Repository, manifest: Manifest, decode: bool, result:
 
 def record_verification(repo: Repository, result: VerifyResult, started: datetime) -> dict[str, Any]:
     """Keep the outcome in ``<source>/verifications/<id>.json``: status and check report when each source was
-    last proven readable, from any host. A store that refuses the record costs a warning, not the verdict."""
+    last proven readable, from any host. A store that refuses the record sets ``result.record_error`` (the
+    CLI fails on it): the verdict stands, but ``check`` would keep judging by an older record."""
     record = {
         "id": new_record_id("V", started),
         "source": result.source,
@@ -174,7 +228,8 @@ def record_verification(repo: Repository, result: VerifyResult, started: datetim
     try:
         repo.storage.put(key, json.dumps(record, indent=1).encode())
     except StorageError as exc:
-        log.warning("verification result not recorded", key=key, error=str(exc))
+        result.record_error = f"the result of verifying {result.id} was not recorded in {key}: {exc}"
+        log.error("verification result not recorded", key=key, error=str(exc))
     return record
 
 
