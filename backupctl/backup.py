@@ -14,7 +14,7 @@ from typing import Any
 
 from backupctl import epochs
 from backupctl import wal as archive
-from backupctl.catalog import Manifest, backup_prefix, iso, new_backup_id, seal_details
+from backupctl.catalog import MANIFEST_NAME, Manifest, backup_prefix, iso, new_backup_id, seal_details
 from backupctl.config import PostgresSource, SqliteSource
 from backupctl.engines import pg_contents, pg_logical, pg_physical, sqlite
 from backupctl.errors import BackupctlError, ConfigError, StorageError
@@ -63,6 +63,8 @@ class _Run:
 
         The lease makes a second backup of the same source fail at once, on any host; removal of a failed
         backup's objects is best effort (`repo gc` catches the rest, and skips a backup whose lease lives).
+        Once a manifest for this id is stored (whatever the failure that followed it), or when that cannot
+        be known, the objects stay: a published backup must never lose its data.
         """
         with self.repo.exclusive_lease(self.source, "backup", f"{self.type} backup", {"backup_id": self.id}) as held:
             self.lease = held
@@ -71,7 +73,8 @@ class _Run:
                 yield
             except BaseException:
                 with shielded(), contextlib.suppress(StorageError):
-                    self.repo.storage.delete([o.key for o in self.objects])
+                    if self.repo.storage.head(self.prefix + MANIFEST_NAME) is None:
+                        self.repo.storage.delete([o.key for o in self.objects])
                 raise
 
     def publish(self, kind: str, details: dict[str, Any], extra: dict[str, Any],

@@ -239,9 +239,13 @@ class Catalog:
         self.storage = storage
 
     def write(self, manifest: Manifest) -> None:
-        """Publish a backup: the last write of every backup, never replacing another manifest."""
+        """Publish a backup: the last write of every backup, never replacing another manifest.
+
+        A manifest already there with exactly our bytes is ours (its PUT was stored, the answer lost, and
+        the retry refused): the backup is published. Anything else under our id is another backup's.
+        """
         data = json.dumps(manifest.to_document(), indent=1, sort_keys=True).encode()
-        if not self.storage.put_if_absent(manifest.key, data):
+        if not self.storage.create(manifest.key, data):
             raise BackupctlError(f"{manifest.key} already exists: backup ids must be unique")
 
     def read(self, key: str) -> Manifest:

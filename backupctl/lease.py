@@ -212,7 +212,7 @@ def _take_exclusive(storage: Storage, source: str | None, name: str, body: dict[
             raise LeaseHeld(f"{what} is locked by {holder.describe()}; if that process is gone, "
                             "the lease can be taken over once it expires")
     lease = ExclusiveLease(storage, prefix, newest + 1, body, ttl)
-    if not storage.put_if_absent(lease.key, json.dumps(body, sort_keys=True).encode()):
+    if not storage.create(lease.key, json.dumps(body, sort_keys=True).encode()):
         info = storage.head(lease.key)
         winner = _read(storage, info) if info else None
         who = winner.describe() if winner else "another process"

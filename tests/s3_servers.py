@@ -8,8 +8,10 @@ need it. Both are started once per session and shared; each test takes its own b
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import random
+import re
 import shutil
 import socket
 import subprocess
@@ -24,7 +26,7 @@ from functools import cached_property
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import boto3
 import botocore.config
@@ -223,26 +225,87 @@ def seaweedfs_endpoint() -> Iterator[S3Endpoint]:
 
 SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
              b"<Message>Please reduce your request rate.</Message></Error>")
+INTERNAL_ERROR = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>InternalError</Code>'
+                  b"<Message>We encountered an internal error. Please try again.</Message></Error>")
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "date", "server", "expect"}
+LIST_ENTRIES = re.compile(rb"<Contents>.*?</Contents>|<CommonPrefixes>.*?</CommonPrefixes>", re.S)
+KEY_COUNT = re.compile(rb"<KeyCount>\d+</KeyCount>")
+ANSWER_ACTIONS = {"drop-response", "truncate", "empty-list"}  # faults on the store's answer
+ACTIONS = ANSWER_ACTIONS | {"status", "delay", "reroute", "stale-list", "drop-header"}
+
+
+@dataclass
+class Rule:
+    r"""One scripted fault of a ``FaultProxy``: which requests it hits and what it does to them.
+
+    A request matches when its method equals ``method`` (any when None) and ``path`` (a regex) is found in
+    its path and query, e.g. ``r"/backups/.*/manifest\.json$"`` or ``r"\?delete"`` (DeleteObjects),
+    ``r"uploadId="`` (parts and CompleteMultipartUpload), ``r"list-type=2"`` (ListObjectsV2). Matches are
+    counted; the rule fires on match number ``nth`` (1-based) and the ``times - 1`` after it (None: every
+    one from ``nth`` on). ``arg`` depends on ``action``:
+
+    - ``drop-response``: the request reaches the store, which acts on it; then the connection is closed
+      without an answer (the client retries an operation that already happened).
+    - ``status``: answered with status ``arg`` (500 InternalError, 503 SlowDown), never forwarded.
+    - ``delay``: held ``arg`` seconds before it is forwarded (longer than the client's read timeout: the
+      client gives up and retries, and the store still acts on the late original).
+    - ``truncate``: a GET whose answer announces its full length but sends only ``arg`` body bytes.
+    - ``reroute``: forwarded to path ``arg`` instead, e.g. another object: a second ranged GET that gets
+      other bytes and another ETag (drop ``If-Match`` too, with ``drop-header``, for a store ignoring it).
+    - ``stale-list``: answered with the first answer the proxy relayed to this same request (a listing
+      from before later writes and deletes).
+    - ``empty-list``: forwarded, then its entries (Contents, CommonPrefixes) are cut out of the page.
+    - ``drop-header``: forwarded without the header named ``arg``: ``if-none-match`` makes a store that
+      ignores conditional writes.
+
+    ``then`` runs when the rule fires, just before its fault: once the store has answered for the faults on
+    the answer (``drop-response``, ``truncate``, ``empty-list``; e.g. to replace an object mid-read), before
+    the request is forwarded for the others.
+    """
+
+    action: str
+    method: str | None = None
+    path: str = ""
+    nth: int = 1
+    times: int | None = 1
+    arg: Any = None
+    then: Callable[[], None] | None = None
+    name: str = ""  # the shorthand that made it, if any
+    matched: int = 0
+    fired: int = 0
+
+    def __post_init__(self) -> None:
+        assert self.action in ACTIONS, f"unknown fault action {self.action!r}"
+
+    def hits(self, method: str, path: str) -> bool:
+        """Count a matching request; True when this one is to be broken."""
+        if (self.method and method != self.method) or not re.search(self.path, path):
+            return False
+        self.matched += 1
+        if self.matched < self.nth or (self.times is not None and self.matched >= self.nth + self.times):
+            return False
+        self.fired += 1
+        return True
 
 
 class FaultProxy:
     """An HTTP proxy on 127.0.0.1 in front of an S3 endpoint that breaks chosen requests for real.
 
-    ``fail_next`` requests get 503 SlowDown; with ``cut_next_get`` set, the next GET sends its full
-    Content-Length but only that many body bytes, then the connection is shut (``on_cut`` runs first).
-    Request headers named in ``drop_headers`` never reach the store: with ``if-none-match`` it acts
-    like a store that ignores conditional writes.
+    ``add(Rule(...))`` scripts a fault (see ``Rule``); every rule that hits a request applies, in the order
+    they were added. ``seen`` keeps the method and headers of each request. Shorthands kept from before
+    the rules: ``fail_next = N`` (the next N requests get 503 SlowDown), ``cut_next_get = N`` (the next GET
+    is truncated after N bytes; ``on_cut`` runs first) and ``drop_headers`` (request headers that never
+    reach the store, on every request).
     """
 
     def __init__(self, upstream: str) -> None:
         target = urlsplit(upstream)
         self.upstream = (target.hostname or "127.0.0.1", target.port or 80)
         self.seen: list[tuple[str, dict[str, str]]] = []  # method and headers of each request
-        self.fail_next = 0
+        self.rules: list[Rule] = []
         self.drop_headers: set[str] = set()
-        self.cut_next_get: int | None = None
         self.on_cut: Callable[[], None] = lambda: None
+        self._first_answers: dict[str, tuple[int, str, list[tuple[str, str]], bytes]] = {}
         self._lock = threading.Lock()
         proxy = self
 
@@ -262,43 +325,102 @@ class FaultProxy:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
 
+    def add(self, rule: Rule) -> Rule:
+        """Script a fault; the rule is returned so that a test can read its ``fired`` count."""
+        with self._lock:
+            self.rules.append(rule)
+        return rule
+
+    def _replace(self, name: str, rule: Rule | None) -> None:
+        """Swap the rule of one shorthand."""
+        with self._lock:
+            self.rules = [r for r in self.rules if r.name != name] + ([rule] if rule else [])
+
+    @property
+    def fail_next(self) -> int:
+        return sum((r.times or 0) - r.fired for r in self.rules if r.name == "fail_next")
+
+    @fail_next.setter
+    def fail_next(self, count: int) -> None:
+        self._replace("fail_next", Rule("status", times=count, arg=503, name="fail_next") if count else None)
+
+    @property
+    def cut_next_get(self) -> int | None:
+        return next((r.arg for r in self.rules if r.name == "cut_next_get" and not r.fired), None)
+
+    @cut_next_get.setter
+    def cut_next_get(self, length: int | None) -> None:
+        rule = Rule("truncate", method="GET", arg=length, then=lambda: self.on_cut(), name="cut_next_get")
+        self._replace("cut_next_get", None if length is None else rule)
+
     def relay(self, handler: BaseHTTPRequestHandler) -> None:
         body = handler.rfile.read(int(handler.headers.get("Content-Length", 0)))
+        path = unquote(handler.path)
         with self._lock:
             self.seen.append((handler.command, dict(handler.headers)))
-            fail, self.fail_next = self.fail_next > 0, max(self.fail_next - 1, 0)
-            cut = self.cut_next_get if handler.command == "GET" else None
-            if cut is not None:
-                self.cut_next_get = None
-        if fail:
-            handler.send_response(503)
-            handler.send_header("Content-Type", "application/xml")
-            handler.send_header("Content-Length", str(len(SLOW_DOWN)))
-            handler.end_headers()
-            handler.wfile.write(SLOW_DOWN)
+            faults = [rule for rule in self.rules if rule.hits(handler.command, path)]
+        actions: dict[str, list[Any]] = {}
+        for rule in faults:
+            actions.setdefault(rule.action, []).append(rule.arg)
+        self._run_hooks(faults, answer_side=False)
+        if "status" in actions:
+            status = actions["status"][0]
+            self._answer(handler, status, "", [("Content-Type", "application/xml")],
+                         SLOW_DOWN if status == 503 else INTERNAL_ERROR)
             return
-        dropped = HOP_BY_HOP | self.drop_headers
+        for seconds in actions.get("delay", []):
+            time.sleep(seconds)
+        if "stale-list" in actions and handler.path in self._first_answers:
+            self._answer(handler, *self._first_answers[handler.path])
+            return
+        dropped = HOP_BY_HOP | self.drop_headers | {name.lower() for name in actions.get("drop-header", [])}
         headers = {k: v for k, v in handler.headers.items() if k.lower() not in dropped}
         connection = http.client.HTTPConnection(*self.upstream, timeout=30)
-        connection.request(handler.command, handler.path, body=body, headers=headers)
+        target = actions["reroute"][0] if "reroute" in actions else handler.path
+        connection.request(handler.command, target, body=body, headers=headers)
         response = connection.getresponse()
         payload = response.read()
         connection.close()
-        handler.send_response(response.status, response.reason)
-        for name, value in response.getheaders():
+        answer = (response.status, response.reason, response.getheaders(), payload)
+        if "list-type=2" in handler.path:
+            self._first_answers.setdefault(handler.path, answer)
+            if "empty-list" in actions:
+                answer = (*answer[:3], KEY_COUNT.sub(b"<KeyCount>0</KeyCount>", LIST_ENTRIES.sub(b"", payload)))
+        self._run_hooks(faults, answer_side=True)
+        if "drop-response" in actions:
+            self._hang_up(handler)
+            return
+        self._answer(handler, *answer, cut=actions.get("truncate", [None])[0])
+
+    def _answer(self, handler: BaseHTTPRequestHandler, status: int, reason: str, headers: list[tuple[str, str]],
+                payload: bytes, cut: int | None = None) -> None:
+        """Send an answer; with ``cut``, announce the whole body but send only that many bytes and hang up."""
+        handler.send_response(status, reason or None)
+        for name, value in headers:
             if name.lower() not in HOP_BY_HOP:
                 handler.send_header(name, value)
-        length = response.getheader("Content-Length", "0") if handler.command == "HEAD" else len(payload)
+        length = dict((k.lower(), v) for k, v in headers).get("content-length", "0") \
+            if handler.command == "HEAD" else len(payload)
         handler.send_header("Content-Length", str(length))
         handler.end_headers()
         if cut is None:
             handler.wfile.write(payload)
             return
-        self.on_cut()
         handler.wfile.write(payload[:cut])
         handler.wfile.flush()
+        self._hang_up(handler)
+
+    @staticmethod
+    def _run_hooks(faults: list[Rule], answer_side: bool) -> None:
+        for rule in faults:
+            if rule.then is not None and (rule.action in ANSWER_ACTIONS) == answer_side:
+                rule.then()
+
+    @staticmethod
+    def _hang_up(handler: BaseHTTPRequestHandler) -> None:
         handler.close_connection = True
-        handler.connection.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
+            handler.connection.shutdown(socket.SHUT_RDWR)
 
     def gets(self) -> list[dict[str, str]]:
         return [headers for method, headers in self.seen if method == "GET"]

@@ -8,12 +8,14 @@ complete and durable, so a reader never sees half an object and a killed writer 
 from __future__ import annotations
 
 import abc
+import contextlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
 from typing import BinaryIO
 
+from backupctl.errors import ObjectNotFound, StorageError
 from backupctl.signals import shielded
 
 
@@ -88,8 +90,31 @@ class Storage(abc.ABC):
         """Store ``data`` only if nothing is stored under ``key``; False when something already is.
 
         Atomic against concurrent writers on any host: this is what leases and idempotent WAL pushes
-        are built on.
+        are built on. False also when the object is this caller's own: a conditional write whose answer
+        was lost is retried by the driver, and the retry finds what the first attempt stored (see
+        ``create``).
         """
+
+    def create(self, key: str, data: bytes) -> bool:
+        """``put_if_absent`` that knows its own write: True when ``key`` now holds exactly ``data``.
+
+        After a lost answer the store may have acted (the retry is then refused: 412), or a failed attempt
+        may have been stored after all: only reading the object back tells ours from another writer's.
+        For callers whose bytes are unique to them (manifests, lease bodies). Other errors propagate when
+        the object is not ours.
+        """
+        try:
+            if self.put_if_absent(key, data):
+                return True
+        except StorageError:
+            with contextlib.suppress(StorageError):
+                if self.get_bytes(key) == data:
+                    return True
+            raise
+        try:
+            return self.get_bytes(key) == data
+        except ObjectNotFound:
+            return False
 
     @abc.abstractmethod
     def get(self, key: str) -> BinaryIO:
