@@ -35,7 +35,7 @@ def register(cli: click.Group) -> None:
         from backupctl import drill, pitr
         from backupctl.config import PostgresSource
         from backupctl.errors import BackupctlError
-        from backupctl.privileges import become_server_user
+        from backupctl.privileges import become_repository_owner, become_server_user
         from backupctl.render import emit_json
         from backupctl.repository import open_repository
 
@@ -44,6 +44,8 @@ def register(cli: click.Group) -> None:
         src = config.source(source)
         if isinstance(src, PostgresSource):
             become_server_user(src)
+        else:  # its record must not be root's either
+            become_repository_owner(config)
         with open_repository(config) as repo:
             result = drill.run_drill(repo, src, drill.DrillRequest(backup_id, target, keep))
         if output == "json":

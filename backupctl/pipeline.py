@@ -21,6 +21,7 @@ from backupctl.codecs import Codec, Decompressor, codec
 from backupctl.config import Config
 from backupctl.errors import BackupctlError, DecryptionError, IntegrityError, StorageError
 from backupctl.storage import Storage
+from backupctl.storage.local import warn_if_readable_by_others
 
 CHUNK = 1024 * 1024
 
@@ -254,6 +255,10 @@ class Pipeline:
             crypto.parse_recipients(enc.recipients, f"{config.file}: encryption.recipients") if enc else []
         )
         self.recipient_names = [str(r) for r in self.recipients]
+        self._recipients_setting = f"{config.file}: encryption.recipients"
+        # The recipients the repository's marker lists, set when the repository is opened: new data is
+        # encrypted to exactly those (``require_repository_recipients``).
+        self.repository_recipients: list[str] | None = None
         self._identity_file = Path(enc.identity_file) if enc and enc.identity_file else None
         self._identity: Any = None
 
@@ -274,6 +279,7 @@ class Pipeline:
                     "(the file written by `backupctl keygen`)"
                 )
             self._identity = crypto.load_identity(self._identity_file)
+            warn_if_readable_by_others(self._identity_file, "identity file")
         return self._identity
 
     def can_decrypt(self) -> bool:
@@ -288,12 +294,20 @@ class Pipeline:
                 f"it was encrypted to {', '.join(recipients)}"
             )
 
+    def require_repository_recipients(self) -> None:
+        """Refuse to encrypt new data to other recipients than the repository lists (a typo'd, old or
+        tampered config would write backups the real identity cannot open); readers are never refused."""
+        if self.encrypted and self.repository_recipients is not None:
+            crypto.check_recipients(self.recipient_names, self.repository_recipients, self.storage.location,
+                                    self._recipients_setting)
+
     def store(self, key: str, source: BinaryIO, finalize: Callable[[], None] | None = None) -> StoredObject:
         """Stream ``source`` into the repository under ``key`` plus the codec's extensions.
 
         ``finalize`` runs after the source's end and before the object is committed: a producer (a
         pg_dump child) that ends with an error then leaves no object behind.
         """
+        self.require_repository_recipients()
         full_key = key + self.codec.extension + (".age" if self.encrypted else "")
         reader = _CompressingReader(source, self.codec)
         with self.storage.open_write(full_key) as writer:
@@ -384,6 +398,7 @@ class Pipeline:
 
     def seal(self, data: bytes) -> bytes:
         """Encrypt a small private document (a manifest's description of the data)."""
+        self.require_repository_recipients()
         return crypto.encrypt_bytes(data, self.recipients)
 
     def unseal(self, data: bytes) -> bytes:
