@@ -24,7 +24,7 @@ from backupctl.pgconn import ConnParams
 from backupctl.pipeline import StoredObject
 from backupctl.repository import Repository
 from backupctl.signals import shielded
-from backupctl.storage.local import fsync_dir
+from backupctl.storage.local import create_private, fsync_dir
 from backupctl.tools import ProcessSink, ToolProcess
 
 log = get_logger(__name__)
@@ -203,9 +203,12 @@ def restore_globals(repo: Repository, manifest: Manifest, to_file: Path | None, 
         raise ConfigError(f"{to_file} exists: pass --force to replace it")
     temp = to_file.parent / f".{to_file.name}.backupctl-{secrets.token_hex(4)}"
     try:
-        with open(temp, "xb") as out:
+        with create_private(temp) as out:  # role password hashes: 0600 whatever the umask
             repo.pipeline.read(obj, out)
+            out.flush()
+            os.fsync(out.fileno())
         os.replace(temp, to_file)
+        fsync_dir(to_file.parent)
     finally:
         with shielded(), contextlib.suppress(FileNotFoundError):
             temp.unlink()

@@ -22,7 +22,7 @@ from conftest import Backend, make_backend
 from s3_servers import FaultProxy, S3Endpoint, free_port
 
 from backupctl.errors import ObjectNotFound, StorageError
-from backupctl.storage import Storage
+from backupctl.storage import Storage, local
 from backupctl.storage.s3 import S3Storage
 
 MiB = 1024**2
@@ -220,32 +220,43 @@ def test_local_aborted_writer_leaves_no_temp_file(local_backend: Backend) -> Non
     assert storage.head("src/backups/b1/data") is None
 
 
-@pytest.mark.parametrize("pruned", ["after mkdir", "inside mkdir"])
+@pytest.mark.parametrize("pruned", ["after mkdir", "inside mkdir", "before open"])
 def test_local_writer_survives_a_delete_pruning_its_new_directory(
         local_backend: Backend, monkeypatch: pytest.MonkeyPatch, pruned: str) -> None:
-    """A delete elsewhere prunes the directory it empties, in the instant after a writer made it.
+    """A delete elsewhere prunes the directory it empties, in the instant after a writer made or saw it.
 
     The race is real (two lease takers on one host hit it in CI) but its window is microseconds, so the
-    other party's prune is played at the exact moment: right after mkdir returns (the open then fails
-    ENOENT), or between mkdir's EEXIST and its is_dir check.
+    other party's prune is played at the exact moment: right after mkdir returns, inside mkdir (the other
+    party made the directory and pruned it again: EEXIST, then no directory), or after the writer found the
+    directory and before its temp file is in it. Each time the temp file's open fails ENOENT, and the
+    writer makes the directory again.
     """
     storage = local_backend.storage()
     storage.put("src/locks/clock/other", b"")
-    real_mkdir = Path.mkdir
+    clock = Path(local_backend.repository["path"]) / "src" / "locks" / "clock"
+    if pruned != "before open":
+        storage.delete(["src/locks/clock/other"])
+    real_mkdir, real_create = os.mkdir, local.create_private
     plays = []
 
-    def mkdir_then_pruned(self: Path, *args: Any, **kwargs: Any) -> None:
-        if self.name != "clock" or plays:
-            return real_mkdir(self, *args, **kwargs)
+    def mkdir_then_pruned(path: Any, *args: Any, **kwargs: Any) -> None:
+        if Path(path) != clock or plays:
+            return real_mkdir(path, *args, **kwargs)
         plays.append(pruned)
         if pruned == "inside mkdir":
-            storage.delete(["src/locks/clock/other"])  # prunes clock/ after mkdir saw it exist
-            raise FileExistsError(errno.EEXIST, "File exists", str(self))
-        real_mkdir(self, *args, **kwargs)
-        storage.delete(["src/locks/clock/other"])
+            raise FileExistsError(errno.EEXIST, "File exists", str(path))
+        real_mkdir(path, *args, **kwargs)
+        os.rmdir(path)
         return None
 
-    monkeypatch.setattr(Path, "mkdir", mkdir_then_pruned)
+    def pruned_before_open(path: Path) -> Any:
+        if not plays:
+            plays.append(pruned)
+            storage.delete(["src/locks/clock/other"])  # prunes clock/, which the writer found
+        return real_create(path)
+
+    monkeypatch.setattr(os, "mkdir", mkdir_then_pruned)
+    monkeypatch.setattr(local, "create_private", pruned_before_open if pruned == "before open" else real_create)
     storage.put("src/locks/clock/probe", b"tick")
     assert plays == [pruned]
     assert storage.get_bytes("src/locks/clock/probe") == b"tick"

@@ -3,6 +3,12 @@
 Every write goes to a hidden temp file in the final directory, is fsynced, renamed into place and the
 directory fsynced: after ``commit`` returns the object survives a power cut, and before it nothing is
 visible under the key. ``put_if_absent`` uses ``link(2)``, which fails atomically when the name exists.
+A directory made for a key is fsynced in its parent, and a delete fsyncs the directories it changed, so
+neither a new object nor a removal can be undone by a power cut.
+
+Files are created 0600 and directories 0700 whatever the umask: an unencrypted repository holds the
+database in clear. The same helpers serve other secrets backupctl writes (``create_private``) and
+read (``warn_if_readable_by_others``).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from backupctl.storage.base import ObjectInfo, ObjectWriter, Storage
 
 TEMP_PREFIX = ".tmp-"
 _PRUNE_RACE_ATTEMPTS = 20
+_warned: set[Path] = set()
 
 
 def fsync_dir(path: Path) -> None:
@@ -30,6 +37,37 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def create_private(path: Path) -> BinaryIO:
+    """A new file that only its owner can read (0600 whatever the umask); fails if ``path`` exists."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), "wb")
+
+
+def make_private_dirs(directory: Path) -> None:
+    """``directory`` and its missing parents, 0700, each made durable in its parent (fsync)."""
+    missing = []
+    while not directory.is_dir():
+        missing.append(directory)
+        directory = directory.parent
+    for new in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # made meanwhile by another writer: synced all the same
+            os.mkdir(new, 0o700)  # the umask can only take bits away: never more than 0700
+        fsync_dir(new.parent)
+
+
+def warn_if_readable_by_others(path: Path, what: str) -> None:
+    """One warning line per process when ``path`` (a secret) can be read by every local user."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    if mode & 0o007 and path not in _warned:
+        from backupctl.log import get_logger
+
+        _warned.add(path)
+        get_logger(__name__).warning(f"{what} {path} is readable by other users: chmod o-rwx {path}",
+                                     mode=oct(mode & 0o777))
 
 
 def _storage_error(exc: OSError, what: str) -> StorageError:
@@ -58,8 +96,8 @@ class _LocalWriter(ObjectWriter):
         while True:
             attempts_left -= 1
             try:
-                self._final.parent.mkdir(parents=True, exist_ok=True)
-                return open(self._temp, "xb")
+                make_private_dirs(self._final.parent)
+                return create_private(self._temp)
             except (FileNotFoundError, FileExistsError) as exc:
                 if not attempts_left:
                     raise _storage_error(exc, f"cannot write {self._key}") from None
@@ -177,6 +215,8 @@ class LocalStorage(Storage):
         return sorted(f"{prefix}{e.name}/" for e in os.scandir(directory) if e.is_dir())
 
     def delete(self, keys: Iterable[str]) -> None:
+        """Remove ``keys``; durable on return: every directory changed is fsynced once, at the end."""
+        changed: set[Path] = set()
         for key in keys:
             path = self.path_for(key)
             try:
@@ -185,13 +225,21 @@ class LocalStorage(Storage):
                 continue
             except OSError as exc:
                 raise _storage_error(exc, f"cannot delete {key}") from None
-            self._prune_empty_dirs(path.parent)
+            changed.add(self._prune_empty_dirs(path.parent))
+        for directory in sorted(changed, reverse=True):
+            try:
+                fsync_dir(directory)
+            except FileNotFoundError:
+                continue  # emptied and pruned by a later key: its parent is in ``changed``
+            except OSError as exc:
+                raise _storage_error(exc, f"cannot delete from {directory}") from None
 
-    def _prune_empty_dirs(self, directory: Path) -> None:
-        """Remove directories left empty by a delete, so listings stay cheap."""
+    def _prune_empty_dirs(self, directory: Path) -> Path:
+        """Remove directories left empty by a delete, so listings stay cheap; returns the first one kept."""
         while directory != self.root and self.root in directory.parents:
             try:
                 directory.rmdir()
             except OSError:
-                return
+                break
             directory = directory.parent
+        return directory
