@@ -35,8 +35,12 @@ class State:
 
     def config(self) -> Any:
         from backupctl.config import config_path, load_config
+        from backupctl.storage.local import warn_if_readable_by_others
 
-        return load_config(config_path(self.config_file))
+        path = config_path(self.config_file)
+        config = load_config(path)
+        warn_if_readable_by_others(path, "config file")  # not on the wal-push fast path: once a segment is noise
+        return config
 
     def repository(self) -> Any:
         from backupctl.repository import open_repository
@@ -180,12 +184,16 @@ def verify(state: State, backup_id: str | None, all_: bool, source: str | None, 
 
     Each verified backup leaves a record in the repository (<source>/verifications/), which `status` and
     `check` report."""
+    from backupctl.privileges import become_repository_owner
     from backupctl.render import emit_json, verify_table
+    from backupctl.repository import open_repository
     from backupctl.verify import latest_backup, source_bindir, verify_all, verify_backup
 
     if [bool(backup_id), all_, bool(latest)].count(True) != 1:
         raise ConfigError("give one of BACKUP_ID, --all or --latest SOURCE")
-    with state.repository() as repo:
+    config = state.config()
+    become_repository_owner(config, latest or source)  # its records must not be root's
+    with open_repository(config) as repo:
         if all_:
             results = verify_all(repo, source)
         else:
@@ -197,8 +205,12 @@ def verify(state: State, backup_id: str | None, all_: bool, source: str | None, 
     else:
         verify_table(data)
     bad = [r for r in results if not r.ok]
+    unrecorded = [r.record_error for r in results if r.record_error]
     if bad:
-        raise BackupctlError(f"{len(bad)} of {len(results)} backups are damaged: {bad[0].problems[0]}")
+        also = f" ({unrecorded[0]})" if unrecorded else ""
+        raise BackupctlError(f"{len(bad)} of {len(results)} backups are damaged: {bad[0].problems[0]}{also}")
+    if unrecorded:
+        raise BackupctlError(f"{unrecorded[0]}; `check` still shows the previous result")
 
 
 @cli.command()
@@ -443,3 +455,6 @@ _register_ops(cli)
 from backupctl.cli_retention import register as _register_retention  # noqa: E402 - needs the group defined above
 
 _register_retention(cli)
+from backupctl.cli_keys import register as _register_keys  # noqa: E402 - needs the repo group defined above
+
+_register_keys(cli)
