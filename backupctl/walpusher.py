@@ -16,10 +16,12 @@ in ``pg_wal/archive_status``, so the next calls usually find their segment alrea
 at once. A call exits 0 only when the pusher reports ITS segment durable in the repository, and for the
 very file PostgreSQL named (inode, size and mtime are compared).
 
-Durability never depends on the pusher: when it is silent for ``min(timeout, 10)`` seconds (it sends a
-heartbeat every second while it works, and stops once a job overruns what a healthy one takes), dies
-mid-request, fails for a reason a retry may fix, or cannot be started within ``STARTUP_WAIT``, the
-call pushes its own segment itself, synchronously, and starts a new pusher in the background (detached:
+Durability never depends on the pusher: when it dies mid-request, fails for a reason a retry may fix, or
+cannot be started within ``STARTUP_WAIT``, the call pushes its own segment itself, synchronously, and
+starts a new pusher in the background. When it is silent for ``min(timeout, 10)`` seconds (it sends a
+heartbeat every second while it works, and stops once a job overruns what a healthy one takes: stopped,
+hung), the call kills it by the pid it recorded with its lock and hands its segment to a new one, so the
+stall is paid once, not by every later segment. New pushers are started in the background (detached:
 its own session, stdin from /dev/null, output to ``pusher.log`` in the spool directory; it exits after
 ``[wal] idle_exit`` seconds without work, when its socket or spool directory disappears, or when the
 config file changes). When no pusher runs at all, the call starts one and hands it its segment if it
@@ -65,6 +67,7 @@ MAX_STALL = 10.0  # a pusher silent this long (or [wal] timeout, if shorter) is 
 STARTUP_WAIT = 3.0  # how long a client waits for a pusher that is starting (its lock is held)
 NOT_RUNNING = "no pusher is running"
 START_LOCK_WAIT = 30.0  # a new pusher waits this long for an old one (restarting) to let go
+KILL_WAIT = 5.0  # how long a client waits for a pusher it killed to let go of its lock
 JOB_MEMORY = 600.0  # seconds a finished job is remembered
 MAX_READ_AHEAD = 1024  # queued read-ahead pushes at most
 LOG_ROTATE_BYTES = 16 * 1024**2
@@ -86,6 +89,10 @@ USAGE = (
 
 class Unavailable(Exception):
     """The resident pusher cannot serve this request: push (or fetch) in this process instead."""
+
+
+class Unresponsive(Unavailable):
+    """A pusher holds the socket but stays silent (stopped, hung, or past a job's deadline): replace it."""
 
 
 class _UsageError(Exception):
@@ -332,6 +339,8 @@ def ask(settings: Settings, request: dict[str, Any], connect_wait: float = 0.0) 
                 if time.monotonic() >= deadline:
                     raise Unavailable(NOT_RUNNING) from exc
                 time.sleep(0.05)
+            except (TimeoutError, BlockingIOError) as exc:  # its backlog is full: nobody accepts
+                raise Unresponsive(f"the pusher accepts no connection ({exc})") from exc
             except OSError as exc:
                 raise Unavailable(f"cannot reach the pusher: {exc.strerror or exc}") from exc
         message = {**request, "version": PROTOCOL, "fingerprint": settings.fingerprint}
@@ -341,7 +350,7 @@ def ask(settings: Settings, request: dict[str, Any], connect_wait: float = 0.0) 
                 if reply.get("status") != "wait":
                     return reply
         except TimeoutError as exc:
-            raise Unavailable(f"the pusher sent nothing for {settings.stall:.0f}s (stuck?)") from exc
+            raise Unresponsive(f"the pusher sent nothing for {settings.stall:.0f}s") from exc
         except (OSError, ValueError) as exc:
             raise Unavailable(f"lost the pusher mid-request ({exc})") from exc
         raise Unavailable("the pusher closed the connection mid-request (did it die?)")
@@ -366,6 +375,42 @@ def _lock_held(settings: Settings) -> bool:
     finally:
         os.close(fd)
     return False
+
+
+def _kill_unresponsive(settings: Settings) -> int | None:
+    """SIGKILL the pusher that holds this spool's lock but stopped answering; its pid, or None if none was killed.
+
+    The pid is the one the pusher recorded after taking its lock (``pusher.pid``), and counts only while
+    /proc/locks shows that very process holding the flock on this ``pusher.lock`` and its command line is a
+    walpusher daemon: a stale file or a reused pid is left alone. Killing loses nothing: every object write
+    is atomic, and each client still waiting gets its connection closed and does its own file. Returns once
+    the lock is free (or after ``KILL_WAIT``), so that a new pusher can start at once.
+    """
+    import signal
+
+    try:
+        with open(os.path.join(settings.spool, PID_NAME)) as handle:
+            pid = int(handle.read())
+        lock = os.stat(os.path.join(settings.spool, LOCK_NAME))
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            argv = handle.read().split(b"\0")
+        with open("/proc/locks") as handle:
+            locks = [line.split() for line in handle]
+    except (OSError, ValueError):
+        return None
+    inode = f"{os.major(lock.st_dev):02x}:{os.minor(lock.st_dev):02x}:{lock.st_ino}"
+    holder = ["FLOCK", "ADVISORY", "WRITE", str(pid), inode]  # "N: FLOCK ADVISORY WRITE PID MAJ:MIN:INODE 0 EOF"
+    if holder not in (fields[1:6] for fields in locks) or b"daemon" not in argv \
+            or not any(b"backupctl.walpusher" in arg for arg in argv):
+        return None
+    try:
+        os.kill(pid, signal.SIGKILL)  # a stopped process dies too
+    except OSError:
+        return None
+    deadline = time.monotonic() + KILL_WAIT
+    while _lock_held(settings) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return pid
 
 
 def bootstrap() -> list[str]:
@@ -422,11 +467,16 @@ def _via_pusher(settings: Settings | None, request: dict[str, Any], pg_wal: str 
     try:
         reply = ask(settings, request, connect_wait=STARTUP_WAIT if held else 0.0)
     except Unavailable as exc:
+        # A silent pusher is killed by its pid: left alone, it would keep its lock and cost every later call
+        # the whole stall (a stopped process, a job past its deadline).
+        killed = _kill_unresponsive(settings) if isinstance(exc, Unresponsive) else None
         spawn_pusher(settings, pg_wal)  # nothing happens while another one holds the lock
-        if held or str(exc) != NOT_RUNNING:
+        if killed is not None:
+            _say(f"{exc}: killed the unresponsive pusher (pid {killed}); a new one takes over", "warning")
+        elif held or str(exc) != NOT_RUNNING:
             _say(f"{exc}; doing {request['name']} in this process", "warning")
             return None
-        # None was running: hand this file to the one just started, if it comes up in time. Doing the work
+        # None is running now: hand this file to the one just started, if it comes up in time. Doing the work
         # here as well would only make two cold starts compete for the CPU.
         try:
             reply = ask(settings, request, connect_wait=STARTUP_WAIT)
@@ -514,10 +564,10 @@ def _run_service(debug: bool, work: Any, fatal_exit: int | None = None) -> int:
 def _sync_push(config_file: str | None, source: str | None, path: str, debug: bool) -> int:
     def work() -> int:
         from backupctl import wal
-        from backupctl.config import config_path, load_config
+        from backupctl.config import config_path, load_wal_config
 
         wal.parse_wal_name(os.path.basename(path))
-        config = load_config(config_path(config_file))
+        config = load_wal_config(config_path(config_file), source)
         name = wal.select_source(config, source).name
         with wal.open_wal_repository(config) as repo:
             wal.push_file(repo, name, path)
@@ -553,9 +603,9 @@ def fetch_command(config_file: str | None, source: str | None, name: str, dest: 
 def _sync_fetch(config_file: str | None, source: str | None, name: str, dest: str, debug: bool, epoch: int) -> int:
     def work() -> int:
         from backupctl import wal
-        from backupctl.config import config_path, load_config
+        from backupctl.config import config_path, load_wal_config
 
-        config = load_config(config_path(config_file))
+        config = load_wal_config(config_path(config_file), source)
         src = wal.select_source(config, source).name
         with wal.open_wal_repository(config) as repo:
             return EXIT_OK if fetch_from_epoch(repo, src, epoch, name, dest) else EXIT_FAILED
@@ -647,8 +697,7 @@ class Pusher:
         self.socket_ino = 0
         # No healthy push or fetch takes longer than a few store timeouts (each request is bounded).
         self.job_deadline = 3 * config.wal.timeout + 30
-        self.log_path = os.path.join(spool, LOG_NAME)
-        self.debug = False
+        self.log_file: LogFile | None = None  # rotated by size while running (daemon_command sets it)
 
     # -- the repository, opened on first use and kept (an S3 client costs ~100 ms to make) --
 
@@ -685,16 +734,26 @@ class Pusher:
                     continue  # a stale entry of a job that was bumped to the front
                 job.state = "running"
                 self.running += 1
+            result = {"status": "error", "definitive": False, "message": f"the pusher's {job.op} of {job.name} failed"}
             try:
                 result = run(job)
             except BaseException as exc:  # every failure is reported to the client
                 result = self._failure(exc, job)
-            with self.lock:
+            finally:  # whatever happened, the job ends: a client waiting on it would otherwise wait for good
+                self._finish([job], "running", result)
+
+    def _finish(self, jobs: list[Job], state: str, result: dict[str, Any]) -> None:
+        """End those of ``jobs`` still in ``state`` with ``result``, and wake their clients."""
+        with self.lock:
+            now = time.monotonic()
+            ending = [job for job in jobs if job.state == state]
+            for job in ending:
                 job.result = result
                 job.state = "done"
-                job.finished_at = time.monotonic()
-                self.running -= 1
-                self.last_activity = job.finished_at
+                job.finished_at = now
+            self.running -= len(ending) if state == "running" else 0
+            self.last_activity = now
+        for job in ending:
             job.done.set()
 
     def _failure(self, exc: BaseException, job: Job) -> dict[str, Any]:
@@ -962,26 +1021,16 @@ class Pusher:
                 if os.stat(self.socket_path).st_ino == self.socket_ino:
                     os.unlink(self.socket_path)
             self.stopping.set()
+            # No worker takes a queued job any more: their clients push (or fetch) themselves now, rather than
+            # get heartbeats until the running jobs end.
+            with self.lock:
+                jobs = [*self.pushes.values(), *self.fetches.values()]
+            self._finish(jobs, "queued", {"status": "error", "definitive": False, "message": "the pusher is stopping"})
             deadline = time.monotonic() + wal_config.timeout
             while self.running and time.monotonic() < deadline:
                 time.sleep(0.05)
             shutil.rmtree(self.prefetch_dir, ignore_errors=True)
             self.log.info("pusher stopped", pid=os.getpid())
-
-    def _rotate_log(self) -> None:
-        """A busy server keeps its pusher alive for good: rotate the log by size while running."""
-        from backupctl import log
-
-        try:
-            if os.path.getsize(self.log_path) <= LOG_ROTATE_BYTES:
-                return
-            os.replace(self.log_path, self.log_path + ".1")
-        except OSError:
-            return
-        stream = open(self.log_path, "a", buffering=1)  # noqa: SIM115 - the log until the next rotation
-        _redirect_output(stream)
-        log.configure(debug=self.debug, stream=stream)
-        self.log = log.get_logger("backupctl.walpusher")
 
     def _housekeeping(self) -> None:
         now = time.monotonic()
@@ -1003,7 +1052,8 @@ class Pusher:
                         jobs.pop(name)
                         if job.op == "fetch":
                             _unlink(job.path)
-        self._rotate_log()
+        if self.log_file is not None:
+            self.log_file.rotate()
         if gone or changed or idle:
             reason = "socket removed" if gone else "config changed" if changed else "idle"
             self.log.info("pusher exiting", reason=reason)
@@ -1017,20 +1067,66 @@ def _unlink(path: str) -> None:
         os.unlink(path)
 
 
-def _redirect_output(stream: Any) -> None:
-    """Tracebacks and stray prints (fds 1 and 2) go to the current log file, not a rotated one."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.dup2(stream.fileno(), 1)
-    os.dup2(stream.fileno(), 2)
+class LogFile:
+    """``pusher.log``: structlog's stream, and fds 1 and 2 (tracebacks); writing to it never raises.
 
+    A worker logs after each push: if a full disk (or a quota) made that raise, the worker died, its job
+    never finished, its client waited for the job's deadline, and the pusher kept its lock. Here a line that
+    cannot be written is dropped and counted, and the next line that gets through says how many were lost.
+    structlog prints a line and flushes it under its lock: ``flush`` makes it one ``write`` (O_APPEND).
+    """
 
-def _rotate(log_path: str) -> None:
-    try:
-        if os.path.getsize(log_path) > LOG_ROTATE_BYTES:
-            os.replace(log_path, log_path + ".1")
-    except OSError:
-        pass
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self.pending: list[str] = []
+        self.dropped = 0
+        self.cut = False  # the last write ended mid-line
+
+    def write(self, text: str) -> int:
+        self.pending.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        text = "".join(self.pending)
+        self.pending.clear()
+        if not text:
+            return
+        if self.dropped:
+            notice = f'{{"event": "log lines dropped", "count": {self.dropped}, "level": "warning"}}\n'
+            text = ("\n" if self.cut else "") + notice + text
+        data = text.encode(errors="replace")
+        try:
+            written = os.write(self.fd, data)
+        except OSError:
+            self.dropped += 1
+            return
+        self.cut = written < len(data)
+        self.dropped = int(self.cut)
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def redirect_output(self) -> None:
+        """Tracebacks and stray prints (fds 1 and 2) go to this log too."""
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(self.fd, 1)
+        os.dup2(self.fd, 2)
+
+    def rotate(self) -> None:
+        """A busy server keeps its pusher alive for good: past ``LOG_ROTATE_BYTES``, the file becomes
+        ``pusher.log.1`` and a new one takes the same descriptor number, so every writer follows at once."""
+        try:
+            if os.fstat(self.fd).st_size <= LOG_ROTATE_BYTES:
+                return
+            os.replace(self.path, self.path + ".1")
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError:
+            return  # logging on in the old file beats not running
+        os.dup2(fd, self.fd, inheritable=False)
+        os.close(fd)
+        self.redirect_output()
 
 
 def daemon_command(config_file: str | None, source: str | None, debug: bool = False,
@@ -1040,10 +1136,10 @@ def daemon_command(config_file: str | None, source: str | None, debug: bool = Fa
 
     full_environment()
     from backupctl import log, wal
-    from backupctl.config import config_path, load_config
+    from backupctl.config import config_path, load_wal_config
 
     os.umask(0o077)
-    config = load_config(config_path(config_file))
+    config = load_wal_config(config_path(config_file), source)
     name = wal.select_source(config, source).name
     settings = quick_settings(config_file, name)
     spool = settings.spool if settings else spool_for(config.wal.spool_dir, name)
@@ -1064,17 +1160,20 @@ def daemon_command(config_file: str | None, source: str | None, debug: bool = Fa
             if time.monotonic() > deadline:
                 return EXIT_OK
             time.sleep(0.2)
-    log_path = os.path.join(spool, LOG_NAME)
-    _rotate(log_path)
-    stream = open(log_path, "a", buffering=1)  # noqa: SIM115 - the process's log until it exits
-    _redirect_output(stream)
-    log.configure(debug=debug, stream=stream)
-    with open(os.path.join(spool, PID_NAME), "w") as handle:
-        handle.write(f"{os.getpid()}\n")
+    log_file = LogFile(os.path.join(spool, LOG_NAME))
+    log_file.rotate()
+    log_file.redirect_output()
+    log.configure(debug=debug, stream=log_file)
+    try:  # recorded with the lock: a client that finds this pusher silent kills it by this pid
+        with open(os.path.join(spool, PID_NAME), "w") as handle:
+            handle.write(f"{os.getpid()}\n")
+    except OSError as exc:
+        log.get_logger("backupctl.walpusher").warning("cannot record the pusher's pid: if it gets stuck, clients "
+                                                     "cannot replace it", error=exc.strerror)
     print_ = fingerprint(config_file_path(config_file))
     try:
         pusher = Pusher(config, name, spool, print_)
-        pusher.debug = debug
+        pusher.log_file = log_file
         pusher.run(pg_wal)
     finally:
         _unlink(os.path.join(spool, PID_NAME))
