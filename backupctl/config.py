@@ -132,6 +132,10 @@ class CheckConfig:
     wal_age_critical: Duration = 3600.0
     ready_warning: int = 16  # .ready files waiting in pg_wal/archive_status (local servers)
     ready_critical: int = 128
+    # How long the oldest .ready file has waited (data directory, else pg_ls_archive_statusdir()): catches an
+    # archive_command that cannot run at all, which PostgreSQL does not count as a failure.
+    ready_age_warning: Duration = 10 * 60.0
+    ready_age_critical: Duration = 3600.0
     pg_wal_warning: Size | None = None  # size of pg_wal (local servers); unchecked when absent
     pg_wal_critical: Size | None = None
     disk_free_warning: float = 10.0  # percent free on the data directory's filesystem (local servers)
@@ -295,8 +299,37 @@ def config_path(explicit: str | None) -> Path:
 
 def load_config(path: Path) -> Config:
     """Read and validate the config file; every problem is a one-line ``ConfigError``."""
+    return parse_config(_read(path), path)
+
+
+# What archive_command and restore_command read: a mistake anywhere else must not stop WAL archiving.
+WAL_SECTIONS = ("repository", "compression", "encryption", "wal")
+# The tables of a source that only scheduled jobs, check and drills read.
+_SOURCE_OPERATIONS = ("retention", "check", "schedule", "drill")
+
+
+def load_wal_config(path: Path, source: str | None) -> Config:
+    """The WAL path's view of the config file (wal-push, wal-fetch, the resident pusher), validated alone.
+
+    Only ``[repository]``, ``[compression]``, ``[encryption]``, ``[wal]`` and the source are read: the named
+    one, or every PostgreSQL source when none is named (``wal.select_source`` then wants exactly one), without
+    its retention, check, schedule and drill tables. A typo in ``[[webhooks]]``, ``[metrics]``, another source or
+    a schedule would otherwise fail every archive_command until pg_wal fills; ``check``, ``pg-settings`` and
+    the scheduler load the whole file and report it. The sections left out keep their defaults here.
+    """
+    raw = _read(path)
+    tables = raw.get("sources", {})
+    if isinstance(tables, dict):
+        picked = {source} & set(tables) or {
+            name for name, table in tables.items() if isinstance(table, dict) and table.get("kind") == "postgres"}
+        tables = {name: {key: value for key, value in table.items() if key not in _SOURCE_OPERATIONS}
+                  if isinstance(table, dict) else table for name, table in tables.items() if name in picked}
+    return parse_config({**{key: raw[key] for key in WAL_SECTIONS if key in raw}, "sources": tables}, path)
+
+
+def _read(path: Path) -> dict[str, Any]:
     try:
-        raw = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(
             f"config file {path} does not exist (pass --config FILE or set {CONFIG_ENV})"
@@ -305,7 +338,6 @@ def load_config(path: Path) -> Config:
         raise ConfigError(f"config file {path} is not readable by this user") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return parse_config(raw, path)
 
 
 def parse_config(raw: dict[str, Any], path: Path) -> Config:
@@ -396,6 +428,7 @@ def _check_source(source: SourceConfig, loader: _Loader, key: str) -> None:
     pairs = [("backup_age", check.backup_age_warning, check.backup_age_critical),
              ("wal_age", check.wal_age_warning, check.wal_age_critical),
              ("ready", check.ready_warning, check.ready_critical),
+             ("ready_age", check.ready_age_warning, check.ready_age_critical),
              ("pg_wal", check.pg_wal_warning, check.pg_wal_critical),
              ("drill_age", check.drill_age_warning, check.drill_age_critical)]
     for name, warning, critical in pairs:
