@@ -77,6 +77,15 @@ class _Run:
                         self.repo.storage.delete([o.key for o in self.objects])
                 raise
 
+    def _check_stored(self) -> None:
+        """Every object this backup wrote is in the repository with its size (one listing)."""
+        stored = {info.key: info.size for info in self.repo.storage.list(self.prefix)}
+        missing = [o.key for o in self.objects if stored.get(o.key) != o.stored_size]
+        if missing:
+            raise BackupctlError(f"backup {self.id} lost {len(missing)} of its {len(self.objects)} objects before "
+                                 f"it was published ({missing[0]} is missing or of another size); nothing was "
+                                 "published: run the backup again")
+
     def publish(self, kind: str, details: dict[str, Any], extra: dict[str, Any],
                 options: BackupOptions, parent: str | None = None) -> Manifest:
         manifest = Manifest(
@@ -95,7 +104,10 @@ class _Run:
         )
         seal_details(manifest, self.repo.pipeline)
         assert self.lease is not None, "publish runs inside cleanup_on_failure"
-        self.lease.ensure_held()
+        # Under a lease renewed just now and held without a gap since the backup began, with every object
+        # still stored: a lapse (a stopped process) lets gc remove the objects of an unpublished backup.
+        self.lease.renew()
+        self._check_stored()
         self.repo.catalog.write(manifest)
         log.info(
             "backup finished",

@@ -22,6 +22,7 @@ import os
 import secrets
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from backupctl.storage.base import ObjectInfo, Storage
 log = get_logger(__name__)
 
 DEFAULT_TTL = 120.0
+STORE_CLOCK_STEP = 1.0  # S3 keeps Last-Modified in whole seconds: a lease may look expired a second early
 
 
 class LeaseHeld(BackupctlError):
@@ -106,18 +108,34 @@ def _read(storage: Storage, info: ObjectInfo) -> LeaseInfo | None:
 
 
 class Lease:
-    """A lease this process holds; a daemon thread renews it until ``release``."""
+    """A lease this process holds; a daemon thread renews it until ``release``.
+
+    Others judge it by the store's Last-Modified of its latest write, which is no earlier than the moment
+    that write was sent, less the store's rounding (``STORE_CLOCK_STEP``): so it is surely held for ``ttl``
+    minus that after the start of each successful write. Two successful writes that started further apart
+    (the process was stopped, or the store was unreachable) leave a gap in which others may have seen it
+    expired and acted (gc removing what it protects, another process taking it over); ``renew`` reports
+    such a lapse, even once renewal resumed.
+    """
 
     def __init__(self, storage: Storage, key: str, body: dict[str, Any], ttl: float) -> None:
         self.storage = storage
         self.key = key
         self.body = body
         self.ttl = ttl
+        self._renewed = time.monotonic()  # made just before its first write, so never later than it
+        self._lapse: float | None = None  # the first gap between successful writes that others may see
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._renew_loop, name=f"lease {key}", daemon=True)
 
     def _write(self) -> None:
+        started = time.monotonic()
         self.storage.put(self.key, json.dumps(self.body, sort_keys=True).encode())
+        with self._lock:
+            if self._lapse is None and started - self._renewed > self.ttl - STORE_CLOCK_STEP:
+                self._lapse = started - self._renewed
+            self._renewed = max(self._renewed, started)
 
     def _renew_loop(self) -> None:
         while not self._stop.wait(self.ttl / 4):
@@ -138,6 +156,19 @@ class Lease:
 
     def ensure_held(self) -> None:
         """Raise ``LeaseLost`` when the lease was taken over; a reader's lease conflicts with nobody."""
+
+    def renew(self) -> None:
+        """Renew now, and raise ``LeaseLost`` unless the lease was held without a gap since it was taken.
+
+        For the step that must only happen under the lease (publishing a backup): after this, the lease
+        is surely held for another ``ttl`` less ``STORE_CLOCK_STEP``.
+        """
+        self._write()
+        if self._lapse is not None:
+            raise LeaseLost(f"lease {self.key} lapsed: {self._lapse:.1f}s without renewal, long enough for "
+                            f"others to see it expire (lease_ttl {self.ttl:g}s; was this process stopped, or the "
+                            "store unreachable?); what it protects may have been removed, so nothing was published")
+        self.ensure_held()
 
     def release(self) -> None:
         """Stop renewing and give the lease back."""

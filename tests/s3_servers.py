@@ -246,7 +246,8 @@ class Rule:
 
     - ``drop-response``: the request reaches the store, which acts on it; then the connection is closed
       without an answer (the client retries an operation that already happened).
-    - ``status``: answered with status ``arg`` (500 InternalError, 503 SlowDown), never forwarded.
+    - ``status``: answered with status ``arg`` (500 InternalError, 503 SlowDown), never forwarded; 200 with
+      no body acknowledges a write the store never saw (a store that loses acknowledged writes).
     - ``delay``: held ``arg`` seconds before it is forwarded (longer than the client's read timeout: the
       client gives up and retries, and the store still acts on the late original).
     - ``truncate``: a GET whose answer announces its full length but sends only ``arg`` body bytes.
@@ -365,8 +366,8 @@ class FaultProxy:
         self._run_hooks(faults, answer_side=False)
         if "status" in actions:
             status = actions["status"][0]
-            self._answer(handler, status, "", [("Content-Type", "application/xml")],
-                         SLOW_DOWN if status == 503 else INTERNAL_ERROR)
+            body = SLOW_DOWN if status == 503 else INTERNAL_ERROR if status >= 400 else b""
+            self._answer(handler, status, "", [("Content-Type", "application/xml")], body)
             return
         for seconds in actions.get("delay", []):
             time.sleep(seconds)
