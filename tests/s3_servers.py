@@ -253,6 +253,7 @@ class Rule:
     - ``truncate``: a GET whose answer announces its full length but sends only ``arg`` body bytes.
     - ``reroute``: forwarded to path ``arg`` instead, e.g. another object: a second ranged GET that gets
       other bytes and another ETag (drop ``If-Match`` too, with ``drop-header``, for a store ignoring it).
+      moto only: a store that checks signatures (SeaweedFS) refuses a request sent to another path.
     - ``stale-list``: answered with the first answer the proxy relayed to this same request (a listing
       from before later writes and deletes).
     - ``empty-list``: forwarded, then its entries (Contents, CommonPrefixes) are cut out of the page.
@@ -312,6 +313,10 @@ class FaultProxy:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+
+            def handle(self) -> None:
+                with contextlib.suppress(ConnectionError):  # a client that hung up (e.g. its read timeout)
+                    super().handle()
 
             def do_GET(self) -> None:
                 proxy.relay(self)
