@@ -185,7 +185,7 @@ def init_repository(config: Config) -> tuple[Repository, bool]:
         "created_by": f"backupctl {__version__}",
         "encryption": pipeline.encryption_record(),
     }
-    created = storage.put_if_absent(MARKER, json.dumps(meta, indent=1).encode())
+    created = storage.create(MARKER, json.dumps(meta, indent=1).encode())  # a lost answer: still ours
     if not created:
         meta = _read_marker(storage) or meta
     _check_compatible(meta, pipeline, storage.location)
@@ -254,7 +254,7 @@ def probe_conditional_writes(storage: Storage) -> None:
     """Leases and idempotent WAL pushes rely on If-None-Match: prove the store honours it."""
     key = f"{PROBE_PREFIX}{secrets.token_hex(8)}"
     try:
-        first = storage.put_if_absent(key, b"first")
+        first = storage.create(key, b"first")  # a lost answer and a refused retry: still ours
         second = storage.put_if_absent(key, b"second")
         kept = storage.get_bytes(key) if first else b""
     finally:

@@ -667,7 +667,8 @@ class _S3Reader(io.RawIOBase):
     """The body of one GET; a connection that breaks mid-body is resumed with a ranged GET.
 
     The re-GET carries ``If-Match`` with the first response's ETag: if the object was replaced in
-    between, S3 answers 412 and the read fails instead of splicing two versions together.
+    between, S3 answers 412 and the read fails instead of splicing two versions together. The answer's
+    own ETag is compared too, for a store (or a cache in between) that ignores ``If-Match``.
     """
 
     def __init__(self, storage: S3Storage, key: str, response: dict[str, Any]) -> None:
@@ -725,10 +726,16 @@ class _S3Reader(io.RawIOBase):
                 )
             except ClientError as exc:
                 if _code(exc) in _CONFLICT_CODES or _status(exc) == 412:
-                    raise StorageError(f"{self._key} in {storage.location} was replaced while it was "
-                                       "being read: read it again") from exc
+                    raise self._replaced() from exc
                 raise
+        if response["ETag"] != self._etag:
+            response["Body"].close()
+            raise self._replaced()
         self._body = response["Body"]
+
+    def _replaced(self) -> StorageError:
+        return StorageError(f"{self._key} in {self._storage.location} was replaced while it was being read: "
+                            "read it again")
 
     def close(self) -> None:
         if not self.closed:
