@@ -64,6 +64,17 @@ def _sqlite_db(path: Path, rows: int = 500) -> list[tuple[int, bytes]]:
     return _rows(path)
 
 
+def _initialised(tmp_path: Path, backend: Backend, cli: CliRunner, **repository: object) -> tuple[Path, list]:
+    """A SQLite source with a few hundred rows and an initialised repository (``repository``: settings of its
+    [repository] table, such as lease_ttl); the config and the rows."""
+    db = tmp_path / "dev.sqlite3"
+    rows = _sqlite_db(db)
+    backend.repository.update(repository)
+    config = make_config(tmp_path, backend, db=db)
+    assert cli(config, "init").code == 0
+    return config, rows
+
+
 def _rows(path: Path) -> list[tuple[int, bytes]]:
     with sqlite3.connect(path) as db:
         return db.execute("SELECT id, payload FROM t ORDER BY id").fetchall()
@@ -89,10 +100,7 @@ def test_lost_answer_to_the_manifest_put_is_a_published_backup(
 ) -> None:
     """The manifest is stored, its answer lost; the retry's 412 is our own manifest, not a duplicate id."""
     backend, proxy = proxied
-    db = tmp_path / "dev.sqlite3"
-    rows = _sqlite_db(db)
-    config = make_config(tmp_path, backend, db=db)
-    assert cli(config, "init").code == 0
+    config, rows = _initialised(tmp_path, backend, cli)
     lost = proxy.add(Rule("drop-response", method="PUT", path=MANIFEST_PUT))
 
     bid = backup_id(cli(config, "backup", "devdb", "-o", "json"))
@@ -109,10 +117,7 @@ def test_lost_answer_to_a_lease_put_is_our_lease(
 ) -> None:
     """The backup lease is stored, its answer lost: "locked by" ourselves is ours; it is released after."""
     backend, proxy = proxied
-    db = tmp_path / "dev.sqlite3"
-    _sqlite_db(db)
-    config = make_config(tmp_path, backend, db=db)
-    assert cli(config, "init").code == 0
+    config, _ = _initialised(tmp_path, backend, cli)
     lost = proxy.add(Rule("drop-response", method="PUT", path=LEASE_PUT))
 
     first = cli(config, "backup", "devdb", "-o", "json")
@@ -129,11 +134,7 @@ def test_a_publish_that_cannot_be_confirmed_keeps_the_backup_whole(
     """Every answer to the manifest PUT is lost and reading it back fails: the backup cannot know it is
     published, so it fails; but the manifest is there, and the failure must not take its data with it."""
     backend, proxy = proxied
-    db = tmp_path / "dev.sqlite3"
-    rows = _sqlite_db(db)
-    backend.repository["max_attempts"] = 2
-    config = make_config(tmp_path, backend, db=db)
-    assert cli(config, "init").code == 0
+    config, rows = _initialised(tmp_path, backend, cli, max_attempts=2)
     proxy.add(Rule("drop-response", method="PUT", path=MANIFEST_PUT, times=None))
     proxy.add(Rule("status", method="GET", path=MANIFEST_PUT, times=None, arg=500))
 
@@ -191,11 +192,7 @@ def test_a_backup_stopped_past_its_lease_does_not_publish_what_gc_removed(
     tmp_path: Path, proxied: tuple[Backend, FaultProxy], cli: CliRunner
 ) -> None:
     backend, proxy = proxied
-    db = tmp_path / "dev.sqlite3"
-    _sqlite_db(db)
-    backend.repository["lease_ttl"] = f"{LEASE_TTL}s"
-    config = make_config(tmp_path, backend, db=db)
-    assert cli(config, "init").code == 0
+    config, _ = _initialised(tmp_path, backend, cli, lease_ttl=f"{LEASE_TTL}s")
     proc = _stopped_backup(config, proxy, backend)
     try:
         _wait_lease_expired(backend, "devdb")
@@ -217,10 +214,7 @@ def test_a_backup_whose_data_the_store_lost_does_not_publish(
 ) -> None:
     """The store acknowledges the data object but never stores it: the listing before publishing sees it."""
     backend, proxy = proxied
-    db = tmp_path / "dev.sqlite3"
-    _sqlite_db(db)
-    config = make_config(tmp_path, backend, db=db)
-    assert cli(config, "init").code == 0
+    config, _ = _initialised(tmp_path, backend, cli)
     lost = proxy.add(Rule("status", method="PUT", path=DATA_PUT, arg=200))
     failed = cli(config, "backup", "devdb")
     assert lost.fired == 1 and failed.code == 1, failed.stderr
@@ -233,11 +227,7 @@ def test_a_backup_stopped_past_its_lease_yields_to_the_backup_that_took_it_over(
 ) -> None:
     backend, proxy = _behind_proxy("moto", tmp_path, request)
     request.addfinalizer(proxy.close)
-    db = tmp_path / "dev.sqlite3"
-    rows = _sqlite_db(db)
-    backend.repository["lease_ttl"] = f"{LEASE_TTL}s"
-    config = make_config(tmp_path, backend, db=db)
-    assert cli(config, "init").code == 0
+    config, rows = _initialised(tmp_path, backend, cli, lease_ttl=f"{LEASE_TTL}s")
     proc = _stopped_backup(config, proxy, backend)
     try:
         _wait_lease_expired(backend, "devdb")
@@ -313,10 +303,7 @@ def test_an_empty_listing_before_publishing_fails_the_backup(
 ) -> None:
     """The check that every object is stored is a listing: one that comes back empty fails safe."""
     backend, proxy = proxied
-    db = tmp_path / "dev.sqlite3"
-    _sqlite_db(db)
-    config = make_config(tmp_path, backend, db=db)
-    assert cli(config, "init").code == 0
+    config, _ = _initialised(tmp_path, backend, cli)
     empty = proxy.add(Rule("empty-list", method="GET", path=r"list-type=2&prefix=.*/backups/[^/]+/&"))
     failed = cli(config, "backup", "devdb")
     assert empty.fired == 1 and failed.code == 1 and "nothing was published" in failed.error_line
@@ -330,10 +317,7 @@ def test_gc_with_a_stale_listing_keeps_a_published_backup(
     """gc's listing predates the manifest (the folder looks like debris): it checks for the manifest again."""
     backend, proxy = _behind_proxy("moto", tmp_path, request)
     request.addfinalizer(proxy.close)
-    db = tmp_path / "dev.sqlite3"
-    rows = _sqlite_db(db)
-    config = make_config(tmp_path, backend, db=db)
-    assert cli(config, "init").code == 0
+    config, rows = _initialised(tmp_path, backend, cli)
     proc = _stopped_backup(config, proxy, backend)
     try:
         planned = cli(config, "repo", "gc", "--grace", "0s", "--dry-run", "-o", "json")  # lists the folder
