@@ -143,9 +143,12 @@ class _LocalWriter(ObjectWriter):
         return True
 
     def abort(self) -> None:
+        """Drop the temp file. Closing flushes what is still buffered, which fails again on a full disk (the
+        descriptor is closed all the same): that error must not keep the temp file, nor replace the first one."""
         if self._file is not None:
-            self._file.close()
-            self._file = None
+            file, self._file = self._file, None
+            with contextlib.suppress(OSError):
+                file.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._temp)
 
