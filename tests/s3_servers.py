@@ -22,6 +22,8 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta
+from email.utils import format_datetime, parsedate_to_datetime
 from functools import cached_property
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -231,7 +233,8 @@ HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length",
 LIST_ENTRIES = re.compile(rb"<Contents>.*?</Contents>|<CommonPrefixes>.*?</CommonPrefixes>", re.S)
 KEY_COUNT = re.compile(rb"<KeyCount>\d+</KeyCount>")
 ANSWER_ACTIONS = {"drop-response", "truncate", "empty-list"}  # faults on the store's answer
-ACTIONS = ANSWER_ACTIONS | {"status", "delay", "reroute", "stale-list", "drop-header"}
+ACTIONS = ANSWER_ACTIONS | {"status", "delay", "reroute", "stale-list", "drop-header", "shift-clock"}
+LISTED_TIMES = re.compile(rb"<(LastModified|Initiated)>([^<]+)</")  # ListObjectsV2, ListMultipartUploads
 
 
 @dataclass
@@ -259,6 +262,8 @@ class Rule:
     - ``empty-list``: forwarded, then its entries (Contents, CommonPrefixes) are cut out of the page.
     - ``drop-header``: forwarded without the header named ``arg``: ``if-none-match`` makes a store that
       ignores conditional writes.
+    - ``shift-clock``: the answer's times move by ``arg`` seconds: the Last-Modified header (HEAD, GET) and
+      the listed LastModified and Initiated (ListObjectsV2, ListMultipartUploads): a store whose clock is off.
 
     ``then`` runs when the rule fires, just before its fault: once the store has answered for the faults on
     the answer (``drop-response``, ``truncate``, ``empty-list``; e.g. to replace an object mid-read), before
@@ -288,6 +293,22 @@ class Rule:
             return False
         self.fired += 1
         return True
+
+
+def _shifted(answer: tuple[int, str, list[tuple[str, str]], bytes], seconds: float
+             ) -> tuple[int, str, list[tuple[str, str]], bytes]:
+    """An answer whose Last-Modified header and listed times are ``seconds`` later, in the same formats."""
+    status, reason, headers, payload = answer
+    shift = timedelta(seconds=seconds)
+    headers = [(name, format_datetime(parsedate_to_datetime(value) + shift, usegmt=True)
+                if name.lower() == "last-modified" else value) for name, value in headers]
+
+    def listed(match: re.Match[bytes]) -> bytes:
+        moment = datetime.fromisoformat(match[2].decode().replace("Z", "+00:00")) + shift
+        text = moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return b"<%s>%s</" % (match[1], text.encode())
+
+    return status, reason, headers, LISTED_TIMES.sub(listed, payload)
 
 
 class FaultProxy:
@@ -392,6 +413,8 @@ class FaultProxy:
             self._first_answers.setdefault(handler.path, answer)
             if "empty-list" in actions:
                 answer = (*answer[:3], KEY_COUNT.sub(b"<KeyCount>0</KeyCount>", LIST_ENTRIES.sub(b"", payload)))
+        for seconds in actions.get("shift-clock", []):
+            answer = _shifted(answer, seconds)
         self._run_hooks(faults, answer_side=True)
         if "drop-response" in actions:
             self._hang_up(handler)
