@@ -50,13 +50,20 @@ class LeaseLost(BackupctlError):
 
 @dataclass(frozen=True)
 class LeaseInfo:
-    """One lease as stored, with its expiry on the store's clock."""
+    """One lease as stored, with its expiry on the store's clock.
+
+    ``started_at`` is the holder's clock, which may be off by days; ``store_started_at`` is the same moment on
+    the store's clock, for comparing with the store's times (Last-Modified, multipart Initiated): the holder
+    records its clock at each write (``written_at``), and the store's Last-Modified of that write gives the
+    difference. A slow write makes it a little late (the write's duration), rounding a second early.
+    """
 
     key: str
     host: str
     pid: int
     operation: str
     started_at: datetime
+    store_started_at: datetime
     expires_at: datetime
     backups: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
@@ -93,9 +100,12 @@ def _read(storage: Storage, info: ObjectInfo) -> LeaseInfo | None:
     """Parse a lease object; None when it vanished meanwhile. Foreign or damaged bodies are errors."""
     try:
         body = json.loads(storage.get_bytes(info.key))
+        started_at = datetime.fromisoformat(body["started_at"])
+        written_at = body.get("written_at")  # absent in leases of older versions: take their clock as right
+        skew = info.modified - datetime.fromisoformat(written_at) if written_at else timedelta(0)
         return LeaseInfo(
             key=info.key, host=body["host"], pid=int(body["pid"]), operation=body["operation"],
-            started_at=datetime.fromisoformat(body["started_at"]),
+            started_at=started_at, store_started_at=started_at + skew,
             expires_at=info.modified + timedelta(seconds=float(body["ttl"])),
             backups=list(body.get("backups", [])), details=dict(body.get("details", {})),
             released=bool(body.get("released", False)),
@@ -131,6 +141,7 @@ class Lease:
 
     def _write(self) -> None:
         started = time.monotonic()
+        self.body["written_at"] = datetime.now(UTC).isoformat()
         self.storage.put(self.key, json.dumps(self.body, sort_keys=True).encode())
         with self._lock:
             if self._lapse is None and started - self._renewed > self.ttl - STORE_CLOCK_STEP:
@@ -226,8 +237,9 @@ def superseded(storage: Storage, source: str | None) -> list[ObjectInfo]:
 
 
 def _body(operation: str, ttl: float, **extra: Any) -> dict[str, Any]:
+    now = datetime.now(UTC).isoformat()
     return {"host": socket.gethostname(), "pid": os.getpid(), "operation": operation,
-            "started_at": datetime.now(UTC).isoformat(), "ttl": ttl, **extra}
+            "started_at": now, "written_at": now, "ttl": ttl, **extra}
 
 
 def _take_exclusive(storage: Storage, source: str | None, name: str, body: dict[str, Any],
