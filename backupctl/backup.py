@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from backupctl import epochs
+from backupctl import epochs, faultpoints
 from backupctl import wal as archive
 from backupctl.catalog import MANIFEST_NAME, Manifest, backup_prefix, iso, new_backup_id, seal_details
 from backupctl.config import PostgresSource, SqliteSource
@@ -106,9 +106,11 @@ class _Run:
         assert self.lease is not None, "publish runs inside cleanup_on_failure"
         # Under a lease renewed just now and held without a gap since the backup began, with every object
         # still stored: a lapse (a stopped process) lets gc remove the objects of an unpublished backup.
+        faultpoints.hit("backup.data-stored")
         self.lease.renew()
         self._check_stored()
         self.repo.catalog.write(manifest)
+        faultpoints.hit("backup.published")
         log.info(
             "backup finished",
             backup_id=self.id,

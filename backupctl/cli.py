@@ -101,7 +101,7 @@ def backup(state: State, source: str, backup_type: str | None, databases: tuple[
     """Back up a configured SOURCE into the repository."""
     from backupctl.backup import BackupOptions, backup_source
     from backupctl.config import PostgresSource
-    from backupctl.privileges import become_server_user
+    from backupctl.privileges import become_repository_owner
     from backupctl.render import emit_json, human_size
     from backupctl.repository import open_repository
 
@@ -113,8 +113,8 @@ def backup(state: State, source: str, backup_type: str | None, databases: tuple[
         parsed.append((key, value))
     config = state.config()
     src = config.source(source)
-    if isinstance(src, PostgresSource):
-        become_server_user(src)
+    if isinstance(src, PostgresSource):  # SQLite: the database's reader may not be the repository's owner
+        become_repository_owner(config, source)
     options = BackupOptions(export_json=export_json, labels=tuple(parsed), databases=databases)
     with open_repository(config) as repo:
         manifest = backup_source(repo, src, backup_type, options)

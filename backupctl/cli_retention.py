@@ -31,12 +31,13 @@ def register(cli: click.Group) -> None:
     def expire(state: State, source: str, dry_run: bool, force: bool, output: str) -> None:
         """Apply SOURCE's retention policy: remove the backups no rule keeps, then the WAL none needs."""
         from backupctl.expire import expire as run
+        from backupctl.privileges import become_repository_owner
         from backupctl.render import emit_json
         from backupctl.repository import open_repository
 
         config = state.config()
         src = config.source(source)
-        _become_owner(src)
+        become_repository_owner(config, source)
         with open_repository(config) as repo:
             outcome = run(repo, src, dry_run=dry_run, force=force)
         rows = outcome.rows()
@@ -65,12 +66,10 @@ def register(cli: click.Group) -> None:
         """Remove debris: folders of interrupted or expired-while-read backups, stale leases, and (S3)
         incomplete multipart uploads."""
         from backupctl.gc import collect
+        from backupctl.privileges import become_repository_owner
         from backupctl.render import emit_json
 
-        config = state.config()
-        for src in config.sources.values():  # a repository PostgreSQL archives into belongs to its user
-            if _become_owner(src):
-                break
+        become_repository_owner(state.config())  # a root-owned folder would refuse its user's next run
         with state.repository() as repo:
             items = collect(repo, grace, dry_run)
         rows = [item.to_json(dry_run) for item in items]
@@ -103,25 +102,16 @@ def register(cli: click.Group) -> None:
         click.echo(f"unpinned {backup_id}" if removed else f"{backup_id} was not pinned")
 
 
-def _become_owner(source: Any) -> bool:
-    """PostgreSQL sources' repository data belongs to the server's OS user: act as that user."""
-    from backupctl.config import PostgresSource
-    from backupctl.privileges import become_server_user
-
-    if isinstance(source, PostgresSource) and source.pgdata:
-        become_server_user(source)
-        return True
-    return False
-
-
 @contextlib.contextmanager
 def _open_for(state: Any, backup_id: str) -> Iterator[tuple[Any, Any]]:
-    """The repository and one backup's manifest, acting as the source's OS user when it is PostgreSQL."""
+    """The repository and one backup's manifest, acting as the repository's user (see ``privileges``)."""
+    from backupctl.privileges import become_repository_owner
+
     config = state.config()
     with state.repository() as repo:
         manifest = repo.catalog.find(backup_id)
         if manifest.source in config.sources:
-            _become_owner(config.sources[manifest.source])
+            become_repository_owner(config, manifest.source)
         yield repo, manifest
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from backupctl import lease, pins, wal
+from backupctl import faultpoints, lease, pins, wal
 from backupctl.catalog import Manifest, backup_prefix, iso
 from backupctl.config import PostgresSource, RetentionConfig, SourceConfig
 from backupctl.errors import BackupctlError, ConfigError, DecryptionError, IntegrityError, ObjectNotFound
@@ -167,6 +167,7 @@ def _remove_backups(repo: Repository, plan: RetentionPlan, held: lease.Lease,
     for m in sorted(plan.removed, key=lambda m: (m.finished_at, m.id)):
         held.ensure_held()
         storage.delete([m.key])
+        faultpoints.hit("expire.manifest-removed")
         gone.append(m)
         log.info("backup expired", source=m.source, backup_id=m.id, type=m.type, finished_at=m.finished_at,
                  stored_bytes=m.stored_size)
@@ -182,6 +183,7 @@ def _remove_backups(repo: Repository, plan: RetentionPlan, held: lease.Lease,
             log.info("expired backup's data left for gc", backup_id=m.id, reader=readers[m.id])
             continue
         storage.delete([info.key for info in storage.list(prefix)])
+        faultpoints.hit("expire.data-removed")
     return deferred
 
 

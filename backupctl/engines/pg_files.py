@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from backupctl import faultpoints
 from backupctl.catalog import Manifest
 from backupctl.errors import ConfigError, IntegrityError
 from backupctl.log import get_logger
@@ -131,6 +132,7 @@ def _extract_all(repo: Repository, archives: list[Archive], check: ManifestCheck
         try:
             repo.pipeline.read(archive.obj, extractor)  # type: ignore[arg-type]
             extractor.finish()
+            faultpoints.hit("restore.archive-extracted")
         finally:
             extractor.close()
         directories.update(archive.prefix + name for name in extractor.directories)

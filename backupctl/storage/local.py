@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import pwd
 import secrets
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
@@ -74,7 +75,14 @@ def _storage_error(exc: OSError, what: str) -> StorageError:
     if exc.errno == errno.ENOSPC:
         return StorageError(f"{what}: no space left on the repository's filesystem")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return StorageError(f"{what}: permission denied ({exc.strerror}); check the repository's owner")
+        try:
+            user = pwd.getpwuid(os.geteuid()).pw_name
+        except KeyError:
+            user = f"uid {os.geteuid()}"
+        where = f" {exc.filename}" if exc.filename else ""
+        return StorageError(f"{what}: permission denied for user {user} on{where or ' the repository'} "
+                            f"({exc.strerror}); every writer must run as the repository's owner: `chown -R` the "
+                            "repository to that user and run backupctl as it (or as root, which switches to it)")
     return StorageError(f"{what}: {exc.strerror or exc}")
 
 
@@ -201,6 +209,8 @@ class LocalStorage(Storage):
             entries = list(os.scandir(directory))
         except (FileNotFoundError, NotADirectoryError):
             return
+        except OSError as exc:
+            raise _storage_error(exc, f"cannot list {rel or '/'}") from None
         ordered = sorted(entries, key=lambda e: e.name + "/" if e.is_dir() else e.name)
         for entry in ordered:
             key = rel + entry.name
@@ -215,7 +225,10 @@ class LocalStorage(Storage):
         directory = self.root.joinpath(*prefix.strip("/").split("/")) if prefix.strip("/") else self.root
         if not directory.is_dir():
             return []
-        return sorted(f"{prefix}{e.name}/" for e in os.scandir(directory) if e.is_dir())
+        try:
+            return sorted(f"{prefix}{e.name}/" for e in os.scandir(directory) if e.is_dir())
+        except OSError as exc:
+            raise _storage_error(exc, f"cannot list {prefix or '/'}") from None
 
     def delete(self, keys: Iterable[str]) -> None:
         """Remove ``keys``; durable on return: every directory changed is fsynced once, at the end."""
