@@ -409,12 +409,12 @@ class FaultProxy:
         payload = response.read()
         connection.close()
         answer = (response.status, response.reason, response.getheaders(), payload)
+        for seconds in actions.get("shift-clock", []):  # before a stale listing keeps it: one clock for both
+            answer = _shifted(answer, seconds)
         if "list-type=2" in handler.path:
             self._first_answers.setdefault(handler.path, answer)
             if "empty-list" in actions:
                 answer = (*answer[:3], KEY_COUNT.sub(b"<KeyCount>0</KeyCount>", LIST_ENTRIES.sub(b"", payload)))
-        for seconds in actions.get("shift-clock", []):
-            answer = _shifted(answer, seconds)
         self._run_hooks(faults, answer_side=True)
         if "drop-response" in actions:
             self._hang_up(handler)
