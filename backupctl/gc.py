@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from backupctl import lease
+from backupctl import faultpoints, lease
 from backupctl.catalog import MANIFEST_NAME, backup_prefix, iso
 from backupctl.expire import EXPIRED_MARKER, readers_by_backup
 from backupctl.log import get_logger
@@ -31,7 +31,7 @@ from backupctl.storage.local import TEMP_PREFIX, LocalStorage
 
 log = get_logger(__name__)
 
-LEASE_CLOCK_MARGIN = timedelta(minutes=10)  # a backup's first write starts after its lease; allow clock skew
+LEASE_CLOCK_MARGIN = timedelta(minutes=10)  # a backup's first write starts after its lease; allow slow lease writes
 
 
 @dataclass
@@ -106,11 +106,12 @@ def _source_items(repo: Repository, source: str, cutoff: datetime, grace: str) -
 
 def _write_cutoff(repo: Repository, sources: list[str], cutoff: datetime) -> datetime:
     """Unfinished writes (S3 multipart uploads, local temp files) of a running backup are never touched:
-    start their cutoff before the oldest running backup began, whatever the grace period."""
+    start their cutoff before the oldest running backup began on the store's clock (its host's may be days
+    ahead), whatever the grace period."""
     for source in sources:
         running = lease.live_exclusive(repo.storage, source, "backup")
         if running is not None:
-            cutoff = min(cutoff, running.started_at - LEASE_CLOCK_MARGIN)
+            cutoff = min(cutoff, running.store_started_at - LEASE_CLOCK_MARGIN)
     return cutoff
 
 
@@ -183,6 +184,7 @@ def collect(repo: Repository, grace: float, dry_run: bool = False) -> list[GcIte
                 item.result = "kept: its backup published meanwhile"
                 continue
             repo.storage.delete(item.keys)
+            faultpoints.hit("gc.removed")
             log.info("garbage removed", item=item.item, id=item.id, source=item.source, objects=len(item.keys),
                      stored_bytes=item.stored_size, reason=item.reason)
     return items
