@@ -3,7 +3,7 @@
 PYTHON ?= /usr/bin/python3
 VENV := .venv
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test faults lint clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ demo: install
 test: install
 	$(VENV)/bin/ruff check backupctl tests bench
 	$(VENV)/bin/pytest -q
+
+faults: install  # the fault-injection suite alone, with more trials (README: How we test failure)
+	BACKUPCTL_FAULT_TRIALS=$${BACKUPCTL_FAULT_TRIALS:-200} BACKUPCTL_FAULT_ROUNDS=$${BACKUPCTL_FAULT_ROUNDS:-2} \
+		$(VENV)/bin/pytest -q tests/test_faults_*.py
 
 lint: install
 	$(VENV)/bin/ruff check backupctl tests bench
