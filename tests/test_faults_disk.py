@@ -8,24 +8,20 @@ the exit code, one error line, and what is stored or left behind; never a durati
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import hashlib
 import json
 import os
-import pwd
 import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import Backend, CliRunner, Result, backup_id, cli_env, make_config
 from pg_fixtures import PgDatabase, require_binaries
 from psycopg import sql
-from test_faults_pusher import spool_on_a_small_disk
+from test_faults_pusher import fill, small_disk, spool_on_a_small_disk
 from test_pg_logical import drop, pg_config
 from test_wal import Site, _alive, _chown_tree, _pg_wal_copy, make_site
 
@@ -33,35 +29,6 @@ from backupctl.errors import StorageError
 from backupctl.pg import ScratchCluster
 from backupctl.pgmanifest import RESTORE_MARKER
 from backupctl.storage.local import LocalStorage
-
-PAGE = 4096
-
-
-@contextlib.contextmanager
-def small_disk(path: Path, size: str, owner: str = "root") -> Iterator[Path]:
-    """A tmpfs of ``size`` mounted at ``path`` (created), owned by ``owner``, mode 0700; unmounted after."""
-    path.mkdir(parents=True, exist_ok=True)
-    user = pwd.getpwnam(owner)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700,uid={user.pw_uid},gid={user.pw_gid}",
-                    "tmpfs", str(path)], check=True)
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def fill(mount: Path) -> Path:
-    """Fill the filesystem of ``mount`` to the last page; the filler file, to delete for space again."""
-    filler = mount / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        while True:
-            os.write(fd, b"\0" * PAGE)
-    except OSError as exc:
-        assert exc.errno == errno.ENOSPC
-    finally:
-        os.close(fd)
-    return filler
 
 
 def files(root: Path) -> set[str]:
