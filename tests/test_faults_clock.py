@@ -118,6 +118,16 @@ def moto_proxied(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tup
     proxy.close()
 
 
+def _assert_both_whole(cli: CliRunner, config: Path, published: str, running: str, rows: list,
+                       tmp_path: Path) -> None:
+    """The backup published before and the one resumed after the fault are both listed and verify, and the
+    resumed one restores the source's rows."""
+    assert sorted(_assert_listed_backups_verify(cli, config)) == sorted([published, running])
+    target = tmp_path / "restored.sqlite3"
+    assert cli(config, "restore", running, "--to", str(target)).code == 0
+    assert _rows(target) == rows
+
+
 # -- (1) repo gc whose clock is days off ------------------------------------------------------------------
 
 
@@ -137,10 +147,7 @@ def test_gc_with_a_clock_days_off_spares_a_stopped_backup_and_a_published_one(
     finally:
         code, out = _resumed(proc)
     assert code == 0, out
-    assert sorted(_assert_listed_backups_verify(cli, config)) == sorted([published, running])
-    target = tmp_path / "restored.sqlite3"
-    assert cli(config, "restore", running, "--to", str(target)).code == 0
-    assert _rows(target) == rows
+    _assert_both_whole(cli, config, published, running, rows, tmp_path)
 
 
 @pytest.mark.parametrize("offset", OFFSETS)
@@ -303,10 +310,7 @@ def test_the_lease_of_a_backup_with_a_clock_days_off_is_live_to_others(
     finally:
         code, out = _resumed(proc)
     assert code == 0, out
-    assert sorted(_assert_listed_backups_verify(cli, config)) == sorted([published, running])
-    target = tmp_path / "restored.sqlite3"
-    assert cli(config, "restore", running, "--to", str(target)).code == 0
-    assert _rows(target) == rows
+    _assert_both_whole(cli, config, published, running, rows, tmp_path)
 
 
 # -- (1b) the unfinished uploads of a running backup ------------------------------------------------------
