@@ -32,6 +32,6 @@ def main() -> None:
         from backupctl import walpusher
 
         sys.exit(walpusher.main(args))
-    from backupctl.cli import main as cli_main
+    from backupctl.cli.app import main as cli_main
 
     cli_main()

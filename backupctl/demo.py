@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from backupctl.pg import ScratchCluster
+    from backupctl.postgres.cluster import ScratchCluster
 
 SCHEMA = """
 CREATE TABLE customers (
@@ -222,9 +222,9 @@ INSERT INTO orders (customer_id, total, placed, items)
 
 def postgres_demo(config: Path, workdir: Path) -> int:
     """PostgreSQL: a throwaway cluster, a logical backup, a restore into a new database, compared."""
-    from backupctl.config import load_config
-    from backupctl.errors import BackupctlError
-    from backupctl.pg import ScratchCluster, find_binaries
+    from backupctl.core.config import load_config
+    from backupctl.core.errors import BackupctlError
+    from backupctl.postgres.cluster import ScratchCluster, find_binaries
 
     try:
         binaries = find_binaries(need="postgres")
@@ -268,9 +268,9 @@ def pitr_demo() -> int:
     The server's OS user runs archive_command, so this part's repository lives beside the scratch cluster
     in the temp dir (owned by that user), and is removed at the end like the cluster.
     """
-    from backupctl import wal
-    from backupctl.errors import BackupctlError
-    from backupctl.pg import ScratchCluster, find_binaries
+    from backupctl.core.errors import BackupctlError
+    from backupctl.postgres.cluster import ScratchCluster, find_binaries
+    from backupctl.wal import archive as wal
 
     try:
         binaries = find_binaries(need="postgres")

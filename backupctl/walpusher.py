@@ -37,7 +37,7 @@ segment whose system identifier is not the one in the restoring cluster's pg_con
 it reaches %p; these and any other failure (an unreachable store after retries, damage, a bad config)
 exit 128, which makes PostgreSQL stop recovery rather than take the failure for the end of the archive.
 ``--epoch N`` fetches from history epoch N of the source (a cluster restored from a backup taken after
-pg_upgrade: see ``backupctl.epochs``); without it, epoch 1.
+pg_upgrade: see ``backupctl.wal.epochs``); without it, epoch 1.
 """
 
 from __future__ import annotations
@@ -497,7 +497,7 @@ def push_command(config_file: str | None, source: str | None, path: str, debug: 
     name = os.path.basename(path)
     if not plausible_name(name):
         full_environment()
-        from backupctl.wal import WalNameError, parse_wal_name
+        from backupctl.wal.archive import WalNameError, parse_wal_name
 
         try:
             parse_wal_name(name)
@@ -537,8 +537,8 @@ def _run_service(debug: bool, work: Any, fatal_exit: int | None = None) -> int:
     import traceback
 
     full_environment()
-    from backupctl import log, signals
-    from backupctl.errors import BackupctlError, Interrupted
+    from backupctl.core import log, signals
+    from backupctl.core.errors import BackupctlError, Interrupted
 
     signals.install()
     log.configure(debug=debug)
@@ -563,8 +563,8 @@ def _run_service(debug: bool, work: Any, fatal_exit: int | None = None) -> int:
 
 def _sync_push(config_file: str | None, source: str | None, path: str, debug: bool) -> int:
     def work() -> int:
-        from backupctl import wal
-        from backupctl.config import config_path, load_wal_config
+        from backupctl.core.config import config_path, load_wal_config
+        from backupctl.wal import archive as wal
 
         wal.parse_wal_name(os.path.basename(path))
         config = load_wal_config(config_path(config_file), source)
@@ -602,8 +602,8 @@ def fetch_command(config_file: str | None, source: str | None, name: str, dest: 
 
 def _sync_fetch(config_file: str | None, source: str | None, name: str, dest: str, debug: bool, epoch: int) -> int:
     def work() -> int:
-        from backupctl import wal
-        from backupctl.config import config_path, load_wal_config
+        from backupctl.core.config import config_path, load_wal_config
+        from backupctl.wal import archive as wal
 
         config = load_wal_config(config_path(config_file), source)
         src = wal.select_source(config, source).name
@@ -618,7 +618,8 @@ def fetch_from_epoch(repo: Any, source: str, epoch: int, name: str, dest: str, k
     when the repository knows the stream (its source.json); a source or epoch it lacks (a wrong --source,
     --epoch or config) raises ``wal.UnknownStream`` (exit 128: recovery stops). ``known``: streams already
     found, so that a resident pusher asks the repository once."""
-    from backupctl import epochs, wal
+    from backupctl.wal import archive as wal
+    from backupctl.wal import epochs
 
     stream = epochs.stream_name(source, epoch)
     if wal.fetch(repo, stream, name, dest):
@@ -671,7 +672,7 @@ class Pusher:
         import queue
         import threading
 
-        from backupctl import log
+        from backupctl.core import log
 
         self.log = log.get_logger("backupctl.walpusher")
         self.config = config
@@ -702,7 +703,7 @@ class Pusher:
     # -- the repository, opened on first use and kept (an S3 client costs ~100 ms to make) --
 
     def repo(self) -> tuple[Any, Any]:
-        from backupctl import wal
+        from backupctl.wal import archive as wal
 
         with self.repo_lock:
             if self._repo is None:
@@ -757,8 +758,8 @@ class Pusher:
             job.done.set()
 
     def _failure(self, exc: BaseException, job: Job) -> dict[str, Any]:
-        from backupctl.errors import BackupctlError
-        from backupctl.wal import UnknownStream, WalNameError, WalRefused
+        from backupctl.core.errors import BackupctlError
+        from backupctl.wal.archive import UnknownStream, WalNameError, WalRefused
 
         definitive = isinstance(exc, WalRefused | WalNameError | UnknownStream)
         message = str(exc) if isinstance(exc, BackupctlError) else f"unexpected {type(exc).__name__}: {exc}"
@@ -766,7 +767,7 @@ class Pusher:
         return {"status": "error", "definitive": definitive, "message": message}
 
     def _run_push(self, job: Job) -> dict[str, Any]:
-        from backupctl import wal
+        from backupctl.wal import archive as wal
 
         repo, guard = self.repo()
         result = wal.push_file(repo, self.source, job.path, guard)
@@ -776,7 +777,7 @@ class Pusher:
         return {"status": "ok", "key": result.key, "result": result.status}
 
     def _run_fetch(self, job: Job) -> dict[str, Any]:
-        from backupctl import wal
+        from backupctl.wal import archive as wal
 
         repo, _guard = self.repo()
         if not fetch_from_epoch(repo, self.source, job.epoch, job.name, job.path, self.known_streams):
@@ -842,7 +843,7 @@ class Pusher:
 
     def prefetch_after(self, name: str, epoch: int = 1) -> None:
         """After ``name`` was fetched: drop staged files behind it, queue the next ``prefetch`` ones."""
-        from backupctl import wal
+        from backupctl.wal import archive as wal
 
         count = self.config.wal.prefetch
         size = self.segment_sizes.get(epoch)
@@ -870,7 +871,7 @@ class Pusher:
         import shutil
         from pathlib import Path
 
-        from backupctl import wal
+        from backupctl.wal import archive as wal
 
         with self.lock:
             if self.fetches.get((job.epoch, job.name)) is job:
@@ -964,7 +965,7 @@ class Pusher:
         result = self._wait(conn, job)
         if result["status"] != "ok":
             return result
-        from backupctl.wal import ForeignWal
+        from backupctl.wal.archive import ForeignWal
 
         try:
             self.deliver(job, dest)
@@ -1135,8 +1136,9 @@ def daemon_command(config_file: str | None, source: str | None, debug: bool = Fa
     import fcntl
 
     full_environment()
-    from backupctl import log, wal
-    from backupctl.config import config_path, load_wal_config
+    from backupctl.core import log
+    from backupctl.core.config import config_path, load_wal_config
+    from backupctl.wal import archive as wal
 
     os.umask(0o077)
     config = load_wal_config(config_path(config_file), source)

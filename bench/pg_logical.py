@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from backupctl.pg import PgBinaries, ScratchCluster, find_binaries
+from backupctl.postgres.cluster import PgBinaries, ScratchCluster, find_binaries
 from bench.memory import run_measured
 
 MIB = 1024 * 1024

@@ -50,8 +50,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from backupctl.errors import BackupctlError
-from backupctl.pg import ScratchCluster, find_binaries
+from backupctl.core.errors import BackupctlError
+from backupctl.postgres.cluster import ScratchCluster, find_binaries
 from bench.peers import (
     MIB,
     SERVER_USER,
@@ -202,7 +202,7 @@ def toml_value(value: Any) -> str:
 
 
 def _supports_wal_section() -> bool:
-    from backupctl import config
+    from backupctl.core import config
 
     wal = getattr(config, "WalConfig", None)
     return wal is not None and any(f.name == "spool_dir" for f in dataclasses.fields(wal))
@@ -254,7 +254,7 @@ class Backupctl:
     def fast_archive_command(self) -> str | None:
         """The archive_command backupctl itself recommends (its WAL fast path), if this checkout has one."""
         try:
-            from backupctl.wal import archive_command
+            from backupctl.wal.archive import archive_command
         except ImportError:
             return None
         return str(archive_command(self.config, SOURCE))
@@ -603,7 +603,7 @@ def measure_wal(name: str, store: Store, server: Server, results: Results, args:
             results.fail(name, step, "backupctl", store.wal_push_missing)
     elif commands["backupctl_fast"] is None:
         for step in ("drain", "lag"):
-            results.fail(name, step, "backupctl_fast", "backupctl.wal.archive_command does not exist in this checkout")
+            results.fail(name, step, "backupctl_fast", "this checkout has no archive_command helper")
     for step in [kind for kind in ("drain", "lag") if args.steps in ("all", "wal", kind)]:
         for _ in range(args.runs):
             for tool in WAL_TOOLS:

@@ -37,8 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from backupctl import wal
-from backupctl.pg import ScratchCluster, find_binaries
+from backupctl.postgres.cluster import ScratchCluster, find_binaries
+from backupctl.wal import archive as wal
 
 PG_MAJOR = 15
 STANZA = "bench"

@@ -73,7 +73,7 @@ class Backend:
 
     def storage(self) -> Any:
         """The repository through backupctl's own driver, to read or damage objects directly."""
-        from backupctl.config import parse_config
+        from backupctl.core.config import parse_config
         from backupctl.storage import open_storage
 
         config = parse_config({"repository": self.repository}, Path("/nonexistent/test.toml"))

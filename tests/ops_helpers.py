@@ -17,7 +17,7 @@ from typing import Any
 
 from conftest import Result, run_cli, toml_value, write_toml
 
-from backupctl.config import load_config
+from backupctl.core.config import load_config
 from backupctl.storage import open_storage
 
 

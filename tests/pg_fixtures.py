@@ -19,8 +19,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from backupctl.errors import BackupctlError
-from backupctl.pg import PgBinaries, ScratchCluster, ServerError, find_binaries
+from backupctl.core.errors import BackupctlError
+from backupctl.postgres.cluster import PgBinaries, ScratchCluster, ServerError, find_binaries
 
 PG_MAJORS = (15, 18)
 

@@ -19,12 +19,13 @@ import pytest
 from conftest import CliRunner, write_toml
 from test_pitr import Site, _chown_tree, site  # noqa: F401 - the archiving cluster fixture
 
-from backupctl import backup, wal
-from backupctl.backup import BackupOptions, backup_source
-from backupctl.catalog import Manifest
-from backupctl.config import load_config
-from backupctl.errors import BackupctlError
-from backupctl.repository import open_repository
+from backupctl.core.config import load_config
+from backupctl.core.errors import BackupctlError
+from backupctl.repo.catalog import Manifest
+from backupctl.repo.repository import open_repository
+from backupctl.services import backup
+from backupctl.services.backup import BackupOptions, backup_source
+from backupctl.wal import archive as wal
 
 SWITCHES = 3  # segments the hook adds to the backup's WAL range
 

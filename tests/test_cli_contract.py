@@ -20,7 +20,7 @@ import click
 from click.testing import CliRunner as ClickRunner
 from conftest import Backend, CliRunner, backup_id, make_config
 
-from backupctl.cli import cli as cli_group
+from backupctl.cli.app import cli as cli_group
 from backupctl.demo import make_sample_sqlite
 
 GOLDEN = Path(__file__).parent / "golden"

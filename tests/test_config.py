@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from conftest import CliRunner
 
-from backupctl.config import load_config, parse_size
-from backupctl.errors import ConfigError
+from backupctl.core.config import load_config, parse_size
+from backupctl.core.errors import ConfigError
 
 GOOD = """
 [repository]

@@ -23,10 +23,10 @@ from conftest import Backend, CliRunner, backup_id, cli_env, make_backend, make_
 from pg_fixtures import PgDatabase
 from test_pitr import Site, site  # noqa: F401 - the fixture: a cluster archiving into a repository
 
-from backupctl.catalog import parse_manifest
 from backupctl.demo import make_sample_sqlite
 from backupctl.engines import pg_contents
-from backupctl.pg import PgBinaries
+from backupctl.postgres.cluster import PgBinaries
+from backupctl.repo.catalog import parse_manifest
 
 PG15 = pytest.mark.parametrize("pg_binaries", [15], indirect=True, ids=["pg15"])
 

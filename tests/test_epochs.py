@@ -31,11 +31,12 @@ from pg_fixtures import require_binaries
 from s3_servers import free_port
 from test_wal import as_postgres
 
-from backupctl import epochs, wal
-from backupctl.config import parse_config
-from backupctl.errors import BackupctlError
-from backupctl.pg import PgBinaries, ScratchCluster
-from backupctl.repository import init_repository
+from backupctl.core.config import parse_config
+from backupctl.core.errors import BackupctlError
+from backupctl.postgres.cluster import PgBinaries, ScratchCluster
+from backupctl.repo.repository import init_repository
+from backupctl.wal import archive as wal
+from backupctl.wal import epochs
 
 SOURCE = "main"
 MiB = 1024**2
@@ -61,7 +62,7 @@ class Upgrade:
     def cli_system_path(self, *args: str) -> Result:
         """The CLI with a system PATH, as systemd or cron give it: binary discovery after the drop to the
         postgres user must not meet root's private directories (this machine's PATH has /root/.cargo/bin,
-        which backupctl.pg does not skip yet)."""
+        which backupctl.postgres.cluster does not skip yet)."""
         proc = subprocess.run([sys.executable, "-m", "backupctl", "--config", str(self.config), *args],
                               capture_output=True, text=True, timeout=240, check=False,
                               env={**cli_env(), "PATH": "/usr/local/bin:/usr/bin:/bin"})

@@ -26,14 +26,15 @@ from conftest import Backend, CliRunner, backup_id, cli_env, make_backend, make_
 from test_pitr import Site, _batches, _chown_tree, _restore
 from test_pitr import site as pitr_site  # noqa: F401 - the archiving cluster fixture, as `pitr_site`
 
-from backupctl import lease, pins, pitr
-from backupctl.catalog import iso
-from backupctl.config import load_config
-from backupctl.expire import apply, gather
-from backupctl.pg import PgBinaries
-from backupctl.repository import Repository, open_repository
+from backupctl.core.config import load_config
+from backupctl.postgres.cluster import PgBinaries
+from backupctl.repo import lease, pins
+from backupctl.repo.catalog import iso
+from backupctl.repo.repository import Repository, open_repository
+from backupctl.services import pitr
+from backupctl.services.expire import apply, gather
 from backupctl.storage.local import TEMP_PREFIX
-from backupctl.wal import list_wal_objects, parse_lsn, segment_name
+from backupctl.wal.archive import list_wal_objects, parse_lsn, segment_name
 
 DAY = timedelta(days=1)
 

@@ -21,9 +21,10 @@ import pytest
 from pg_fixtures import require_binaries
 from test_wal import Site, make_site
 
-from backupctl import monitor, status
-from backupctl.config import CheckConfig, load_config, parse_config
-from backupctl.errors import ConfigError
+from backupctl.core.config import CheckConfig, load_config, parse_config
+from backupctl.core.errors import ConfigError
+from backupctl.monitoring import check as monitor
+from backupctl.monitoring import status
 
 SEGMENT = 16 * 1024**2
 

@@ -39,8 +39,8 @@ from test_faults_store import (
 )
 from test_pitr import Site, _chown_tree, _init_and_backup, site  # noqa: F401 - the archiving cluster fixture
 
-from backupctl import lease
-from backupctl.catalog import new_backup_id
+from backupctl.repo import lease
+from backupctl.repo.catalog import new_backup_id
 
 LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 pytestmark = pytest.mark.skipif(not LIBFAKETIME.exists() or shutil.which("faketime") is None,

@@ -25,9 +25,9 @@ from test_faults_pusher import fill, small_disk, spool_on_a_small_disk
 from test_pg_logical import drop, pg_config
 from test_wal import Site, _alive, _chown_tree, _pg_wal_copy, make_site
 
-from backupctl.errors import StorageError
-from backupctl.pg import ScratchCluster
-from backupctl.pgmanifest import RESTORE_MARKER
+from backupctl.core.errors import StorageError
+from backupctl.postgres.backup_manifest import RESTORE_MARKER
+from backupctl.postgres.cluster import ScratchCluster
 from backupctl.storage.local import LocalStorage
 
 

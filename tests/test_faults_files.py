@@ -29,12 +29,12 @@ from conftest import Backend, CliRunner, backup_id, make_config, run_cli
 from pg_fixtures import require_binaries
 from test_wal import _pg_wal_copy, make_site
 
-from backupctl.catalog import Manifest, backup_prefix, iso, new_backup_id
-from backupctl.config import parse_config
+from backupctl.core.config import parse_config
+from backupctl.core.errors import BackupctlError
 from backupctl.engines import pg_files
-from backupctl.errors import BackupctlError
-from backupctl.repository import Repository, init_repository
-from backupctl.tarstream import TarFormatError
+from backupctl.postgres.tarstream import TarFormatError
+from backupctl.repo.catalog import Manifest, backup_prefix, iso, new_backup_id
+from backupctl.repo.repository import Repository, init_repository
 
 # --- finding 6: private modes whatever the umask ---------------------------------------------------
 

@@ -66,9 +66,9 @@ def test_a_drifted_recipient_is_refused_before_anything_is_written(
     assert _keys(backend) == before
 
     # The WAL path (the pusher and the fallback of wal-push) opens the repository its own way.
-    from backupctl import wal
-    from backupctl.config import load_config
-    from backupctl.errors import ConfigError
+    from backupctl.core.config import load_config
+    from backupctl.core.errors import ConfigError
+    from backupctl.wal import archive as wal
 
     with wal.open_wal_repository(load_config(drifted)) as repo, pytest.raises(ConfigError, match="repo recipients"):
         import io
@@ -176,7 +176,7 @@ def test_verify_flags_a_manifest_that_hides_a_recipient(
     tmp_path: Path, encrypted_repo: tuple[Path, Backend], cli: CliRunner
 ) -> None:
     """A manifest that names only the repository's recipient while its objects carry a second stanza."""
-    from backupctl.catalog import _document_hash
+    from backupctl.repo.catalog import _document_hash
 
     config, backend = encrypted_repo
     real = _marker_recipients(backend)[0]

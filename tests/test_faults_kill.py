@@ -2,7 +2,7 @@
 
 Each trial starts one real ``backupctl`` process and kills it with SIGKILL, either after a seeded random delay
 (a fraction of what the same command took uninterrupted, so the kills land all along its run) or at a named
-fault point (``backupctl.faultpoints``: ``BACKUPCTL_FAULT_POINT`` makes the process kill itself there). The
+fault point (``backupctl.core.faultpoints``: ``BACKUPCTL_FAULT_POINT`` makes the process kill itself there). The
 kinds: SQLite backup, restore (to a file) and expire; ``repo gc``; PostgreSQL 15 logical and full backups and
 physical restores into a new directory. One repository and one cluster serve every trial of a test; sources
 take turns so that a killed holder's lease (``lease_ttl = 3s``) expires while the others run.
@@ -41,14 +41,14 @@ import pytest
 from conftest import cli_env, write_toml
 from test_pitr import Site, site  # noqa: F401
 
-from backupctl import lease
-from backupctl.catalog import MANIFEST_NAME
-from backupctl.config import load_config
+from backupctl.core.config import load_config
 from backupctl.demo import make_sample_sqlite
-from backupctl.pgmanifest import RESTORE_MARKER
-from backupctl.repository import Repository, open_repository
+from backupctl.postgres.backup_manifest import RESTORE_MARKER
+from backupctl.repo import lease
+from backupctl.repo.catalog import MANIFEST_NAME
+from backupctl.repo.repository import Repository, open_repository
+from backupctl.services.verify import source_bindir, verify_backup
 from backupctl.storage.local import TEMP_PREFIX
-from backupctl.verify import source_bindir, verify_backup
 
 ROUNDS = int(os.environ.get("BACKUPCTL_FAULT_ROUNDS", "1"))  # a multiplier of the trials: 1 is the CI run
 SEED = int(os.environ.get("BACKUPCTL_FAULT_SEED", "1212"))

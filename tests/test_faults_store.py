@@ -24,10 +24,10 @@ import pytest
 from conftest import Backend, CliRunner, backup_id, cli_env, make_backend, make_config
 from s3_servers import FaultProxy, Rule
 
-from backupctl import lease
-from backupctl.config import parse_config
-from backupctl.errors import StorageError
-from backupctl.repository import PROBE_PREFIX
+from backupctl.core.config import parse_config
+from backupctl.core.errors import StorageError
+from backupctl.repo import lease
+from backupctl.repo.repository import PROBE_PREFIX
 from backupctl.storage.s3 import S3Storage
 
 MANIFEST_PUT = r"/backups/[^/]+/manifest\.json$"

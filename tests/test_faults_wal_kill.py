@@ -31,9 +31,9 @@ import pytest
 from pg_fixtures import require_binaries
 from test_wal import SOURCE, Site, _alive, _chown_tree, _wal_push_processes, make_site
 
-from backupctl import wal
-from backupctl.config import load_config
-from backupctl.repository import open_repository
+from backupctl.core.config import load_config
+from backupctl.repo.repository import open_repository
+from backupctl.wal import archive as wal
 
 SCALE = int(os.environ.get("BACKUPCTL_FAULT_TRIALS", "80"))
 # A killed archive_command makes PostgreSQL's archiver exit (FATAL); the postmaster restarts it ~10 s later

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from conftest import Backend, make_config, run_cli
 
-from backupctl import lease
-from backupctl.errors import StorageError
+from backupctl.core.errors import StorageError
+from backupctl.repo import lease
 
 
 def _dead_holder(storage, source: str | None, name: str, ttl: float) -> lease.ExclusiveLease:

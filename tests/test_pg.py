@@ -15,8 +15,8 @@ import psycopg
 import pytest
 from pg_fixtures import PgDatabase, require_binaries
 
-from backupctl.errors import BackupctlError
-from backupctl.pg import (
+from backupctl.core.errors import BackupctlError
+from backupctl.postgres.cluster import (
     PgBinaries,
     ScratchCluster,
     ServerError,

@@ -13,7 +13,7 @@ import pytest
 from conftest import Backend, CliRunner, backup_id, make_backend, write_toml
 from pg_fixtures import PgDatabase
 
-from backupctl.pg import ScratchCluster
+from backupctl.postgres.cluster import ScratchCluster
 
 SCHEMA = """
 CREATE ROLE {reader} NOLOGIN;

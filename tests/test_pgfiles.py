@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from backupctl.errors import IntegrityError
-from backupctl.pg import ScratchCluster
-from backupctl.pgmanifest import BackupManifest, ManifestCheck, expected_directories, prepare_delta, prune
-from backupctl.tarstream import BLOCK, TarExtractor, TarSplitter, parse_header
+from backupctl.core.errors import IntegrityError
+from backupctl.postgres.backup_manifest import BackupManifest, ManifestCheck, expected_directories, prepare_delta, prune
+from backupctl.postgres.cluster import ScratchCluster
+from backupctl.postgres.tarstream import BLOCK, TarExtractor, TarSplitter, parse_header
 
 PART_BYTES = 512 * 1024
 

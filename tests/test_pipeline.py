@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from backupctl.config import parse_config
-from backupctl.crypto import generate_key_file
-from backupctl.errors import DecryptionError, IntegrityError
-from backupctl.pipeline import Pipeline, StoredObject
+from backupctl.core.config import parse_config
+from backupctl.core.errors import DecryptionError, IntegrityError
+from backupctl.repo.crypto import generate_key_file
+from backupctl.repo.pipeline import Pipeline, StoredObject
 from backupctl.storage.local import LocalStorage
 
 CODECS = ["zstd", "lz4", "gzip", "none"]

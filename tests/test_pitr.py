@@ -21,7 +21,7 @@ import psycopg
 import pytest
 from conftest import CliRunner, backup_id, write_toml
 
-from backupctl.pg import PgBinaries, ScratchCluster
+from backupctl.postgres.cluster import PgBinaries, ScratchCluster
 
 BACKUPCTL = str(Path(sys.executable).parent / "backupctl")
 

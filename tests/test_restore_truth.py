@@ -22,8 +22,8 @@ from conftest import CliRunner
 from s3_servers import free_port
 from test_pitr import Site, _chown_tree, _init_and_backup
 
-from backupctl.pg import ScratchCluster
-from backupctl.pgmanifest import RESTORE_MARKER
+from backupctl.postgres.backup_manifest import RESTORE_MARKER
+from backupctl.postgres.cluster import ScratchCluster
 
 site = test_pitr.site  # the fixture: a production-like cluster archiving into a repository
 

@@ -26,10 +26,10 @@ from ops_helpers import NotifySocket, json_lines, sqlite_site, webhook_receiver
 from prometheus_client.parser import text_string_to_metric_families
 from s3_servers import free_port
 
-from backupctl import lease
-from backupctl.config import load_config, parse_config
-from backupctl.cron import cron_trigger
-from backupctl.scheduler import JobSpec, Scheduler, job_spec, last_due, next_runs
+from backupctl.core.config import load_config, parse_config
+from backupctl.core.cron import cron_trigger
+from backupctl.repo import lease
+from backupctl.scheduler.runner import JobSpec, Scheduler, job_spec, last_due, next_runs
 
 WEDNESDAY = datetime(2026, 11, 25, 3, 0, tzinfo=UTC)
 
@@ -246,7 +246,7 @@ def test_sigterm_during_a_job_leaves_no_lease_and_no_manifest(tmp_path: Path) ->
     started = [line for line in lines if line["event"] == "job started"]
     assert len(started) == 1
     job_id = started[0]["job_id"]
-    child = [line for line in lines if line.get("logger_name", "").startswith("backupctl.backup")]
+    child = [line for line in lines if line.get("logger_name", "").startswith("backupctl.services.backup")]
     assert child and all(line["job_id"] == job_id for line in child), "every line of the job names it"
     failed = [line for line in lines if line["event"] == "job failed"]
     assert failed and "interrupted by SIGTERM" in failed[0]["error"] and failed[0]["job_id"] == job_id

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from conftest import Backend, CliRunner, backup_id, cli_env, make_backend, make_config
 
-from backupctl.config import load_config
+from backupctl.core.config import load_config
 from backupctl.demo import Writer, make_sample_sqlite, table_counts, table_rows
-from backupctl.pipeline import Pipeline, StoredObject
+from backupctl.repo.pipeline import Pipeline, StoredObject
 
 TABLES = ("customers", "orders", "order_items", "events")
 

@@ -21,9 +21,10 @@ from pg_fixtures import require_binaries
 from prometheus_client.parser import text_string_to_metric_families
 from s3_servers import free_port
 
-from backupctl import monitor, status
-from backupctl.catalog import parse_iso
-from backupctl.config import load_config
+from backupctl.core.config import load_config
+from backupctl.monitoring import check as monitor
+from backupctl.monitoring import status
+from backupctl.repo.catalog import parse_iso
 
 
 def _status(site: Any, *sources: str) -> list[dict[str, Any]]:
@@ -247,8 +248,8 @@ def test_wal_the_server_archived_elsewhere_is_critical() -> None:
     """archive_command succeeds (nothing waits, no failures) but the repository stopped receiving WAL."""
     from datetime import UTC, datetime
 
-    from backupctl.catalog import iso
-    from backupctl.config import CheckConfig
+    from backupctl.core.config import CheckConfig
+    from backupctl.repo.catalog import iso
 
     now = datetime.now(UTC)
     server = {"reachable": True, "archive_mode": "on", "ready": 0, "failing": False,

@@ -21,7 +21,7 @@ import pytest
 from conftest import Backend, make_backend
 from s3_servers import FaultProxy, S3Endpoint, free_port
 
-from backupctl.errors import ObjectNotFound, StorageError
+from backupctl.core.errors import ObjectNotFound, StorageError
 from backupctl.storage import Storage, local
 from backupctl.storage.s3 import S3Storage
 

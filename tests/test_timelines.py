@@ -1,4 +1,4 @@
-"""Which timeline production is on: the pure judgement (``backupctl.timelines``) over several tree shapes,
+"""Which timeline production is on: the pure judgement (``backupctl.wal.timelines``) over several tree shapes,
 then on real PostgreSQL: a promoted side copy that pushed its timeline into production's source, and a real
 failover to a streaming standby.
 """
@@ -19,11 +19,11 @@ from hypothesis import strategies as st
 from test_pitr import Site, _batches, _init_and_backup, _restore
 from test_pitr import site as pitr_site  # noqa: F401 - the archiving cluster fixture, as `pitr_site`
 
-from backupctl.catalog import Manifest
-from backupctl.pg import ScratchCluster
-from backupctl.pitr import Plan, Target
-from backupctl.timelines import Judgement, judge
-from backupctl.wal import ArchivedWal, history_name, parse_wal_name, segment_name
+from backupctl.postgres.cluster import ScratchCluster
+from backupctl.repo.catalog import Manifest
+from backupctl.services.pitr import Plan, Target
+from backupctl.wal.archive import ArchivedWal, history_name, parse_wal_name, segment_name
+from backupctl.wal.timelines import Judgement, judge
 
 SIZE = 16 * 1024**2
 T0 = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)

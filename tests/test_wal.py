@@ -31,11 +31,11 @@ from conftest import Result, cli_env, run_cli, write_toml
 from pg_fixtures import require_binaries
 from s3_servers import FaultProxy, S3Endpoint, free_port
 
-from backupctl import wal
-from backupctl.config import load_config, parse_config
-from backupctl.pg import PgBinaries, ScratchCluster
-from backupctl.repository import open_repository
+from backupctl.core.config import load_config, parse_config
+from backupctl.postgres.cluster import PgBinaries, ScratchCluster
+from backupctl.repo.repository import open_repository
 from backupctl.storage import open_storage
+from backupctl.wal import archive as wal
 
 SOURCE = "main"
 SEGMENT = 16 * 1024**2

@@ -27,9 +27,10 @@ from conftest import CliRunner, Result, run_cli, write_toml
 from test_pitr import Site, _init_and_backup, site  # noqa: F401 - the site fixture
 from test_wal import SOURCE, _chown_tree, as_postgres, make_site
 
-from backupctl import pitr, wal
-from backupctl.errors import ConfigError
-from backupctl.pg import PgBinaries, ScratchCluster, ServerError
+from backupctl.core.errors import ConfigError
+from backupctl.postgres.cluster import PgBinaries, ScratchCluster, ServerError
+from backupctl.services import pitr
+from backupctl.wal import archive as wal
 
 
 def _sysid(datadir: Path) -> str:

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from backupctl.errors import BackupctlError
-from backupctl.log import get_logger
-from backupctl.pgconn import ConnParams
+from backupctl.core.errors import BackupctlError
+from backupctl.core.log import get_logger
+from backupctl.postgres.connection import ConnParams
 
 log = get_logger(__name__)
 

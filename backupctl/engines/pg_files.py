@@ -22,14 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from backupctl import faultpoints
-from backupctl.catalog import Manifest
-from backupctl.errors import ConfigError, IntegrityError
-from backupctl.log import get_logger
-from backupctl.pgmanifest import BackupManifest, ManifestCheck, expected_directories, prepare_delta, prune
-from backupctl.pipeline import StoredObject
-from backupctl.repository import Repository
-from backupctl.tarstream import TarExtractor, remove_path
+from backupctl.core import faultpoints
+from backupctl.core.errors import ConfigError, IntegrityError
+from backupctl.core.log import get_logger
+from backupctl.postgres.backup_manifest import BackupManifest, ManifestCheck, expected_directories, prepare_delta, prune
+from backupctl.postgres.tarstream import TarExtractor, remove_path
+from backupctl.repo.catalog import Manifest
+from backupctl.repo.pipeline import StoredObject
+from backupctl.repo.repository import Repository
 
 log = get_logger(__name__)
 

@@ -15,11 +15,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from backupctl.errors import BackupctlError
-from backupctl.log import get_logger
-from backupctl.pg import PgBinaries, find_binaries
-from backupctl.pgconn import ConnParams
-from backupctl.tools import ToolProcess
+from backupctl.core.errors import BackupctlError
+from backupctl.core.log import get_logger
+from backupctl.postgres.cluster import PgBinaries, find_binaries
+from backupctl.postgres.connection import ConnParams
+from backupctl.postgres.tools import ToolProcess
 
 log = get_logger(__name__)
 

@@ -30,14 +30,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from backupctl import wal as archive
-from backupctl.errors import BackupctlError
-from backupctl.log import get_logger
-from backupctl.pg import PgBinaries
-from backupctl.pgconn import ConnParams
-from backupctl.pipeline import StoredObject
-from backupctl.tarstream import FILE, Member, TarPart, TarSplitter
-from backupctl.tools import ToolProcess
+from backupctl.core.errors import BackupctlError
+from backupctl.core.log import get_logger
+from backupctl.postgres.cluster import PgBinaries
+from backupctl.postgres.connection import ConnParams
+from backupctl.postgres.tarstream import FILE, Member, TarPart, TarSplitter
+from backupctl.postgres.tools import ToolProcess
+from backupctl.repo.pipeline import StoredObject
+from backupctl.wal import archive
 
 log = get_logger(__name__)
 

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from backupctl.config import SqliteSource
-from backupctl.errors import BackupctlError, IntegrityError
-from backupctl.signals import shielded
+from backupctl.core.config import SqliteSource
+from backupctl.core.errors import BackupctlError, IntegrityError
+from backupctl.core.signals import shielded
 
 HEADER = b"SQLite format 3\x00"
 BUSY_TIMEOUT_SECONDS = 60.0

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from backupctl.config import RepositoryConfig
+from backupctl.core.config import RepositoryConfig
 from backupctl.storage.base import ObjectInfo, ObjectWriter, Storage
 
 __all__ = ["ObjectInfo", "ObjectWriter", "Storage", "open_storage"]

@@ -15,8 +15,8 @@ from datetime import datetime
 from types import TracebackType
 from typing import BinaryIO
 
-from backupctl.errors import ObjectNotFound, StorageError
-from backupctl.signals import shielded
+from backupctl.core.errors import ObjectNotFound, StorageError
+from backupctl.core.signals import shielded
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
-from backupctl.errors import ObjectNotFound, StorageError
+from backupctl.core.errors import ObjectNotFound, StorageError
 from backupctl.storage.base import ObjectInfo, ObjectWriter, Storage
 
 TEMP_PREFIX = ".tmp-"
@@ -64,7 +64,7 @@ def warn_if_readable_by_others(path: Path, what: str) -> None:
     except OSError:
         return
     if mode & 0o007 and path not in _warned:
-        from backupctl.log import get_logger
+        from backupctl.core.log import get_logger
 
         _warned.add(path)
         get_logger(__name__).warning(f"{what} {path} is readable by other users: chmod o-rwx {path}",

@@ -47,9 +47,9 @@ from botocore.exceptions import (
     SSLError,
 )
 
-from backupctl.config import RepositoryConfig
-from backupctl.errors import ObjectNotFound, StorageError
-from backupctl.signals import shielded
+from backupctl.core.config import RepositoryConfig
+from backupctl.core.errors import ObjectNotFound, StorageError
+from backupctl.core.signals import shielded
 from backupctl.storage.base import ObjectInfo, ObjectWriter, Storage
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,1 @@
+"""The command line: one module per verb family; parsing and rendering only, the work is in ``services``."""

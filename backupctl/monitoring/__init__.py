@@ -1,0 +1,1 @@
+"""Is every source protected: the gathered facts (status), their judgement (check), metrics and webhooks."""

@@ -1,0 +1,242 @@
+"""Prometheus metrics: the gathered facts (status.py) and the scheduler's job counters, in the text format.
+
+They are written to a node-exporter textfile after each job and served on ``/metrics`` by the scheduler
+([metrics] textfile, listen). Times are Unix timestamps (``*_timestamp_seconds``) rather than ages, so a
+textfile written an hour ago still tells the truth: alert on ``time() - backupctl_backup_last_success_
+timestamp_seconds``. Job counters must survive the process that counted them (a systemd timer runs one job
+per process), so they are read back from the textfile before it is rewritten, under a lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest, write_to_textfile
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
+
+from backupctl.core.log import get_logger
+from backupctl.repo.catalog import parse_iso
+
+log = get_logger(__name__)
+
+
+def _ts(text: str | None) -> float | None:
+    return parse_iso(text).timestamp() if text else None
+
+
+@dataclass
+class JobStats:
+    """Runs and failures per (source, job), the last run's duration and time, the last success's time."""
+
+    runs: dict[tuple[str, str, str], float] = field(default_factory=dict)  # (source, job, status) -> count
+    last: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
+
+    def record(self, source: str, job: str, ok: bool, duration: float, finished: float) -> None:
+        key = (source, job, "success" if ok else "failure")
+        self.runs[key] = self.runs.get(key, 0) + 1
+        last = self.last.setdefault((source, job), {})
+        last.update({"duration": duration, "run": finished})
+        if ok:
+            last["success"] = finished
+
+    def failures(self, source: str, job: str) -> float:
+        return self.runs.get((source, job, "failure"), 0)
+
+    @classmethod
+    def parse(cls, text: str) -> JobStats:
+        """The counters of an earlier exposition (a textfile this module wrote)."""
+        stats = cls()
+        fields = {"backupctl_job_last_duration_seconds": "duration", "backupctl_job_last_run_timestamp_seconds": "run",
+                  "backupctl_job_last_success_timestamp_seconds": "success"}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                labels = sample.labels
+                if sample.name == "backupctl_job_runs_total":
+                    stats.runs[(labels["source"], labels["job"], labels["status"])] = sample.value
+                elif sample.name in fields:
+                    stats.last.setdefault((labels["source"], labels["job"]), {})[fields[sample.name]] = sample.value
+        return stats
+
+    def families(self) -> Iterator[Metric]:
+        runs = CounterMetricFamily("backupctl_job_runs", "Jobs run by the scheduler, by outcome.",
+                                   labels=["source", "job", "status"])
+        failures = CounterMetricFamily("backupctl_job_failures", "Jobs that failed.", labels=["source", "job"])
+        for (source, job, status), count in sorted(self.runs.items()):
+            runs.add_metric([source, job, status], count)
+        for source, job in sorted({(s, j) for s, j, _ in self.runs}):
+            failures.add_metric([source, job], self.failures(source, job))
+        yield runs
+        yield failures
+        gauges = [("duration", "backupctl_job_last_duration_seconds", "How long the last run of a job took."),
+                  ("run", "backupctl_job_last_run_timestamp_seconds", "When the last run of a job ended."),
+                  ("success", "backupctl_job_last_success_timestamp_seconds", "When a job last succeeded.")]
+        for key, name, doc in gauges:
+            gauge = GaugeMetricFamily(name, doc, labels=["source", "job"])
+            for (source, job), last in sorted(self.last.items()):
+                if key in last:
+                    gauge.add_metric([source, job], last[key])
+            yield gauge
+
+
+class _Families:
+    """Gauge families keyed by name, so each fact is one line of code below."""
+
+    def __init__(self) -> None:
+        self.families: dict[str, GaugeMetricFamily] = {}
+
+    def set(self, name: str, doc: str, labels: dict[str, str], value: float | None) -> None:
+        if value is None:
+            return
+        family = self.families.get(name)
+        if family is None:
+            family = self.families[name] = GaugeMetricFamily(name, doc, labels=list(labels))
+        family.add_metric(list(labels.values()), float(value))
+
+
+def status_families(statuses: Iterable[dict[str, Any]]) -> list[Metric]:
+    """The facts of each source as gauges (and pg_stat_archiver's failure counter)."""
+    out = _Families()
+    archive_failures = CounterMetricFamily("backupctl_wal_archive_failures",
+                                           "Failed archive_command runs (pg_stat_archiver.failed_count).",
+                                           labels=["source"])
+    for status in statuses:
+        src = {"source": status["source"]}
+        repository = status.get("repository") or {}
+        out.set("backupctl_status_timestamp_seconds", "When these facts were gathered.", src,
+                _ts(status["checked_at"]))
+        out.set("backupctl_repository_up", "1 when the repository answered.", src,
+                1 if repository.get("reachable") else 0)
+        out.set("backupctl_repository_stored_bytes", "Bytes the source occupies in the repository.", src,
+                repository.get("stored_bytes"))
+        for backup in status["backups"]:
+            typ = {**src, "type": backup["type"]}
+            out.set("backupctl_backups", "Complete backups in the repository.", typ, backup["count"])
+            out.set("backupctl_backup_last_success_timestamp_seconds", "When the newest backup finished.", typ,
+                    _ts(backup["finished_at"]))
+            out.set("backupctl_backup_last_duration_seconds", "How long the newest backup took.", typ,
+                    backup["duration_seconds"])
+            out.set("backupctl_backup_last_size_bytes", "Bytes read by the newest backup.", typ, backup["size"])
+            out.set("backupctl_backup_last_stored_bytes", "Bytes the newest backup stored (compressed).", typ,
+                    backup["stored_size"])
+        wal = status.get("wal") or {}
+        out.set("backupctl_wal_last_archived_timestamp_seconds", "When the newest WAL segment was archived.", src,
+                _ts(wal.get("newest_archived_at")))
+        out.set("backupctl_wal_archive_age_seconds", "Age of the newest archived WAL segment when gathered.", src,
+                wal.get("age_seconds"))
+        server = status.get("server") or {}
+        if server.get("reachable"):
+            archive_failures.add_metric([status["source"]], server["failed_count"])
+            out.set("backupctl_wal_archive_failing", "1 while archive_command fails (newest failure after the "
+                    "newest success).", src, 1 if server["failing"] else 0)
+        out.set("backupctl_wal_ready_segments", "Segments waiting in pg_wal/archive_status.", src, server.get("ready"))
+        out.set("backupctl_wal_oldest_ready_age_seconds", "How long the oldest segment waiting in "
+                "pg_wal/archive_status has waited (0 when none waits).", src,
+                (server["oldest_ready_age_seconds"] or 0.0) if "oldest_ready_age_seconds" in server else None)
+        out.set("backupctl_pg_wal_bytes", "Size of pg_wal.", src, server.get("pg_wal_bytes"))
+        out.set("backupctl_data_directory_free_ratio", "Free space on the data directory's filesystem (0-1).", src,
+                server["disk_free_percent"] / 100 if server.get("disk_free_percent") is not None else None)
+        window = status.get("window") or {}
+        if window.get("seconds") is not None:
+            kind = {**src, "kind": window["kind"]}
+            out.set("backupctl_recoverable_window_seconds", "Span between the earliest and latest point a restore "
+                    "can reach.", kind, window["seconds"])
+            out.set("backupctl_recoverable_window_start_timestamp_seconds", "The earliest point a restore can "
+                    "reach.", kind, _ts(window["earliest"]))
+            out.set("backupctl_recoverable_window_end_timestamp_seconds", "The latest point a restore can reach.",
+                    kind, _ts(window["latest"]))
+        for what, record in (("verify", status.get("last_verify")), ("drill", status.get("last_drill"))):
+            if record:
+                out.set(f"backupctl_{what}_last_success", f"1 when the last {what} passed.", src,
+                        1 if record.get("status") == "passed" else 0)
+                out.set(f"backupctl_{what}_last_timestamp_seconds", f"When the last {what} finished.", src,
+                        _ts(record.get("finished_at")))
+        drill = status.get("last_drill") or {}
+        out.set("backupctl_drill_last_rto_seconds", "Restore time measured by the last drill.", src,
+                drill.get("rto_seconds"))
+    return [*out.families.values(), archive_failures]
+
+
+class Exposition(Collector):
+    """The current snapshot of every family, swapped whole; a registry collects it on each scrape."""
+
+    def __init__(self) -> None:
+        self._families: list[Metric] = []
+        self._lock = threading.Lock()
+
+    def update(self, statuses: Iterable[dict[str, Any]], jobs: JobStats | None) -> None:
+        families = status_families(statuses) + (list(jobs.families()) if jobs else [])
+        with self._lock:
+            self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            return iter(list(self._families))
+
+    def registry(self) -> CollectorRegistry:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(self)
+        return registry
+
+    def text(self) -> str:
+        return generate_latest(self.registry()).decode()
+
+
+@contextlib.contextmanager
+def _locked_counters(path: Path) -> Iterator[JobStats]:
+    """Serialise writers of one textfile (a scheduler and timers may share it); yields its job counters."""
+    lock_path = path.with_name(path.name + ".lock")
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            jobs = JobStats.parse(path.read_text())
+        except FileNotFoundError:
+            jobs = JobStats()
+        except ValueError as exc:
+            log.warning("metrics textfile unreadable: job counters start again", file=str(path), error=str(exc))
+            jobs = JobStats()
+        yield jobs
+
+
+class Publisher:
+    """The facts of every source and the job counters, exposed on /metrics and written to the textfile.
+
+    A failure to write the textfile is logged, never raised: metrics must not fail the job they describe.
+    """
+
+    def __init__(self, textfile: Path | None) -> None:
+        self.textfile = textfile
+        self.jobs = JobStats()
+        self.statuses: dict[str, dict[str, Any]] = {}
+        self.exposition = Exposition()
+        self._lock = threading.Lock()
+
+    def publish(self, statuses: Iterable[dict[str, Any]] = (),
+                job: tuple[str, str, bool, float, float] | None = None) -> None:
+        """Take new facts and/or one finished job (source, job, ok, seconds, finished timestamp); write."""
+        with self._lock:
+            self.statuses.update({s["source"]: s for s in statuses})
+            if self.textfile is not None:
+                try:
+                    with _locked_counters(self.textfile) as on_disk:
+                        if job:
+                            on_disk.record(*job)
+                        self.jobs, job = on_disk, None
+                        self.exposition.update(self.statuses.values(), self.jobs)
+                        write_to_textfile(os.fspath(self.textfile), self.exposition.registry())
+                        # node-exporter runs as another user, and the units' UMask=0077 made it 0600.
+                        os.chmod(self.textfile, 0o644)
+                        return
+                except OSError as exc:
+                    log.warning("metrics textfile not written", file=str(self.textfile), error=str(exc))
+            if job:
+                self.jobs.record(*job)
+            self.exposition.update(self.statuses.values(), self.jobs)

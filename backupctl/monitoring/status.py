@@ -1,0 +1,355 @@
+"""The facts about each source that an operator needs to know it is protected: gathered, never judged.
+
+``status`` shows them, ``check`` judges them against thresholds (monitor.py), the metrics are made from
+them (metrics.py). Everything comes from the repository (so any host sees the same picture) except what
+only the server can tell: pg_stat_archiver, the ``.ready`` backlog, pg_wal's size and the free space on
+the data directory's filesystem, taken when the server is reachable and its data directory is local.
+A fact that cannot be gathered is recorded as an error of that source; it never hides the others.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from backupctl.core.config import Config, PostgresSource, SourceConfig
+from backupctl.core.errors import BackupctlError, ObjectNotFound
+from backupctl.core.log import get_logger
+from backupctl.repo.catalog import Manifest, iso, parse_iso
+from backupctl.repo.repository import Repository, open_repository
+from backupctl.services.verify import VERIFICATIONS
+
+log = get_logger(__name__)
+
+BACKUP_TYPES = ("full", "incr", "logical", "sqlite")
+
+
+def _age(text: str | None, now: datetime) -> float | None:
+    return None if text is None else round((now - parse_iso(text)).total_seconds(), 1)
+
+
+def gather(config: Config, names: list[str] | None = None, now: datetime | None = None) -> list[dict[str, Any]]:
+    """The status of each named source (all configured ones by default); an unreachable repository is a
+    fact of every source, not an exception."""
+    now = now or datetime.now(UTC)
+    sources = [config.source(name) for name in names] if names else list(config.sources.values())
+    try:
+        repo = open_repository(config)
+    except BackupctlError as exc:
+        return [_unreachable(_skeleton(source, now), source, str(exc)) for source in sources]
+    with repo:
+        return [source_status(repo, source, now) for source in sources]
+
+
+def _unreachable(status: dict[str, Any], source: SourceConfig, error: str) -> dict[str, Any]:
+    """The store does not answer: nothing in it can be read, but the server can still be asked."""
+    status["repository"] = {"reachable": False, "error": error}
+    status["errors"].append(f"repository: {error}")
+    status["server"] = server_facts(source)
+    return status
+
+
+def _skeleton(source: SourceConfig, now: datetime) -> dict[str, Any]:
+    return {"id": source.name, "source": source.name, "kind": source.kind, "checked_at": iso(now),
+            "repository": None, "backups": [], "backup_count": 0, "damaged_manifests": [], "wal": None,
+            "server": None, "window": None, "timelines": None, "last_verify": None, "last_drill": None,
+            "drills_scheduled": source.schedule.drill is not None, "errors": []}
+
+
+def _attempt(status: dict[str, Any], part: str, gather_part: Callable[[], Any]) -> Any:
+    """Run one part of the gathering; its failure becomes a line in ``errors`` and the value None."""
+    try:
+        return gather_part()
+    except BackupctlError as exc:
+        status["errors"].append(f"{part}: {exc}")
+        return None
+
+
+def source_status(repo: Repository, source: SourceConfig, now: datetime) -> dict[str, Any]:
+    """Every fact about one source; a failing part is recorded in ``errors`` and the rest still gathered."""
+    status = _skeleton(source, now)
+    try:
+        status["repository"] = _repository_usage(repo, source.name)
+    except BackupctlError as exc:
+        return _unreachable(status, source, str(exc))
+    status["server"] = server_facts(source)
+    scanned = _attempt(status, "backups", lambda: repo.catalog.scan(source.name))
+    manifests, damaged = scanned or ([], {})
+    status["backups"] = _newest_per_type(manifests, now)
+    status["backup_count"] = len(manifests)
+    status["damaged_manifests"] = sorted(damaged)
+    status["timelines"] = _attempt(status, "timelines", lambda: _timelines(repo, source))
+    status["wal"] = _attempt(status, "wal", lambda: _wal(repo, source, now, status["timelines"]))
+    verify = _attempt(status, "last verify", lambda: _newest_record(repo, f"{source.name}/{VERIFICATIONS}/"))
+    drill = _attempt(status, "last drill", lambda: _last_drill(repo, source.name))
+    status["last_verify"] = _record_summary(verify, ("mode", "bytes"), now)
+    status["last_drill"] = _record_summary(drill, ("rto_seconds",), now)
+    if drill:
+        status["last_drill"]["failed_checks"] = [c["name"] for c in drill.get("checks", [])
+                                                 if c.get("status") == "failed"]
+    status["window"] = _attempt(status, "window",
+                                lambda: recoverable_window(repo, source, manifests, status["wal"]))
+    return status
+
+
+def _record_summary(record: dict[str, Any] | None, extra: tuple[str, ...], now: datetime) -> dict[str, Any] | None:
+    """What status shows of a verify or drill record (`drill show` has the rest), with its age."""
+    if record is None:
+        return None
+    keys = ("id", "backup_id", "status", "started_at", "finished_at", *extra, "error")
+    return {**{k: record.get(k) for k in keys}, "age_seconds": _age(record.get("finished_at"), now)}
+
+
+def _repository_usage(repo: Repository, source: str) -> dict[str, Any]:
+    """What the source occupies in the store: one listing of its prefix."""
+    usage = {"reachable": True, "location": repo.storage.location, "stored_bytes": 0, "objects": 0,
+             "backup_bytes": 0, "wal_bytes": 0}
+    folders = {"backups": "backup_bytes", "wal": "wal_bytes"}
+    prefix = f"{source}/"
+    for info in repo.storage.list(prefix):
+        usage["stored_bytes"] += info.size
+        usage["objects"] += 1
+        folder = info.key[len(prefix):].split("/", 1)[0]
+        if folder in folders:
+            usage[folders[folder]] += info.size
+    return usage
+
+
+def _newest_per_type(manifests: list[Manifest], now: datetime) -> list[dict[str, Any]]:
+    """The newest backup of each type, with how many of that type there are."""
+    rows = []
+    for backup_type in BACKUP_TYPES:
+        of_type = [m for m in manifests if m.type == backup_type]
+        if of_type:
+            newest = of_type[0]
+            rows.append({"type": backup_type, "id": newest.id, "finished_at": newest.finished_at,
+                         "age_seconds": _age(newest.finished_at, now), "size": newest.size,
+                         "stored_size": newest.stored_size, "duration_seconds": round(newest.duration, 3),
+                         "count": len(of_type)})
+    return rows
+
+
+def _timelines(repo: Repository, source: SourceConfig) -> dict[str, Any] | None:
+    """Which timeline production is on in the live history epoch, and why (``timelines``): the judgement
+    restore's default follows, with the branches it leaves behind."""
+    if not isinstance(source, PostgresSource):
+        return None
+    from backupctl.wal import archive as wal
+    from backupctl.wal import epochs, timelines
+
+    current = epochs.current_stream(repo, source.name)
+    if current is None:
+        return None
+    objects = wal.list_wal_objects(repo, current.stream)
+    if not objects:
+        return None
+    judgement = timelines.read(repo, current.stream, objects, current.segment_size or wal.DEFAULT_SEGMENT_SIZE)
+    return {**judgement.to_json(), "epoch": current.epoch, "off_path": judgement.off_path()}
+
+
+def _wal(repo: Repository, source: SourceConfig, now: datetime,
+         judged: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The archive as the repository has it: the newest segment and its age, gaps, timelines.
+
+    The newest segment is production's: a branch's archiving (a promoted copy) must not hide that
+    production stopped archiving."""
+    if not isinstance(source, PostgresSource):
+        return None
+    from backupctl.wal import archive as wal
+
+    timelines = wal.wal_status(repo, source.name, now)
+    if not timelines:
+        return None
+    elsewhere = {(judged["epoch"], t) for t in judged["off_path"]} if judged else set()
+    newest = max((t for t in timelines if t["newest_archived_at"] and (t["epoch"], t["timeline"]) not in elsewhere),
+                 key=lambda t: t["newest_archived_at"], default=None)
+    return {
+        "newest_segment": newest["newest_segment"] if newest else None,
+        "newest_archived_at": newest["newest_archived_at"] if newest else None,
+        "age_seconds": newest["newest_age_seconds"] if newest else None,
+        "timelines": [t["timeline"] for t in timelines],
+        "segments": sum(t["segments"] for t in timelines),
+        "gaps": sum(len(t["gaps"]) for t in timelines),
+        "stored_bytes": sum(t["stored_bytes"] for t in timelines),
+    }
+
+
+def _newest_record(repo: Repository, prefix: str) -> dict[str, Any] | None:
+    """The newest JSON record under ``prefix`` (ids sort by time); a damaged one is an error, not skipped."""
+    keys = sorted(info.key for info in repo.storage.list(prefix) if info.key.endswith(".json"))
+    if not keys:
+        return None
+    try:
+        record = json.loads(repo.storage.get_bytes(keys[-1]))
+    except ObjectNotFound:
+        return None  # removed meanwhile (expire)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BackupctlError(f"{keys[-1]} is not a JSON record") from None
+    if not isinstance(record, dict):
+        raise BackupctlError(f"{keys[-1]} is not a JSON object")
+    return record
+
+
+def _last_drill(repo: Repository, source: str) -> dict[str, Any] | None:
+    from backupctl.services.drill import latest_drill
+
+    return latest_drill(repo.storage, source)
+
+
+# --- what only the server can tell ---------------------------------------------------------------------
+
+_ARCHIVER_SQL = """
+SELECT current_setting('server_version_num')::int, current_setting('archive_mode'), pg_is_in_recovery(),
+       CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_walfile_name(pg_current_wal_lsn()) END,
+       archived_count, last_archived_wal, last_archived_time, failed_count, last_failed_wal, last_failed_time,
+       stats_reset
+FROM pg_stat_archiver
+"""
+
+
+def server_facts(source: SourceConfig) -> dict[str, Any] | None:
+    """pg_stat_archiver and, for a local data directory, the backlog, pg_wal's size and free space.
+
+    An unreachable server is a fact (``reachable: false`` with libpq's reason), not an error: status must
+    work while the server is down, which is when people look.
+    """
+    if not isinstance(source, PostgresSource):
+        return None
+    from backupctl.postgres.connection import ConnParams
+
+    facts: dict[str, Any] = {"reachable": False, "error": None, "local": False}
+    try:
+        with ConnParams.from_source(source).connect() as conn:
+            row = conn.execute(_ARCHIVER_SQL).fetchone()
+            facts.update(_remote_backlog(conn))
+    except BackupctlError as exc:
+        facts["error"] = str(exc)
+        row = None
+    except Exception as exc:  # psycopg errors: a query refused (privileges) must not hide the rest
+        facts["error"] = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+        row = None
+    if row is not None:
+        version, mode, recovery, current, archived, last_wal, last_time, failed, failed_wal, failed_time, reset = row
+        facts.update({
+            "reachable": True, "major": version // 10000, "archive_mode": mode, "in_recovery": recovery,
+            "current_wal": current,
+            "archived_count": archived, "last_archived_wal": last_wal,
+            "last_archived_time": iso(last_time) if last_time else None, "failed_count": failed,
+            "last_failed_wal": failed_wal, "last_failed_time": iso(failed_time) if failed_time else None,
+            "stats_reset": iso(reset) if reset else None,
+            # Failing now: the newest failure is more recent than the newest success.
+            "failing": bool(failed_time and (last_time is None or failed_time > last_time)),
+        })
+    if source.pgdata and Path(source.pgdata).is_dir():
+        facts.update(_local_facts(Path(source.pgdata)))
+    return facts
+
+
+_BACKLOG_SQL = """
+WITH ready AS (SELECT name, modification FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'),
+     oldest AS (SELECT name, modification FROM ready ORDER BY modification, name LIMIT 1)
+SELECT (SELECT count(*) FROM ready), (SELECT coalesce(sum(size), 0) FROM pg_ls_waldir()),
+       (SELECT name FROM oldest), (SELECT extract(epoch FROM clock_timestamp() - modification) FROM oldest)
+"""
+
+
+def _remote_backlog(conn: Any) -> dict[str, Any]:
+    """The .ready backlog, its oldest file and pg_wal's size through SQL (superuser or pg_monitor); {} when
+    refused. The oldest file's age is on the server's clock, like its modification time."""
+    try:
+        ready, size, oldest, age = conn.execute(_BACKLOG_SQL).fetchone()
+    except Exception as exc:  # insufficient privilege: the local data directory may still tell
+        log.debug("pg_wal facts not readable through SQL", error=str(exc))
+        return {}
+    return {"ready": int(ready), "pg_wal_bytes": int(size), **_oldest_ready(oldest, age)}
+
+
+def _oldest_ready(name: str | None, age: float | None) -> dict[str, Any]:
+    """The facts of the oldest .ready file: the WAL file that waits longest and for how many seconds."""
+    return {"oldest_ready": name.removesuffix(".ready") if name else None,
+            "oldest_ready_age_seconds": None if age is None else max(0.0, round(float(age), 1))}
+
+
+def _local_facts(pgdata: Path) -> dict[str, Any]:
+    """Read straight from the data directory when it is on this host (and readable by this user)."""
+    facts: dict[str, Any] = {"local": True, "data_directory": str(pgdata)}
+    try:
+        stat = os.statvfs(pgdata)
+        facts["disk_free_bytes"] = stat.f_bavail * stat.f_frsize
+        facts["disk_size_bytes"] = stat.f_blocks * stat.f_frsize
+        facts["disk_free_percent"] = round(100.0 * stat.f_bavail / stat.f_blocks, 2) if stat.f_blocks else None
+    except OSError as exc:
+        facts["local_error"] = f"cannot stat {pgdata}: {exc.strerror}"
+        return facts
+    try:
+        pg_wal = pgdata / "pg_wal"
+        ready = _ready_files(pg_wal / "archive_status")
+        facts["ready"] = len(ready)
+        facts.update(_oldest_ready(ready[0][1], time.time() - ready[0][0]) if ready else _oldest_ready(None, None))
+        with os.scandir(pg_wal) as entries:
+            facts["pg_wal_bytes"] = sum(e.stat().st_size for e in entries if e.is_file(follow_symlinks=False))
+    except OSError as exc:
+        facts["local_error"] = f"cannot read {exc.filename}: {exc.strerror} (run as the server's OS user)"
+    return facts
+
+
+def _ready_files(archive_status: Path) -> list[tuple[float, str]]:
+    """(modification time, name) of each .ready file, oldest first. A file the archiver renames to .done
+    between the listing and its stat is archived, not missing: it is left out."""
+    found = []
+    with os.scandir(archive_status) as entries:
+        for entry in entries:
+            if entry.name.endswith(".ready"):
+                try:
+                    found.append((entry.stat().st_mtime, entry.name))
+                except FileNotFoundError:
+                    continue
+    return sorted(found)
+
+
+# --- the recoverable window ----------------------------------------------------------------------------
+
+
+def recoverable_window(repo: Repository, source: SourceConfig, manifests: list[Manifest],
+                       wal_facts: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The earliest and latest points a restore can reach.
+
+    With physical backups and archived WAL it is a span (point in time): from the end of the oldest
+    backup whose WAL is continuous to the end of the archive, up to the newest segment of that chain (the
+    restore planner decides, so status and restore never disagree). Otherwise only the backups themselves
+    can be restored: the span from the oldest to the newest one, as discrete points.
+    """
+    physical = sorted((m for m in manifests if m.type in ("full", "incr")), key=lambda m: m.finished_at)
+    if isinstance(source, PostgresSource) and physical and wal_facts:
+        return _pitr_window(repo, source.name, physical)
+    if not manifests:
+        return None
+    oldest, newest = manifests[-1], manifests[0]
+    seconds = (parse_iso(newest.finished_at) - parse_iso(oldest.finished_at)).total_seconds()
+    return {"kind": "snapshots", "earliest": oldest.finished_at, "latest": newest.finished_at,
+            "seconds": round(seconds, 1), "points": len(manifests), "problem": None}
+
+
+def _pitr_window(repo: Repository, source: str, physical: list[Manifest]) -> dict[str, Any]:
+    from backupctl.services import pitr
+    from backupctl.wal import archive as wal
+
+    problem = None
+    for backup in physical:
+        try:
+            plan = pitr.make_plan(repo, source, pitr.Target("end"), backup.id)
+        except BackupctlError as exc:
+            problem = problem or f"from {backup.id}: {exc}"
+            continue
+        segments = wal.find_archived(repo, plan.stream, plan.wal_last)
+        latest = max((s.modified for s in segments), default=parse_iso(backup.finished_at))
+        earliest = parse_iso(backup.finished_at)
+        return {"kind": "pitr", "earliest": backup.finished_at, "latest": iso(latest),
+                "seconds": round(max(0.0, (latest - earliest).total_seconds()), 1), "from_backup": backup.id,
+                "timeline": plan.timeline, "wal_last": plan.wal_last, "problem": problem}
+    return {"kind": "pitr", "earliest": None, "latest": None, "seconds": None, "problem": problem}

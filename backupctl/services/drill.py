@@ -1,0 +1,602 @@
+"""Restore-and-verify drills: restore a backup into a scratch copy, start it, check it, time it, record it.
+
+A physical drill plans and restores as `restore` does (the same planner, the same extraction that proves
+every file against backup_manifest), into a scratch directory, then starts a server on that copy with a
+configuration made for it, never production's: no archiving, no replication, no preloaded libraries, small
+memory, its own socket directory, and production's ALTER SYSTEM settings turned into comments. Its
+restore_command is the read-only wal-fetch; with archiving off it cannot push WAL or a new timeline into the
+source. Recovery runs to the target (default: the end of archived WAL) and promotes there, so that amcheck
+can be installed.
+
+A logical drill restores every database of the dump into a fresh scratch server; a SQLite drill restores
+the file into a scratch directory. Then the same checks run (``drill_checks``), and the scratch copy is
+stopped and removed whatever happened (a failing check, an error, SIGTERM), unless ``--keep``.
+
+Scratch servers are reached through their private socket directory only: TCP on 127.0.0.1 asks for a
+password, so the copy of production is not open to every user of the machine while the drill runs.
+
+The result goes to ``<source>/drills/<id>.json`` (an encrypted repository keeps the checks' details and
+the assertions' names sealed: they name databases and tables). ``list_drills`` and ``latest_drill`` read
+them back for `drill list`, `status` and the metrics.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import dataclasses
+import json
+import os
+import re
+import shutil
+import socket
+import sqlite3
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from backupctl import __version__
+from backupctl.cli.output import human_size
+from backupctl.core.config import DrillConfig, PostgresSource, SourceConfig, SqliteSource
+from backupctl.core.errors import BackupctlError, ConfigError, ObjectNotFound
+from backupctl.core.log import get_logger
+from backupctl.core.signals import shielded
+from backupctl.engines import pg_logical
+from backupctl.engines.sqlite import ensure_free_space
+from backupctl.postgres.cluster import DEFAULT_SERVER_USER, PgBinaries, ScratchCluster, ServerError, find_binaries
+from backupctl.postgres.connection import ConnParams
+from backupctl.postgres.tools import run_tool
+from backupctl.repo.catalog import Catalog, Manifest, iso, new_record_id, open_details
+from backupctl.repo.pipeline import Pipeline
+from backupctl.repo.repository import Repository
+from backupctl.services import drill_checks, pitr, restore
+from backupctl.storage import Storage
+from backupctl.wal import archive as wal
+
+log = get_logger(__name__)
+
+DRILLS = "drills"  # <source>/drills/<id>.json
+RESULT_FORMAT = "backupctl-drill"
+RESULT_VERSION = 1
+RTO_PARTS = ("plan", "download", "extract", "wal_replay")  # until the copy accepts connections
+_ID_RE = re.compile(r"^\d{8}T\d{9}Z-D-[a-z0-9]{3}$")
+_REPLAYED_RE = re.compile(r'restored log file "([0-9A-F]{24})" from archive')
+# pg_dumpall's tablespace statements: a drill must not create directories at production's locations.
+_TABLESPACE_SQL = re.compile(r"^\s*((CREATE|ALTER|DROP|COMMENT ON|SECURITY LABEL ON) TABLESPACE "
+                             r"|(GRANT|REVOKE) .* ON TABLESPACE )", re.IGNORECASE)
+
+# The scratch server's settings, whatever production had: nothing may leave the copy (no archiving, no
+# replication, no synchronous standby to wait for), nothing production-only is needed to start (no
+# preloaded libraries, no SSL files), and it stays small. ScratchCluster adds listen_addresses =
+# 127.0.0.1, a free port and the private socket directory. Without hot standby, `pg_ctl start` returns
+# once recovery has reached the target and promoted.
+SCRATCH_SETTINGS = {
+    "cluster_name": "backupctl-drill",
+    "archive_mode": "off",
+    "primary_conninfo": "",
+    "primary_slot_name": "",
+    "synchronous_standby_names": "",
+    "shared_preload_libraries": "",
+    "hot_standby": "off",
+    "ssl": "off",
+    "shared_buffers": "32MB",
+    "autovacuum": "off",
+    "logging_collector": "off",
+    "log_destination": "stderr",
+}
+# The socket directory is 0700 and belongs to the server's OS user: trust there; a password over TCP.
+SCRATCH_HBA = ("# backupctl drill: the socket directory is private to the server's OS user\n"
+               "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n")
+SCRATCH_INITDB = ("--auth-local=trust", "--auth-host=scram-sha-256")
+# pg_control records the primary's settings that recovery needs at least as high (prepared transactions
+# to restore, lock table size): the copy takes them over.
+_CONTROL_SETTINGS = {
+    "max_connections setting": "max_connections",
+    "max_worker_processes setting": "max_worker_processes",
+    "max_wal_senders setting": "max_wal_senders",
+    "max_prepared_xacts setting": "max_prepared_transactions",
+    "max_locks_per_xact setting": "max_locks_per_transaction",
+}
+
+
+@dataclass(frozen=True)
+class DrillRequest:
+    """What `drill run` was asked: a backup (default: the newest), a target, whether to keep the copy."""
+
+    backup_id: str | None = None
+    target: pitr.Target = dataclasses.field(default_factory=lambda: pitr.Target("end"))
+    keep: bool = False
+
+
+class DrillServer(ScratchCluster):
+    """A scratch server reached through its socket directory (see the module docstring), never over TCP."""
+
+    maintenance_db = "postgres"  # the database to connect to: the source's dbname for a physical copy
+
+    def conninfo(self, dbname: str | None = None) -> dict[str, str | int]:
+        return {**super().conninfo(dbname or self.maintenance_db), "host": str(self.socket_dir)}
+
+    def params(self) -> ConnParams:
+        info = self.conninfo()
+        return ConnParams(host=str(info["host"]), port=int(info["port"]), user=self.superuser,
+                          dbname=self.maintenance_db)
+
+
+class _Halted(Exception):
+    """A step failed that later checks need: the rest are recorded as skipped."""
+
+
+@dataclass
+class _Check:
+    name: str
+    status: str = "skipped"  # "passed", "failed", "skipped"
+    detail: str = ""
+
+
+class _Drill:
+    """One drill in progress: its id, clock, timed parts and checks, and what it restored."""
+
+    def __init__(self, source: SourceConfig, request: DrillRequest) -> None:
+        self.source = source
+        self.config: DrillConfig = source.drill
+        self.request = request
+        self.started = datetime.now(UTC)
+        self.clock = time.monotonic()
+        self.id = new_record_id("D", self.started)
+        self.checks: dict[str, _Check] = {}
+        self.parts = dict.fromkeys((*RTO_PARTS, "checks"), 0.0)
+        self.backup: Manifest | None = None
+        self.reached: dict[str, Any] | None = None
+        self.segments_replayed = 0
+        self.work: Path | None = None
+        self.halted = False  # a step the copy needs failed: it never came up, so there is no RTO
+
+    def plan_checks(self, names: list[str]) -> None:
+        """The checks this kind of drill runs, in order: any that never runs is reported as skipped."""
+        self.checks = {name: _Check(name) for name in names}
+
+    def assertion_names(self) -> list[str]:
+        return [f"assertion: {a.name}" for a in self.config.assertions]
+
+    @contextlib.contextmanager
+    def step(self, name: str, fatal: bool = False) -> Iterator[_Check]:
+        """Run one check; its failure is recorded (and, when ``fatal``, ends the drill's checks)."""
+        check = self.checks.setdefault(name, _Check(name))
+        check.status = "passed"
+        try:
+            yield check
+        except (BackupctlError, OSError, sqlite3.Error, psycopg.Error) as exc:
+            check.status, check.detail = "failed", " ".join(str(exc).split())
+            log.warning("drill check failed", drill_id=self.id, check=name, detail=check.detail)
+            if fatal:
+                self.halted = True
+                raise _Halted from None
+
+    @contextlib.contextmanager
+    def part(self, name: str) -> Iterator[None]:
+        clock = time.monotonic()
+        try:
+            yield
+        finally:
+            self.parts[name] += time.monotonic() - clock
+
+    def remaining(self) -> float:
+        left = self.config.timeout - (time.monotonic() - self.clock)
+        if left <= 0:
+            raise BackupctlError(f"the drill used up its {self.config.timeout:.0f}s (drill.timeout in the config)")
+        return left
+
+    def workdir(self) -> Path:
+        """The scratch directory: under drill.tmp_dir, else the source's tmp_dir, else the system's."""
+        root = Path(self.config.tmp_dir or getattr(self.source, "tmp_dir", None) or tempfile.gettempdir())
+        root.mkdir(parents=True, exist_ok=True)
+        self.work = Path(tempfile.mkdtemp(prefix="backupctl-drill-", dir=root))
+        if os.geteuid() == 0 and isinstance(self.source, PostgresSource):
+            shutil.chown(self.work, DEFAULT_SERVER_USER, DEFAULT_SERVER_USER)  # the server lives below
+        return self.work
+
+    def cleanup(self, server: ScratchCluster | None) -> None:
+        """Stop the scratch server, remove the scratch directory (unless --keep); runs shielded.
+
+        The server's socket directory and log live apart, in a short path of the system's temp dir (a Unix
+        socket path has at most 107 bytes); with --keep the log is copied beside the kept data.
+        """
+        with shielded():
+            try:
+                if server is not None:
+                    server.stop()
+            except ServerError as exc:
+                log.error("scratch server did not stop: its directory is left in place", drill_id=self.id,
+                          error=str(exc), directory=str(self.work))
+                # On record too: a drill whose copy may still run has not cleaned up after itself.
+                self.checks["cleanup"] = _Check("cleanup", "failed", f"the scratch server did not stop ({exc}); "
+                                                f"stop it and remove {self.work} by hand")
+                return
+            if server is not None:
+                if self.request.keep and self.work is not None and server.log_file.exists():
+                    shutil.copy(server.log_file, self.work / "server.log")
+                shutil.rmtree(server.base_dir, ignore_errors=True)
+            if self.work is None:
+                return
+            if self.request.keep:
+                log.info("scratch copy kept", drill_id=self.id, directory=str(self.work))
+            else:
+                shutil.rmtree(self.work, ignore_errors=True)
+
+    def result(self, error: str | None = None) -> dict[str, Any]:
+        checks = list(self.checks.values())
+        failed = [c for c in checks if c.status == "failed"]
+        first = failed[0] if failed else None
+        for check in checks:
+            if check.status == "skipped" and not check.detail:
+                check.detail = f"not run: {first.name} failed" if first else "not run"
+        usable = not (error or self.halted) and self.backup is not None
+        error = error or (f"{first.name}: {first.detail}" if first else None)
+        target = self.request.target
+        return {
+            "format": RESULT_FORMAT,
+            "version": RESULT_VERSION,
+            "id": self.id,
+            "source": self.source.name,
+            "backup_id": self.backup.id if self.backup else self.request.backup_id,
+            "backup_type": self.backup.type if self.backup else None,
+            "kind": self.source.kind,
+            "status": "failed" if error else "passed",
+            "started_at": iso(self.started),
+            "finished_at": iso(datetime.now(UTC)),
+            "duration_seconds": round(time.monotonic() - self.clock, 3),
+            "target": {"kind": target.kind, "value": target.value},
+            "reached": self.reached,
+            "rto_seconds": round(sum(self.parts[p] for p in RTO_PARTS), 3) if usable else None,
+            "rto_parts": {name: round(seconds, 3) for name, seconds in self.parts.items()},
+            "wal_segments_replayed": self.segments_replayed,
+            "checks": [dataclasses.asdict(c) for c in checks],
+            "error": error,
+            "kept": str(self.work) if self.request.keep and self.work else None,
+            "host": socket.gethostname(),
+            "tool_version": __version__,
+        }
+
+
+# --- running a drill -----------------------------------------------------------------------------------
+
+
+def run_drill(repo: Repository, source: SourceConfig, request: DrillRequest) -> dict[str, Any]:
+    """Drill one backup of ``source``; the result is stored in the repository whether it passed or not.
+
+    Usage errors (an unknown backup, a target on a logical backup) raise ``ConfigError`` before anything
+    starts. An interrupted drill (SIGTERM) cleans up and records nothing: it proved nothing either way.
+    """
+    manifest = _chosen_backup(repo, source, request)
+    drill = _Drill(source, request)
+    log.info("drill started", drill_id=drill.id, source=source.name,
+             backup_id=manifest.id if manifest else "newest that reaches the target", target=request.target.kind)
+    try:
+        if isinstance(source, SqliteSource):
+            assert manifest is not None
+            _drill_sqlite(drill, repo, manifest)
+        elif manifest is None or manifest.type in pitr.PHYSICAL_TYPES:
+            _drill_physical(drill, repo, source, manifest)
+        else:
+            _drill_logical(drill, repo, source, manifest)
+    except _Halted:
+        pass
+    except Exception as exc:
+        # A bug, not a finding: still on record as a failed drill, and raised for the traceback.
+        record_result(repo, drill.result(f"unexpected {type(exc).__name__}: {exc}"))
+        raise
+    result = drill.result()
+    record_result(repo, result)
+    log.info("drill finished", drill_id=drill.id, source=source.name, status=result["status"],
+             rto_seconds=result["rto_seconds"], seconds=result["duration_seconds"])
+    return result
+
+
+def _chosen_backup(repo: Repository, source: SourceConfig, request: DrillRequest) -> Manifest | None:
+    """The backup to drill; None lets the PITR planner pick the newest physical one that reaches the target."""
+    target_given = request.target.kind != "end"
+    if request.backup_id:
+        manifest = repo.catalog.find(request.backup_id)
+        if manifest.source != source.name:
+            raise ConfigError(f"backup {manifest.id} belongs to source {manifest.source}, not {source.name}")
+    elif target_given:
+        if not isinstance(source, PostgresSource):
+            raise ConfigError("--target-* options apply to PostgreSQL physical backups")
+        return None
+    else:
+        manifests, _damaged = repo.catalog.scan(source.name)
+        if not manifests:
+            raise BackupctlError(f"source {source.name} has no backup to drill: take one with "
+                                 f"`backupctl backup {source.name}`")
+        manifest = manifests[0]
+    if target_given and manifest.type not in pitr.PHYSICAL_TYPES:
+        raise ConfigError(f"backup {manifest.id} is a {manifest.type} backup: --target-* options apply to "
+                          "physical backups")
+    return manifest
+
+
+def _drill_physical(drill: _Drill, repo: Repository, source: PostgresSource, chosen: Manifest | None) -> None:
+    drill.plan_checks(["plan", "restore", "recovery", "connect", "amcheck", "row_counts", *drill.assertion_names()])
+    target = dataclasses.replace(drill.request.target, action="promote")  # amcheck needs a writable copy
+    with drill.step("plan", fatal=True) as check, drill.part("plan"):
+        plan = pitr.make_plan(repo, source.name, target, chosen.id if chosen else None)
+        drill.backup = plan.backup
+        check.detail = (f"backup {plan.backup.id} ({plan.backup.type}, finished {plan.backup.finished_at}) and "
+                        f"{plan.segments} archived WAL segments {plan.wal_first}..{plan.wal_last} on timeline "
+                        f"{plan.timeline}")
+        if plan.timelines is not None and len(plan.timelines.tips) > 1:  # the judgement restore follows
+            check.detail += f"; {plan.timelines.reason()}"
+    server: DrillServer | None = None
+    with contextlib.ExitStack() as held:
+        try:
+            with drill.step("restore", fatal=True) as check:
+                chain = pitr.backup_chain(repo, plan.backup)
+                held.enter_context(repo.reading("drill", chain))
+                server, proven = _restore_physical(drill, repo, source, plan, drill.workdir())
+                check.detail = f"{human_size(sum(m.size for m in chain))} from {len(chain)} backup(s); {proven}"
+            with drill.step("recovery", fatal=True) as check, drill.part("wal_replay"):
+                check.detail = _recover(drill, server, plan)
+            details = open_details(plan.backup, repo.pipeline)
+            _pg_checks(drill, server, sorted(details.get("databases", {})), details.get("row_estimates"), exact=False,
+                       default_db=source.dbname)
+        finally:
+            drill.cleanup(server)
+
+
+def _restore_physical(drill: _Drill, repo: Repository, source: PostgresSource, plan: pitr.Plan,
+                      work: Path) -> tuple[DrillServer, str]:
+    """The backup's files in ``work/data`` (tablespaces inside), proven against the backup's manifest by the
+    restore code, and configured for the scratch server; with how they were proven."""
+    details = open_details(plan.backup, repo.pipeline)
+    pgdata = work / "data"
+    tablespaces = {oid: str(work / "tablespaces" / oid) for oid in plan.backup.extra.get("tablespaces", [])}
+    ensure_free_space(work, plan.backup.size + 256 * 1024**2, f"the drill's copy of {plan.backup.id}")
+    clock = time.monotonic()
+    pitr.prepare_pgdata(pgdata, force=False)
+    timings = pitr.restore_files(repo, plan, pgdata, pitr.default_jobs(), tablespaces, source.bindir, work)
+    # One pass fetches, unpacks and proves each file: that is the download; the flush to disk (and for a
+    # chain, pg_verifybackup) counts as extraction.
+    drill.parts["download"] += timings["download_extract_seconds"]
+    drill.parts["extract"] += time.monotonic() - clock - timings["download_extract_seconds"]
+    with drill.part("extract"):
+        binaries = pitr.server_binaries(plan.backup.extra["pg_major"], source.bindir, "postgres")
+        _write_scratch_config(pgdata, binaries, drill.id)
+        pitr.write_recovery(plan, pgdata, wal.restore_command(repo.config.file, source.name, plan.epoch),
+                            standby=False)
+        server = DrillServer.adopt(binaries, pgdata, remove_datadir=True,
+                                   superuser=details.get("superuser") or source.user or DEFAULT_SERVER_USER)
+    server.maintenance_db = source.dbname
+    if "verified_files" in timings:
+        return server, f"{timings['verified_files']} files proven against backup_manifest as they were written"
+    return server, "the combined files checked by pg_verifybackup against backup_manifest"
+
+
+def _write_scratch_config(pgdata: Path, binaries: PgBinaries, drill_id: str) -> None:
+    """Production's configuration out, the drill's in (see SCRATCH_SETTINGS)."""
+    settings = {**SCRATCH_SETTINGS, **_control_settings(binaries, pgdata)}
+    header = f"# backupctl drill {drill_id}: a scratch copy's own settings; production's are not used\n"
+    (pgdata / "postgresql.conf").write_text(
+        header + "".join(f"{name} = {wal.conf_quote(value)}\n" for name, value in settings.items()))
+    (pgdata / "pg_hba.conf").write_text(SCRATCH_HBA)
+    (pgdata / "pg_ident.conf").write_text("")
+    auto = pgdata / "postgresql.auto.conf"
+    if auto.exists():  # ALTER SYSTEM settings would override the file above: kept, as comments
+        lines = auto.read_text().splitlines()
+        auto.write_text(f"# backupctl drill {drill_id}: production's ALTER SYSTEM settings, not used here\n"
+                        + "".join(f"# {line}\n" if line.strip() and not line.startswith("#") else f"{line}\n"
+                                  for line in lines))
+    with contextlib.suppress(FileNotFoundError):
+        (pgdata / "standby.signal").unlink()  # a standby would wait for more WAL forever
+
+
+def _control_settings(binaries: PgBinaries, pgdata: Path) -> dict[str, str]:
+    output = run_tool([binaries.path("pg_controldata"), str(pgdata)], {**os.environ, "LC_ALL": "C"},
+                      "pg_controldata of the restored copy")
+    settings = {}
+    for line in output.splitlines():
+        label, _, value = line.partition(":")
+        if label.strip() in _CONTROL_SETTINGS and value.strip().isdigit():
+            settings[_CONTROL_SETTINGS[label.strip()]] = value.strip()
+    return settings
+
+
+def _recover(drill: _Drill, server: DrillServer, plan: pitr.Plan) -> str:
+    """Start the copy, let recovery reach the target and promote; say where it got to."""
+    server.start(timeout=drill.remaining())
+    replayed = _REPLAYED_RE.findall(server.log_file.read_text(errors="replace"))
+    drill.segments_replayed = len(set(replayed))
+    with server.connect() as conn:
+        lsn, at, walfile = conn.execute(
+            "SELECT pg_last_wal_replay_lsn()::text, pg_last_xact_replay_timestamp(), "
+            "pg_walfile_name(pg_current_wal_lsn())").fetchone()
+    promoted = int(walfile[:8], 16)
+    drill.reached = {"lsn": lsn, "time": iso(at) if at else None, "timeline": plan.timeline,
+                     "promoted_timeline": promoted}
+    short = pitr.short_of_end(plan, lsn) if plan.target.kind == "end" and lsn is not None else None
+    if short:
+        raise drill_checks.CheckFailed(f"{short} (see the server log with --keep)")
+    last = f" (last transaction {drill.reached['time']})" if at else ""
+    return (f"reached {lsn}{last} on timeline {plan.timeline} after replaying {drill.segments_replayed} archived "
+            f"WAL segments; promoted to timeline {promoted}")
+
+
+def _drill_logical(drill: _Drill, repo: Repository, source: PostgresSource, manifest: Manifest) -> None:
+    drill.plan_checks(["restore", "connect", "amcheck", "row_counts", *drill.assertion_names()])
+    drill.backup = manifest
+    server: DrillServer | None = None
+    with contextlib.ExitStack() as held:
+        try:
+            with drill.step("restore", fatal=True) as check:
+                held.enter_context(repo.reading("drill", [manifest]))
+                details = open_details(manifest, repo.pipeline)
+                databases = sorted(details["databases"])
+                work = drill.workdir()
+                size = sum(d["size"] for d in details["databases"].values())
+                ensure_free_space(work, int(size * 1.2) + 256 * 1024**2, f"the drill's copy of {manifest.id}")
+                with drill.part("extract"):
+                    binaries = find_binaries(min_major=manifest.extra["pg_major"], need="postgres")
+                    server = DrillServer(binaries, settings=SCRATCH_SETTINGS, initdb_args=SCRATCH_INITDB)
+                    server.datadir = work / "data"  # the data where drill.tmp_dir says, the socket in a short path
+                    server.init()
+                    server.start(timeout=drill.remaining())
+                    tools = restore.restore_binaries(manifest, source.bindir)
+                    _apply_roles(repo, manifest, tools, server.params())
+                with drill.part("download"):
+                    for name in databases:
+                        restore.restore_logical(repo, manifest, restore.LogicalRestore(name, name), server.params(),
+                                                tools, work)
+                check.detail = (f"{len(databases)} databases restored with pg_restore {tools.version} into "
+                                f"PostgreSQL {binaries.version}")
+            counts = {name: d["tables"] for name, d in details["databases"].items()}
+            _pg_checks(drill, server, databases, counts, exact=True, default_db=source.dbname)
+        finally:
+            drill.cleanup(server)
+
+
+def _apply_roles(repo: Repository, manifest: Manifest, tools: PgBinaries, params: ConnParams) -> None:
+    """The backup's roles (pg_restore sets owners and grants), without its tablespaces: those name
+    production's directories, which a drill must never create."""
+    script = restore.restore_globals(repo, manifest, None, False, None, None) or ""
+    kept = "".join(line + "\n" for line in script.splitlines() if not _TABLESPACE_SQL.match(line))
+    run_tool(pg_logical.apply_sql_argv(tools, params.dbname), params.env(), "psql applying the backup's roles",
+             stdin=kept.encode())
+
+
+def _pg_checks(drill: _Drill, server: DrillServer, databases: list[str],
+               recorded: dict[str, dict[str, int | None]] | None, exact: bool, default_db: str) -> None:
+    """connect, amcheck, row_counts and the assertions, on a running scratch server."""
+    params = server.params()
+    with drill.part("checks"):
+        with drill.step("connect") as check:
+            check.detail = drill_checks.connect_all(params, databases)
+        if drill.config.amcheck:
+            with drill.step("amcheck") as check:
+                check.detail = drill_checks.amcheck(server.binaries, params, len(databases), drill.remaining())
+        else:
+            drill.checks["amcheck"].detail = "turned off (drill.amcheck = false)"
+        if recorded is None:
+            drill.checks["row_counts"].detail = "the backup recorded no row counts (it predates them)"
+        else:
+            with drill.step("row_counts") as check:
+                check.detail = drill_checks.pg_row_counts(params, recorded, exact, drill.remaining())
+        for assertion, name in zip(drill.config.assertions, drill.assertion_names(), strict=True):
+            with drill.step(name) as check:
+                check.detail = drill_checks.pg_assertion(params, assertion, default_db, drill.remaining())
+
+
+def _drill_sqlite(drill: _Drill, repo: Repository, manifest: Manifest) -> None:
+    drill.plan_checks(["restore", "integrity_check", "row_counts", *drill.assertion_names()])
+    drill.backup = manifest
+    with contextlib.ExitStack() as held:
+        try:
+            with drill.step("restore", fatal=True) as check:
+                held.enter_context(repo.reading("drill", [manifest]))
+                details = open_details(manifest, repo.pipeline)
+                database = manifest.object("database.sqlite3")
+                work = drill.workdir()
+                ensure_free_space(work, database.size + 1024**2, f"the drill's copy of {manifest.id}")
+                path = work / "restored.sqlite3"
+                with drill.part("download"), open(path, "xb") as out:
+                    repo.pipeline.read(database, out)
+                check.detail = f"{human_size(database.size)} restored, every checksum verified"
+            with drill.part("checks"):
+                with drill.step("integrity_check") as check:
+                    check.detail = drill_checks.sqlite_integrity(path)
+                with drill.step("row_counts") as check:
+                    check.detail = drill_checks.sqlite_row_counts(path, details.get("tables", {}))
+                for assertion, name in zip(drill.config.assertions, drill.assertion_names(), strict=True):
+                    with drill.step(name) as check:
+                        check.detail = drill_checks.sqlite_assertion(path, assertion)
+        finally:
+            drill.cleanup(None)
+
+
+# --- results in the repository -------------------------------------------------------------------------
+
+
+def is_drill_id(text: str) -> bool:
+    return bool(_ID_RE.match(text))
+
+
+def drill_key(source: str, drill_id: str) -> str:
+    return f"{source}/{DRILLS}/{drill_id}.json"
+
+
+def record_result(repo: Repository, result: dict[str, Any]) -> None:
+    """Store the result (the private part sealed when the repository is encrypted)."""
+    document = _sealed(result, repo.pipeline) if repo.pipeline.encrypted else result
+    repo.storage.put(drill_key(result["source"], result["id"]), json.dumps(document, indent=1).encode())
+
+
+def _sealed(result: dict[str, Any], pipeline: Pipeline) -> dict[str, Any]:
+    """Checks' details and assertions' names name databases and tables: only their verdicts stay readable."""
+    private = {"checks": result["checks"], "error": result["error"]}
+    public_names = [c["name"] if not c["name"].startswith("assertion: ") else f"assertion {i}"
+                    for i, c in enumerate(result["checks"], 1)]
+    failed = [name for name, c in zip(public_names, result["checks"], strict=True) if c["status"] == "failed"]
+    return {
+        **result,
+        "checks": [{"name": name, "status": c["status"], "detail": "sealed"}
+                   for name, c in zip(public_names, result["checks"], strict=True)],
+        "error": (f"{', '.join(failed) or 'the drill'} failed (details sealed: read them with the identity)"
+                  if result["error"] else None),
+        "encryption": pipeline.encryption_record(),
+        "sealed": base64.b64encode(pipeline.seal(json.dumps(private).encode())).decode(),
+    }
+
+
+def open_result(document: dict[str, Any], pipeline: Pipeline | None) -> dict[str, Any]:
+    """A stored result, its sealed part opened when ``pipeline`` holds the identity."""
+    if "sealed" not in document or pipeline is None or not pipeline.can_decrypt():
+        return document
+    pipeline.check_recipient((document.get("encryption") or {}).get("recipients", []), f"drill {document['id']}")
+    private = json.loads(pipeline.unseal(base64.b64decode(document["sealed"])))
+    return {**{k: v for k, v in document.items() if k not in ("sealed", "encryption")}, **private}
+
+
+def _read(storage: Storage, key: str) -> dict[str, Any] | None:
+    try:
+        document = json.loads(storage.get_bytes(key))
+    except ObjectNotFound:
+        return None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        log.warning("damaged drill result skipped", key=key)
+        return None
+    if not isinstance(document, dict) or document.get("format") != RESULT_FORMAT:
+        log.warning("foreign object under drills/ skipped", key=key)
+        return None
+    return document
+
+
+def list_drills(storage: Storage, source: str | None = None, pipeline: Pipeline | None = None) -> list[dict[str, Any]]:
+    """Every stored drill result (of one source, or all), newest first; sealed parts opened with ``pipeline``."""
+    sources = [source] if source else Catalog(storage).sources()
+    keys = [info.key for name in sources for info in storage.list(f"{name}/{DRILLS}/") if info.key.endswith(".json")]
+    documents = [d for d in (_read(storage, key) for key in keys) if d is not None]
+    documents.sort(key=lambda d: (d.get("started_at") or "", d.get("id") or ""), reverse=True)
+    return [open_result(d, pipeline) for d in documents]
+
+
+def latest_drill(storage: Storage, source: str) -> dict[str, Any] | None:
+    """The newest drill of ``source`` (for `status`, `check` and the metrics), or None."""
+    drills = list_drills(storage, source)
+    return drills[0] if drills else None
+
+
+def find_drill(storage: Storage, drill_id: str, pipeline: Pipeline | None = None) -> dict[str, Any]:
+    """A drill result by id alone (drill ids are unique in the repository, like backup ids)."""
+    if not is_drill_id(drill_id):
+        raise ConfigError(f"{drill_id!r} is not a drill id (they look like 20261125T021500123Z-D-k3x; see "
+                          "`backupctl drill list`)")
+    for name in Catalog(storage).sources():
+        document = _read(storage, drill_key(name, drill_id))
+        if document is not None:
+            return open_result(document, pipeline)
+    raise BackupctlError(f"no drill {drill_id} in the repository (see `backupctl drill list`)")
+

@@ -1,0 +1,208 @@
+"""The expire verb: apply a source's retention plan, backups first, then WAL, under the source's expire lease.
+
+The plan comes from ``retention.plan_retention`` over what the repository holds right now; `--dry-run`
+prints it and the real run executes exactly it, with two late checks that can only keep more: a reader that
+started meanwhile, and the lease (a run whose lease was taken over stops). Pins cannot change while it runs:
+`pin` takes the same lease.
+
+A backup stops existing the moment its manifest is deleted, so that goes first. Readers (restore, verify,
+drill) write their lease before they read a manifest, so listing the readers again after the manifests are
+gone finds every reader that could still be using a removed backup: those backups' data objects stay, with
+an ``expired.json`` marker, for `repo gc` to remove once the reader has finished.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from backupctl.core import faultpoints
+from backupctl.core.config import PostgresSource, RetentionConfig, SourceConfig
+from backupctl.core.errors import BackupctlError, ConfigError, DecryptionError, IntegrityError, ObjectNotFound
+from backupctl.core.log import get_logger
+from backupctl.repo import lease, pins
+from backupctl.repo.catalog import Manifest, backup_prefix, iso
+from backupctl.repo.repository import Repository
+from backupctl.services.retention import PHYSICAL, RetentionPlan, WalInventory, has_rules, plan_retention
+from backupctl.wal import archive as wal
+
+log = get_logger(__name__)
+
+EXPIRED_MARKER = "expired.json"
+
+
+@dataclass
+class ExpireInputs:
+    """Everything the plan is made from, kept so that late findings can re-plan from the same facts."""
+
+    source: str
+    policy: RetentionConfig
+    now: datetime
+    manifests: list[Manifest]
+    pins: dict[str, str]
+    held: dict[str, str]
+    wal: list[WalInventory]
+
+    def plan(self) -> RetentionPlan:
+        return plan_retention(self.source, self.manifests, self.policy, self.now, self.pins, self.held, self.wal)
+
+
+@dataclass
+class ExpireOutcome:
+    """The plan, and in a real run what became of each of its rows."""
+
+    plan: RetentionPlan
+    dry_run: bool
+    guard: str | None = None  # why the real run would refuse without --force
+    results: dict[str, str] = field(default_factory=dict)
+
+    def rows(self) -> list[dict[str, Any]]:
+        rows = self.plan.rows()
+        for row in rows:
+            default = "planned" if self.dry_run else ("kept" if row["action"] == "keep" else "removed")
+            row["result"] = self.results.get(row["id"], default)
+        return rows
+
+
+def readers_by_backup(repo: Repository, source: str) -> dict[str, str]:
+    """Backup id -> the live reader (restore, verify, drill) that holds it."""
+    return {backup_id: f"{r.operation} on {r.host} pid {r.pid}"
+            for r in lease.live_readers(repo.storage, source) for backup_id in r.backups}
+
+
+def gather(repo: Repository, source: SourceConfig, now: datetime | None = None) -> ExpireInputs:
+    """Read what the plan needs: manifests, pins, live readers, (PostgreSQL) the WAL listing, and "now" on
+    the store's clock (the clock of Last-Modified and of each backup's ``store_stop_time``), never this
+    host's: an expiring host whose clock runs days ahead must not push backups out of the recovery window."""
+    manifests, damaged = repo.catalog.scan(source.name)
+    if damaged:
+        key, problem = next(iter(damaged.items()))
+        more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
+        raise BackupctlError(f"expire of {source.name} stopped before removing anything: {problem}{more}; a "
+                             f"backup that cannot be read cannot be judged (fix or remove {key}, see "
+                             "`backupctl verify --all`)")
+    pinned = {backup_id: pin.describe() for backup_id, pin in pins.read_pins(repo.storage, source.name).items()}
+    inventories = _wal_inventories(repo, source.name, manifests) if isinstance(source, PostgresSource) else []
+    return ExpireInputs(source.name, source.retention, now or lease.store_now(repo.storage, source.name), manifests,
+                        pinned, readers_by_backup(repo, source.name), inventories)
+
+
+def _wal_inventories(repo: Repository, source: str, manifests: list[Manifest]) -> list[WalInventory]:
+    """Each history epoch's WAL listing and timeline histories (one listing per epoch)."""
+    physical = [m for m in manifests if m.type in PHYSICAL]
+    streams = wal.streams_of(repo, source)
+    inventories = []
+    for identity in streams:
+        objects = wal.list_wal_objects(repo, identity.stream)
+        system = identity.system_identifier or None
+        members = [m for m in physical if system in (None, str(m.extra.get("system_identifier")))]
+        size = identity.segment_size or (int(members[0].extra["wal_segment_size"]) if members else None) \
+            or wal.DEFAULT_SEGMENT_SIZE
+        timelines = {o.name.timeline for o in objects} | {int(m.extra["timeline"]) for m in members}
+        histories: dict[int, list[tuple[int, int]] | None] = {}
+        for tli in sorted(t for t in timelines if t > 1):
+            try:
+                histories[tli] = wal.read_history(repo, identity.stream, tli)
+            except (ObjectNotFound, IntegrityError, DecryptionError) as exc:
+                log.warning("timeline history unreadable: its WAL is kept", stream=identity.stream, timeline=tli,
+                            error=str(exc))
+                histories[tli] = None
+        inventories.append(WalInventory(objects, histories, size, identity.stream, system, identity is streams[-1]))
+    return inventories
+
+
+def guard_problem(plan: RetentionPlan) -> str | None:
+    """A run that removes more than half of a source's backups is more likely a typo than a policy."""
+    removed, total = len(plan.removed), len(plan.decisions)
+    if removed * 2 <= total:
+        return None
+    return (f"expire would remove {removed} of the {total} backups of {plan.source}, more than half: check the "
+            f"policy with `backupctl expire {plan.source} --dry-run`, then run again with --force")
+
+
+def expire(repo: Repository, source: SourceConfig, *, dry_run: bool = False, force: bool = False,
+           now: datetime | None = None) -> ExpireOutcome:
+    """Plan and (unless ``dry_run``) apply the source's retention policy."""
+    if not has_rules(source.retention):
+        raise ConfigError(f"source {source.name} has no retention policy, and expire would keep only the newest "
+                          f"backups: add a [sources.{source.name}.retention] table (keep_last, keep_daily, ... "
+                          "recovery_window)")
+    if dry_run:
+        plan = gather(repo, source, now).plan()
+        problem = guard_problem(plan)
+        if problem and force:
+            problem = None
+        return ExpireOutcome(plan, True, problem)
+    with repo.exclusive_lease(source.name, "expire", "expire") as held:
+        inputs = gather(repo, source, now)
+        plan = inputs.plan()
+        problem = guard_problem(plan)
+        if problem and not force:
+            raise ConfigError(problem)
+        return apply(repo, inputs, plan, held)
+
+
+def apply(repo: Repository, inputs: ExpireInputs, plan: RetentionPlan, held: lease.Lease) -> ExpireOutcome:
+    """Execute ``plan`` (made from ``inputs``) while holding the source's expire lease ``held``.
+
+    Only ever less than planned: a backup a reader started on stays whole until `repo gc`, with the WAL it
+    needs. Pins cannot change meanwhile: `pin` takes this same lease.
+    """
+    log.info("expire started", source=plan.source, backups=len(plan.decisions), remove=len(plan.removed),
+             wal_ranges=len(plan.wal_removed))
+    outcome = ExpireOutcome(plan, False)
+    deferred = _remove_backups(repo, plan, held, outcome)
+    effective = replace(inputs, held={**inputs.held, **deferred}).plan() if deferred else plan
+    _remove_wal(repo, plan, effective, held, outcome)
+    log.info("expire finished", source=plan.source, removed=len(plan.removed), data_left_for_gc=len(deferred),
+             wal_segments=sum(r.segments for r in effective.wal_removed))
+    return outcome
+
+
+def _remove_backups(repo: Repository, plan: RetentionPlan, held: lease.Lease,
+                    outcome: ExpireOutcome) -> dict[str, str]:
+    """Manifests first, then the data of every backup no live reader holds; returns the readers' ones."""
+    storage = repo.storage
+    gone: list[Manifest] = []
+    for m in sorted(plan.removed, key=lambda m: (m.finished_at, m.id)):
+        held.ensure_held()
+        storage.delete([m.key])
+        faultpoints.hit("expire.manifest-removed")
+        gone.append(m)
+        log.info("backup expired", source=m.source, backup_id=m.id, type=m.type, finished_at=m.finished_at,
+                 stored_bytes=m.stored_size)
+    readers = readers_by_backup(repo, plan.source) if gone else {}
+    deferred: dict[str, str] = {}
+    for m in gone:
+        prefix = backup_prefix(m.source, m.id)
+        if m.id in readers:
+            deferred[m.id] = readers[m.id]
+            marker = {"backup_id": m.id, "expired_at": iso(datetime.now(UTC)), "reader": readers[m.id]}
+            storage.put(prefix + EXPIRED_MARKER, json.dumps(marker, indent=1).encode())
+            outcome.results[m.id] = f"manifest removed; data left for `repo gc` ({readers[m.id]} reads it)"
+            log.info("expired backup's data left for gc", backup_id=m.id, reader=readers[m.id])
+            continue
+        storage.delete([info.key for info in storage.list(prefix)])
+        faultpoints.hit("expire.data-removed")
+    return deferred
+
+
+def _remove_wal(repo: Repository, plan: RetentionPlan, effective: RetentionPlan, held: lease.Lease,
+                outcome: ExpireOutcome) -> None:
+    """The planned WAL ranges, less what ``effective`` (the plan with late pins and readers) keeps."""
+    allowed = {key for r in effective.wal_removed for key in r.keys}
+    for wal_range in plan.wal_removed:
+        keys = [k for k in wal_range.keys if k in allowed]
+        row_id = wal_range.to_json()["id"]
+        if len(keys) < len(wal_range.keys):
+            outcome.results[row_id] = (f"{len(wal_range.keys) - len(keys)} of {len(wal_range.keys)} files kept for "
+                                       "a backup that stayed")
+        if not keys:
+            continue
+        held.ensure_held()
+        repo.storage.delete(keys)
+        log.info("WAL expired", source=plan.source, stream=wal_range.stream, timeline=wal_range.timeline,
+                 first=wal_range.first, last=wal_range.last, files=len(keys), stored_bytes=wal_range.stored_size,
+                 reason=wal_range.reason)
