@@ -3,7 +3,7 @@
 PYTHON ?= /usr/bin/python3
 VENV := .venv
 
-.PHONY: install demo test faults lint clean
+.PHONY: install demo test unit faults lint clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -20,9 +20,12 @@ test: install
 	$(VENV)/bin/ruff check backupctl tests bench
 	$(VENV)/bin/pytest -q
 
+unit: install  # the pure tests alone: no servers, no temp dirs, seconds
+	$(VENV)/bin/pytest -q tests/unit
+
 faults: install  # the fault-injection suite alone, with more trials (README: How we test failure)
 	BACKUPCTL_FAULT_TRIALS=$${BACKUPCTL_FAULT_TRIALS:-200} BACKUPCTL_FAULT_ROUNDS=$${BACKUPCTL_FAULT_ROUNDS:-2} \
-		$(VENV)/bin/pytest -q tests/test_faults_*.py
+		$(VENV)/bin/pytest -q tests/integration/test_faults_*.py
 
 lint: install
 	$(VENV)/bin/ruff check backupctl tests bench

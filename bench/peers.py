@@ -24,8 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from s3_servers import SeaweedFS  # the test suite's starter: one copy for tests and benches
+from tests.support.s3_servers import SeaweedFS  # the test suite's starter: one copy for tests and benches
 
 MIB = 1024 * 1024
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -287,7 +286,7 @@ def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
 
 
 def seaweedfs(directory: Path) -> SeaweedFS:
-    """The test suite's SeaweedFS (tests/s3_servers.py), serving S3 over HTTP and HTTPS; not started yet."""
+    """The test suite's SeaweedFS (tests/support/s3_servers.py), serving S3 over HTTP and HTTPS; not started yet."""
     weed = str(Path(sys.executable).parent / "weed")
     return SeaweedFS(weed, directory, "bench-access", tls=self_signed_certificate(directory / "tls"))
 
