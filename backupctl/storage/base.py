@@ -19,6 +19,16 @@ from backupctl.core.errors import ObjectNotFound, StorageError
 from backupctl.core.signals import shielded
 
 
+def check_key(key: str) -> None:
+    """Refuse keys that are not plain relative paths, so every driver accepts the same repository layout.
+
+    S3 would store ``a/../b`` literally, but stores built on a filesystem (the local driver, SeaweedFS's
+    filer) resolve such paths, which could leave the repository.
+    """
+    if not key or any(part in ("", ".", "..") for part in key.split("/")):
+        raise StorageError(f"invalid object key {key!r}")
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     """What a listing or a HEAD tells about one stored object."""
@@ -144,6 +154,25 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def delete(self, keys: Iterable[str]) -> None:
         """Remove objects; keys that do not exist are ignored."""
+
+    # -- optional: unfinished writes, for `repo gc` --------------------------------------------------------
+    # A writer killed mid-write leaves what no listing shows. Drivers say here what kind of leftovers they
+    # can have; the defaults are those of a store that keeps none.
+
+    #: Unfinished writes live on as multipart uploads, stored (and billed) until aborted by age (S3).
+    keeps_incomplete_uploads: bool = False
+
+    def abort_incomplete_uploads(self, older_than: datetime) -> int:
+        """Abort the multipart uploads started before ``older_than`` (the store's clock); how many."""
+        return 0
+
+    def stale_temp_files(self, older_than: datetime) -> list[tuple[str, int]]:
+        """Temp files of unfinished writes last written before ``older_than``, as (path, size): what a driver
+        that writes through temp files beside its objects (local) leaves behind."""
+        return []
+
+    def remove_temp_files(self, paths: Iterable[str]) -> None:  # noqa: B027 - a no-op where there are none
+        """Remove temp files ``stale_temp_files`` found; ones gone meanwhile are ignored."""
 
     def close(self) -> None:  # noqa: B027 - optional hook, most drivers hold nothing
         """Release connections and threads."""

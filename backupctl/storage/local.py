@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from backupctl.core.errors import ObjectNotFound, StorageError
-from backupctl.storage.base import ObjectInfo, ObjectWriter, Storage
+from backupctl.storage.base import ObjectInfo, ObjectWriter, Storage, check_key
 
 TEMP_PREFIX = ".tmp-"
 _PRUNE_RACE_ATTEMPTS = 20
@@ -108,16 +108,16 @@ class _LocalWriter(ObjectWriter):
                 return create_private(self._temp)
             except (FileNotFoundError, FileExistsError) as exc:
                 if not attempts_left:
-                    raise _storage_error(exc, f"cannot write {self._key}") from None
+                    raise _storage_error(exc, f"cannot write {self._key}") from exc
             except OSError as exc:
-                raise _storage_error(exc, f"cannot write {self._key}") from None
+                raise _storage_error(exc, f"cannot write {self._key}") from exc
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         assert self._file is not None, "write after commit or abort"
         try:
             return self._file.write(data)
         except OSError as exc:
-            raise _storage_error(exc, f"cannot write {self._key}") from None
+            raise _storage_error(exc, f"cannot write {self._key}") from exc
 
     def _finish_temp(self) -> None:
         """Flush and fsync the temp file, so the rename that follows publishes complete data."""
@@ -134,7 +134,7 @@ class _LocalWriter(ObjectWriter):
             fsync_dir(self._final.parent)
         except OSError as exc:
             self.abort()
-            raise _storage_error(exc, f"cannot store {self._key}") from None
+            raise _storage_error(exc, f"cannot store {self._key}") from exc
 
     def commit_if_absent(self) -> bool:
         """Publish only if the key is free: link(2) refuses an existing name atomically."""
@@ -144,7 +144,7 @@ class _LocalWriter(ObjectWriter):
         except FileExistsError:
             return False
         except OSError as exc:
-            raise _storage_error(exc, f"cannot store {self._key}") from None
+            raise _storage_error(exc, f"cannot store {self._key}") from exc
         finally:
             self.abort()
         fsync_dir(self._final.parent)
@@ -169,8 +169,9 @@ class LocalStorage(Storage):
         self.location = str(self.root)
 
     def path_for(self, key: str) -> Path:
+        check_key(key)
         parts = key.split("/")
-        if not key or any(p in ("", ".", "..") or p.startswith(TEMP_PREFIX) for p in parts):
+        if any(p.startswith(TEMP_PREFIX) for p in parts):  # the driver's own temp files are no objects
             raise StorageError(f"invalid object key {key!r}")
         return self.root.joinpath(*parts)
 
@@ -185,10 +186,10 @@ class LocalStorage(Storage):
     def get(self, key: str) -> BinaryIO:
         try:
             return open(self.path_for(key), "rb")
-        except (FileNotFoundError, NotADirectoryError):
-            raise ObjectNotFound(f"{key} does not exist in {self.location}") from None
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            raise ObjectNotFound(f"{key} does not exist in {self.location}") from exc
         except OSError as exc:
-            raise _storage_error(exc, f"cannot read {key}") from None
+            raise _storage_error(exc, f"cannot read {key}") from exc
 
     def head(self, key: str) -> ObjectInfo | None:
         try:
@@ -210,7 +211,7 @@ class LocalStorage(Storage):
         except (FileNotFoundError, NotADirectoryError):
             return
         except OSError as exc:
-            raise _storage_error(exc, f"cannot list {rel or '/'}") from None
+            raise _storage_error(exc, f"cannot list {rel or '/'}") from exc
         ordered = sorted(entries, key=lambda e: e.name + "/" if e.is_dir() else e.name)
         for entry in ordered:
             key = rel + entry.name
@@ -228,7 +229,7 @@ class LocalStorage(Storage):
         try:
             return sorted(f"{prefix}{e.name}/" for e in os.scandir(directory) if e.is_dir())
         except OSError as exc:
-            raise _storage_error(exc, f"cannot list {prefix or '/'}") from None
+            raise _storage_error(exc, f"cannot list {prefix or '/'}") from exc
 
     def delete(self, keys: Iterable[str]) -> None:
         """Remove ``keys``; durable on return: every directory changed is fsynced once, at the end."""
@@ -240,7 +241,7 @@ class LocalStorage(Storage):
             except FileNotFoundError:
                 continue
             except OSError as exc:
-                raise _storage_error(exc, f"cannot delete {key}") from None
+                raise _storage_error(exc, f"cannot delete {key}") from exc
             changed.add(self._prune_empty_dirs(path.parent))
         for directory in sorted(changed, reverse=True):
             try:
@@ -248,7 +249,26 @@ class LocalStorage(Storage):
             except FileNotFoundError:
                 continue  # emptied and pruned by a later key: its parent is in ``changed``
             except OSError as exc:
-                raise _storage_error(exc, f"cannot delete from {directory}") from None
+                raise _storage_error(exc, f"cannot delete from {directory}") from exc
+
+    def stale_temp_files(self, older_than: datetime) -> list[tuple[str, int]]:
+        """The hidden temp files a killed writer left behind (listings never show them), judged by their
+        mtime: the filesystem's clock, the same as the objects' ``modified``."""
+        found = []
+        for directory, _dirs, files in os.walk(self.root):
+            for name in files:
+                if name.startswith(TEMP_PREFIX):
+                    path = os.path.join(directory, name)
+                    with contextlib.suppress(FileNotFoundError):
+                        st = os.stat(path)
+                        if datetime.fromtimestamp(st.st_mtime, UTC) < older_than:
+                            found.append((path, st.st_size))
+        return found
+
+    def remove_temp_files(self, paths: Iterable[str]) -> None:
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
 
     def _prune_empty_dirs(self, directory: Path) -> Path:
         """Remove directories left empty by a delete, so listings stay cheap; returns the first one kept."""

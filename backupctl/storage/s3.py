@@ -50,7 +50,7 @@ from botocore.exceptions import (
 from backupctl.core.config import RepositoryConfig
 from backupctl.core.errors import ObjectNotFound, StorageError
 from backupctl.core.signals import shielded
-from backupctl.storage.base import ObjectInfo, ObjectWriter, Storage
+from backupctl.storage.base import ObjectInfo, ObjectWriter, Storage, check_key
 
 log = logging.getLogger(__name__)
 
@@ -101,16 +101,6 @@ def _normalise_prefix(prefix: str) -> str:
     return f"{prefix}/" if prefix else ""
 
 
-def _check_key(key: str) -> None:
-    """Refuse the keys the local driver refuses, so both drivers accept the same repository layout.
-
-    S3 would store ``a/../b`` literally, but stores built on a filesystem (SeaweedFS's filer) resolve
-    such paths, which could leave the prefix.
-    """
-    if not key or any(part in ("", ".", "..") for part in key.split("/")):
-        raise StorageError(f"invalid object key {key!r}")
-
-
 def _make_client(config: RepositoryConfig, read_timeout: float | None = None) -> Any:
     """A client honouring every [repository] knob; creating one costs ~100 ms, so a storage keeps one.
 
@@ -147,6 +137,8 @@ def _make_client(config: RepositoryConfig, read_timeout: float | None = None) ->
 
 class S3Storage(Storage):
     """Objects live in ``bucket`` under ``prefix``; the keys this class takes and returns omit the prefix."""
+
+    keeps_incomplete_uploads = True
 
     def __init__(self, config: RepositoryConfig, *, read_timeout: float | None = None) -> None:
         assert config.bucket, "validated by config"
@@ -258,7 +250,7 @@ class S3Storage(Storage):
     # -- keys -----------------------------------------------------------------------------------------
 
     def _full_key(self, key: str) -> str:
-        _check_key(key)
+        check_key(key)
         return self.prefix + key
 
     def _relative(self, full_key: str) -> str:
