@@ -23,15 +23,15 @@ from backupctl.repo.catalog import Manifest
 from backupctl.repo.repository import open_repository
 from backupctl.services import backup
 from backupctl.services.backup import BackupOptions, backup_source
-from backupctl.wal import archive as wal
-from tests.integration.test_pitr import Site, _chown_tree, site  # noqa: F401 - the archiving cluster fixture
+from backupctl.wal.names import parse_wal_name, segment_name
 from tests.support.cli import CliRunner
 from tests.support.config import write_toml
+from tests.support.pg_site import Site, chown_to_postgres
 
 SWITCHES = 3  # segments the hook adds to the backup's WAL range
 
 
-def _segment_files(site: Site, name: str) -> list[Path]:  # noqa: F811
+def _segment_files(site: Site, name: str) -> list[Path]:
     return list((site.root / "repo" / "main" / "wal" / name[:16]).glob(f"{name}-*"))
 
 
@@ -45,7 +45,7 @@ def _wait_for(what: str, condition: Callable[[], Any], timeout: float = 120) -> 
     raise AssertionError(f"gave up waiting for {what}")
 
 
-def _backup_spanning_segments(site: Site, cli: CliRunner, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+def _backup_spanning_segments(site: Site, cli: CliRunner, monkeypatch: pytest.MonkeyPatch,
                               lose_first_segment: bool = False) -> tuple[Manifest | None, str]:
     """A full backup in this process whose WAL range spans ``SWITCHES`` + 1 segments; returns it (None when
     it failed) and its first segment. With ``lose_first_segment`` that segment is removed from the
@@ -80,12 +80,12 @@ def _backup_spanning_segments(site: Site, cli: CliRunner, monkeypatch: pytest.Mo
         manifest = None
         first.append(str(exc))
     finally:
-        _chown_tree(site.root)  # this process is root; the CLI and the pusher run as the server's user
+        chown_to_postgres(site.root)  # this process is root; the CLI and the pusher run as the server's user
     return manifest, "\n".join(first)
 
 
 def test_a_backup_whose_earlier_wal_segment_is_not_in_the_repository_is_not_published(
-        site: Site, cli: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+        site: Site, cli: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
     manifest, report = _backup_spanning_segments(site, cli, monkeypatch, lose_first_segment=True)
     victim, error = report.split("\n", 1) if "\n" in report else (report, "")
     assert manifest is None, f"backup {manifest.id if manifest else ''} was published without {victim}"
@@ -95,12 +95,12 @@ def test_a_backup_whose_earlier_wal_segment_is_not_in_the_repository_is_not_publ
 
 
 def test_a_backup_spanning_several_segments_is_published_and_verify_reads_its_wal(
-        site: Site, cli: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+        site: Site, cli: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
     manifest, first = _backup_spanning_segments(site, cli, monkeypatch)
     assert manifest is not None, first
     size = int(manifest.extra["wal_segment_size"])
-    start = wal.parse_wal_name(manifest.extra["start_wal"])
-    stop = wal.parse_wal_name(manifest.extra["stop_wal"])
+    start = parse_wal_name(manifest.extra["start_wal"])
+    stop = parse_wal_name(manifest.extra["stop_wal"])
     assert manifest.extra["start_wal"] == first and stop.segno(size) - start.segno(size) >= SWITCHES
     assert manifest.extra["server_stop_time"] and manifest.extra["store_stop_time"]
 
@@ -109,7 +109,7 @@ def test_a_backup_spanning_several_segments_is_published_and_verify_reads_its_wa
     checks = json.loads(verified.stdout)[0]["checks"]
     assert any(f"WAL {manifest.extra['start_wal']} .. " in check for check in checks), checks
 
-    middle = wal.segment_name(start.timeline, start.segno(size) + 1, size)
+    middle = segment_name(start.timeline, start.segno(size) + 1, size)
     for path in _segment_files(site, middle):
         path.unlink()
     dry_run = cli(site.config, "restore", "main", "--dry-run")

@@ -18,9 +18,8 @@ from collections.abc import Iterator
 import boto3
 import pytest
 
-from tests.integration.test_pitr import Site, _batches, _chown_tree, _init_and_backup, _restore, site  # noqa: F401 - the archiving cluster fixture
 from tests.support.cli import CliRunner, Result, backup_id, cli_env
-from tests.support.config import write_toml
+from tests.support.pg_site import Site, batches, init_and_backup, restore_and_start
 from tests.support.s3_servers import free_port
 
 pytestmark = pytest.mark.skipif(shutil.which("faketime") is None, reason="needs the faketime package")
@@ -51,7 +50,7 @@ def _target_before(at: Site, cli: CliRunner, number: int, batch: str) -> str:
 
 
 def test_a_backup_host_clock_days_ahead_does_not_change_which_backup_reaches_a_time(
-        site: Site, cli: CliRunner) -> None:  # noqa: F811
+        site: Site, cli: CliRunner) -> None:
     assert cli(site.config, "init").code == 0
     site.sql("CREATE TABLE marks (id int PRIMARY KEY, batch text NOT NULL, at timestamptz DEFAULT now())")
     site.sql("INSERT INTO marks (id, batch) VALUES (1, 'a')")
@@ -59,17 +58,17 @@ def test_a_backup_host_clock_days_ahead_does_not_change_which_backup_reaches_a_t
     site.sql("INSERT INTO marks (id, batch) VALUES (2, 'b')")
     target = _target_before(site, cli, 3, "c")
 
-    restored, plan = _restore(site, cli, "by_time", "--target-time", target)
+    restored, plan = restore_and_start(site, cli, "by_time", "--target-time", target)
     try:
         assert plan["backup"] == ahead
-        assert _batches(restored) == ["a", "b"]
+        assert batches(restored) == ["a", "b"]
     finally:
         restored.remove()
 
 
 def test_an_expire_host_clock_days_ahead_keeps_the_backups_of_the_recovery_window(
-        site: Site, cli: CliRunner) -> None:  # noqa: F811
-    older = _init_and_backup(site, cli)
+        site: Site, cli: CliRunner) -> None:
+    older = init_and_backup(site, cli)
     site.sql("INSERT INTO marks (id, batch) VALUES (1, 'a')")
     site.archived_now(cli)
     newer = backup_id(cli(site.config, "backup", "main", "--type", "full", "-o", "json"))
@@ -85,15 +84,15 @@ def test_an_expire_host_clock_days_ahead_keeps_the_backups_of_the_recovery_windo
     listed = {row["id"] for row in json.loads(cli(site.config, "list", "main", "-o", "json").stdout)}
     assert listed == {older, newer}
     # Every moment between the two backups can still be restored: the older one is the only way there.
-    restored, restore_plan = _restore(site, cli, "inside_window", "--backup", older, "--target", "immediate")
+    restored, restore_plan = restore_and_start(site, cli, "inside_window", "--backup", older, "--target", "immediate")
     try:
-        assert restore_plan["backup"] == older and _batches(restored) == []
+        assert restore_plan["backup"] == older and batches(restored) == []
     finally:
         restored.remove()
 
 
 @pytest.fixture
-def store_behind(site: Site) -> Iterator[Site]:  # noqa: F811
+def store_behind(site: Site) -> Iterator[Site]:
     """The archiving cluster with its repository on an S3 server (moto) whose clock runs 2 days behind."""
     port = free_port()
     server = subprocess.Popen(["faketime", "-f", "-2d", sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
@@ -110,15 +109,9 @@ def store_behind(site: Site) -> Iterator[Site]:  # noqa: F811
                      region_name="us-east-1").create_bucket(Bucket="skewed")
         credentials = site.root / "aws-credentials"
         credentials.write_text("[default]\naws_access_key_id = moto\naws_secret_access_key = moto\n")
-        write_toml(site.config, {
-            "repository": {"type": "s3", "bucket": "skewed", "region": "us-east-1", "endpoint_url": endpoint,
-                           "addressing_style": "path", "credentials_file": str(credentials)},
-            "wal": {"spool_dir": str(site.root / "spool")},
-            "sources": {"main": {"kind": "postgres", "host": "127.0.0.1", "port": site.cluster.port,
-                                 "user": "postgres", "pgdata": str(site.cluster.datadir),
-                                 "bindir": str(site.cluster.binaries.bindir)}},
-        })
-        _chown_tree(site.root)
+        site.repository = {"type": "s3", "bucket": "skewed", "region": "us-east-1", "endpoint_url": endpoint,
+                           "addressing_style": "path", "credentials_file": str(credentials)}
+        site.write_config()
         yield site
     finally:
         server.terminate()
@@ -127,13 +120,13 @@ def store_behind(site: Site) -> Iterator[Site]:  # noqa: F811
 
 def test_a_store_clock_days_behind_the_server_does_not_end_archived_wal_before_a_target_time(
         store_behind: Site, cli: CliRunner) -> None:
-    bid = _init_and_backup(store_behind, cli)
+    bid = init_and_backup(store_behind, cli)
     store_behind.sql("INSERT INTO marks (id, batch) VALUES (1, 'a')")
     target = _target_before(store_behind, cli, 2, "b")
 
-    restored, plan = _restore(store_behind, cli, "by_time", "--target-time", target)
+    restored, plan = restore_and_start(store_behind, cli, "by_time", "--target-time", target)
     try:
         assert plan["backup"] == bid
-        assert _batches(restored) == ["a"]
+        assert batches(restored) == ["a"]
     finally:
         restored.remove()

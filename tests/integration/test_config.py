@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from backupctl.core.config import load_config, parse_size
+from backupctl.core.config import load_config
 from backupctl.core.errors import ConfigError
 from tests.support.cli import CliRunner
 
@@ -101,16 +101,3 @@ def test_cli_exit_code_2_and_one_line(tmp_path: Path, cli: CliRunner) -> None:
     assert refused.code == 2 and "is not an age X25519 recipient" in refused.error_line
 
 
-def test_sizes() -> None:
-    assert parse_size("16MiB") == 16 * 2**20 and parse_size("1.5GB") == 1_500_000_000
-    assert parse_size("4096") == 4096
-    with pytest.raises(ValueError):
-        parse_size("12 parsecs")
-
-
-def test_shipped_configs_load() -> None:
-    root = Path(__file__).resolve().parents[2] / "config"
-    example = load_config(root / "backupctl.example.toml")
-    assert set(example.sources) == {"devdb", "main"} and example.sources["main"].kind == "postgres"
-    dev = load_config(root / "dev.toml")
-    assert dev.repository.type == "local" and dev.sources["devdb"].kind == "sqlite"

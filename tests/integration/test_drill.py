@@ -21,14 +21,13 @@ from typing import Any
 import pytest
 
 from backupctl.demo import make_sample_sqlite
-from backupctl.engines import pg_contents
 from backupctl.postgres.cluster import PgBinaries
 from backupctl.repo.catalog import parse_manifest
-from tests.integration.test_pitr import Site, site  # noqa: F401 - the fixture: a cluster archiving into a repository
 from tests.support.backends import Backend, make_backend
 from tests.support.cli import CliRunner, backup_id, cli_env
 from tests.support.config import make_config, write_toml
 from tests.support.pg_fixtures import PgDatabase
+from tests.support.pg_site import Site
 
 PG15 = pytest.mark.parametrize("pg_binaries", [15], indirect=True, ids=["pg15"])
 
@@ -192,17 +191,6 @@ def test_encrypted_results_keep_names_sealed(tmp_path: Path, cli: CliRunner) -> 
     assert shown["checks"] == result["checks"] and shown["error"] == result["error"]
 
 
-def test_row_estimate_rule() -> None:
-    assert pg_contents.estimate(-1.0, None) is None
-    assert pg_contents.estimate(-1.0, 700) == 700
-    assert pg_contents.estimate(100_000.0, 5_000) == 5_000  # reltuples stale after a mass delete
-    assert pg_contents.judge(None, None) == "is missing"
-    assert pg_contents.judge(10_000, 6_000) is None  # ordinary deletes
-    assert pg_contents.judge(10_000, 50_000) is None  # growth
-    assert pg_contents.judge(500, 0) is None  # too small to judge
-    assert "lost most of its rows" in (pg_contents.judge(10_000, 4_000) or "")
-
-
 # --- PostgreSQL physical ----------------------------------------------------------------------------------
 
 APP_SCHEMA = """
@@ -230,7 +218,7 @@ def physical_backup(where: Site, cli: CliRunner, *assertions: tuple[str, str, st
     return scratch, backup_id(cli(where.config, "backup", "main", "--type", "full", "-o", "json"))
 
 
-def test_physical_drill_passes_without_touching_the_source(site: Site, cli: CliRunner) -> None:  # noqa: F811
+def test_physical_drill_passes_without_touching_the_source(site: Site, cli: CliRunner) -> None:
     # Production's ALTER SYSTEM settings travel in the backup: a copy that obeyed them would archive its new
     # timeline into the source, and would not even start (no such library here).
     site.sql(f"ALTER SYSTEM SET archive_command = '{site.settings['archive_command']}'")
@@ -270,7 +258,7 @@ def test_physical_drill_passes_without_touching_the_source(site: Site, cli: CliR
 
 
 @PG15
-def test_physical_drill_fails_on_lost_rows_and_assertion(site: Site, cli: CliRunner) -> None:  # noqa: F811
+def test_physical_drill_fails_on_lost_rows_and_assertion(site: Site, cli: CliRunner) -> None:
     scratch, _ = physical_backup(site, cli, FRESH_ORDERS)
     site.sql("INSERT INTO orders (id) VALUES (30000)", "app")
     time.sleep(1.1)
@@ -303,7 +291,7 @@ def test_physical_drill_fails_on_lost_rows_and_assertion(site: Site, cli: CliRun
 
 
 @PG15
-def test_physical_drill_fails_on_missing_wal_and_corrupt_object(site: Site, cli: CliRunner) -> None:  # noqa: F811
+def test_physical_drill_fails_on_missing_wal_and_corrupt_object(site: Site, cli: CliRunner) -> None:
     scratch, bid = physical_backup(site, cli)
     for batch in range(3):
         site.sql(f"INSERT INTO orders (id) VALUES ({100000 + batch})", "app")
@@ -333,7 +321,7 @@ def test_physical_drill_fails_on_missing_wal_and_corrupt_object(site: Site, cli:
 
 
 @PG15
-def test_sigterm_mid_drill_stops_the_server_and_removes_the_copy(site: Site, cli: CliRunner) -> None:  # noqa: F811
+def test_sigterm_mid_drill_stops_the_server_and_removes_the_copy(site: Site, cli: CliRunner) -> None:
     scratch, bid = physical_backup(site, cli, ("slow", "SELECT pg_sleep(120) IS NOT NULL", None))
     site.archived_now(cli)
     proc = subprocess.Popen([sys.executable, "-m", "backupctl", "--config", str(site.config), "drill", "run", "main"],

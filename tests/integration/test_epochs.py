@@ -8,19 +8,13 @@ archived, verified and restored to a point in time, and the restored rows are re
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shlex
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,35 +25,36 @@ from backupctl.core.config import parse_config
 from backupctl.core.errors import BackupctlError
 from backupctl.postgres.cluster import PgBinaries, ScratchCluster
 from backupctl.repo.repository import init_repository
-from backupctl.wal import archive as wal
 from backupctl.wal import epochs
-from tests.integration.test_wal import as_postgres
+from backupctl.wal.conf import restore_command
+from backupctl.wal.identity import ForeignWal
+from backupctl.wal.streams import current_stream, list_streams, stream_for_system
 from tests.support.backends import Backend
 from tests.support.cli import Result, cli_env, run_cli
-from tests.support.config import write_toml
 from tests.support.pg_fixtures import require_binaries
+from tests.support.pg_site import (
+    SOURCE,
+    Site,
+    archiving_site,
+    as_postgres,
+    chown_to_postgres,
+    query,
+    start_promoted,
+)
 from tests.support.s3_servers import free_port
 
-SOURCE = "main"
 MiB = 1024**2
 
 
-def _chown_tree(path: Path) -> None:
-    subprocess.run(["chown", "-R", "postgres:postgres", str(path)], check=True)
+class Upgrade(Site):
+    """A source whose server is upgraded mid-test: ``old`` is the site's cluster, the new one joins ``extra``."""
 
+    @property
+    def old(self) -> ScratchCluster:
+        return self.cluster
 
-@dataclass
-class Upgrade:
-    """A source whose server is upgraded mid-test: everything the server touches belongs to postgres."""
-
-    root: Path
-    config: Path
-    settings: dict[str, str]
-    old: ScratchCluster
-    new: ScratchCluster | None = None
-
-    def cli(self, *args: str) -> Result:
-        return run_cli(self.config, *args, timeout=240)
+    def cli(self, *args: str, timeout: float = 240) -> Result:
+        return run_cli(self.config, *args, timeout=timeout)
 
     def cli_system_path(self, *args: str) -> Result:
         """The CLI with a system PATH, as systemd or cron give it: binary discovery after the drop to the
@@ -70,23 +65,8 @@ class Upgrade:
                               env={**cli_env(), "PATH": "/usr/local/bin:/usr/bin:/bin"})
         return Result(proc.returncode, proc.stdout, proc.stderr)
 
-    def point_at(self, cluster: ScratchCluster) -> None:
-        write_toml(self.config, {
-            "repository": {"type": "local", "path": str(self.root / "repo")},
-            "wal": {"spool_dir": str(self.root / "spool"), "timeout": 10},
-            "sources": {SOURCE: {"kind": "postgres", "host": "127.0.0.1", "port": cluster.port or 1,
-                                 "user": "postgres", "pgdata": str(cluster.datadir),
-                                 "bindir": str(cluster.binaries.bindir)}},
-        })
-        _chown_tree(self.root)
-
-    @staticmethod
-    def sql(cluster: ScratchCluster, query: str) -> list[tuple[Any, ...]]:
-        with cluster.connect() as conn:
-            cursor = conn.execute(query)
-            return cursor.fetchall() if cursor.description else []
-
-    def archived_now(self) -> dict[str, Any]:
+    def checked(self) -> dict[str, Any]:
+        """``wal check``: the current segment closed and archived; its report."""
         result = self.cli("wal", "check", SOURCE, "-o", "json")
         assert result.code == 0, result.stderr
         return json.loads(result.stdout)[0]
@@ -120,37 +100,20 @@ def upgrade() -> Iterator[Upgrade]:
     if blocker:
         # Skipped in CI too: no binaries on this machine can run this pair, and the reason is the report.
         pytest.skip(blocker)
-    root = Path(tempfile.mkdtemp(prefix="backupctl-epochs-", dir="/tmp"))
-    os.chmod(root, 0o755)
-    config = root / "backupctl.toml"
-    settings = {"wal_level": "replica", "archive_mode": "on", "max_wal_senders": "4",
-                "archive_command": wal.archive_command(config, SOURCE)}
-    site = Upgrade(root, config, settings, ScratchCluster(old_binaries, settings=settings))
-    try:
-        site.old.init()
-        site.old.start()
-        site.point_at(site.old)
+    with archiving_site(old_binaries, wal={"timeout": 10}, settings={"max_wal_senders": "4"}, init=False,
+                        site_class=Upgrade) as site:
         yield site
-    finally:
-        pid_file = root / "spool" / SOURCE / "pusher.pid"
-        if pid_file.exists():
-            with contextlib.suppress(ProcessLookupError, ValueError):
-                os.kill(int(pid_file.read_text()), signal.SIGTERM)
-        for cluster in (site.new, site.old):
-            if cluster is not None:
-                cluster.remove()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def _pg_upgrade(site: Upgrade, new_binaries: PgBinaries) -> ScratchCluster:
     """pg_upgrade of the (stopped) old cluster into a fresh PostgreSQL 18 one, as the postgres user."""
     site.old.stop()
     new = ScratchCluster(new_binaries, settings=site.settings)
-    site.new = new
+    site.extra.append(new)
     new.init()
     work = site.root / "pg_upgrade"
     work.mkdir()
-    _chown_tree(work)
+    chown_to_postgres(work)
     proc = subprocess.run(
         [new.binaries.path("pg_upgrade"), "-b", str(site.old.binaries.bindir), "-B", str(new.binaries.bindir),
          "-d", str(site.old.datadir), "-D", str(new.datadir), "-U", "postgres", "--copy",
@@ -165,14 +128,14 @@ def _pg_upgrade(site: Upgrade, new_binaries: PgBinaries) -> ScratchCluster:
 
 
 def _system(cluster: ScratchCluster) -> str:
-    return str(Upgrade.sql(cluster, "SELECT system_identifier FROM pg_control_system()")[0][0])
+    return str(query(cluster, "SELECT system_identifier FROM pg_control_system()")[0][0])
 
 
 def _wait_refused(cluster: ScratchCluster, timeout: float = 60) -> str:
     """Until the archiver has failed a segment: its name."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        failed, name = Upgrade.sql(cluster, "SELECT failed_count, last_failed_wal FROM pg_stat_archiver")[0]
+        failed, name = query(cluster, "SELECT failed_count, last_failed_wal FROM pg_stat_archiver")[0]
         if failed:
             return str(name)
         time.sleep(0.2)
@@ -180,7 +143,7 @@ def _wait_refused(cluster: ScratchCluster, timeout: float = 60) -> str:
 
 
 def _batches(cluster: ScratchCluster) -> list[str]:
-    return [row[0] for row in Upgrade.sql(cluster, "SELECT batch FROM marks ORDER BY id")]
+    return [row[0] for row in query(cluster, "SELECT batch FROM marks ORDER BY id")]
 
 
 def _mark(cluster: ScratchCluster, batch: str) -> str:
@@ -190,42 +153,27 @@ def _mark(cluster: ScratchCluster, batch: str) -> str:
         return str(conn.execute("SELECT clock_timestamp()::text").fetchone()[0])
 
 
-def _start_restored(binaries: PgBinaries, pgdata: Path) -> ScratchCluster:
-    """Start a restored data directory (not archiving) and wait until recovery has promoted it."""
-    restored = ScratchCluster.adopt(binaries, pgdata, remove_datadir=True, settings={"archive_mode": "off"})
-    restored.start(timeout=120)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        with restored.connect() as conn:
-            if not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
-                return restored
-        time.sleep(0.2)
-    log = restored.log_file.read_text()[-3000:]
-    restored.remove()
-    raise AssertionError(f"the restored server did not promote:\n{log}")
-
-
 def test_pg_upgrade_continues_the_source_in_a_new_epoch(upgrade: Upgrade) -> None:
     site = upgrade
     assert site.cli("init").code == 0
-    site.sql(site.old, "CREATE TABLE marks (id serial PRIMARY KEY, batch text NOT NULL)")
+    query(site.old, "CREATE TABLE marks (id serial PRIMARY KEY, batch text NOT NULL)")
     _mark(site.old, "a1")
     old_backup = json.loads(site.cli("backup", SOURCE, "--type", "full", "-o", "json").stdout)["id"]
     before_upgrade = _mark(site.old, "a2")
     time.sleep(1.1)
     _mark(site.old, "a3")
-    site.archived_now()
+    site.checked()
     old_system = _system(site.old)
 
     new = _pg_upgrade(site, require_binaries(18))
     new.start()
-    site.point_at(new)
+    site.write_config(new)
     new_system = _system(new)
     assert new_system != old_system and _batches(new) == ["a1", "a2", "a3"]
 
     # The upgraded server's WAL, a backup of it and `wal check` are refused, naming the one command.
     _mark(new, "b0")
-    Upgrade.sql(new, "SELECT pg_switch_wal()")
+    query(new, "SELECT pg_switch_wal()")
     refused_segment = _wait_refused(new)
     assert f"wal new-epoch {SOURCE}" in new.log_file.read_text()
     backup = site.cli("backup", SOURCE, "--type", "full")
@@ -250,7 +198,7 @@ def test_pg_upgrade_continues_the_source_in_a_new_epoch(upgrade: Upgrade) -> Non
     assert partial.code == 2 and "together" in partial.error_line
 
     # Now the same server archives into epoch 2, the refused segment first; its backups are accepted.
-    checked = site.archived_now()
+    checked = site.checked()
     assert checked["epoch"] == 2 and checked["key"].startswith(f"{SOURCE}/epochs/2/wal/")
     archived = {p.name.split("-")[0] for p in (site.root / "repo" / SOURCE / "epochs" / "2" / "wal").rglob("*-*")}
     assert refused_segment in archived
@@ -261,7 +209,7 @@ def test_pg_upgrade_continues_the_source_in_a_new_epoch(upgrade: Upgrade) -> Non
     between = _mark(new, "b2")
     time.sleep(1.1)
     _mark(new, "b3")
-    site.archived_now()
+    site.checked()
     logical = site.cli("backup", SOURCE, "--type", "logical", "--database", "postgres")
     assert logical.code == 0, logical.stderr
 
@@ -307,14 +255,14 @@ def test_pg_upgrade_continues_the_source_in_a_new_epoch(upgrade: Upgrade) -> Non
     assert result.code == 0, result.stderr
     assert json.loads(result.stdout)["backup"] == new_backup and json.loads(result.stdout)["epoch"] == 2
     assert "--epoch 2 %f %p" in (new_copy / "postgresql.auto.conf").read_text()
-    copy = _start_restored(new.binaries, new_copy)
+    copy = start_promoted(new.binaries, new_copy, {"archive_mode": "off"})
     try:
         assert _batches(copy) == ["a1", "a2", "a3", "b0", "b1", "b2"]
     finally:
         copy.remove()
 
     # restore_command with an epoch the source does not have stops recovery (exit 128), never ends it.
-    words = shlex.split(wal.restore_command(site.config, SOURCE, 3))
+    words = shlex.split(restore_command(site.config, SOURCE, 3))
     fetch = as_postgres([*words[:-2], "000000010000000000000001", str(site.root / "nowhere")])
     assert fetch.code == 128 and "no history epoch 3" in fetch.stderr, fetch.stderr
 
@@ -359,7 +307,7 @@ def test_racing_new_epochs_one_wins(backend: Backend, tmp_path: Path, same_syste
             thread.start()
         for thread in threads:
             thread.join(60)
-        streams = epochs.list_streams(repo, SOURCE)
+        streams = list_streams(repo, SOURCE)
     assert [(e.epoch, e.stream) for e in streams] == [(1, SOURCE), (2, f"{SOURCE}/epochs/2")]
     winners = [o for o in outcomes if isinstance(o, epochs.EpochStart) and o.action == "started"]
     assert len(winners) == 1 and streams[1].system_identifier == winners[0].epoch.system_identifier
@@ -378,14 +326,14 @@ def test_unknown_and_known_systems_of_a_source(local_backend: Backend, tmp_path:
     with repo:
         first = epochs.register_system(repo, SOURCE, "1001", 15)
         assert (first.epoch, first.stream, first.segment_size) == (1, SOURCE, None)
-        with pytest.raises(wal.ForeignWal, match=f"wal new-epoch {SOURCE}"):
+        with pytest.raises(ForeignWal, match=f"wal new-epoch {SOURCE}"):
             epochs.register_system(repo, SOURCE, "2002", 18)
         assert epochs.start_epoch(repo, SOURCE, epochs.ServerSystem("2002", 18, 16 * MiB)).action == "started"
         assert epochs.register_system(repo, SOURCE, "2002", 18).stream == f"{SOURCE}/epochs/2"
         assert epochs.register_system(repo, SOURCE, "1001", 15).epoch == 1  # a rolled-back upgrade
         with pytest.raises(BackupctlError, match="recorded as PostgreSQL 18"):
             epochs.register_system(repo, SOURCE, "2002", 17)
-        assert epochs.current_stream(repo, SOURCE).epoch == 2  # type: ignore[union-attr]
-        assert epochs.stream_for_system(repo, SOURCE, "9999") is None
+        assert current_stream(repo, SOURCE).epoch == 2  # type: ignore[union-attr]
+        assert stream_for_system(repo, SOURCE, "9999") is None
         with pytest.raises(BackupctlError, match="not a WAL segment size"):
             epochs.ServerSystem.from_options("2002", 18, 3 * MiB)

@@ -31,12 +31,12 @@ from backupctl.repo.repository import Repository, open_repository
 from backupctl.services import pitr
 from backupctl.services.expire import apply, gather
 from backupctl.storage.local import TEMP_PREFIX
-from backupctl.wal.archive import list_wal_objects, parse_lsn, segment_name
-from tests.integration.test_pitr import Site, _batches, _chown_tree, _restore
-from tests.integration.test_pitr import site as pitr_site  # noqa: F401 - the archiving cluster fixture, as `pitr_site`
+from backupctl.wal.listing import list_wal_objects
+from backupctl.wal.names import parse_lsn, segment_name
 from tests.support.backends import Backend, make_backend
 from tests.support.cli import CliRunner, backup_id, cli_env, run_cli
-from tests.support.config import make_config, write_toml
+from tests.support.config import make_config
+from tests.support.pg_site import Site, batches, chown_to_postgres, restore_and_start
 
 DAY = timedelta(days=1)
 
@@ -85,8 +85,7 @@ def _assert_every_retained_backup_restores(repo: Repository, source: str, timeli
 
 
 def test_daily_backups_expire_by_policy_and_pitr_inside_the_window_works(
-        pitr_site: Site, cli: CliRunner) -> None:  # noqa: F811 - the fixture imported above
-    site = pitr_site
+        site: Site, cli: CliRunner) -> None:
     assert cli(site.config, "init").code == 0
     site.sql("CREATE TABLE marks (id int PRIMARY KEY, batch text NOT NULL, at timestamptz DEFAULT now())")
     days = 7
@@ -103,7 +102,7 @@ def test_daily_backups_expire_by_policy_and_pitr_inside_the_window_works(
         _set_times(repo, {ids[day]: now - (days - 1 - day) * DAY - timedelta(hours=1) for day in range(days)})
         before = _wal_segnos(repo, "main")
         window_start = parse_lsn(repo.catalog.find(ids[3]).extra["start_lsn"]) // (16 * 1024**2)
-    _chown_tree(site.root)
+    chown_to_postgres(site.root)
     _add_retention(site.config, "main", keep_last=2, recovery_window="3d")
 
     dry = _plan_rows(cli(site.config, "expire", "main", "--dry-run", "-o", "json"))
@@ -135,10 +134,10 @@ def test_daily_backups_expire_by_policy_and_pitr_inside_the_window_works(
 
     # A restore to a moment whose own backup was expired replays the kept WAL from the window's backup.
     # It is promoted and archives into the same source: a branch, timeline 2, forking off timeline 1.
-    restored, plan = _restore(site, cli, "inside_window", "--target-lsn", lsn_after[4], archive=True)
+    restored, plan = restore_and_start(site, cli, "inside_window", "--target-lsn", lsn_after[4], archive=True)
     try:
         assert plan["backup"] == ids[3]
-        assert _batches(restored) == ["day1", "day2", "day3", "day4"]
+        assert batches(restored) == ["day1", "day2", "day3", "day4"]
         with restored.connect() as conn:
             conn.execute("INSERT INTO marks (id, batch) VALUES (100, 'branch')")
             conn.execute("SELECT pg_switch_wal()")
@@ -160,18 +159,10 @@ def test_daily_backups_expire_by_policy_and_pitr_inside_the_window_works(
 
 
 @pytest.fixture
-def s3_site(pitr_site: Site, request: pytest.FixtureRequest) -> Site:  # noqa: F811 - the fixture imported above
+def s3_site(site: Site, request: pytest.FixtureRequest) -> Site:
     """The same archiving cluster, with its repository in a bucket on moto's S3 server."""
-    site = pitr_site
-    backend = make_backend("moto", site.root, request)
-    document = {
-        "repository": backend.repository,
-        "wal": {"spool_dir": str(site.root / "spool")},
-        "sources": {"main": {"kind": "postgres", "host": "127.0.0.1", "port": site.cluster.port, "user": "postgres",
-                             "pgdata": str(site.cluster.datadir), "bindir": str(site.cluster.binaries.bindir)}},
-    }
-    write_toml(site.config, document)
-    _chown_tree(site.root)
+    site.repository = make_backend("moto", site.root, request).repository
+    site.write_config()
     return site
 
 
@@ -213,10 +204,10 @@ def test_incremental_chains_and_readers_on_s3(pg_binaries: PgBinaries, s3_site: 
         assert not list(storage.list(f"main/backups/{ids[0]}/")) and not list(storage.list(f"main/backups/{ids[1]}/"))
         assert min(_wal_segnos(repo, "main").values()) == first_kept_segment
         assert _assert_every_retained_backup_restores(repo, "main") == [ids[4], ids[3], ids[2]]
-    restored, plan = _restore(site, cli, "chain")
+    restored, plan = restore_and_start(site, cli, "chain")
     try:
         assert plan["backup"] == ids[4] and plan["backup_type"] == "incr"
-        assert _batches(restored) == ["after", "b0", "b1", "b2", "b3", "b4"]
+        assert batches(restored) == ["after", "b0", "b1", "b2", "b3", "b4"]
     finally:
         restored.remove()
 

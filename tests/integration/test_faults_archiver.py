@@ -14,17 +14,15 @@ import dataclasses
 import json
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from backupctl.core.config import CheckConfig, load_config, parse_config
-from backupctl.core.errors import ConfigError
+from backupctl.core.config import load_config
 from backupctl.monitoring import check as monitor
 from backupctl.monitoring import status
-from tests.integration.test_wal import Site, make_site
 from tests.support.pg_fixtures import require_binaries
+from tests.support.pg_site import Site, archiving_site
 
 SEGMENT = 16 * 1024**2
 
@@ -69,7 +67,7 @@ def _restart_with(site: Site, archive_command: str) -> None:
 
 
 def test_an_archive_command_that_cannot_run_is_seen_by_the_oldest_ready_age(request: pytest.FixtureRequest) -> None:
-    with make_site(require_binaries(15), request) as site:
+    with archiving_site(require_binaries(15), request) as site:
         with site.config.open("a") as toml:
             toml.write('\n[sources.main.check]\nready_age_warning = "1s"\nready_age_critical = "2s"\n')
         site.wait_archived(site.switch())
@@ -117,7 +115,7 @@ def test_an_archive_command_that_cannot_run_is_seen_by_the_oldest_ready_age(requ
 def test_a_store_down_for_long_keeps_every_segment_and_goes_critical(request: pytest.FixtureRequest) -> None:
     """No queue cap: while the repository refuses writes, every segment stays in pg_wal (.ready), pg_wal
     grows, and check is CRITICAL on the backlog's age and pg_wal's size; afterwards nothing is missing."""
-    with make_site(require_binaries(15), request) as site:
+    with archiving_site(require_binaries(15), request) as site:
         with site.config.open("a") as toml:
             toml.write('\n[sources.main.check]\nready_age_warning = "1s"\nready_age_critical = "2s"\n'
                        'pg_wal_warning = "32MiB"\npg_wal_critical = "64MiB"\n')
@@ -157,18 +155,3 @@ def test_a_store_down_for_long_keeps_every_segment_and_goes_critical(request: py
         assert findings["ready_age"]["state"] == "OK" and findings["ready"]["value"] == 0, findings
 
 
-def test_ready_age_judgement() -> None:
-    """WARNING between the thresholds; the cannot-run hint only when pg_stat_archiver counts no failure."""
-    check = CheckConfig(ready_age_warning=60.0, ready_age_critical=600.0)
-    server: dict[str, Any] = {"oldest_ready": "000000010000000000000007", "oldest_ready_age_seconds": 120.0}
-    finding = monitor._ready_age_finding("main", server, check)
-    assert finding.state == monitor.WARNING and "(warning 1.0m)" in finding.message
-    assert "may not run at all" in finding.message
-    server["failing"] = True
-    assert "may not run at all" not in monitor._ready_age_finding("main", server, check).message
-    server["oldest_ready_age_seconds"] = 30.0
-    assert monitor._ready_age_finding("main", server, check).state == monitor.OK
-    source = {"kind": "postgres", "host": "/tmp", "check": {"ready_age_warning": "2h", "ready_age_critical": "1h"}}
-    with pytest.raises(ConfigError, match=r"main\.check\.ready_age_warning must not exceed ready_age_critical"):
-        parse_config({"repository": {"type": "local", "path": "/tmp/r"}, "sources": {"main": source}},
-                     Path("/nonexistent/backupctl.toml"))

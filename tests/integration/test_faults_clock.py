@@ -28,21 +28,20 @@ import pytest
 
 from backupctl.repo import lease
 from backupctl.repo.catalog import new_backup_id
-from tests.integration.test_faults_store import (
-    DATA_PUT,
-    _assert_listed_backups_verify,
-    _behind_proxy,
-    _direct,
-    _initialised,
-    _resumed,
-    _rows,
-    _wait_lease_expired,
-)
-from tests.integration.test_pitr import Site, _chown_tree, _init_and_backup, site  # noqa: F401 - the archiving cluster fixture
 from tests.support.backends import Backend
 from tests.support.cli import CliRunner, Result, backup_id, cli_env
-from tests.support.config import write_toml
+from tests.support.pg_site import Site, init_and_backup
 from tests.support.s3_servers import FaultProxy, Rule
+from tests.support.store_faults import (
+    DATA_PUT,
+    assert_listed_backups_verify,
+    behind_proxy,
+    direct_storage,
+    initialised,
+    resumed,
+    sqlite_rows,
+    wait_lease_expired,
+)
 
 LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 pytestmark = pytest.mark.skipif(not LIBFAKETIME.exists() or shutil.which("faketime") is None,
@@ -97,7 +96,7 @@ def _stopped_backup(config: Path, proxy: FaultProxy, backend: Backend, offset: s
     proc = subprocess.Popen([sys.executable, "-m", "backupctl", "--config", str(config), "backup", "devdb", "-o",
                              "json"], env=_faked_env(offset), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
-    storage = _direct(backend)
+    storage = direct_storage(backend)
     while not (stopped.fired and list(storage.list("devdb/backups/"))):
         assert proc.poll() is None and time.monotonic() < deadline, "the backup never uploaded its data"
         time.sleep(0.05)
@@ -110,12 +109,12 @@ def _finished(proc: subprocess.Popen[str]) -> Result:
 
 
 def _folders(backend: Backend) -> set[str]:
-    return {info.key.split("/")[2] for info in _direct(backend).list("devdb/backups/")}
+    return {info.key.split("/")[2] for info in direct_storage(backend).list("devdb/backups/")}
 
 
 @pytest.fixture
 def moto_proxied(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Backend, FaultProxy]]:
-    backend, proxy = _behind_proxy("moto", tmp_path, request)
+    backend, proxy = behind_proxy("moto", tmp_path, request)
     yield backend, proxy
     proxy.close()
 
@@ -124,10 +123,10 @@ def _assert_both_whole(cli: CliRunner, config: Path, published: str, running: st
                        tmp_path: Path) -> None:
     """The backup published before and the one resumed after the fault are both listed and verify, and the
     resumed one restores the source's rows."""
-    assert sorted(_assert_listed_backups_verify(cli, config)) == sorted([published, running])
+    assert sorted(assert_listed_backups_verify(cli, config)) == sorted([published, running])
     target = tmp_path / "restored.sqlite3"
     assert cli(config, "restore", running, "--to", str(target)).code == 0
-    assert _rows(target) == rows
+    assert sqlite_rows(target) == rows
 
 
 # -- (1) repo gc whose clock is days off ------------------------------------------------------------------
@@ -138,7 +137,7 @@ def test_gc_with_a_clock_days_off_spares_a_stopped_backup_and_a_published_one(
     tmp_path: Path, moto_proxied: tuple[Backend, FaultProxy], cli: CliRunner, offset: str
 ) -> None:
     backend, proxy = moto_proxied
-    config, rows = _initialised(tmp_path, backend, cli, lease_ttl=f"{LONG_TTL}s")
+    config, rows = initialised(tmp_path, backend, cli, lease_ttl=f"{LONG_TTL}s")
     published = backup_id(cli(config, "backup", "devdb", "-o", "json"))
     proc = _stopped_backup(config, proxy, backend, None)
     try:
@@ -147,7 +146,7 @@ def test_gc_with_a_clock_days_off_spares_a_stopped_backup_and_a_published_one(
         assert [(item, result.split(":")[0]) for item, result in debris["backup-debris"]] == [(running, "kept")]
         assert _folders(backend) == {published, running}
     finally:
-        code, out = _resumed(proc)
+        code, out = resumed(proc)
     assert code == 0, out
     _assert_both_whole(cli, config, published, running, rows, tmp_path)
 
@@ -160,9 +159,9 @@ def test_gc_with_a_clock_days_off_removes_debris_only_once_its_lease_expired_on_
     says; once it expired on the store's clock, removed with --grace 0s, and kept by the 24h grace (it was
     written seconds ago on the store's clock, not days)."""
     backend, _proxy = moto_proxied
-    config, _ = _initialised(tmp_path, backend, cli)
+    config, _ = initialised(tmp_path, backend, cli)
     published = backup_id(cli(config, "backup", "devdb", "-o", "json"))
-    storage = _direct(backend)
+    storage = direct_storage(backend)
     killed = new_backup_id("sqlite")
     storage.put(f"devdb/backups/{killed}/database.sqlite3.zst", b"half a backup")
     case = "gc-leased-debris"
@@ -171,14 +170,14 @@ def test_gc_with_a_clock_days_off_removes_debris_only_once_its_lease_expired_on_
         debris = _gc(faked(offset, config, "repo", "gc", "--grace", "0s", "-o", "json", case=case))
         assert debris["backup-debris"] == [(killed, "kept")]
         held.stop_renewing()
-        _wait_lease_expired(backend, "devdb")
+        wait_lease_expired(backend, "devdb")
         debris = _gc(faked(offset, config, "repo", "gc", "-o", "json", case=case))  # the default grace: 24h
         assert debris["backup-debris"] == [(killed, "kept")]
         assert _folders(backend) == {published, killed}
         debris = _gc(faked(offset, config, "repo", "gc", "--grace", "0s", "-o", "json", case=case))
         assert debris["backup-debris"] == [(killed, "removed")]
     assert _folders(backend) == {published}
-    assert _assert_listed_backups_verify(cli, config) == [published]
+    assert assert_listed_backups_verify(cli, config) == [published]
 
 
 # -- (2) a store whose clock is days off, seen through the proxy ------------------------------------------
@@ -191,15 +190,15 @@ def test_a_store_clock_days_off_neither_expires_a_live_lease_nor_keeps_an_expire
     backend, proxy = moto_proxied
     shift = proxy.add(Rule("shift-clock", times=None, arg=int(offset[:-1]) * DAYS))
     TRIALS["store-clock-leases"] += 1
-    config, _ = _initialised(tmp_path, backend, cli)
-    storage = _direct(backend)
+    config, _ = initialised(tmp_path, backend, cli)
+    storage = direct_storage(backend)
     with lease.exclusive(storage, "devdb", "backup", operation="backup", ttl=LONG_TTL):
         refused = cli(config, "backup", "devdb")
         assert refused.code == 1 and "devdb backup is locked by" in refused.error_line
-    assert _assert_listed_backups_verify(cli, config) == []
+    assert assert_listed_backups_verify(cli, config) == []
     # A holder that died: its generation is never renewed nor released, and expires.
     dead = lease._take_exclusive(storage, "devdb", "backup", lease._body("backup", SHORT_TTL), SHORT_TTL)
-    _wait_lease_expired(backend, "devdb")
+    wait_lease_expired(backend, "devdb")
     racers = [subprocess.Popen([sys.executable, "-m", "backupctl", "--config", str(config), "backup", "devdb",
                                 "-o", "json"], env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True) for _ in range(2)]
@@ -211,7 +210,7 @@ def test_a_store_clock_days_off_neither_expires_a_live_lease_nor_keeps_an_expire
     # Each winner took exactly the next generation (no two took over the same one), and cleaned the older.
     assert [info.key for info in storage.list("devdb/locks/backup.")] == \
         [f"devdb/locks/backup.{dead.generation + len(won):012d}.json"]
-    assert sorted(_assert_listed_backups_verify(cli, config)) == sorted(won)
+    assert sorted(assert_listed_backups_verify(cli, config)) == sorted(won)
     assert shift.fired > 0
 
 
@@ -224,25 +223,25 @@ def test_expire_through_a_store_clock_days_off_spares_what_a_live_reader_holds(
     backend, proxy = moto_proxied
     proxy.add(Rule("shift-clock", times=None, arg=int(offset[:-1]) * DAYS))
     TRIALS["store-clock-expire"] += 1
-    config, _ = _initialised(tmp_path, backend, cli)
+    config, _ = initialised(tmp_path, backend, cli)
     older = backup_id(cli(config, "backup", "devdb", "-o", "json"))
     newer = backup_id(cli(config, "backup", "devdb", "-o", "json"))
     with open(config, "a") as text:
         text.write("\n[sources.devdb.retention]\nkeep_last = 1\n")
-    with lease.shared(_direct(backend), "devdb", operation="restore", backups=[older], ttl=SHORT_TTL) as reader:
+    with lease.shared(direct_storage(backend), "devdb", operation="restore", backups=[older], ttl=SHORT_TTL) as reader:
         assert cli(config, "expire", "devdb").code == 0
-        assert sorted(_assert_listed_backups_verify(cli, config)) == sorted([older, newer])
+        assert sorted(assert_listed_backups_verify(cli, config)) == sorted([older, newer])
         reader.stop_renewing()
-        while lease.live_readers(_direct(backend), "devdb"):
+        while lease.live_readers(direct_storage(backend), "devdb"):
             time.sleep(0.2)
         expired = cli(config, "expire", "devdb", "-o", "json")
         assert expired.code == 0, expired.stderr
-    assert _assert_listed_backups_verify(cli, config) == [newer]
+    assert assert_listed_backups_verify(cli, config) == [newer]
     assert _folders(backend) == {newer}
 
 
 @pytest.fixture
-def site_on_skewed_store(request: pytest.FixtureRequest, site: Site) -> Iterator[Site]:  # noqa: F811
+def site_on_skewed_store(request: pytest.FixtureRequest, site: Site) -> Iterator[Site]:
     """The archiving cluster with its repository on moto, seen through a proxy that shifts the store's clock:
     3 days ahead with PostgreSQL 15, behind with 18 (each direction once, not four slow runs)."""
     endpoint = request.getfixturevalue("moto_endpoint")
@@ -252,15 +251,9 @@ def site_on_skewed_store(request: pytest.FixtureRequest, site: Site) -> Iterator
     credentials = site.root / "aws-credentials"
     credentials.write_text(f"[default]\naws_access_key_id = {endpoint.access_key}\n"
                            f"aws_secret_access_key = {endpoint.secret_key}\n")
-    write_toml(site.config, {
-        "repository": {"type": "s3", "bucket": endpoint.new_bucket(), "region": endpoint.region,
-                       "endpoint_url": proxy.url, "addressing_style": "path", "credentials_file": str(credentials)},
-        "wal": {"spool_dir": str(site.root / "spool")},
-        "sources": {"main": {"kind": "postgres", "host": "127.0.0.1", "port": site.cluster.port,
-                             "user": "postgres", "pgdata": str(site.cluster.datadir),
-                             "bindir": str(site.cluster.binaries.bindir)}},
-    })
-    _chown_tree(site.root)
+    site.repository = {"type": "s3", "bucket": endpoint.new_bucket(), "region": endpoint.region,
+                       "endpoint_url": proxy.url, "addressing_style": "path", "credentials_file": str(credentials)}
+    site.write_config()
     yield site
     proxy.close()
 
@@ -269,7 +262,7 @@ def test_expire_through_a_store_clock_days_off_keeps_the_backups_of_the_recovery
     site_on_skewed_store: Site, cli: CliRunner
 ) -> None:
     at = site_on_skewed_store
-    older = _init_and_backup(at, cli)
+    older = init_and_backup(at, cli)
     at.sql("INSERT INTO marks (id, batch) VALUES (1, 'a')")
     at.archived_now(cli)
     newer = backup_id(cli(at.config, "backup", "main", "--type", "full", "-o", "json"))
@@ -295,7 +288,7 @@ def test_the_lease_of_a_backup_with_a_clock_days_off_is_live_to_others(
     """The backup (clock off, stopped mid-way) holds its lease: another backup is refused, gc and expire on
     the right clock keep its objects, and once resumed it publishes a backup that verifies."""
     backend, proxy = moto_proxied
-    config, rows = _initialised(tmp_path, backend, cli, lease_ttl=f"{LONG_TTL}s")
+    config, rows = initialised(tmp_path, backend, cli, lease_ttl=f"{LONG_TTL}s")
     published = backup_id(cli(config, "backup", "devdb", "-o", "json"))
     with open(config, "a") as text:
         text.write("\n[sources.devdb.retention]\nkeep_last = 1\n")
@@ -310,7 +303,7 @@ def test_the_lease_of_a_backup_with_a_clock_days_off_is_live_to_others(
         assert cli(config, "expire", "devdb").code == 0  # one backup published: keep_last = 1 keeps it
         assert _folders(backend) == {published, running}
     finally:
-        code, out = _resumed(proc)
+        code, out = resumed(proc)
     assert code == 0, out
     _assert_both_whole(cli, config, published, running, rows, tmp_path)
 
@@ -325,14 +318,14 @@ def test_gc_spares_the_unfinished_upload_of_a_running_backup_when_the_store_cloc
     """A backup stopped between two parts of its multipart upload, gc with --grace 0s, the store's clock 3
     days behind the hosts' (which are right): the upload began after the backup's lease, so gc must not
     abort it, and the backup, resumed, publishes."""
-    backend, proxy = _behind_proxy(server, tmp_path, request)
+    backend, proxy = behind_proxy(server, tmp_path, request)
     request.addfinalizer(proxy.close)
     proxy.add(Rule("shift-clock", times=None, arg=-3 * DAYS))
     TRIALS["gc-running-upload"] += 1
-    config, _ = _initialised(tmp_path, backend, cli, lease_ttl=f"{LONG_TTL}s")
+    config, _ = initialised(tmp_path, backend, cli, lease_ttl=f"{LONG_TTL}s")
     with sqlite3.connect(tmp_path / "dev.sqlite3") as db:  # 12 MiB that do not compress: three 5 MiB parts
         db.executemany("INSERT INTO t (payload) VALUES (?)", ((os.urandom(4096),) for _ in range(3 << 10)))
-    rows = _rows(tmp_path / "dev.sqlite3")
+    rows = sqlite_rows(tmp_path / "dev.sqlite3")
     proc: subprocess.Popen[str] | None = None
 
     def stop() -> None:
@@ -349,10 +342,10 @@ def test_gc_spares_the_unfinished_upload_of_a_running_backup_when_the_store_cloc
     try:
         collected = _gc(cli(config, "repo", "gc", "--grace", "0s", "-o", "json"))
     finally:
-        code, out = _resumed(proc)
+        code, out = resumed(proc)
     assert collected["multipart-uploads"] == [("multipart-uploads", "aborted 0")]
     assert code == 0, out
-    [bid] = _assert_listed_backups_verify(cli, config)
+    [bid] = assert_listed_backups_verify(cli, config)
     target = tmp_path / "restored.sqlite3"
     assert cli(config, "restore", bid, "--to", str(target)).code == 0
-    assert _rows(target) == rows
+    assert sqlite_rows(target) == rows

@@ -24,13 +24,12 @@ from backupctl.core.errors import StorageError
 from backupctl.postgres.backup_manifest import RESTORE_MARKER
 from backupctl.postgres.cluster import ScratchCluster
 from backupctl.storage.local import LocalStorage
-from tests.integration.test_faults_pusher import fill, small_disk, spool_on_a_small_disk
-from tests.integration.test_pg_logical import drop, pg_config
-from tests.integration.test_wal import Site, _alive, _chown_tree, _pg_wal_copy, make_site
 from tests.support.backends import Backend
 from tests.support.cli import CliRunner, Result, backup_id, cli_env
 from tests.support.config import make_config
-from tests.support.pg_fixtures import PgDatabase, require_binaries
+from tests.support.disks import fill, small_disk, spool_on_a_small_disk
+from tests.support.pg_fixtures import PgDatabase, drop_database, pg_config, require_binaries
+from tests.support.pg_site import QUICK_WAL, Site, alive, archiving_site, chown_to_postgres
 
 
 def files(root: Path) -> set[str]:
@@ -83,14 +82,14 @@ def _content(db: Path) -> str:
 def test_wal_fetch_with_a_full_spool_never_says_not_archived(request: pytest.FixtureRequest) -> None:
     """The spool (where the pusher prefetches) cannot hold a segment: fetches of archived files still succeed
     (or fail above 125, which stops recovery); never exit 1, which would end recovery early."""
-    with make_site(require_binaries(15), request, wal_extra={"prefetch": 4}) as site, \
+    with archiving_site(require_binaries(15), request, wal={**QUICK_WAL, "prefetch": 4}) as site, \
             spool_on_a_small_disk(site) as mount:
         names = [site.switch(rows=500) for _ in range(4)]
         site.wait_archived(names[-1])
         fill(mount)
         dest = site.root / "fetched"
         dest.mkdir()
-        _chown_tree(dest)
+        chown_to_postgres(dest)
         for name in names:
             got = site.fetch(name, dest / "RECOVERYXLOG")
             assert got.code != 1, got.stderr
@@ -108,7 +107,7 @@ def test_wal_fetch_with_a_full_spool_never_says_not_archived(request: pytest.Fix
 @pytest.mark.parametrize("async_", [False, True], ids=["sync", "pusher"])
 def test_wal_push_into_a_full_repository_fails_and_stores_nothing(request: pytest.FixtureRequest,
                                                                   async_: bool) -> None:
-    with make_site(require_binaries(15), request, async_=async_, wal_extra={"timeout": 3}) as site:
+    with archiving_site(require_binaries(15), request, wal={**QUICK_WAL, "async": async_, "timeout": 3}) as site:
         first = site.switch(rows=500)
         site.wait_archived(first)
         repo = Path(site.repository["path"])
@@ -123,7 +122,7 @@ def test_wal_push_into_a_full_repository_fails_and_stores_nothing(request: pytes
             command = site.sql("SHOW archive_command")[0][0]
             _set_archive_command(site, "false")
             name = site.switch(rows=500)
-            copy = _pg_wal_copy(site, name)
+            copy = site.segment_copy(name)
             # The command PostgreSQL runs, run by hand: one line, exit 1, nothing new in the repository.
             pushed = site.push(copy)
             one_line_about_space(pushed)
@@ -144,7 +143,7 @@ def _stop_pusher(site: Site) -> None:
     pid = site.pusher_pid()
     site.stop_pusher()
     deadline = time.monotonic() + 60
-    while pid is not None and _alive(pid):
+    while pid is not None and alive(pid):
         assert time.monotonic() < deadline, f"pusher {pid} still running 60 s after SIGTERM"
         time.sleep(0.05)
 
@@ -264,7 +263,7 @@ def test_logical_restore_with_a_full_tmp_dir_creates_nothing(tmp_path: Path, cli
             assert files(scratch) == set(), sorted(files(scratch))
             assert not _database_exists(cluster, restored), "a failed restore left a database behind"
         finally:
-            drop(cluster, restored)
+            drop_database(cluster, restored)
 
 
 def _database_exists(cluster: ScratchCluster, name: str) -> bool:
@@ -276,7 +275,7 @@ def _database_exists(cluster: ScratchCluster, name: str) -> bool:
 
 
 def test_physical_restore_onto_a_full_disk_is_marked_unfinished(request: pytest.FixtureRequest) -> None:
-    with make_site(require_binaries(15), request) as site:
+    with archiving_site(require_binaries(15), request) as site:
         site.switch()
         made = site.cli("backup", "main", "--type", "full", "-o", "json")
         assert made.code == 0, made.stderr

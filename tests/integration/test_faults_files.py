@@ -30,13 +30,14 @@ from backupctl.core.config import parse_config
 from backupctl.core.errors import BackupctlError
 from backupctl.engines import pg_files
 from backupctl.postgres.tarstream import TarFormatError
-from backupctl.repo.catalog import Manifest, backup_prefix, iso, new_backup_id
+from backupctl.repo.catalog import Manifest, iso, new_backup_id
+from backupctl.repo.layout import backup_prefix
 from backupctl.repo.repository import Repository, init_repository
-from tests.integration.test_wal import _pg_wal_copy, make_site
 from tests.support.backends import Backend
 from tests.support.cli import CliRunner, backup_id, run_cli
 from tests.support.config import make_config
 from tests.support.pg_fixtures import require_binaries
+from tests.support.pg_site import QUICK_WAL, archiving_site
 
 # --- finding 6: private modes whatever the umask ---------------------------------------------------
 
@@ -63,13 +64,13 @@ def _exposed(root: Path) -> list[str]:
 
 def test_a_local_repository_and_the_globals_script_are_private(umask: int, request: pytest.FixtureRequest) -> None:
     """WAL pushed by wal-push, a logical backup with its leases, a verification record: all 0600/0700."""
-    with make_site(require_binaries(15), request, async_=False) as site:
+    with archiving_site(require_binaries(15), request, wal={**QUICK_WAL, "async": False}) as site:
         name = site.switch()
         site.wait_archived(name)  # by the server, whose umask is 077: pushed again below with the test's
         storage = site.storage()
         storage.delete(list(site.wal_keys().values()))
         assert not any(storage.list("main/wal/"))
-        pushed = site.push(_pg_wal_copy(site, name))
+        pushed = site.push(site.segment_copy(name))
         assert pushed.code == 0, pushed.stderr
         assert name in site.wal_keys()
 

@@ -20,11 +20,11 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_sqlite_e2e import _random_db
 from tests.support.backends import Backend, make_backend
 from tests.support.cli import CliRunner, cli_env
 from tests.support.config import make_config
 from tests.support.s3_servers import FaultProxy
+from tests.support.store_faults import random_db
 
 
 class DataGate(FaultProxy):
@@ -68,7 +68,7 @@ def test_sigterm_during_an_upload_cleans_up_and_says_so(
     """3 MiB is one PutObject sent by the main thread; 24 MiB more than two 5 MiB parts (multipart)."""
     backend, proxy = gated
     db = tmp_path / "dev.sqlite3"
-    _random_db(db, mib)
+    random_db(db, mib)
     tmp_dir = tmp_path / "stage"
     tmp_dir.mkdir()
     config = make_config(tmp_path, backend, compression="none", db=db, encrypted=True, tmp_dir=tmp_dir)

@@ -43,13 +43,13 @@ from backupctl.core.config import load_config
 from backupctl.demo import make_sample_sqlite
 from backupctl.postgres.backup_manifest import RESTORE_MARKER
 from backupctl.repo import lease
-from backupctl.repo.catalog import MANIFEST_NAME
+from backupctl.repo.layout import MANIFEST_NAME
 from backupctl.repo.repository import Repository, open_repository
 from backupctl.services.verify import source_bindir, verify_backup
 from backupctl.storage.local import TEMP_PREFIX
-from tests.integration.test_pitr import Site, site  # noqa: F401
 from tests.support.cli import cli_env
 from tests.support.config import write_toml
+from tests.support.pg_site import Site
 
 ROUNDS = int(os.environ.get("BACKUPCTL_FAULT_ROUNDS", "1"))  # a multiplier of the trials: 1 is the CI run
 SEED = int(os.environ.get("BACKUPCTL_FAULT_SEED", "1212"))
@@ -260,7 +260,7 @@ def _physical_target_ok(pgdata: Path) -> bool:
 
 
 @pytest.mark.parametrize("pg_binaries", [15], indirect=True, ids=["pg15"])
-def test_kill_postgres_backups_and_physical_restore(site: Site) -> None:  # noqa: F811
+def test_kill_postgres_backups_and_physical_restore(site: Site) -> None:
     """Logical and full backups of a small PostgreSQL 15 cluster and physical restores, killed."""
     rng = random.Random(SEED + 1)
     text = site.config.read_text().replace("[repository]\n", f"[repository]\nlease_ttl = \"{int(TTL)}s\"\n", 1)

@@ -9,21 +9,16 @@ is in the repository, and the archiver never failed.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
-import pwd
 import signal
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.test_wal import SOURCE, Site, _alive, _chown_tree, _pg_wal_copy, make_site
 from tests.support.config import write_toml
+from tests.support.disks import PAGE, fill, spool_on_a_small_disk
 from tests.support.pg_fixtures import require_binaries
-
-PAGE = 4096
+from tests.support.pg_site import QUICK_WAL, SOURCE, Site, alive, archiving_site, chown_to_postgres
 
 
 def _archived_everything(site: Site, names: list[str]) -> None:
@@ -40,43 +35,6 @@ def _fallbacks(site: Site) -> int:
     return site.cluster._read_log().count("in this process")
 
 
-@contextlib.contextmanager
-def small_disk(path: Path, size: str, owner: str = "root") -> Iterator[Path]:
-    """A tmpfs of ``size`` mounted at ``path`` (created), owned by ``owner``, mode 0700; unmounted after."""
-    path.mkdir(parents=True, exist_ok=True)
-    user = pwd.getpwnam(owner)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700,uid={user.pw_uid},gid={user.pw_gid}",
-                    "tmpfs", str(path)], check=True)
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def fill(mount: Path) -> Path:
-    """Fill the filesystem of ``mount`` to the last page; the filler file, to delete for space again."""
-    filler = mount / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        while True:
-            os.write(fd, b"\0" * PAGE)
-    except OSError as exc:
-        assert exc.errno == errno.ENOSPC
-    finally:
-        os.close(fd)
-    return filler
-
-
-@contextlib.contextmanager
-def spool_on_a_small_disk(site: Site) -> Iterator[Path]:
-    """The site's spool directory on a 1 MiB tmpfs owned by postgres: a filesystem that really fills up."""
-    with small_disk(site.spool.parent, "1m", "postgres") as mount:
-        try:
-            yield mount
-        finally:
-            site.stop_pusher()
-
-
 def _fill(mount: Path, log: Path) -> None:
     """Pad the log to a page boundary, then fill the filesystem: the log's next line needs a page there is not."""
     with open(log, "ab") as handle:
@@ -89,7 +47,7 @@ def _fill(mount: Path, log: Path) -> None:
 
 
 def test_pusher_log_on_a_full_disk_never_stops_archiving(request: pytest.FixtureRequest) -> None:
-    with make_site(require_binaries(15), request, wal_extra={"timeout": 3}) as site, \
+    with archiving_site(require_binaries(15), request, wal={**QUICK_WAL, "timeout": 3}) as site, \
             spool_on_a_small_disk(site) as mount:
         first = site.switch()
         site.wait_archived(first)
@@ -103,7 +61,7 @@ def test_pusher_log_on_a_full_disk_never_stops_archiving(request: pytest.Fixture
         # Every log line of the pusher now fails with ENOSPC; no worker may die of it.
         names = [site.switch(rows=500) for _ in range(8)]
         _archived_everything(site, names)
-        assert site.pusher_pid() == pusher and _alive(pusher), "the same pusher serves on"
+        assert site.pusher_pid() == pusher and alive(pusher), "the same pusher serves on"
         assert _fallbacks(site) == before, "the pusher answered every segment itself"
         assert log.stat().st_size == size, "nothing reached the full disk"
 
@@ -115,7 +73,7 @@ def test_pusher_log_on_a_full_disk_never_stops_archiving(request: pytest.Fixture
 
 
 def test_stopped_pusher_is_replaced_by_pid(request: pytest.FixtureRequest) -> None:
-    with make_site(require_binaries(15), request, wal_extra={"timeout": 3}) as site:
+    with archiving_site(require_binaries(15), request, wal={**QUICK_WAL, "timeout": 3}) as site:
         first = site.switch()
         site.wait_archived(first)
         stopped = site.pusher_pid()
@@ -129,10 +87,10 @@ def test_stopped_pusher_is_replaced_by_pid(request: pytest.FixtureRequest) -> No
                 os.kill(stopped, signal.SIGCONT)
         # The first command that met the silence killed it by the pid recorded with its lock; a new
         # pusher took over, so the stall was paid once, not once per segment.
-        assert not _alive(stopped)
+        assert not alive(stopped)
         assert f"killed the unresponsive pusher (pid {stopped})" in site.cluster._read_log()
         replacement = site.pusher_pid()
-        assert replacement not in (None, stopped) and _alive(replacement)
+        assert replacement not in (None, stopped) and alive(replacement)
         assert _fallbacks(site) <= 1
 
 
@@ -149,11 +107,11 @@ def _break_config(site: Site, wal: dict[str, object], *, only_the_webhook: bool 
         source["schedule"] = {"full": "every night"}
     text = write_toml(site.config, document).read_text()
     site.config.write_text(text + '\n[[webhooks]]\nurl = "hooks.example.com/backups"\n')
-    _chown_tree(site.root)
+    chown_to_postgres(site.root)
 
 
 def test_a_typo_outside_the_wal_sections_never_stops_archiving(request: pytest.FixtureRequest) -> None:
-    with make_site(require_binaries(15), request) as site:
+    with archiving_site(require_binaries(15), request) as site:
         first = site.switch()
         site.wait_archived(first)
         old = site.pusher_pid()
@@ -169,11 +127,11 @@ def test_a_typo_outside_the_wal_sections_never_stops_archiving(request: pytest.F
         _break_config(site, {"async": False, "prefetch": 0})
         names = [site.switch(rows=500) for _ in range(2)]
         _archived_everything(site, names)
-        again = site.cli("wal-push", str(_pg_wal_copy(site, names[-1])))
+        again = site.cli("wal-push", str(site.segment_copy(names[-1])))
         assert again.code == 0, again.stderr
         dest = site.root / "fetched"
         dest.mkdir()
-        _chown_tree(dest)
+        chown_to_postgres(dest)
         got = site.fetch(names[0], dest / "RECOVERYXLOG")
         assert got.code == 0, got.stderr
 

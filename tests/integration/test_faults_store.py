@@ -8,12 +8,10 @@ its lease expire. The last part runs the S3 driver, a backup and gc through each
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -22,15 +20,24 @@ from pathlib import Path
 
 import pytest
 
-from backupctl.core.config import parse_config
 from backupctl.core.errors import StorageError
 from backupctl.repo import lease
-from backupctl.repo.repository import PROBE_PREFIX
-from backupctl.storage.s3 import S3Storage
-from tests.support.backends import Backend, make_backend
+from backupctl.repo.layout import PROBE_PREFIX
+from tests.support.backends import Backend
 from tests.support.cli import CliRunner, backup_id, cli_env
 from tests.support.config import make_config
 from tests.support.s3_servers import FaultProxy, Rule
+from tests.support.store_faults import (
+    DATA_PUT,
+    assert_listed_backups_verify,
+    behind_proxy,
+    direct_storage,
+    initialised,
+    resumed,
+    s3_storage,
+    sqlite_rows,
+    wait_lease_expired,
+)
 
 MANIFEST_PUT = r"/backups/[^/]+/manifest\.json$"
 LEASE_PUT = r"/locks/backup\.\d+\.json$"
@@ -39,59 +46,9 @@ LEASE_PUT = r"/locks/backup\.\d+\.json$"
 @pytest.fixture(params=["moto", "seaweedfs"])
 def proxied(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Backend, FaultProxy]]:
     """A repository on a real S3 server, reached through a fault proxy."""
-    backend, proxy = _behind_proxy(request.param, tmp_path, request)
+    backend, proxy = behind_proxy(request.param, tmp_path, request)
     yield backend, proxy
     proxy.close()
-
-
-def _direct(backend: Backend) -> S3Storage:
-    """The repository on the S3 server itself, not through the proxy: what a test inspects is never faulted,
-    and never seen by the proxy (a stale listing replays the first answer the proxy relayed)."""
-    assert backend.endpoint is not None
-    return _storage(dataclasses.replace(backend, repository={**backend.repository,
-                                                             "endpoint_url": backend.endpoint.url}))
-
-
-def _behind_proxy(server: str, tmp_path: Path, request: pytest.FixtureRequest) -> tuple[Backend, FaultProxy]:
-    backend = make_backend(server, tmp_path, request)
-    proxy = FaultProxy(backend.repository["endpoint_url"])
-    backend.repository["endpoint_url"] = proxy.url
-    return backend, proxy
-
-
-def _sqlite_db(path: Path, rows: int = 500) -> list[tuple[int, bytes]]:
-    with sqlite3.connect(path) as db:
-        db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, payload BLOB)")
-        db.executemany("INSERT INTO t (payload) VALUES (?)", ((os.urandom(64),) for _ in range(rows)))
-    return _rows(path)
-
-
-def _initialised(tmp_path: Path, backend: Backend, cli: CliRunner, **repository: object) -> tuple[Path, list]:
-    """A SQLite source with a few hundred rows and an initialised repository (``repository``: settings of its
-    [repository] table, such as lease_ttl); the config and the rows."""
-    db = tmp_path / "dev.sqlite3"
-    rows = _sqlite_db(db)
-    backend.repository.update(repository)
-    config = make_config(tmp_path, backend, db=db)
-    assert cli(config, "init").code == 0
-    return config, rows
-
-
-def _rows(path: Path) -> list[tuple[int, bytes]]:
-    with sqlite3.connect(path) as db:
-        return db.execute("SELECT id, payload FROM t ORDER BY id").fetchall()
-
-
-def _assert_listed_backups_verify(cli: CliRunner, config: Path) -> list[str]:
-    """The repository invariant: every backup `list` shows passes `verify`. Returns their ids."""
-    listed = cli(config, "list", "-o", "json")
-    assert listed.code == 0, listed.stderr
-    ids = [b["id"] for b in json.loads(listed.stdout)]
-    if ids:
-        verified = cli(config, "verify", "--all", "-o", "json")
-        assert verified.code == 0, verified.stdout + verified.stderr
-        assert all(report["ok"] for report in json.loads(verified.stdout))
-    return ids
 
 
 # -- finding 1: a lost answer to a conditional write ------------------------------------------------------
@@ -102,16 +59,16 @@ def test_lost_answer_to_the_manifest_put_is_a_published_backup(
 ) -> None:
     """The manifest is stored, its answer lost; the retry's 412 is our own manifest, not a duplicate id."""
     backend, proxy = proxied
-    config, rows = _initialised(tmp_path, backend, cli)
+    config, rows = initialised(tmp_path, backend, cli)
     lost = proxy.add(Rule("drop-response", method="PUT", path=MANIFEST_PUT))
 
     bid = backup_id(cli(config, "backup", "devdb", "-o", "json"))
     assert lost.fired == 1
-    assert _assert_listed_backups_verify(cli, config) == [bid]
+    assert assert_listed_backups_verify(cli, config) == [bid]
     target = tmp_path / "restored.sqlite3"
     restored = cli(config, "restore", bid, "--to", str(target))
     assert restored.code == 0, restored.stderr
-    assert _rows(target) == rows
+    assert sqlite_rows(target) == rows
 
 
 def test_lost_answer_to_a_lease_put_is_our_lease(
@@ -119,15 +76,15 @@ def test_lost_answer_to_a_lease_put_is_our_lease(
 ) -> None:
     """The backup lease is stored, its answer lost: "locked by" ourselves is ours; it is released after."""
     backend, proxy = proxied
-    config, _ = _initialised(tmp_path, backend, cli)
+    config, _ = initialised(tmp_path, backend, cli)
     lost = proxy.add(Rule("drop-response", method="PUT", path=LEASE_PUT))
 
     first = cli(config, "backup", "devdb", "-o", "json")
     assert lost.fired == 1 and first.code == 0, first.stderr
-    assert lease.live_exclusive(_direct(backend), "devdb", "backup") is None  # released, not leaked
+    assert lease.live_exclusive(direct_storage(backend), "devdb", "backup") is None  # released, not leaked
     second = cli(config, "backup", "devdb", "-o", "json")  # nothing holds the source
     assert second.code == 0, second.stderr
-    assert sorted(_assert_listed_backups_verify(cli, config)) == sorted([backup_id(first), backup_id(second)])
+    assert sorted(assert_listed_backups_verify(cli, config)) == sorted([backup_id(first), backup_id(second)])
 
 
 def test_a_publish_that_cannot_be_confirmed_keeps_the_backup_whole(
@@ -136,32 +93,22 @@ def test_a_publish_that_cannot_be_confirmed_keeps_the_backup_whole(
     """Every answer to the manifest PUT is lost and reading it back fails: the backup cannot know it is
     published, so it fails; but the manifest is there, and the failure must not take its data with it."""
     backend, proxy = proxied
-    config, rows = _initialised(tmp_path, backend, cli, max_attempts=2)
+    config, rows = initialised(tmp_path, backend, cli, max_attempts=2)
     proxy.add(Rule("drop-response", method="PUT", path=MANIFEST_PUT, times=None))
     proxy.add(Rule("status", method="GET", path=MANIFEST_PUT, times=None, arg=500))
 
     failed = cli(config, "backup", "devdb")
     assert failed.code == 1 and "manifest.json" in failed.error_line
     proxy.rules.clear()
-    [bid] = _assert_listed_backups_verify(cli, config)
+    [bid] = assert_listed_backups_verify(cli, config)
     target = tmp_path / "restored.sqlite3"
     assert cli(config, "restore", bid, "--to", str(target)).code == 0
-    assert _rows(target) == rows
+    assert sqlite_rows(target) == rows
 
 
 # -- finding 2: a backup whose lease lapsed before it published ---------------------------------------------
 
-DATA_PUT = r"/backups/[^/]+/database\.sqlite3"
 LEASE_TTL = 4  # seconds; holders renew every quarter of it
-
-
-def _wait_lease_expired(backend: Backend, source: str) -> None:
-    """Until the store's clock says the (stopped) holder's backup lease expired."""
-    storage = _direct(backend)
-    deadline = time.monotonic() + 60
-    while lease.live_exclusive(storage, source, "backup") is not None:
-        assert time.monotonic() < deadline, "the stopped backup's lease never expired"
-        time.sleep(0.2)
 
 
 def _stopped_backup(config: Path, proxy: FaultProxy, backend: Backend) -> subprocess.Popen[str]:
@@ -177,38 +124,32 @@ def _stopped_backup(config: Path, proxy: FaultProxy, backend: Backend) -> subpro
     proc = subprocess.Popen([sys.executable, "-m", "backupctl", "--config", str(config), "backup", "devdb"],
                             env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
-    storage = _direct(backend)
+    storage = direct_storage(backend)
     while not (stopped.fired and list(storage.list("devdb/backups/"))):
         assert proc.poll() is None and time.monotonic() < deadline, "the backup never uploaded its data"
         time.sleep(0.05)
     return proc
 
 
-def _resumed(proc: subprocess.Popen[str]) -> tuple[int, str]:
-    os.kill(proc.pid, signal.SIGCONT)
-    _out, err = proc.communicate(timeout=60)
-    return proc.returncode, err
-
-
 def test_a_backup_stopped_past_its_lease_does_not_publish_what_gc_removed(
     tmp_path: Path, proxied: tuple[Backend, FaultProxy], cli: CliRunner
 ) -> None:
     backend, proxy = proxied
-    config, _ = _initialised(tmp_path, backend, cli, lease_ttl=f"{LEASE_TTL}s")
+    config, _ = initialised(tmp_path, backend, cli, lease_ttl=f"{LEASE_TTL}s")
     proc = _stopped_backup(config, proxy, backend)
     try:
-        _wait_lease_expired(backend, "devdb")
+        wait_lease_expired(backend, "devdb")
         collected = cli(config, "repo", "gc", "--grace", "0s", "-o", "json")
         assert collected.code == 0, collected.stderr
         assert any(item["item"] == "backup-debris" and item["result"] == "removed"
                    for item in json.loads(collected.stdout)), collected.stdout
     finally:
-        code, err = _resumed(proc)
+        code, err = resumed(proc)
     assert code == 1, err
     error = [line for line in err.splitlines() if line.startswith("backupctl: error:")]
     assert len(error) == 1 and "lapsed" in error[0] and "nothing was published" in error[0], err
-    assert _assert_listed_backups_verify(cli, config) == []
-    assert list(_direct(backend).list("devdb/backups/")) == []
+    assert assert_listed_backups_verify(cli, config) == []
+    assert list(direct_storage(backend).list("devdb/backups/")) == []
 
 
 def test_a_backup_whose_data_the_store_lost_does_not_publish(
@@ -216,47 +157,42 @@ def test_a_backup_whose_data_the_store_lost_does_not_publish(
 ) -> None:
     """The store acknowledges the data object but never stores it: the listing before publishing sees it."""
     backend, proxy = proxied
-    config, _ = _initialised(tmp_path, backend, cli)
+    config, _ = initialised(tmp_path, backend, cli)
     lost = proxy.add(Rule("status", method="PUT", path=DATA_PUT, arg=200))
     failed = cli(config, "backup", "devdb")
     assert lost.fired == 1 and failed.code == 1, failed.stderr
     assert "lost 1 of its 1 objects before it was published" in failed.error_line
-    assert _assert_listed_backups_verify(cli, config) == []
+    assert assert_listed_backups_verify(cli, config) == []
 
 
 def test_a_backup_stopped_past_its_lease_yields_to_the_backup_that_took_it_over(
     tmp_path: Path, request: pytest.FixtureRequest, cli: CliRunner
 ) -> None:
-    backend, proxy = _behind_proxy("moto", tmp_path, request)
+    backend, proxy = behind_proxy("moto", tmp_path, request)
     request.addfinalizer(proxy.close)
-    config, rows = _initialised(tmp_path, backend, cli, lease_ttl=f"{LEASE_TTL}s")
+    config, rows = initialised(tmp_path, backend, cli, lease_ttl=f"{LEASE_TTL}s")
     proc = _stopped_backup(config, proxy, backend)
     try:
-        _wait_lease_expired(backend, "devdb")
+        wait_lease_expired(backend, "devdb")
         second = backup_id(cli(config, "backup", "devdb", "-o", "json"))  # takes the expired lease over
     finally:
-        code, err = _resumed(proc)
+        code, err = resumed(proc)
     assert code == 1, err
     error = [line for line in err.splitlines() if line.startswith("backupctl: error:")]
     assert len(error) == 1 and "nothing was published" in error[0], err
-    assert _assert_listed_backups_verify(cli, config) == [second]
-    assert {info.key.split("/")[2] for info in _direct(backend).list("devdb/backups/")} == {second}
+    assert assert_listed_backups_verify(cli, config) == [second]
+    assert {info.key.split("/")[2] for info in direct_storage(backend).list("devdb/backups/")} == {second}
     target = tmp_path / "restored.sqlite3"
     assert cli(config, "restore", second, "--to", str(target)).code == 0
-    assert _rows(target) == rows
+    assert sqlite_rows(target) == rows
 
 
 # -- the driver under each fault of the proxy ---------------------------------------------------------------
 
 
-def _storage(backend: Backend, read_timeout: float | None = None) -> S3Storage:
-    config = parse_config({"repository": backend.repository}, Path("/nonexistent/test.toml"))
-    return S3Storage(config.repository, read_timeout=read_timeout)
-
-
 def test_the_driver_rides_out_bursts_delays_and_lost_answers(proxied: tuple[Backend, FaultProxy]) -> None:
     backend, proxy = proxied
-    storage = _storage(backend, read_timeout=1)
+    storage = s3_storage(backend, read_timeout=1)
     burst = proxy.add(Rule("status", method="PUT", times=2, arg=500))
     storage.put("src/a", b"a")
     slow = proxy.add(Rule("delay", method="PUT", arg=2))  # the client gives up after 1 s and sends it again
@@ -275,7 +211,7 @@ def test_a_lost_answer_to_complete_multipart_upload(proxied: tuple[Backend, Faul
     """The store assembled the object and the answer was lost: the retried complete is answered (moto and
     SeaweedFS, like S3, accept completing an upload again), and the object is whole."""
     backend, proxy = proxied
-    storage = _storage(backend)
+    storage = s3_storage(backend)
     data = os.urandom(12 << 20)  # three 5 MiB parts
     lost = proxy.add(Rule("drop-response", method="POST", path=r"uploadId="))
     storage.put("src/big", data)
@@ -286,9 +222,9 @@ def test_an_etag_that_changes_during_a_ranged_read_is_an_error(tmp_path: Path, r
     """A read broken after 1 MiB resumes with a ranged GET; the store (ignoring If-Match) serves another
     object there: the read fails instead of splicing two objects together. (moto only: a store that
     checks signatures refuses the rerouted request.)"""
-    backend, proxy = _behind_proxy("moto", tmp_path, request)
+    backend, proxy = behind_proxy("moto", tmp_path, request)
     request.addfinalizer(proxy.close)
-    storage = _storage(backend)
+    storage = s3_storage(backend)
     storage.put("src/one", os.urandom(3 << 20))
     storage.put("src/two", os.urandom(3 << 20))
     other = f"/{backend.repository['bucket']}/{backend.repository['prefix']}/src/two"
@@ -305,26 +241,26 @@ def test_an_empty_listing_before_publishing_fails_the_backup(
 ) -> None:
     """The check that every object is stored is a listing: one that comes back empty fails safe."""
     backend, proxy = proxied
-    config, _ = _initialised(tmp_path, backend, cli)
+    config, _ = initialised(tmp_path, backend, cli)
     empty = proxy.add(Rule("empty-list", method="GET", path=r"list-type=2&prefix=.*/backups/[^/]+/&"))
     failed = cli(config, "backup", "devdb")
     assert empty.fired == 1 and failed.code == 1 and "nothing was published" in failed.error_line
     bid = backup_id(cli(config, "backup", "devdb", "-o", "json"))
-    assert _assert_listed_backups_verify(cli, config) == [bid]
+    assert assert_listed_backups_verify(cli, config) == [bid]
 
 
 def test_gc_with_a_stale_listing_keeps_a_published_backup(
     tmp_path: Path, request: pytest.FixtureRequest, cli: CliRunner
 ) -> None:
     """gc's listing predates the manifest (the folder looks like debris): it checks for the manifest again."""
-    backend, proxy = _behind_proxy("moto", tmp_path, request)
+    backend, proxy = behind_proxy("moto", tmp_path, request)
     request.addfinalizer(proxy.close)
-    config, rows = _initialised(tmp_path, backend, cli)
+    config, rows = initialised(tmp_path, backend, cli)
     proc = _stopped_backup(config, proxy, backend)
     try:
         planned = cli(config, "repo", "gc", "--grace", "0s", "--dry-run", "-o", "json")  # lists the folder
     finally:
-        code, err = _resumed(proc)
+        code, err = resumed(proc)
     assert code == 0, err
     assert [item["action"] for item in json.loads(planned.stdout) if item["item"] == "backup-debris"] == ["keep"]
     stale = proxy.add(Rule("stale-list", method="GET", path=r"list-type=2&prefix=.*devdb/backups/&", times=None))
@@ -333,10 +269,10 @@ def test_gc_with_a_stale_listing_keeps_a_published_backup(
     debris = [item["result"] for item in json.loads(collected.stdout) if item["item"] == "backup-debris"]
     assert debris == ["kept: its backup published meanwhile"]  # the stale listing showed no manifest
     proxy.rules.remove(stale)
-    [bid] = _assert_listed_backups_verify(cli, config)
+    [bid] = assert_listed_backups_verify(cli, config)
     target = tmp_path / "restored.sqlite3"
     assert cli(config, "restore", bid, "--to", str(target)).code == 0
-    assert _rows(target) == rows
+    assert sqlite_rows(target) == rows
 
 
 def test_init_whose_answer_was_lost_says_it_created_the_repository(

@@ -7,7 +7,7 @@ switch it SIGKILLs the wal-push client PostgreSQL is running, or the resident pu
 - archiving resumes: PostgreSQL counts the segment just switched as archived (a new client, a new pusher);
 - every segment PostgreSQL counts as archived since the test began (``pg_stat_archiver.last_archived_wal`` and
   every segment before it on the timeline) is in the repository, and each new one decodes to the sha256 its key
-  names (``wal.decode_object``);
+  names (``decode_object``);
 - ``wal-fetch`` of the segment just archived, through the restore_command path, exits 0 with those bytes
   (never 1, "not archived", for an archived file).
 
@@ -31,9 +31,11 @@ import pytest
 
 from backupctl.core.config import load_config
 from backupctl.repo.repository import open_repository
-from backupctl.wal import archive as wal
-from tests.integration.test_wal import SOURCE, Site, _alive, _chown_tree, _wal_push_processes, make_site
+from backupctl.wal.fetch import decode_object
+from backupctl.wal.listing import ArchivedWal, list_wal_objects
+from backupctl.wal.names import DEFAULT_SEGMENT_SIZE, parse_wal_name, segment_name
 from tests.support.pg_fixtures import require_binaries
+from tests.support.pg_site import QUICK_WAL, SOURCE, Site, alive, archiving_site, chown_to_postgres, wal_push_processes
 
 SCALE = int(os.environ.get("BACKUPCTL_FAULT_TRIALS", "80"))
 # A killed archive_command makes PostgreSQL's archiver exit (FATAL); the postmaster restarts it ~10 s later
@@ -58,7 +60,7 @@ def _kill(pids: list[int]) -> int:
     """SIGKILL each live pid; how many were alive to be killed."""
     hit = 0
     for pid in pids:
-        if _alive(pid):
+        if alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
                 hit += 1
@@ -97,11 +99,11 @@ class Checker:
 
     def __init__(self, site: Site, first: str) -> None:
         self.site = site
-        self.first = wal.parse_wal_name(first)
+        self.first = parse_wal_name(first)
         self.decoded: set[str] = set()
         self.dest = site.root / "fetched"
         self.dest.mkdir()
-        _chown_tree(self.dest)
+        chown_to_postgres(self.dest)
 
     def violations(self, name: str) -> list[str]:
         """What is wrong once PostgreSQL has archived ``name`` (archiving resumed), or [] when all holds."""
@@ -110,32 +112,32 @@ class Checker:
         found = {obj.name.name: obj for obj in self._listed()}
         problems = []
         timeline = self.first.timeline
-        size = wal.DEFAULT_SEGMENT_SIZE
-        for segno in range(self.first.segno(size), wal.parse_wal_name(last).segno(size) + 1):
-            counted = wal.segment_name(timeline, segno, size)
+        size = DEFAULT_SEGMENT_SIZE
+        for segno in range(self.first.segno(size), parse_wal_name(last).segno(size) + 1):
+            counted = segment_name(timeline, segno, size)
             if counted not in found:
                 problems.append(f"{counted} counted as archived (last {last}) but not in the repository")
         problems += self._decode([obj for n, obj in found.items() if n not in self.decoded])
         problems += self._fetch(found.get(name))
         return problems
 
-    def _listed(self) -> list[wal.ArchivedWal]:
+    def _listed(self) -> list[ArchivedWal]:
         with open_repository(load_config(self.site.config)) as repo:
-            return [obj for obj in wal.list_wal_objects(repo, SOURCE) if obj.name.kind == "segment"]
+            return [obj for obj in list_wal_objects(repo, SOURCE) if obj.name.kind == "segment"]
 
-    def _decode(self, objects: list[wal.ArchivedWal]) -> list[str]:
+    def _decode(self, objects: list[ArchivedWal]) -> list[str]:
         problems = []
         with open_repository(load_config(self.site.config)) as repo, open(os.devnull, "wb") as sink:
             for obj in objects:
                 try:
-                    wal.decode_object(repo, obj, sink)
+                    decode_object(repo, obj, sink)
                 except Exception as exc:
                     problems.append(f"{obj.key} does not decode: {exc}")
                 else:
                     self.decoded.add(obj.name.name)
         return problems
 
-    def _fetch(self, obj: wal.ArchivedWal | None) -> list[str]:
+    def _fetch(self, obj: ArchivedWal | None) -> list[str]:
         if obj is None:
             return []  # already reported as missing
         target = self.dest / "RECOVERYXLOG"
@@ -155,9 +157,9 @@ def _trial(site: Site, switcher: Switcher, rng: random.Random, kind: str) -> tup
     time.sleep(rng.uniform(0, 0.15))
     if kind == "client":
         deadline = time.monotonic() + 2
-        pids = _wal_push_processes(site.config)
+        pids = wal_push_processes(site.config)
         while not pids and time.monotonic() < deadline:
-            pids = _wal_push_processes(site.config)
+            pids = wal_push_processes(site.config)
     else:
         pid = site.pusher_pid()
         pids = [] if pid is None else [pid]
@@ -169,7 +171,7 @@ def _trial(site: Site, switcher: Switcher, rng: random.Random, kind: str) -> tup
 def test_kill_9_while_segments_switch_loses_nothing(request: pytest.FixtureRequest, kind: str) -> None:
     rng = random.Random(f"{SEED}-{kind}")
     counts = FIGURES.setdefault(kind, {"trials": 0, "kills": 0, "violations": 0})
-    with make_site(require_binaries(15), request, wal_extra={"timeout": 3}) as site:
+    with archiving_site(require_binaries(15), request, wal={**QUICK_WAL, "timeout": 3}) as site:
         switcher = Switcher(site, f"{SEED}-{kind}-switches")
         checker = Checker(site, switcher.last)
         problems = checker.violations(switcher.last)
@@ -193,7 +195,7 @@ def test_kill_9_while_segments_switch_loses_nothing(request: pytest.FixtureReque
         last = site.switch()
         problems += checker.violations(last)
         pusher = site.pusher_pid()
-        if pusher is None or pusher in killed or not _alive(pusher):
+        if pusher is None or pusher in killed or not alive(pusher):
             problems.append(f"no live new pusher after the kills (pid file says {pusher})")
         verify = site.cli("wal", "verify")
         if verify.code != 0:

@@ -14,8 +14,7 @@ import pytest
 from backupctl.postgres.cluster import ScratchCluster
 from tests.support.backends import Backend, make_backend
 from tests.support.cli import CliRunner, backup_id
-from tests.support.config import write_toml
-from tests.support.pg_fixtures import PgDatabase
+from tests.support.pg_fixtures import PgDatabase, drop_database, pg_config
 
 SCHEMA = """
 CREATE ROLE {reader} NOLOGIN;
@@ -110,18 +109,6 @@ def snapshot(cluster: ScratchCluster, dbname: str) -> dict[str, Any]:
         return facts
 
 
-def pg_config(tmp_path: Path, backend: Backend, cluster: ScratchCluster, *, encrypted_with: str | None = None,
-              **source: Any) -> Path:
-    document: dict[str, Any] = {
-        "repository": backend.repository,
-        "sources": {"main": {"kind": "postgres", "host": "127.0.0.1", "port": cluster.port,
-                             "user": "postgres", "bindir": str(cluster.binaries.bindir), **source}},
-    }
-    if encrypted_with:
-        document["encryption"] = {"recipients": [encrypted_with], "identity_file": str(tmp_path / "age.key")}
-    return write_toml(tmp_path / "backupctl.toml", document)
-
-
 @pytest.mark.parametrize("backend_name", ["local", "seaweedfs"])
 def test_logical_round_trip(
     tmp_path: Path, request: pytest.FixtureRequest, cli: CliRunner, pg_database: PgDatabase, backend_name: str
@@ -166,7 +153,7 @@ def test_logical_round_trip(
         assert cleaned.code == 0, cleaned.stderr
         assert snapshot(cluster, restored)["archive.old_orders"] == before["archive.old_orders"]
     finally:
-        drop(cluster, restored)
+        drop_database(cluster, restored)
 
     parallel = f"{pg_database.name}_p"
     try:
@@ -175,7 +162,7 @@ def test_logical_round_trip(
         assert result.code == 0, result.stderr
         assert snapshot(cluster, parallel)["public.orders"] == before["public.orders"]
     finally:
-        drop(cluster, parallel)
+        drop_database(cluster, parallel)
 
     globals_file = tmp_path / "globals.sql"
     assert cli(config, "restore", bid, "--globals-only", "--to-file", str(globals_file)).code == 0
@@ -207,7 +194,7 @@ def test_selective_restore(tmp_path: Path, local_backend: Backend, cli: CliRunne
                     "SELECT schemaname, tablename FROM pg_tables WHERE schemaname IN ('public', 'archive')")}
             assert tables == present
         finally:
-            drop(cluster, target)
+            drop_database(cluster, target)
 
 
 def test_globals_apply_and_missing_database(tmp_path: Path, local_backend: Backend, cli: CliRunner,
@@ -230,11 +217,6 @@ def test_globals_apply_and_missing_database(tmp_path: Path, local_backend: Backe
     missing = cli(config, "restore", bid, "--database", "nosuchdb", "--to-database", "x")
     assert missing.code == 2
     assert f"has no database nosuchdb (it has: {pg_database.name})" in missing.error_line
-
-
-def drop(cluster: ScratchCluster, name: str) -> None:
-    with cluster.connect() as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def test_database_dropped_mid_run_fails_cleanly(tmp_path: Path, local_backend: Backend, cli: CliRunner,

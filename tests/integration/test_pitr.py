@@ -9,124 +9,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
-import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 
-from backupctl.postgres.cluster import PgBinaries, ScratchCluster
+from backupctl.postgres.cluster import ScratchCluster
 from tests.support.cli import CliRunner, backup_id
-from tests.support.config import write_toml
-
-BACKUPCTL = str(Path(sys.executable).parent / "backupctl")
-
-
-@dataclass
-class Site:
-    """A production-like cluster archiving into a repository, as the server's OS user would run it."""
-
-    cluster: ScratchCluster
-    root: Path
-    config: Path
-    settings: dict[str, str]
-
-    def sql(self, query: str, dbname: str = "postgres") -> list[tuple]:
-        with self.cluster.connect(dbname) as conn:
-            cursor = conn.execute(query)
-            return cursor.fetchall() if cursor.description else []
-
-    def archived_now(self, cli: CliRunner) -> None:
-        """Close the current segment and wait until backupctl has it in the repository."""
-        result = cli(self.config, "wal", "check", "main")
-        assert result.code == 0, result.stderr
-
-    def restore_dir(self, name: str) -> Path:
-        path = self.root / name
-        return path
-
-    def start_restored(self, pgdata: Path, remove_datadir: bool = True, **extra: str) -> ScratchCluster:
-        restored = ScratchCluster.adopt(self.cluster.binaries, pgdata, remove_datadir=remove_datadir,
-                                        settings={**self.settings, **extra})
-        restored.start(timeout=120)
-        deadline = time.monotonic() + 120  # hot standby accepts connections before recovery ends
-        while time.monotonic() < deadline:
-            try:
-                with restored.connect() as conn:
-                    if not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
-                        return restored
-            except psycopg.OperationalError:
-                break
-            time.sleep(0.2)
-        log = restored.log_file.read_text()[-3000:]
-        restored.remove()
-        raise AssertionError(f"the restored server did not promote:\n{log}")
-
-
-def _chown_tree(path: Path) -> None:
-    shutil.chown(path, "postgres", "postgres")
-    for directory, dirnames, filenames in os.walk(path):
-        for name in dirnames + filenames:
-            shutil.chown(os.path.join(directory, name), "postgres", "postgres")
-
-
-@pytest.fixture
-def site(pg_binaries: PgBinaries) -> Iterator[Site]:
-    root = Path(tempfile.mkdtemp(prefix="backupctl-pitr-", dir="/tmp"))
-    config = root / "backupctl.toml"
-    settings = {
-        "wal_level": "replica",
-        "archive_mode": "on",
-        "archive_command": f"{BACKUPCTL} --config {config} wal-push %p",
-        "max_wal_senders": "4",
-    }
-    cluster = ScratchCluster(pg_binaries, settings=settings)
-    try:
-        cluster.init()
-        write_toml(config, {
-            "repository": {"type": "local", "path": str(root / "repo")},
-            "wal": {"spool_dir": str(root / "spool")},
-            "sources": {"main": {"kind": "postgres", "host": "127.0.0.1", "port": 1, "user": "postgres",
-                                 "pgdata": str(cluster.datadir), "bindir": str(cluster.binaries.bindir)}},
-        })
-        cluster.start()
-        config.write_text(config.read_text().replace("port = 1\n", f"port = {cluster.port}\n"))
-        _chown_tree(root)
-        yield Site(cluster, root, config, settings)
-    finally:
-        cluster.remove()
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def _init_and_backup(site: Site, cli: CliRunner) -> str:
-    assert cli(site.config, "init").code == 0
-    site.sql("CREATE TABLE marks (id int PRIMARY KEY, batch text NOT NULL, at timestamptz DEFAULT now())")
-    return backup_id(cli(site.config, "backup", "main", "--type", "full", "-o", "json"))
-
-
-def _restore(site: Site, cli: CliRunner, name: str, *target: str,
-             archive: bool = False) -> tuple[ScratchCluster, dict[str, Any]]:
-    """Restore and start; without ``archive`` the copy does not archive (its new timeline stays private)."""
-    pgdata = site.restore_dir(name)
-    result = cli(site.config, "restore", "main", "--pgdata", str(pgdata), "--target-action", "promote",
-                 *target, *(["--archive"] if archive else []), "-o", "json")
-    assert result.code == 0, result.stderr
-    extra = {} if archive else {"archive_mode": "off"}
-    return site.start_restored(pgdata, **extra), json.loads(result.stdout)
-
-
-def _batches(cluster: ScratchCluster) -> list[str]:
-    with cluster.connect() as conn:
-        return [row[0] for row in conn.execute("SELECT DISTINCT batch FROM marks ORDER BY 1")]
+from tests.support.pg_site import Site, batches, chown_to_postgres, init_and_backup, restore_and_start
 
 
 def test_pitr_to_time_lsn_name_and_immediate(site: Site, cli: CliRunner) -> None:
-    bid = _init_and_backup(site, cli)
+    bid = init_and_backup(site, cli)
     site.sql("INSERT INTO marks (id, batch) SELECT g, 'a' FROM generate_series(1, 100) g")
     lsn_after_a = site.sql("SELECT pg_current_wal_lsn()::text")[0][0]
     site.sql("SELECT pg_create_restore_point('after_a')")
@@ -143,19 +38,19 @@ def test_pitr_to_time_lsn_name_and_immediate(site: Site, cli: CliRunner) -> None
         ("immediate", ("--target", "immediate"), []),
         ("to_end", (), ["a", "b"]),
     ):
-        restored, plan = _restore(site, cli, name, *target)
+        restored, plan = restore_and_start(site, cli, name, *target)
         try:
             assert plan["backup"] == bid
-            assert _batches(restored) == expected, name
+            assert batches(restored) == expected, name
         finally:
             restored.remove()
 
 
 def test_promoted_restore_archives_a_new_timeline(site: Site, cli: CliRunner) -> None:
-    _init_and_backup(site, cli)
+    init_and_backup(site, cli)
     site.sql("INSERT INTO marks (id, batch) VALUES (1, 'a')")
     site.archived_now(cli)
-    restored, _ = _restore(site, cli, "branch", archive=True)
+    restored, _ = restore_and_start(site, cli, "branch", archive=True)
     try:
         with restored.connect() as conn:
             current = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0]
@@ -177,17 +72,17 @@ def test_promoted_restore_archives_a_new_timeline(site: Site, cli: CliRunner) ->
             conn.execute("SELECT pg_switch_wal()")
     finally:
         restored.stop()  # a clean shutdown archives what is left
-    again, plan = _restore(site, cli, "timeline2", "--target-time", marker)
+    again, plan = restore_and_start(site, cli, "timeline2", "--target-time", marker)
     try:
         assert plan["timeline"] == 2
-        assert _batches(again) == ["a", "c"]
+        assert batches(again) == ["a", "c"]
     finally:
         again.remove()
         restored.remove()
 
 
 def test_missing_wal_is_refused_before_download(site: Site, cli: CliRunner) -> None:
-    bid = _init_and_backup(site, cli)
+    bid = init_and_backup(site, cli)
     for batch in ("a", "b", "c"):
         site.sql(f"INSERT INTO marks (id, batch) VALUES ({ord(batch)}, '{batch}')")
         site.archived_now(cli)
@@ -206,14 +101,14 @@ def test_missing_wal_is_refused_before_download(site: Site, cli: CliRunner) -> N
 
 
 def test_restore_refuses_a_live_or_non_empty_data_directory(site: Site, cli: CliRunner) -> None:
-    _init_and_backup(site, cli)
+    init_and_backup(site, cli)
     site.archived_now(cli)
     live = cli(site.config, "restore", "main", "--pgdata", str(site.cluster.datadir), "--force")
     assert live.code == 1 and "is running on" in live.error_line
     busy = site.restore_dir("busy")
     busy.mkdir()
     (busy / "precious").write_text("keep me")
-    _chown_tree(busy)
+    chown_to_postgres(busy)
     refused = cli(site.config, "restore", "main", "--pgdata", str(busy))
     assert refused.code == 2 and "--force" in refused.error_line
     assert (busy / "precious").read_text() == "keep me"
@@ -228,7 +123,7 @@ def test_incremental_chain(site: Site, cli: CliRunner) -> None:
         return
     site.sql("ALTER SYSTEM SET summarize_wal = on")
     site.sql("SELECT pg_reload_conf()")
-    full = _init_and_backup(site, cli)
+    full = init_and_backup(site, cli)
     site.sql("INSERT INTO marks (id, batch) SELECT g, 'a' FROM generate_series(1, 1000) g")
     first = backup_id(cli(site.config, "backup", "main", "--type", "incr", "-o", "json"))
     site.sql("INSERT INTO marks (id, batch) SELECT g, 'b' FROM generate_series(1001, 2000) g")
@@ -238,10 +133,10 @@ def test_incremental_chain(site: Site, cli: CliRunner) -> None:
     assert json.loads(cli(site.config, "show", first, "-o", "json").stdout)["parent"] == full
     full_size = json.loads(cli(site.config, "show", full, "-o", "json").stdout)["totals"]["size"]
     assert shown["totals"]["size"] < full_size
-    restored, plan = _restore(site, cli, "chain", "--target", "immediate")
+    restored, plan = restore_and_start(site, cli, "chain", "--target", "immediate")
     try:
         assert plan["backup"] == second and plan["backup_type"] == "incr"
-        assert _batches(restored) == ["a", "b"]
+        assert batches(restored) == ["a", "b"]
     finally:
         restored.remove()
 
@@ -331,7 +226,8 @@ def test_tablespace_is_backed_up_and_restored_elsewhere(site: Site, cli: CliRunn
     assert len(_parts(site, bid, f"tablespaces/{oid}")) > 1
     site.archived_now(cli)
     elsewhere = site.root / "space-restored"
-    restored, plan = _restore(site, cli, "with_space", "--target", "immediate", "--tablespace", f"{oid}={elsewhere}")
+    restored, plan = restore_and_start(site, cli, "with_space", "--target", "immediate",
+                                       "--tablespace", f"{oid}={elsewhere}")
     try:
         assert plan["backup"] == bid
         assert os.readlink(restored.datadir / "pg_tblspc" / str(oid)) == str(elsewhere)
@@ -367,14 +263,15 @@ def test_incremental_chain_with_a_tablespace(site: Site, cli: CliRunner) -> None
     site.sql(f"CREATE TABLESPACE extra LOCATION '{space}'")
     site.sql("CREATE TABLE far (id int PRIMARY KEY, t text) TABLESPACE extra")
     site.sql("INSERT INTO far SELECT g, md5(g::text) FROM generate_series(1, 20000) g")
-    _init_and_backup(site, cli)
+    init_and_backup(site, cli)
     site.sql("INSERT INTO far SELECT g, md5(g::text) FROM generate_series(20001, 30000) g")
     incr = backup_id(cli(site.config, "backup", "main", "--type", "incr", "-o", "json"))
     oid = site.sql("SELECT oid FROM pg_tablespace WHERE spcname = 'extra'")[0][0]
     before = sorted(space.rglob("*"))
     site.archived_now(cli)
     elsewhere = site.root / "space-restored"
-    restored, plan = _restore(site, cli, "chain_space", "--target", "immediate", "--tablespace", f"{oid}={elsewhere}")
+    restored, plan = restore_and_start(site, cli, "chain_space", "--target", "immediate",
+                                       "--tablespace", f"{oid}={elsewhere}")
     try:
         assert plan["backup"] == incr and plan["backup_type"] == "incr"
         assert os.readlink(restored.datadir / "pg_tblspc" / str(oid)) == str(elsewhere)

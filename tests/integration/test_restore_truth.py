@@ -19,12 +19,9 @@ from typing import Any
 
 from backupctl.postgres.backup_manifest import RESTORE_MARKER
 from backupctl.postgres.cluster import ScratchCluster
-from tests.integration import test_pitr
-from tests.integration.test_pitr import Site, _chown_tree, _init_and_backup
 from tests.support.cli import CliRunner
+from tests.support.pg_site import Site, chown_to_postgres, init_and_backup
 from tests.support.s3_servers import free_port
-
-site = test_pitr.site  # the fixture: a production-like cluster archiving into a repository
 
 
 def _effective(site: Site, pgdata: Path, name: str) -> str:
@@ -63,7 +60,7 @@ def _segments(site: Site) -> list[Path]:
 def test_a_copy_does_not_archive_unless_asked_and_production_restored_in_place_does(site: Site,
                                                                                    cli: CliRunner) -> None:
     _archive_in_backup(site)
-    _init_and_backup(site, cli)
+    init_and_backup(site, cli)
     site.sql("INSERT INTO marks (id, batch) VALUES (1, 'a')")
     site.archived_now(cli)
 
@@ -101,7 +98,7 @@ def test_restore_start_fails_quoting_postgres_when_an_archived_segment_is_damage
                                                                                    cli: CliRunner) -> None:
     # Production logs through the logging collector (RHEL's default): the copy's FATAL must still be quoted.
     site.sql("ALTER SYSTEM SET logging_collector = on")
-    _init_and_backup(site, cli)
+    init_and_backup(site, cli)
     site.sql("INSERT INTO marks (id, batch) VALUES (1, 'a')")
     site.archived_now(cli)
     site.sql("INSERT INTO marks (id, batch) VALUES (2, 'b')")
@@ -132,7 +129,7 @@ def test_restore_start_fails_quoting_postgres_when_an_archived_segment_is_damage
 
 
 def test_restore_start_fails_when_the_target_xid_never_comes(site: Site, cli: CliRunner) -> None:
-    _init_and_backup(site, cli)
+    init_and_backup(site, cli)
     site.sql("INSERT INTO marks (id, batch) VALUES (1, 'a')")
     never = int(site.sql("SELECT txid_current()")[0][0]) + 1000
     site.archived_now(cli)
@@ -151,7 +148,7 @@ def test_restore_start_fails_when_the_target_xid_never_comes(site: Site, cli: Cl
 def test_promoted_restore_reports_the_last_replayed_commit_and_moves_off_a_taken_port(site: Site,
                                                                                       cli: CliRunner) -> None:
     site.sql(f"ALTER SYSTEM SET port = {site.cluster.port}")  # the copy's config names production's port
-    _init_and_backup(site, cli)
+    init_and_backup(site, cli)
     with site.cluster.connect() as conn:
         with conn.transaction():
             conn.execute("INSERT INTO marks (id, batch) VALUES (1, 'a')")
@@ -196,7 +193,7 @@ def test_restore_start_refuses_a_taken_port_before_downloading(site: Site, cli: 
 
 
 def test_force_and_delta_touch_only_a_data_directory(site: Site, cli: CliRunner) -> None:
-    _init_and_backup(site, cli)
+    init_and_backup(site, cli)
     site.archived_now(cli)
 
     def refused(pgdata: Path, *options: str) -> str:
@@ -207,7 +204,7 @@ def test_force_and_delta_touch_only_a_data_directory(site: Site, cli: CliRunner)
     important = site.root / "important"
     important.mkdir()
     (important / "notes.txt").write_text("keep me")
-    _chown_tree(important)
+    chown_to_postgres(important)
     assert refused(important, "--force") == (
         f"--force refused: {important} is not a PostgreSQL data directory (no PG_VERSION and global/, no "
         f"{RESTORE_MARKER} of an interrupted restore), so its files stay: restore into an empty or new directory")
@@ -218,7 +215,7 @@ def test_force_and_delta_touch_only_a_data_directory(site: Site, cli: CliRunner)
     outer = site.root / "outer"
     shutil.copytree(site.cluster.datadir, outer, ignore=shutil.ignore_patterns("postmaster.pid"))
     shutil.copytree(site.cluster.datadir, outer / "old", ignore=shutil.ignore_patterns("postmaster.pid"))
-    _chown_tree(outer)
+    chown_to_postgres(outer)
     assert refused(outer, "--delta") == (f"--delta refused: {outer} holds another PostgreSQL cluster in "
                                          f"{outer / 'old'}: move it out or restore elsewhere")
     assert (outer / "old" / "global" / "pg_control").exists() and (outer / "old" / "PG_VERSION").exists()
@@ -243,14 +240,14 @@ def test_force_and_delta_touch_only_a_data_directory(site: Site, cli: CliRunner)
     (interrupted / "base" / "1").mkdir(parents=True)
     (interrupted / "base" / "1" / "1259").write_bytes(b"half")
     (interrupted / RESTORE_MARKER).write_text("backupctl restore")
-    _chown_tree(interrupted)
+    chown_to_postgres(interrupted)
     again = cli(site.config, "restore", "main", "--pgdata", str(interrupted), "--force", "--target", "immediate")
     assert again.code == 0, again.stderr
     assert (interrupted / "PG_VERSION").exists() and not (interrupted / RESTORE_MARKER).exists()
 
 
 def test_restore_start_reports_a_pause_and_a_shutdown_at_the_target(site: Site, cli: CliRunner) -> None:
-    _init_and_backup(site, cli)
+    init_and_backup(site, cli)
     site.sql("INSERT INTO marks (id, batch) VALUES (1, 'a')")
     site.sql("SELECT pg_create_restore_point('after_a')")
     site.sql("INSERT INTO marks (id, batch) VALUES (2, 'b')")

@@ -1,8 +1,9 @@
-"""The scheduler: cron read as cron reads it, jobs as real child processes in two lanes per source,
-catch-up after downtime, SIGTERM that leaves no lease and no manifest, webhooks, metrics, sd_notify.
+"""The scheduler: jobs as real child processes in two lanes per source, catch-up after downtime, SIGTERM that
+leaves no lease and no manifest, webhooks, metrics, sd_notify. (Cron read as cron reads it, and the next runs:
+unit/test_schedule.py.)
 
 Jobs are real `backupctl` children against a local repository of a real SQLite database; triggers are
-short intervals (or an injected clock for the cron arithmetic) so that schedules fire within seconds.
+short intervals so that schedules fire within seconds.
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from backupctl.core.config import load_config, parse_config
 from backupctl.core.cron import cron_trigger
+from backupctl.monitoring.status import NewestBackup, RepositoryFacts, SourceStatus
 from backupctl.repo import lease
-from backupctl.scheduler.runner import JobSpec, Scheduler, job_spec, last_due, next_runs
+from backupctl.scheduler.runner import JobSpec, Scheduler, last_due
 from tests.support.cli import cli_env
 from tests.support.ops_helpers import NotifySocket, json_lines, sqlite_site, webhook_receiver
+from tests.support.pg_fixtures import require_binaries
+from tests.support.pg_site import archiving_site
 from tests.support.s3_servers import free_port
-
-WEDNESDAY = datetime(2026, 11, 25, 3, 0, tzinfo=UTC)
 
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -40,59 +42,7 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
             for family in text_string_to_metric_families(text) for s in family.samples}
 
 
-# --- cron, as cron reads it ----------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(("expression", "expected"), [
-    ("0 2 * * 0", "2026-11-29 02:00 Sunday"),  # apscheduler's from_crontab would say Monday
-    ("0 2 * * 7", "2026-11-29 02:00 Sunday"),
-    ("0 2 * * 1-6", "2026-11-26 02:00 Thursday"),
-    ("0 4 * * 3", "2026-11-25 04:00 Wednesday"),
-    ("0 6 1 * *", "2026-12-01 06:00 Tuesday"),
-    ("0 3 1 * 1", "2026-11-30 03:00 Monday"),  # the 1st OR a Monday, as cron does
-    ("0 3 */2 * 1", "2026-12-07 03:00 Monday"),  # a day field starting with "*" is ANDed, as cron does
-    ("0 2 * * sun", "2026-11-29 02:00 Sunday"),
-])
-def test_cron_fields_mean_what_cron_means(expression: str, expected: str) -> None:
-    fire = cron_trigger(expression).get_next_fire_time(None, WEDNESDAY)
-    assert fire.strftime("%Y-%m-%d %H:%M %A") == expected
-
-
-def test_bad_cron_is_one_line_at_load(tmp_path: Path) -> None:
-    for expression, problem in (("0 2 * * 8", "weekday '8'"), ("0 2 * * 5-1", "runs backwards"),
-                                ("61 2 * * *", "61"), ("0 2 * *", "five fields")):
-        with pytest.raises(Exception, match=problem) as raised:
-            parse_config({"repository": {"path": "/r"}, "sources": {"db": {
-                "kind": "sqlite", "path": "/db", "schedule": {"backup": expression}}}}, tmp_path / "b.toml")
-        assert "sources.db.schedule.backup" in str(raised.value)
-
-
-def test_next_runs_and_commands_with_an_injected_clock(tmp_path: Path) -> None:
-    config = parse_config({"repository": {"path": "/r"}, "scheduler": {"timezone": "Europe/Paris"}, "sources": {
-        "main": {"kind": "postgres", "schedule": {"full": "0 2 * * 0", "incr": "0 2 * * 1-6", "logical": "30 3 * * *",
-                                                  "expire": "0 5 * * *", "verify": "0 4 * * 3", "drill": "0 6 1 * *"}},
-        "devdb": {"kind": "sqlite", "path": "/db", "schedule": {"backup": "15 * * * *"}},
-    }}, tmp_path / "b.toml")
-    rows = {r["id"]: r for r in next_runs(config, WEDNESDAY)}  # 04:00 in Paris
-    assert {k: v["next_run"] for k, v in rows.items()} == {
-        "main/full": "2026-11-29T01:00:00.000Z",  # Sunday 02:00 in Paris is 01:00 UTC
-        "main/incr": "2026-11-26T01:00:00.000Z",
-        "main/logical": "2026-11-26T02:30:00.000Z",  # 03:30 in Paris has passed today
-        "main/expire": "2026-11-25T04:00:00.000Z",
-        "main/verify": "2026-11-25T03:00:00.000Z",  # Wednesday 04:00 in Paris: now
-        "main/drill": "2026-12-01T05:00:00.000Z",
-        "devdb/backup": "2026-11-25T03:15:00.000Z",
-    }
-    assert rows["main/full"]["command"] == "backup main --type full --output json"
-    assert rows["main/verify"]["command"] == "verify --latest main --output json"
-    assert rows["main/drill"]["command"] == "drill run main --output json"
-    assert rows["devdb/backup"]["command"] == "backup devdb --output json"
-    assert {r["lane"] for k, r in rows.items() if k.endswith(("full", "incr", "logical", "expire", "backup"))} \
-        == {"backup"}
-    assert rows["main/verify"]["lane"] == rows["main/drill"]["lane"] == "check"
-    assert job_spec(config.source("main"), "backup").backup_type == "logical"
-    with pytest.raises(Exception, match="SQLite database: its backup job is 'backup'"):
-        job_spec(config.source("devdb"), "full")
+# --- catch-up after downtime ---------------------------------------------------------------------------
 
 
 def test_missed_runs_are_caught_up_from_what_the_repository_shows(tmp_path: Path) -> None:
@@ -105,10 +55,10 @@ def test_missed_runs_are_caught_up_from_what_the_repository_shows(tmp_path: Path
     assert last_due(trigger, datetime(2026, 11, 25, 1, 50, tzinfo=UTC), datetime(2026, 11, 25, 2, 20, tzinfo=UTC)) \
         == datetime(2026, 11, 25, 2, 0, tzinfo=UTC)
 
-    def status(backup_finished: str | None, reachable: bool = True) -> list[dict]:
-        backups = [{"type": "sqlite", "finished_at": backup_finished}] if backup_finished else []
-        return [{"source": "devdb", "repository": {"reachable": reachable}, "backups": backups,
-                 "last_verify": None, "last_drill": None}]
+    def status(backup_finished: str | None, reachable: bool = True) -> list[SourceStatus]:
+        backups = (NewestBackup("sqlite", "b", backup_finished, 0.0, 1, 1, 1.0, 1),) if backup_finished else ()
+        return [SourceStatus("devdb", "sqlite", "2026-11-25T02:20:00Z", False,
+                             repository=RepositoryFacts(reachable=reachable), backups=backups)]
 
     at_0220 = datetime(2026, 11, 25, 2, 20, tzinfo=UTC)
     assert [s.job for s in scheduler.missed_runs(status("2026-11-24T02:01:00Z"), at_0220)] == ["backup"]
@@ -321,10 +271,7 @@ def test_run_job_reports_to_webhooks_and_the_textfile(tmp_path: Path) -> None:
 
 
 def test_wal_pusher_runs_inside_the_scheduler(tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    from tests.integration.test_wal import make_site
-    from tests.support.pg_fixtures import require_binaries
-
-    with make_site(require_binaries(15), request) as site:
+    with archiving_site(require_binaries(15), request) as site:
         site.stop_pusher()
         deadline = time.monotonic() + 30
         while site.pusher_pid() is not None and time.monotonic() < deadline:
@@ -352,7 +299,6 @@ def test_wal_pusher_runs_inside_the_scheduler(tmp_path: Path, request: pytest.Fi
             time.sleep(0.1)
         assert site.pusher_pid() is None, "the scheduler stops its pusher"
         assert any(line["event"] == "WAL pusher started" for line in json_lines(stderr))
-
 
 
 def _parent(pid: int) -> int | None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import signal
 import sqlite3
 import subprocess
@@ -20,6 +19,7 @@ from backupctl.repo.pipeline import Pipeline, StoredObject
 from tests.support.backends import Backend, make_backend
 from tests.support.cli import CliRunner, backup_id, cli_env
 from tests.support.config import make_config
+from tests.support.store_faults import random_db
 
 TABLES = ("customers", "orders", "order_items", "events")
 
@@ -241,19 +241,12 @@ def _upload_in_progress(backend: Backend) -> bool:
     return bool(uploads.get("Uploads"))
 
 
-def _random_db(path: Path, mib: int) -> None:
-    """Incompressible rows, so the upload takes long enough to be interrupted."""
-    with sqlite3.connect(path) as db:
-        db.execute("CREATE TABLE blobs (id INTEGER PRIMARY KEY, data BLOB)")
-        db.executemany("INSERT INTO blobs (data) VALUES (?)", ((os.urandom(1 << 20),) for _ in range(mib)))
-
-
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_interrupted_backup_is_invisible(
     tmp_path: Path, backend: Backend, cli: CliRunner, sig: signal.Signals
 ) -> None:
     db = tmp_path / "dev.sqlite3"
-    _random_db(db, 160)
+    random_db(db, 160)
     tmp_dir = tmp_path / "stage"
     tmp_dir.mkdir()
     backend.repository["lease_ttl"] = "10s"  # S3's whole-second Last-Modified eats up to a second of it

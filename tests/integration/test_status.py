@@ -25,6 +25,7 @@ from tests.support.cli import run_cli
 from tests.support.config import write_toml
 from tests.support.ops_helpers import sqlite_site
 from tests.support.pg_fixtures import require_binaries
+from tests.support.pg_site import archiving_site
 from tests.support.s3_servers import free_port
 
 
@@ -163,9 +164,7 @@ def test_unreachable_repository_is_critical_and_a_bad_config_unknown(tmp_path: P
 
 
 def test_postgres_archiving_window_and_archiver_failures(request: pytest.FixtureRequest) -> None:
-    from tests.integration.test_wal import make_site
-
-    with make_site(require_binaries(15), request) as site:
+    with archiving_site(require_binaries(15), request) as site:
         with site.config.open("a") as toml:
             toml.write("\n[sources.main.check]\nready_warning = 1\nready_critical = 3\n")
         backup = json.loads(site.cli("backup", "main", "--type", "full", "-o", "json").stdout)
@@ -245,92 +244,3 @@ def _wait(condition: Any, timeout: float = 60) -> None:
         time.sleep(0.2)
 
 
-def test_wal_the_server_archived_elsewhere_is_critical() -> None:
-    """archive_command succeeds (nothing waits, no failures) but the repository stopped receiving WAL."""
-    from datetime import UTC, datetime
-
-    from backupctl.core.config import CheckConfig
-    from backupctl.repo.catalog import iso
-
-    now = datetime.now(UTC)
-    server = {"reachable": True, "archive_mode": "on", "ready": 0, "failing": False,
-              "last_archived_wal": "000000010000000000000009", "last_archived_time": iso(now - timedelta(minutes=5))}
-    def facts(newest_segment: str) -> status.SourceStatus:
-        wal = status.WalFacts(newest_segment, None, 3600.0, (1,), 9, 0, 0)
-        return _facts(("full", 1.0), server=server, wal=wal)
-
-    (finding,) = monitor._wal_findings(facts("000000010000000000000005"), CheckConfig(), now)
-    assert finding.state == monitor.CRITICAL and "stores WAL elsewhere" in finding.message
-    (finding,) = monitor._wal_findings(facts("000000010000000000000009"), CheckConfig(), now)
-    assert finding.state == monitor.OK, "the repository has what the server archived: a quiet server"
-    server["last_archived_time"] = iso(now - timedelta(seconds=5))
-    (finding,) = monitor._wal_findings(facts("000000010000000000000008"), CheckConfig(), now)
-    assert finding.state == monitor.OK, "a segment archived seconds ago may not be listed yet"
-
-
-def test_a_live_primary_on_another_timeline_than_restores_would_follow_is_critical() -> None:
-    """The archive alone takes a copy's freshly archived timeline for production while production had nothing
-    to archive yet; the source's server, answering as a primary, says which timeline is production's."""
-    tree = [{"timeline": 1, "parent": None, "fork": None}, {"timeline": 2, "parent": 1, "fork": "0/5000000"}]
-    judged = {"production": 2, "ambiguous": False, "reason": "timeline 2 is the only line still archived",
-              "branches": [], "highest": 2, "tree": tree}
-    server = {"reachable": True, "in_recovery": False, "current_wal": "000000010000000000000005"}
-    (finding,) = monitor._timeline_findings(_facts(timelines=judged, server=server))
-    assert finding.state == monitor.CRITICAL
-    assert "the server writes timeline 1, but restores would follow timeline 2" in finding.message
-    assert "`backupctl wal forget-timeline 2 --source main`" in finding.message
-    server["current_wal"] = "000000020000000000000007"
-    (finding,) = monitor._timeline_findings(_facts(timelines=judged, server=server))
-    assert finding.state == monitor.OK, "the server agrees with the archive"
-    server["current_wal"] = "000000030000000000000007"
-    (finding,) = monitor._timeline_findings(_facts(timelines=judged, server=server))
-    assert finding.state == monitor.WARNING and "no 00000003.history archived" in finding.message
-    server.update(current_wal="000000010000000000000005", in_recovery=True)
-    (finding,) = monitor._timeline_findings(_facts(timelines=judged, server=server))
-    assert finding.state == monitor.OK, "a standby (a rewound old primary) says nothing about production"
-
-
-def _facts(*backups: tuple[str, float], source: str = "main", **parts: Any) -> status.SourceStatus:
-    """A source's status with backups of the given kinds and ages (hours), and any other ``parts``."""
-    newest = tuple(status.NewestBackup(kind, f"backup-{kind}", "2026-12-01T00:00:00Z", hours * 3600, 1, 1, 1.0, 1)
-                   for kind, hours in backups)
-    return status.SourceStatus(source, "postgres", "2026-12-03T12:00:00Z", False, backups=newest, **parts)
-
-
-def test_each_scheduled_kind_of_backup_is_judged_by_its_schedule(tmp_path: Path) -> None:
-    """A nightly pg_dump that stopped must not hide behind a physical backup that still runs, and a weekly
-    full is not stale on day two; with no schedule, the newest backup of any kind meets 26h/50h."""
-    from datetime import UTC, datetime
-
-    document = {"repository": {"type": "local", "path": str(tmp_path / "repo")},
-                "sources": {"main": {"kind": "postgres", "host": "/tmp", "dbname": "postgres",
-                                     "schedule": {"full": "0 2 * * 0", "logical": "30 3 * * *"}},
-                            "cron": {"kind": "postgres", "host": "/tmp", "dbname": "postgres"}}}
-    config = load_config(write_toml(tmp_path / "backupctl.toml", document))
-    now = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
-    main = config.source("main")
-    assert monitor.family_thresholds(main, "UTC", now) == {
-        "physical": (7 * 86400 + 7200, 14 * 86400 + 7200), "logical": (26 * 3600, 50 * 3600)}
-
-    def judged(source: str, *backups: tuple[str, float]) -> dict[str, tuple[int, str]]:
-        return {f.check: (f.state, f.message)
-                for f in monitor._backup_findings(_facts(*backups, source=source), config.source(source), "UTC", now)}
-
-    findings = judged("main", ("full", 100), ("logical", 30))
-    assert set(findings) == {"physical_backup_age", "logical_backup_age"}, "no schedule-blind 26h check"
-    assert findings["physical_backup_age"][0] == monitor.OK
-    assert findings["logical_backup_age"] == (monitor.WARNING, "last logical backup 1.2d old (warning 1.1d)")
-    findings = judged("main", ("full", 2), ("logical", 60))
-    assert findings["logical_backup_age"][0] == monitor.CRITICAL, "fresh physical backups hide nothing"
-    findings = judged("main", ("full", 15 * 24 + 3))
-    assert findings["physical_backup_age"][0] == monitor.CRITICAL
-    assert findings["logical_backup_age"] == (monitor.WARNING, "no logical backup yet, though the schedule runs one")
-
-    assert judged("cron", ("full", 30), ("logical", 100)) == {
-        "backup_age": (monitor.WARNING, "last backup (full) 1.2d old (warning 1.1d)")}
-
-    document["sources"]["main"]["check"] = {"backup_age_warning": "12h"}
-    config = load_config(write_toml(tmp_path / "backupctl.toml", document))
-    findings = judged("main", ("full", 13), ("logical", 13))
-    assert findings["backup_age"][0] == monitor.WARNING, "a configured threshold still applies to the newest"
-    assert findings["physical_backup_age"][0] == findings["logical_backup_age"][0] == monitor.OK

@@ -24,14 +24,13 @@ from typing import Any
 
 import pytest
 
-from backupctl.core.errors import ConfigError
 from backupctl.postgres.cluster import PgBinaries, ScratchCluster, ServerError
-from backupctl.services import pitr
-from backupctl.wal import archive as wal
-from tests.integration.test_pitr import Site, _init_and_backup, site  # noqa: F401 - the site fixture
-from tests.integration.test_wal import SOURCE, _chown_tree, as_postgres, make_site
+from backupctl.wal.conf import restore_command
+from backupctl.wal.identity import read_header
+from backupctl.wal.names import segment_name
 from tests.support.cli import CliRunner, Result, run_cli
 from tests.support.config import write_toml
+from tests.support.pg_site import SOURCE, Site, archiving_site, as_postgres, chown_to_postgres, init_and_backup
 
 
 def _sysid(datadir: Path) -> str:
@@ -41,7 +40,7 @@ def _sysid(datadir: Path) -> str:
 
 def _fetch(config: Path, source: str, name: str, dest: str, cwd: Path | str = "/") -> Result:
     """restore_command for ``source`` with ``config``, as PostgreSQL runs it (``%f`` and ``%p`` filled in)."""
-    words = shlex.split(wal.restore_command(config, source))
+    words = shlex.split(restore_command(config, source))
     words = [*words[: words.index("%f")], name, dest]
     return as_postgres(words, cwd=cwd)
 
@@ -56,7 +55,7 @@ def _config_like(origin: Any, path: Path, *, repository: dict[str, Any] | None =
         "sources": {name: {"kind": "postgres", "host": "127.0.0.1", "port": origin.cluster.port,
                            "user": "postgres", "pgdata": str(origin.cluster.datadir)} for name in sources},
     })
-    _chown_tree(path.parent)
+    chown_to_postgres(path.parent)
     return path
 
 
@@ -72,7 +71,7 @@ def _stop_pushers(root: Path) -> None:
 
 def test_recovery_stops_instead_of_promoting_when_restore_command_names_a_source_the_repository_lacks(
         pg_binaries: PgBinaries, request: pytest.FixtureRequest) -> None:
-    with make_site(pg_binaries, request) as wal_site:
+    with archiving_site(pg_binaries, request) as wal_site:
         wal_site.sql("CREATE TABLE marks (batch text)")
         wal_site.sql("INSERT INTO marks VALUES ('before')")
         base = wal_site.root / "copy"
@@ -88,12 +87,12 @@ def test_recovery_stops_instead_of_promoting_when_restore_command_names_a_source
         empty_repo = {"type": "local", "path": str(wal_site.root / "empty-repo")}
         empty = _config_like(wal_site, wal_site.root / "empty.toml", repository=empty_repo, prefetch=0)
         assert run_cli(empty, "init").code == 0
-        _chown_tree(wal_site.root)
+        chown_to_postgres(wal_site.root)
         try:
             for config, source, location in ((other, "other", wal_site.repository["path"]),
                                              (empty, SOURCE, empty_repo["path"])):
                 restored = ScratchCluster.adopt(pg_binaries, base, settings={
-                    "restore_command": wal.restore_command(config, source), "archive_mode": "off"})
+                    "restore_command": restore_command(config, source), "archive_mode": "off"})
                 wal_site.extra.append(restored)
                 with pytest.raises(ServerError):
                     restored.start(timeout=60)
@@ -102,12 +101,12 @@ def test_recovery_stops_instead_of_promoting_when_restore_command_names_a_source
                 assert f"source {source!r}" in log and location in log, log[-3000:]
                 assert (base / "recovery.signal").exists() and not (base / "pg_wal" / "00000002.history").exists()
                 # The same names asked directly: 128 for a segment and for a history probe, never 1.
-                for name in (wal.segment_name(1, 1, 16 * 1024**2), "00000002.history"):
+                for name in (segment_name(1, 1, 16 * 1024**2), "00000002.history"):
                     fetched = _fetch(config, source, name, str(wal_site.root / "nowhere"))
                     assert fetched.code == 128, fetched.stderr
             # Nothing was damaged: the right restore_command brings every row back.
             restored = ScratchCluster.adopt(pg_binaries, base, settings={
-                "restore_command": wal.restore_command(wal_site.config, SOURCE), "archive_mode": "off"})
+                "restore_command": restore_command(wal_site.config, SOURCE), "archive_mode": "off"})
             wal_site.extra.append(restored)
             restored.start(timeout=120)
             with restored.connect() as conn:
@@ -127,7 +126,7 @@ def test_recovery_stops_instead_of_promoting_when_restore_command_names_a_source
 @pytest.mark.parametrize("prefetch", [0, 8], ids=["in-process", "pusher"])
 def test_a_segment_of_another_system_is_refused_with_both_identifiers(
         pg_binaries: PgBinaries, request: pytest.FixtureRequest, prefetch: int) -> None:
-    with make_site(pg_binaries, request) as wal_site:
+    with archiving_site(pg_binaries, request) as wal_site:
         name = wal_site.switch()
         wal_site.wait_archived(name)
         stranger = ScratchCluster(pg_binaries)  # another initdb: another system identifier
@@ -138,7 +137,7 @@ def test_a_segment_of_another_system_is_refused_with_both_identifiers(
         (datadir / "global").mkdir(parents=True)
         (datadir / "pg_wal").mkdir()
         shutil.copy(stranger.datadir / "global" / "pg_control", datadir / "global" / "pg_control")
-        _chown_tree(wal_site.root)
+        chown_to_postgres(wal_site.root)
         ours, theirs = _sysid(wal_site.cluster.datadir), _sysid(stranger.datadir)
         assert ours != theirs
         try:
@@ -155,7 +154,7 @@ def test_a_segment_of_another_system_is_refused_with_both_identifiers(
             shutil.copy(wal_site.cluster.datadir / "global" / "pg_control", datadir / "global" / "pg_control")
             accepted = _fetch(config, SOURCE, name, "pg_wal/RECOVERYXLOG", cwd=datadir)
             assert accepted.code == 0, accepted.stderr
-            header = wal.read_header((datadir / "pg_wal" / "RECOVERYXLOG").read_bytes()[:64], name)
+            header = read_header((datadir / "pg_wal" / "RECOVERYXLOG").read_bytes()[:64], name)
             assert header.system_identifier == ours
         finally:
             _stop_pushers(wal_site.root)
@@ -164,46 +163,9 @@ def test_a_segment_of_another_system_is_refused_with_both_identifiers(
 # --- recovery targets ---------------------------------------------------------------------------------------
 
 
-def test_targets_are_parsed_and_normalised() -> None:
-    assert pitr.target_from_options(None, " 0/3000028 ", None, None, False).value == "0/3000028"
-    assert pitr.target_from_options(None, "1/a3000028", None, None, False).value == "1/A3000028"
-    assert pitr.target_from_options(None, None, "750", None, False).value == "750"
-    assert pitr.target_from_options(None, None, str(2**40 + 7), None, False).value == str(2**40 + 7)
-    assert pitr.target_from_options(None, None, None, "x" * 63, False).value == "x" * 63
-    assert pitr.target_from_options(None, None, None, None, False, "2").timeline == "2"
-    assert pitr.target_from_options(None, None, None, None, False, "current").timeline == "current"
-    assert pitr.target_from_options(None, None, None, None, False).kind == "end"
-
-
-@pytest.mark.parametrize(("option", "value", "words"), [
-    ("lsn", "xyz", "--target-lsn 'xyz' is not an LSN"),
-    ("lsn", "0/", "--target-lsn '0/' is not an LSN"),
-    ("lsn", "", "--target-lsn '' is not an LSN"),
-    ("xid", "abc", "--target-xid 'abc' is not a transaction id"),
-    ("xid", "0", "--target-xid '0' is not a transaction id"),
-    ("xid", "-5", "--target-xid '-5' is not a transaction id"),
-    ("xid", str(2**64), f"--target-xid '{2**64}' is not a transaction id"),
-    ("name", "", "--target-name is empty"),
-    ("name", "é" * 32, "--target-name is 64 bytes long"),
-    ("timeline", "foo", "--target-timeline 'foo'"),
-    ("timeline", "0", "--target-timeline '0'"),
-    ("timeline", "-1", "--target-timeline '-1'"),
-    ("timeline", str(2**32), f"--target-timeline '{2**32}'"),
-])
-def test_bad_targets_are_usage_errors(option: str, value: str, words: str) -> None:
-    given: dict[str, Any] = {"time": None, "lsn": None, "xid": None, "name": None, "immediate": False}
-    if option == "timeline":
-        given["timeline"] = value
-    else:
-        given[option] = value
-    with pytest.raises(ConfigError) as error:
-        pitr.target_from_options(**given)
-    assert words in str(error.value) and "\n" not in str(error.value)
-
-
-def test_restore_and_drill_refuse_a_bad_target_before_downloading_anything(site: Site,  # noqa: F811
+def test_restore_and_drill_refuse_a_bad_target_before_downloading_anything(site: Site,
                                                                            cli: CliRunner) -> None:
-    _init_and_backup(site, cli)
+    init_and_backup(site, cli)
     pgdata = site.root / "restored"
     for option, value in (("--target-lsn", "xyz"), ("--target-xid", "abc"), ("--target-xid", "0"),
                           ("--target-name", ""), ("--target-timeline", "two")):

@@ -1,4 +1,5 @@
-"""Repository locations for tests: a local directory, or a fresh bucket on moto or SeaweedFS."""
+"""Repository locations for tests: a local directory, or a fresh bucket on moto or SeaweedFS; for tests of the
+storage interface alone, also the in-memory driver (it has no [repository] table, so no CLI test can use it)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from typing import Any
 
 import pytest
 
+from backupctl.storage.memory import MemoryStorage
 from tests.support.s3_servers import S3Endpoint
 
 BACKENDS = ["local", "moto", "seaweedfs"]
+STORAGE_BACKENDS = ["memory", *BACKENDS]
 
 
 @dataclass
@@ -21,6 +24,7 @@ class Backend:
     name: str
     repository: dict[str, Any]
     endpoint: S3Endpoint | None = None
+    memory: MemoryStorage | None = None
 
     def raw_client(self) -> Any:
         import boto3
@@ -36,6 +40,8 @@ class Backend:
 
     def storage(self) -> Any:
         """The repository through backupctl's own driver, to read or damage objects directly."""
+        if self.memory is not None:
+            return self.memory
         from backupctl.core.config import parse_config
         from backupctl.storage import open_storage
 
@@ -44,6 +50,8 @@ class Backend:
 
 
 def make_backend(name: str, tmp_path: Path, request: pytest.FixtureRequest) -> Backend:
+    if name == "memory":
+        return Backend(name, {}, memory=MemoryStorage())
     if name == "local":
         return Backend(name, {"type": "local", "path": str(tmp_path / "repo")})
     endpoint: S3Endpoint = request.getfixturevalue(f"{name}_endpoint")

@@ -4,8 +4,8 @@ The majors are 15 (Debian's postgresql-15, installed by .ci/run) and 18 (the emb
 of the test extra). Outside CI a missing major skips its tests with the reason; in CI (CI=true) it
 fails them, so that a machine without a major cannot pass by testing less.
 
-Import the fixtures in conftest.py:
-    from tests.support.pg_fixtures import pg_binaries, pg_cluster, pg_database  # noqa: F401 - fixtures
+Registered for every test by tests/conftest.py:
+    pytest_plugins = ["tests.support.pg_fixtures", ...]
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import os
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -21,6 +23,8 @@ from psycopg import sql
 
 from backupctl.core.errors import BackupctlError
 from backupctl.postgres.cluster import PgBinaries, ScratchCluster, ServerError, find_binaries
+from tests.support.backends import Backend
+from tests.support.config import write_toml
 
 PG_MAJORS = (15, 18)
 
@@ -78,3 +82,23 @@ def pg_database(pg_cluster: ScratchCluster) -> Iterator[PgDatabase]:
     yield PgDatabase(pg_cluster, name)
     with pg_cluster.connect() as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def pg_config(tmp_path: Path, backend: Backend, cluster: ScratchCluster, *, encrypted_with: str | None = None,
+              **source: Any) -> Path:
+    """A config with one PostgreSQL source ``main`` on ``cluster`` (logical backups: no pgdata), written in
+    ``tmp_path``; with ``encrypted_with``, a recipient whose identity is ``tmp_path/age.key``."""
+    document: dict[str, Any] = {
+        "repository": backend.repository,
+        "sources": {"main": {"kind": "postgres", "host": "127.0.0.1", "port": cluster.port,
+                             "user": "postgres", "bindir": str(cluster.binaries.bindir), **source}},
+    }
+    if encrypted_with:
+        document["encryption"] = {"recipients": [encrypted_with], "identity_file": str(tmp_path / "age.key")}
+    return write_toml(tmp_path / "backupctl.toml", document)
+
+
+def drop_database(cluster: ScratchCluster, name: str) -> None:
+    """Drop a database, its sessions too."""
+    with cluster.connect() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
