@@ -11,12 +11,18 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from backupctl.core.config import CheckConfig, Config, PostgresSource, SourceConfig
+from backupctl.core.errors import CHECK_CRITICAL, CHECK_OK, CHECK_UNKNOWN, CHECK_WARNING
+from backupctl.core.units import human_duration, human_size
 from backupctl.repo.catalog import parse_iso
 
-OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
+if TYPE_CHECKING:  # types only: judging facts needs none of what gathering them needs
+    from backupctl.monitoring.status import SourceStatus
+
+# A finding's state is the plugin's exit code: the states are the exit codes core.errors lists for check.
+OK, WARNING, CRITICAL, UNKNOWN = CHECK_OK, CHECK_WARNING, CHECK_CRITICAL, CHECK_UNKNOWN
 STATE_NAMES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
 _RANK = {OK: 0, UNKNOWN: 1, WARNING: 2, CRITICAL: 3}
 
@@ -52,19 +58,6 @@ def _number(value: float) -> str:
 
 def worst(states: list[int]) -> int:
     return max(states, key=lambda s: _RANK[s], default=OK)
-
-
-def human_age(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.1f}{unit}"
-    return f"{seconds:.0f}s"
-
-
-def _human_bytes(size: float) -> str:
-    from backupctl.cli.output import human_size
-
-    return human_size(int(size))
 
 
 def _above(value: float, warning: float | None, critical: float | None) -> int:
@@ -113,13 +106,13 @@ def drill_thresholds(source: SourceConfig, timezone: str | None, now: datetime) 
     return period + 86400.0, 2 * period + 86400.0
 
 
-def evaluate(status: dict[str, Any], source: SourceConfig, config: Config, now: datetime) -> list[Finding]:
+def evaluate(status: SourceStatus, source: SourceConfig, config: Config, now: datetime) -> list[Finding]:
     """Every finding for one source, in the order an operator reads them."""
     name = source.name
-    repository = status.get("repository") or {}
-    if not repository.get("reachable"):
-        return [Finding(name, "repository", CRITICAL, f"repository unreachable: {repository.get('error')}")]
-    findings = [Finding(name, "gather", UNKNOWN, error) for error in status["errors"]]
+    if status.repository is None or not status.repository.reachable:
+        error = status.repository.error if status.repository else None
+        return [Finding(name, "repository", CRITICAL, f"repository unreachable: {error}")]
+    findings = [Finding(name, "gather", UNKNOWN, error) for error in status.errors]
     findings += _backup_findings(status, source, config.scheduler.timezone, now)
     if isinstance(source, PostgresSource):
         findings += _timeline_findings(status)
@@ -151,57 +144,57 @@ def family_thresholds(source: SourceConfig, timezone: str | None, now: datetime)
     return limits
 
 
-def _backup_findings(status: dict[str, Any], source: SourceConfig, timezone: str | None,
+def _backup_findings(status: SourceStatus, source: SourceConfig, timezone: str | None,
                      now: datetime) -> list[Finding]:
     """Each scheduled kind of backup against its schedule; the newest of any kind against ``backup_age_*``
     when those are set or nothing is scheduled (backups run from cron or systemd timers)."""
     from backupctl.services.retention import FAMILY
 
-    name, check = status["source"], source.check
+    name, check = status.source, source.check
     found = []
-    if status["damaged_manifests"]:
-        found.append(Finding(name, "manifests", WARNING, f"{len(status['damaged_manifests'])} damaged manifest(s), "
-                             f"e.g. {status['damaged_manifests'][0]}: run `backupctl verify --all`"))
-    if not status["backups"]:
+    if status.damaged_manifests:
+        found.append(Finding(name, "manifests", WARNING, f"{len(status.damaged_manifests)} damaged manifest(s), "
+                             f"e.g. {status.damaged_manifests[0]}: run `backupctl verify --all`"))
+    if not status.backups:
         return [*found, Finding(name, "backup_age", CRITICAL, "no backup at all")]
     families = family_thresholds(source, timezone, now)
     configured = (check.backup_age_warning, check.backup_age_critical)
     if configured != (None, None) or not families:
         warning, critical = configured if configured != (None, None) else DEFAULT_BACKUP_AGE
-        newest = min(status["backups"], key=lambda b: b["age_seconds"])
-        found.append(_age_finding(name, "backup_age", f"last backup ({newest['type']})", newest["age_seconds"],
+        newest = min(status.backups, key=lambda b: b.age_seconds)
+        found.append(_age_finding(name, "backup_age", f"last backup ({newest.type})", newest.age_seconds,
                                   warning, critical))
     for family, (warning, critical) in families.items():
-        ages = [b["age_seconds"] for b in status["backups"] if FAMILY.get(b["type"]) == family]
+        ages = [b.age_seconds for b in status.backups if FAMILY.get(b.type) == family]
         if ages:
             found.append(_age_finding(name, f"{family}_backup_age", f"last {family} backup", min(ages),
                                       warning, critical))
         else:
             found.append(Finding(name, f"{family}_backup_age", WARNING,
                                  f"no {family} backup yet, though the schedule runs one"))
-    window = status.get("window")
-    ambiguous = (status.get("timelines") or {}).get("ambiguous")  # the timelines finding says why, and how
-    if window and window["kind"] == "pitr" and window["earliest"] is None and not ambiguous:
+    window = status.window
+    ambiguous = (status.timelines or {}).get("ambiguous")  # the timelines finding says why, and how
+    if window and window.kind == "pitr" and window.earliest is None and not ambiguous:
         found.append(Finding(name, "window", CRITICAL,
-                             f"no physical backup can be made consistent with the archived WAL: {window['problem']}"))
+                             f"no physical backup can be made consistent with the archived WAL: {window.problem}"))
     return found
 
 
 def _age_finding(source: str, check: str, what: str, age: float, warning: float | None,
                  critical: float | None) -> Finding:
     state = _above(age, warning, critical)
-    return Finding(source, check, state, f"{what} {human_age(age)} old" + _limit(state, warning, critical, human_age),
+    return Finding(source, check, state, f"{what} {human_duration(age)} old" + _limit(state, warning, critical, human_duration),
                    age, "s", warning, critical)
 
 
-def _timeline_findings(status: dict[str, Any]) -> list[Finding]:
+def _timeline_findings(status: SourceStatus) -> list[Finding]:
     """The judgement of which timeline production is on (``timelines``): CRITICAL when nobody can tell (the
     default restore refuses), WARNING when a branch production left behind is still in the archive (then the
     highest timeline is not production's, and PostgreSQL's own 'latest' would follow the branch)."""
-    judged = status.get("timelines")
+    judged = status.timelines
     if not judged:
         return []
-    name = status["source"]
+    name = status.source
     disagreement = _live_server_disagrees(status, judged)
     if disagreement:
         return [disagreement]
@@ -216,20 +209,20 @@ def _timeline_findings(status: dict[str, Any]) -> list[Finding]:
     return [Finding(name, "timelines", OK, f"production on timeline {production}")]
 
 
-def _live_server_disagrees(status: dict[str, Any], judged: dict[str, Any]) -> Finding | None:
+def _live_server_disagrees(status: SourceStatus, judged: dict[str, Any]) -> Finding | None:
     """The source's server, when it answers as a primary, is the ground truth the archive's judgement can
     only infer: a copy that archived its timeline a moment ago, while production had nothing to archive
     yet, looks like production to the archive alone. CRITICAL when the server writes another timeline than
     the one restores would follow (with the branch to retire); WARNING when the server's own timeline is
     not in the archive yet (its history file is not archived)."""
-    server = status.get("server") or {}
+    server = status.server or {}
     current = server.get("current_wal")
     if not (server.get("reachable") and not server.get("in_recovery") and current):
         return None
     live = int(current[:8], 16)
     if live == judged["production"]:
         return None
-    name = status["source"]
+    name = status.source
     parents = {row["timeline"]: row["parent"] for row in judged["tree"]}
     if live not in parents:
         return Finding(name, "timelines", WARNING, f"the server writes timeline {live}, which the archive does not "
@@ -257,22 +250,22 @@ def _live_server_disagrees(status: dict[str, Any], judged: dict[str, Any]) -> Fi
 ELSEWHERE_GRACE_SECONDS = 60.0  # a segment the server archived this long ago must be listed by now
 
 
-def _wal_findings(status: dict[str, Any], check: CheckConfig, now: datetime) -> list[Finding]:
+def _wal_findings(status: SourceStatus, check: CheckConfig, now: datetime) -> list[Finding]:
     """WAL archive age: only where archiving is expected (physical backups, or archive_mode on)."""
-    name = status["source"]
-    server = status.get("server") or {}
-    physical = any(b["type"] in ("full", "incr") for b in status["backups"])
+    name = status.source
+    server = status.server or {}
+    physical = any(b.type in ("full", "incr") for b in status.backups)
     archiving = server.get("archive_mode") in ("on", "always")
-    wal = status.get("wal")
+    wal = status.wal
     if server.get("reachable") and physical and not archiving:
         return [Finding(name, "wal_age", CRITICAL, "archive_mode is off: physical backups cannot be restored to "
                         f"any later point (run `backupctl pg-settings {name}`)")]
     if not (physical or archiving or wal):
         return []
-    if not wal or wal["age_seconds"] is None:
+    if not wal or wal.age_seconds is None:
         return [Finding(name, "wal_age", CRITICAL, "no WAL archived (run `backupctl wal check`)")]
-    age = wal["age_seconds"]
-    last, newest = (server.get("last_archived_wal") or "")[:24], (wal.get("newest_segment") or "")[:24]
+    age = wal.age_seconds
+    last, newest = (server.get("last_archived_wal") or "")[:24], (wal.newest_segment or "")[:24]
     archived_at = server.get("last_archived_time")
     if (len(last) == 24 and newest and last > newest and archived_at
             and (now - parse_iso(archived_at)).total_seconds() > ELSEWHERE_GRACE_SECONDS):
@@ -282,15 +275,15 @@ def _wal_findings(status: dict[str, Any], check: CheckConfig, now: datetime) -> 
                         f"`backupctl pg-settings {name}`)", age, "s", check.wal_age_warning, check.wal_age_critical)]
     if server.get("ready") == 0 and not server.get("failing"):
         # Nothing waits to be archived: an old newest segment only means a quiet server.
-        return [Finding(name, "wal_age", OK, f"WAL archive current (newest segment {human_age(age)} old, "
+        return [Finding(name, "wal_age", OK, f"WAL archive current (newest segment {human_duration(age)} old, "
                         "nothing waiting)", age, "s", check.wal_age_warning, check.wal_age_critical)]
     return [_age_finding(name, "wal_age", "newest archived WAL segment", age, check.wal_age_warning,
                          check.wal_age_critical)]
 
 
-def _server_findings(status: dict[str, Any], check: CheckConfig) -> list[Finding]:
-    name = status["source"]
-    server = status.get("server") or {}
+def _server_findings(status: SourceStatus, check: CheckConfig) -> list[Finding]:
+    name = status.source
+    server = status.server or {}
     found = []
     if not server.get("reachable"):
         found.append(Finding(name, "server", WARNING, f"server not reachable: {server.get('error')}"))
@@ -309,8 +302,8 @@ def _server_findings(status: dict[str, Any], check: CheckConfig) -> list[Finding
     if server.get("pg_wal_bytes") is not None and (check.pg_wal_warning or check.pg_wal_critical):
         size = server["pg_wal_bytes"]
         state = _above(size, check.pg_wal_warning, check.pg_wal_critical)
-        found.append(Finding(name, "pg_wal", state, f"pg_wal holds {_human_bytes(size)}"
-                             + _limit(state, check.pg_wal_warning, check.pg_wal_critical, _human_bytes),
+        found.append(Finding(name, "pg_wal", state, f"pg_wal holds {human_size(size)}"
+                             + _limit(state, check.pg_wal_warning, check.pg_wal_critical, human_size),
                              size, "B", check.pg_wal_warning, check.pg_wal_critical))
     if server.get("disk_free_percent") is not None:
         free = server["disk_free_percent"]
@@ -333,8 +326,8 @@ def _ready_age_finding(name: str, server: dict[str, Any], check: CheckConfig) ->
     if age is None:
         return Finding(name, "ready_age", OK, "no WAL file waiting to be archived", 0.0, "s", warning, critical)
     state = _above(age, warning, critical)
-    message = (f"{server['oldest_ready']} has waited {human_age(age)} to be archived"
-               + _limit(state, warning, critical, human_age))
+    message = (f"{server['oldest_ready']} has waited {human_duration(age)} to be archived"
+               + _limit(state, warning, critical, human_duration))
     if state != OK and not server.get("failing"):
         message += ("; pg_stat_archiver counts no failure, so archive_command may not run at all (exit 126/127: "
                     "not executable or not found; or killed by a signal): see the server log and compare "
@@ -342,33 +335,33 @@ def _ready_age_finding(name: str, server: dict[str, Any], check: CheckConfig) ->
     return Finding(name, "ready_age", state, message, age, "s", warning, critical)
 
 
-def _verify_findings(status: dict[str, Any]) -> list[Finding]:
-    record = status.get("last_verify")
-    if not record or record.get("status") != "failed":
+def _verify_findings(status: SourceStatus) -> list[Finding]:
+    record = status.last_verify
+    if not record or record.status != "failed":
         return []
-    return [Finding(status["source"], "verify", CRITICAL, f"the last verify found damage in backup "
-                    f"{record.get('backup_id')} at {record.get('finished_at')}: {record.get('error')}")]
+    return [Finding(status.source, "verify", CRITICAL, f"the last verify found damage in backup "
+                    f"{record.backup_id} at {record.finished_at}: {record.error}")]
 
 
-def _drill_findings(status: dict[str, Any], source: SourceConfig, timezone: str | None,
+def _drill_findings(status: SourceStatus, source: SourceConfig, timezone: str | None,
                     now: datetime) -> list[Finding]:
     warning, critical = drill_thresholds(source, timezone, now)
     if warning is None and critical is None:
         return []
-    name = status["source"]
-    drill = status.get("last_drill")
+    name = status.source
+    drill = status.last_drill
     if not drill:
         return [Finding(name, "drill_age", WARNING, "no restore drill has run yet (`backupctl drill run "
                         f"{name}`)")]
-    if drill.get("status") != "passed":
-        return [Finding(name, "drill", CRITICAL, f"the last drill ({drill.get('id')}, backup {drill.get('backup_id')}) "
-                        f"failed: {drill.get('error') or 'see its checks'}")]
-    age = drill.get("age_seconds") or 0.0
+    if drill.status != "passed":
+        return [Finding(name, "drill", CRITICAL, f"the last drill ({drill.id}, backup {drill.backup_id}) "
+                        f"failed: {drill.error or 'see its checks'}")]
+    age = drill.age_seconds or 0.0
     state = _above(age, warning, critical)
-    rto = drill.get("rto_seconds")
-    rto_text = f", RTO {human_age(rto)}" if rto is not None else ""
-    return [Finding(name, "drill_age", state, f"last drill passed {human_age(age)} ago{rto_text}"
-                    + _limit(state, warning, critical, human_age), age, "s", warning, critical)]
+    rto = drill.rto_seconds
+    rto_text = f", RTO {human_duration(rto)}" if rto is not None else ""
+    return [Finding(name, "drill_age", state, f"last drill passed {human_duration(age)} ago{rto_text}"
+                    + _limit(state, warning, critical, human_duration), age, "s", warning, critical)]
 
 
 def summary(findings: list[Finding], sources: list[str]) -> str:

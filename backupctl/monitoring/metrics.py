@@ -16,7 +16,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest, write_to_textfile
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -25,6 +25,9 @@ from prometheus_client.registry import Collector
 
 from backupctl.core.log import get_logger
 from backupctl.repo.catalog import parse_iso
+
+if TYPE_CHECKING:  # types only: the metrics endpoint need not load what gathering the facts needs
+    from backupctl.monitoring.status import DrillSummary, SourceStatus, VerifySummary
 
 log = get_logger(__name__)
 
@@ -102,39 +105,39 @@ class _Families:
         family.add_metric(list(labels.values()), float(value))
 
 
-def status_families(statuses: Iterable[dict[str, Any]]) -> list[Metric]:
+def status_families(statuses: Iterable[SourceStatus]) -> list[Metric]:
     """The facts of each source as gauges (and pg_stat_archiver's failure counter)."""
     out = _Families()
     archive_failures = CounterMetricFamily("backupctl_wal_archive_failures",
                                            "Failed archive_command runs (pg_stat_archiver.failed_count).",
                                            labels=["source"])
     for status in statuses:
-        src = {"source": status["source"]}
-        repository = status.get("repository") or {}
+        src = {"source": status.source}
+        repository = status.repository
+        reachable = repository is not None and repository.reachable
         out.set("backupctl_status_timestamp_seconds", "When these facts were gathered.", src,
-                _ts(status["checked_at"]))
-        out.set("backupctl_repository_up", "1 when the repository answered.", src,
-                1 if repository.get("reachable") else 0)
+                _ts(status.checked_at))
+        out.set("backupctl_repository_up", "1 when the repository answered.", src, 1 if reachable else 0)
         out.set("backupctl_repository_stored_bytes", "Bytes the source occupies in the repository.", src,
-                repository.get("stored_bytes"))
-        for backup in status["backups"]:
-            typ = {**src, "type": backup["type"]}
-            out.set("backupctl_backups", "Complete backups in the repository.", typ, backup["count"])
+                repository.stored_bytes if repository is not None and reachable else None)
+        for backup in status.backups:
+            typ = {**src, "type": backup.type}
+            out.set("backupctl_backups", "Complete backups in the repository.", typ, backup.count)
             out.set("backupctl_backup_last_success_timestamp_seconds", "When the newest backup finished.", typ,
-                    _ts(backup["finished_at"]))
+                    _ts(backup.finished_at))
             out.set("backupctl_backup_last_duration_seconds", "How long the newest backup took.", typ,
-                    backup["duration_seconds"])
-            out.set("backupctl_backup_last_size_bytes", "Bytes read by the newest backup.", typ, backup["size"])
+                    backup.duration_seconds)
+            out.set("backupctl_backup_last_size_bytes", "Bytes read by the newest backup.", typ, backup.size)
             out.set("backupctl_backup_last_stored_bytes", "Bytes the newest backup stored (compressed).", typ,
-                    backup["stored_size"])
-        wal = status.get("wal") or {}
+                    backup.stored_size)
+        wal = status.wal
         out.set("backupctl_wal_last_archived_timestamp_seconds", "When the newest WAL segment was archived.", src,
-                _ts(wal.get("newest_archived_at")))
+                _ts(wal.newest_archived_at if wal else None))
         out.set("backupctl_wal_archive_age_seconds", "Age of the newest archived WAL segment when gathered.", src,
-                wal.get("age_seconds"))
-        server = status.get("server") or {}
+                wal.age_seconds if wal else None)
+        server = status.server or {}
         if server.get("reachable"):
-            archive_failures.add_metric([status["source"]], server["failed_count"])
+            archive_failures.add_metric([status.source], server["failed_count"])
             out.set("backupctl_wal_archive_failing", "1 while archive_command fails (newest failure after the "
                     "newest success).", src, 1 if server["failing"] else 0)
         out.set("backupctl_wal_ready_segments", "Segments waiting in pg_wal/archive_status.", src, server.get("ready"))
@@ -144,24 +147,25 @@ def status_families(statuses: Iterable[dict[str, Any]]) -> list[Metric]:
         out.set("backupctl_pg_wal_bytes", "Size of pg_wal.", src, server.get("pg_wal_bytes"))
         out.set("backupctl_data_directory_free_ratio", "Free space on the data directory's filesystem (0-1).", src,
                 server["disk_free_percent"] / 100 if server.get("disk_free_percent") is not None else None)
-        window = status.get("window") or {}
-        if window.get("seconds") is not None:
-            kind = {**src, "kind": window["kind"]}
+        window = status.window
+        if window is not None and window.seconds is not None:
+            kind = {**src, "kind": window.kind}
             out.set("backupctl_recoverable_window_seconds", "Span between the earliest and latest point a restore "
-                    "can reach.", kind, window["seconds"])
+                    "can reach.", kind, window.seconds)
             out.set("backupctl_recoverable_window_start_timestamp_seconds", "The earliest point a restore can "
-                    "reach.", kind, _ts(window["earliest"]))
+                    "reach.", kind, _ts(window.earliest))
             out.set("backupctl_recoverable_window_end_timestamp_seconds", "The latest point a restore can reach.",
-                    kind, _ts(window["latest"]))
-        for what, record in (("verify", status.get("last_verify")), ("drill", status.get("last_drill"))):
+                    kind, _ts(window.latest))
+        records: tuple[tuple[str, VerifySummary | DrillSummary | None], ...] = (
+            ("verify", status.last_verify), ("drill", status.last_drill))
+        for what, record in records:
             if record:
                 out.set(f"backupctl_{what}_last_success", f"1 when the last {what} passed.", src,
-                        1 if record.get("status") == "passed" else 0)
+                        1 if record.status == "passed" else 0)
                 out.set(f"backupctl_{what}_last_timestamp_seconds", f"When the last {what} finished.", src,
-                        _ts(record.get("finished_at")))
-        drill = status.get("last_drill") or {}
+                        _ts(record.finished_at))
         out.set("backupctl_drill_last_rto_seconds", "Restore time measured by the last drill.", src,
-                drill.get("rto_seconds"))
+                status.last_drill.rto_seconds if status.last_drill else None)
     return [*out.families.values(), archive_failures]
 
 
@@ -172,7 +176,7 @@ class Exposition(Collector):
         self._families: list[Metric] = []
         self._lock = threading.Lock()
 
-    def update(self, statuses: Iterable[dict[str, Any]], jobs: JobStats | None) -> None:
+    def update(self, statuses: Iterable[SourceStatus], jobs: JobStats | None) -> None:
         families = status_families(statuses) + (list(jobs.families()) if jobs else [])
         with self._lock:
             self._families = families
@@ -215,15 +219,15 @@ class Publisher:
     def __init__(self, textfile: Path | None) -> None:
         self.textfile = textfile
         self.jobs = JobStats()
-        self.statuses: dict[str, dict[str, Any]] = {}
+        self.statuses: dict[str, SourceStatus] = {}
         self.exposition = Exposition()
         self._lock = threading.Lock()
 
-    def publish(self, statuses: Iterable[dict[str, Any]] = (),
+    def publish(self, statuses: Iterable[SourceStatus] = (),
                 job: tuple[str, str, bool, float, float] | None = None) -> None:
         """Take new facts and/or one finished job (source, job, ok, seconds, finished timestamp); write."""
         with self._lock:
-            self.statuses.update({s["source"]: s for s in statuses})
+            self.statuses.update({s.source: s for s in statuses})
             if self.textfile is not None:
                 try:
                     with _locked_counters(self.textfile) as on_disk:

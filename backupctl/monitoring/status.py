@@ -9,10 +9,12 @@ A fact that cannot be gathered is recorded as an error of that source; it never 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,9 +22,9 @@ from typing import Any
 from backupctl.core.config import Config, PostgresSource, SourceConfig
 from backupctl.core.errors import BackupctlError, ObjectNotFound
 from backupctl.core.log import get_logger
+from backupctl.repo import layout
 from backupctl.repo.catalog import Manifest, iso, parse_iso
 from backupctl.repo.repository import Repository, open_repository
-from backupctl.services.verify import VERIFICATIONS
 
 log = get_logger(__name__)
 
@@ -33,7 +35,173 @@ def _age(text: str | None, now: datetime) -> float | None:
     return None if text is None else round((now - parse_iso(text)).total_seconds(), 1)
 
 
-def gather(config: Config, names: list[str] | None = None, now: datetime | None = None) -> list[dict[str, Any]]:
+# --- the facts, as status returns them (docs/json-output.md documents their JSON) -----------------------
+
+
+@dataclass(frozen=True)
+class RepositoryFacts:
+    """The source's part of the store, or why the store did not answer (then only ``error`` is known)."""
+
+    reachable: bool
+    error: str | None = None
+    location: str | None = None
+    stored_bytes: int = 0
+    objects: int = 0
+    backup_bytes: int = 0
+    wal_bytes: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        if not self.reachable:
+            return {"reachable": False, "error": self.error}
+        return {"reachable": True, "location": self.location, "stored_bytes": self.stored_bytes,
+                "objects": self.objects, "backup_bytes": self.backup_bytes, "wal_bytes": self.wal_bytes}
+
+
+@dataclass(frozen=True)
+class NewestBackup:
+    """The newest backup of one type, with how many of that type there are."""
+
+    type: str
+    id: str
+    finished_at: str
+    age_seconds: float
+    size: int
+    stored_size: int
+    duration_seconds: float
+    count: int
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class WalFacts:
+    """The archive as the repository has it; the newest segment is production's (not a branch's)."""
+
+    newest_segment: str | None
+    newest_archived_at: str | None
+    age_seconds: float | None
+    timelines: tuple[int, ...]
+    segments: int
+    gaps: int
+    stored_bytes: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "timelines": list(self.timelines)}
+
+
+@dataclass(frozen=True)
+class Window:
+    """The recoverable window. Its JSON has three shapes: snapshots (with ``points``), a point-in-time span
+    (with the backup it starts from), and a point-in-time window no backup can open (``earliest`` None,
+    ``problem`` says why)."""
+
+    kind: str  # "snapshots" or "pitr"
+    earliest: str | None
+    latest: str | None
+    seconds: float | None
+    problem: str | None
+    points: int | None = None  # snapshots only
+    from_backup: str | None = None  # pitr, when a backup reaches the archive's end
+    timeline: int | None = None
+    wal_last: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"kind": self.kind, "earliest": self.earliest, "latest": self.latest,
+                               "seconds": self.seconds}
+        if self.kind == "snapshots":
+            doc["points"] = self.points
+        elif self.earliest is not None:
+            doc.update(from_backup=self.from_backup, timeline=self.timeline, wal_last=self.wal_last)
+        return {**doc, "problem": self.problem}
+
+
+@dataclass(frozen=True)
+class VerifySummary:
+    """What status shows of the newest verify record (``<source>/verifications/``), with its age."""
+
+    id: str | None
+    backup_id: str | None
+    status: str | None
+    started_at: str | None
+    finished_at: str | None
+    mode: str | None
+    bytes: int | None
+    error: str | None
+    age_seconds: float | None
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], now: datetime) -> VerifySummary:
+        return cls(*(record.get(f.name) for f in dataclasses.fields(cls)[:-1]),
+                   age_seconds=_age(record.get("finished_at"), now))
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class DrillSummary:
+    """What status shows of the newest drill (`drill show` has the rest), with its age and failed checks."""
+
+    id: str | None
+    backup_id: str | None
+    status: str | None
+    started_at: str | None
+    finished_at: str | None
+    rto_seconds: float | None
+    error: str | None
+    age_seconds: float | None
+    failed_checks: tuple[str, ...]
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], now: datetime) -> DrillSummary:
+        return cls(*(record.get(f.name) for f in dataclasses.fields(cls)[:-2]),
+                   age_seconds=_age(record.get("finished_at"), now),
+                   failed_checks=tuple(c["name"] for c in record.get("checks", []) if c.get("status") == "failed"))
+
+    def to_json(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "failed_checks": list(self.failed_checks)}
+
+
+@dataclass(frozen=True)
+class SourceStatus:
+    """Every fact about one source. ``server`` and ``timelines`` stay open objects: which facts the server
+    gives depends on its reachability, privileges and host (see ``server_facts``), and ``timelines`` is the
+    judgement's own JSON (``timelines.Judgement.to_json``)."""
+
+    source: str
+    kind: str
+    checked_at: str
+    drills_scheduled: bool
+    repository: RepositoryFacts | None = None
+    backups: tuple[NewestBackup, ...] = ()
+    backup_count: int = 0
+    damaged_manifests: tuple[str, ...] = ()
+    wal: WalFacts | None = None
+    server: dict[str, Any] | None = None
+    window: Window | None = None
+    timelines: dict[str, Any] | None = None
+    last_verify: VerifySummary | None = None
+    last_drill: DrillSummary | None = None
+    errors: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        def part(value: Any) -> Any:
+            return None if value is None else value.to_json()
+
+        return {"id": self.source, "source": self.source, "kind": self.kind, "checked_at": self.checked_at,
+                "repository": part(self.repository), "backups": [b.to_json() for b in self.backups],
+                "backup_count": self.backup_count, "damaged_manifests": list(self.damaged_manifests),
+                "wal": part(self.wal), "server": self.server, "window": part(self.window),
+                "timelines": self.timelines, "last_verify": part(self.last_verify),
+                "last_drill": part(self.last_drill), "drills_scheduled": self.drills_scheduled,
+                "errors": list(self.errors)}
+
+
+# --- gathering -----------------------------------------------------------------------------------------
+
+
+def gather(config: Config, names: list[str] | None = None, now: datetime | None = None) -> list[SourceStatus]:
     """The status of each named source (all configured ones by default); an unreachable repository is a
     fact of every source, not an exception."""
     now = now or datetime.now(UTC)
@@ -41,97 +209,74 @@ def gather(config: Config, names: list[str] | None = None, now: datetime | None 
     try:
         repo = open_repository(config)
     except BackupctlError as exc:
-        return [_unreachable(_skeleton(source, now), source, str(exc)) for source in sources]
+        return [_unreachable(source, now, str(exc)) for source in sources]
     with repo:
         return [source_status(repo, source, now) for source in sources]
 
 
-def _unreachable(status: dict[str, Any], source: SourceConfig, error: str) -> dict[str, Any]:
+def _unreachable(source: SourceConfig, now: datetime, error: str) -> SourceStatus:
     """The store does not answer: nothing in it can be read, but the server can still be asked."""
-    status["repository"] = {"reachable": False, "error": error}
-    status["errors"].append(f"repository: {error}")
-    status["server"] = server_facts(source)
-    return status
+    return SourceStatus(source.name, source.kind, iso(now), source.schedule.drill is not None,
+                        repository=RepositoryFacts(reachable=False, error=error), server=server_facts(source),
+                        errors=(f"repository: {error}",))
 
 
-def _skeleton(source: SourceConfig, now: datetime) -> dict[str, Any]:
-    return {"id": source.name, "source": source.name, "kind": source.kind, "checked_at": iso(now),
-            "repository": None, "backups": [], "backup_count": 0, "damaged_manifests": [], "wal": None,
-            "server": None, "window": None, "timelines": None, "last_verify": None, "last_drill": None,
-            "drills_scheduled": source.schedule.drill is not None, "errors": []}
-
-
-def _attempt(status: dict[str, Any], part: str, gather_part: Callable[[], Any]) -> Any:
+def _attempt(errors: list[str], part: str, gather_part: Callable[[], Any]) -> Any:
     """Run one part of the gathering; its failure becomes a line in ``errors`` and the value None."""
     try:
         return gather_part()
     except BackupctlError as exc:
-        status["errors"].append(f"{part}: {exc}")
+        errors.append(f"{part}: {exc}")
         return None
 
 
-def source_status(repo: Repository, source: SourceConfig, now: datetime) -> dict[str, Any]:
+def source_status(repo: Repository, source: SourceConfig, now: datetime) -> SourceStatus:
     """Every fact about one source; a failing part is recorded in ``errors`` and the rest still gathered."""
-    status = _skeleton(source, now)
     try:
-        status["repository"] = _repository_usage(repo, source.name)
+        repository = _repository_usage(repo, source.name)
     except BackupctlError as exc:
-        return _unreachable(status, source, str(exc))
-    status["server"] = server_facts(source)
-    scanned = _attempt(status, "backups", lambda: repo.catalog.scan(source.name))
+        return _unreachable(source, now, str(exc))
+    server = server_facts(source)
+    errors: list[str] = []
+    scanned = _attempt(errors, "backups", lambda: repo.catalog.scan(source.name))
     manifests, damaged = scanned or ([], {})
-    status["backups"] = _newest_per_type(manifests, now)
-    status["backup_count"] = len(manifests)
-    status["damaged_manifests"] = sorted(damaged)
-    status["timelines"] = _attempt(status, "timelines", lambda: _timelines(repo, source))
-    status["wal"] = _attempt(status, "wal", lambda: _wal(repo, source, now, status["timelines"]))
-    verify = _attempt(status, "last verify", lambda: _newest_record(repo, f"{source.name}/{VERIFICATIONS}/"))
-    drill = _attempt(status, "last drill", lambda: _last_drill(repo, source.name))
-    status["last_verify"] = _record_summary(verify, ("mode", "bytes"), now)
-    status["last_drill"] = _record_summary(drill, ("rto_seconds",), now)
-    if drill:
-        status["last_drill"]["failed_checks"] = [c["name"] for c in drill.get("checks", [])
-                                                 if c.get("status") == "failed"]
-    status["window"] = _attempt(status, "window",
-                                lambda: recoverable_window(repo, source, manifests, status["wal"]))
-    return status
+    judged = _attempt(errors, "timelines", lambda: _timelines(repo, source))
+    wal_facts = _attempt(errors, "wal", lambda: _wal(repo, source, now, judged))
+    verify = _attempt(errors, "last verify", lambda: _newest_record(repo, layout.verifications_prefix(source.name)))
+    drill = _attempt(errors, "last drill", lambda: _last_drill(repo, source.name))
+    window = _attempt(errors, "window", lambda: recoverable_window(repo, source, manifests, wal_facts))
+    return SourceStatus(
+        source.name, source.kind, iso(now), source.schedule.drill is not None, repository=repository,
+        backups=_newest_per_type(manifests, now), backup_count=len(manifests), damaged_manifests=tuple(sorted(damaged)),
+        wal=wal_facts, server=server, window=window, timelines=judged,
+        last_verify=VerifySummary.from_record(verify, now) if verify else None,
+        last_drill=DrillSummary.from_record(drill, now) if drill else None, errors=tuple(errors))
 
 
-def _record_summary(record: dict[str, Any] | None, extra: tuple[str, ...], now: datetime) -> dict[str, Any] | None:
-    """What status shows of a verify or drill record (`drill show` has the rest), with its age."""
-    if record is None:
-        return None
-    keys = ("id", "backup_id", "status", "started_at", "finished_at", *extra, "error")
-    return {**{k: record.get(k) for k in keys}, "age_seconds": _age(record.get("finished_at"), now)}
-
-
-def _repository_usage(repo: Repository, source: str) -> dict[str, Any]:
+def _repository_usage(repo: Repository, source: str) -> RepositoryFacts:
     """What the source occupies in the store: one listing of its prefix."""
-    usage = {"reachable": True, "location": repo.storage.location, "stored_bytes": 0, "objects": 0,
-             "backup_bytes": 0, "wal_bytes": 0}
-    folders = {"backups": "backup_bytes", "wal": "wal_bytes"}
-    prefix = f"{source}/"
-    for info in repo.storage.list(prefix):
+    usage = {"stored_bytes": 0, "objects": 0, "backup_bytes": 0, "wal_bytes": 0}
+    folders = {layout.backups_prefix(source): "backup_bytes", layout.wal_prefix(source): "wal_bytes"}
+    for info in repo.storage.list(layout.source_prefix(source)):
         usage["stored_bytes"] += info.size
         usage["objects"] += 1
-        folder = info.key[len(prefix):].split("/", 1)[0]
-        if folder in folders:
-            usage[folders[folder]] += info.size
-    return usage
+        for prefix, total in folders.items():
+            if info.key.startswith(prefix):
+                usage[total] += info.size
+    return RepositoryFacts(reachable=True, location=repo.storage.location, **usage)
 
 
-def _newest_per_type(manifests: list[Manifest], now: datetime) -> list[dict[str, Any]]:
+def _newest_per_type(manifests: list[Manifest], now: datetime) -> tuple[NewestBackup, ...]:
     """The newest backup of each type, with how many of that type there are."""
     rows = []
     for backup_type in BACKUP_TYPES:
         of_type = [m for m in manifests if m.type == backup_type]
         if of_type:
             newest = of_type[0]
-            rows.append({"type": backup_type, "id": newest.id, "finished_at": newest.finished_at,
-                         "age_seconds": _age(newest.finished_at, now), "size": newest.size,
-                         "stored_size": newest.stored_size, "duration_seconds": round(newest.duration, 3),
-                         "count": len(of_type)})
-    return rows
+            age = round((now - parse_iso(newest.finished_at)).total_seconds(), 1)
+            rows.append(NewestBackup(backup_type, newest.id, newest.finished_at, age, newest.size, newest.stored_size,
+                                     round(newest.duration, 3), len(of_type)))
+    return tuple(rows)
 
 
 def _timelines(repo: Repository, source: SourceConfig) -> dict[str, Any] | None:
@@ -139,57 +284,58 @@ def _timelines(repo: Repository, source: SourceConfig) -> dict[str, Any] | None:
     restore's default follows, with the branches it leaves behind."""
     if not isinstance(source, PostgresSource):
         return None
-    from backupctl.wal import archive as wal
-    from backupctl.wal import epochs, timelines
+    from backupctl.wal import timelines
+    from backupctl.wal.listing import list_wal_objects
+    from backupctl.wal.names import DEFAULT_SEGMENT_SIZE
+    from backupctl.wal.streams import current_stream
 
-    current = epochs.current_stream(repo, source.name)
+    current = current_stream(repo, source.name)
     if current is None:
         return None
-    objects = wal.list_wal_objects(repo, current.stream)
+    objects = list_wal_objects(repo, current.stream)
     if not objects:
         return None
-    judgement = timelines.read(repo, current.stream, objects, current.segment_size or wal.DEFAULT_SEGMENT_SIZE)
+    judgement = timelines.read(repo, current.stream, objects, current.segment_size or DEFAULT_SEGMENT_SIZE)
     return {**judgement.to_json(), "epoch": current.epoch, "off_path": judgement.off_path()}
 
 
-def _wal(repo: Repository, source: SourceConfig, now: datetime,
-         judged: dict[str, Any] | None) -> dict[str, Any] | None:
+def _wal(repo: Repository, source: SourceConfig, now: datetime, judged: dict[str, Any] | None) -> WalFacts | None:
     """The archive as the repository has it: the newest segment and its age, gaps, timelines.
 
     The newest segment is production's: a branch's archiving (a promoted copy) must not hide that
     production stopped archiving."""
     if not isinstance(source, PostgresSource):
         return None
-    from backupctl.wal import archive as wal
+    from backupctl.wal.verify import wal_status
 
-    timelines = wal.wal_status(repo, source.name, now)
+    timelines = wal_status(repo, source.name, now)
     if not timelines:
         return None
     elsewhere = {(judged["epoch"], t) for t in judged["off_path"]} if judged else set()
     newest = max((t for t in timelines if t["newest_archived_at"] and (t["epoch"], t["timeline"]) not in elsewhere),
                  key=lambda t: t["newest_archived_at"], default=None)
-    return {
-        "newest_segment": newest["newest_segment"] if newest else None,
-        "newest_archived_at": newest["newest_archived_at"] if newest else None,
-        "age_seconds": newest["newest_age_seconds"] if newest else None,
-        "timelines": [t["timeline"] for t in timelines],
-        "segments": sum(t["segments"] for t in timelines),
-        "gaps": sum(len(t["gaps"]) for t in timelines),
-        "stored_bytes": sum(t["stored_bytes"] for t in timelines),
-    }
+    return WalFacts(
+        newest_segment=newest["newest_segment"] if newest else None,
+        newest_archived_at=newest["newest_archived_at"] if newest else None,
+        age_seconds=newest["newest_age_seconds"] if newest else None,
+        timelines=tuple(t["timeline"] for t in timelines),
+        segments=sum(t["segments"] for t in timelines),
+        gaps=sum(len(t["gaps"]) for t in timelines),
+        stored_bytes=sum(t["stored_bytes"] for t in timelines),
+    )
 
 
 def _newest_record(repo: Repository, prefix: str) -> dict[str, Any] | None:
     """The newest JSON record under ``prefix`` (ids sort by time); a damaged one is an error, not skipped."""
-    keys = sorted(info.key for info in repo.storage.list(prefix) if info.key.endswith(".json"))
+    keys = sorted(info.key for info in repo.storage.list(prefix) if layout.is_record_key(info.key))
     if not keys:
         return None
     try:
         record = json.loads(repo.storage.get_bytes(keys[-1]))
     except ObjectNotFound:
         return None  # removed meanwhile (expire)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise BackupctlError(f"{keys[-1]} is not a JSON record") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BackupctlError(f"{keys[-1]} is not a JSON record") from exc
     if not isinstance(record, dict):
         raise BackupctlError(f"{keys[-1]} is not a JSON object")
     return record
@@ -316,7 +462,7 @@ def _ready_files(archive_status: Path) -> list[tuple[float, str]]:
 
 
 def recoverable_window(repo: Repository, source: SourceConfig, manifests: list[Manifest],
-                       wal_facts: dict[str, Any] | None) -> dict[str, Any] | None:
+                       wal_facts: WalFacts | None) -> Window | None:
     """The earliest and latest points a restore can reach.
 
     With physical backups and archived WAL it is a span (point in time): from the end of the oldest
@@ -331,13 +477,13 @@ def recoverable_window(repo: Repository, source: SourceConfig, manifests: list[M
         return None
     oldest, newest = manifests[-1], manifests[0]
     seconds = (parse_iso(newest.finished_at) - parse_iso(oldest.finished_at)).total_seconds()
-    return {"kind": "snapshots", "earliest": oldest.finished_at, "latest": newest.finished_at,
-            "seconds": round(seconds, 1), "points": len(manifests), "problem": None}
+    return Window("snapshots", oldest.finished_at, newest.finished_at, round(seconds, 1), None,
+                  points=len(manifests))
 
 
-def _pitr_window(repo: Repository, source: str, physical: list[Manifest]) -> dict[str, Any]:
+def _pitr_window(repo: Repository, source: str, physical: list[Manifest]) -> Window:
     from backupctl.services import pitr
-    from backupctl.wal import archive as wal
+    from backupctl.wal.listing import find_archived
 
     problem = None
     for backup in physical:
@@ -346,10 +492,9 @@ def _pitr_window(repo: Repository, source: str, physical: list[Manifest]) -> dic
         except BackupctlError as exc:
             problem = problem or f"from {backup.id}: {exc}"
             continue
-        segments = wal.find_archived(repo, plan.stream, plan.wal_last)
+        segments = find_archived(repo, plan.stream, plan.wal_last)
         latest = max((s.modified for s in segments), default=parse_iso(backup.finished_at))
         earliest = parse_iso(backup.finished_at)
-        return {"kind": "pitr", "earliest": backup.finished_at, "latest": iso(latest),
-                "seconds": round(max(0.0, (latest - earliest).total_seconds()), 1), "from_backup": backup.id,
-                "timeline": plan.timeline, "wal_last": plan.wal_last, "problem": problem}
-    return {"kind": "pitr", "earliest": None, "latest": None, "seconds": None, "problem": problem}
+        return Window("pitr", backup.finished_at, iso(latest), round(max(0.0, (latest - earliest).total_seconds()), 1),
+                      problem, from_backup=backup.id, timeline=plan.timeline, wal_last=plan.wal_last)
+    return Window("pitr", None, None, None, problem)

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -42,6 +42,9 @@ from backupctl.core.config import Config, PostgresSource, SourceConfig
 from backupctl.core.errors import ConfigError
 from backupctl.core.log import JOB_ID_ENV, get_logger
 from backupctl.repo.catalog import iso, parse_iso
+
+if TYPE_CHECKING:  # a job's process loads status only when it gathers facts
+    from backupctl.monitoring.status import SourceStatus
 
 log = get_logger(__name__)
 
@@ -305,7 +308,7 @@ class Reporter:
             self.refresh([result.spec.source] if self.publisher.statuses else None, job)
 
     def refresh(self, sources: list[str] | None = None, job: tuple[str, str, bool, float, float] | None = None,
-                ) -> list[dict[str, Any]]:
+                ) -> list[SourceStatus]:
         """Gather the facts of ``sources`` (all by default) and publish them."""
         from backupctl.monitoring import status
 
@@ -499,19 +502,19 @@ class Scheduler:
         self.aps.add_job(self.fire, trigger or trigger_for(spec, self.config), args=[spec], id=spec.id,
                          name=spec.id, replace_existing=True, **options)
 
-    def missed_runs(self, statuses: list[dict[str, Any]], now: datetime) -> list[JobSpec]:
+    def missed_runs(self, statuses: list[SourceStatus], now: datetime) -> list[JobSpec]:
         """Jobs due within ``misfire_grace`` before ``now`` that the repository shows did not run then.
 
         What a scheduler that was down (a reboot, an upgrade) at 02:00 owes when it starts at 02:20. Backups
         are judged by the newest backup of their type, verify and drills by their last record; expire leaves
         no record and is not caught up (it runs again at its next time, with nothing lost).
         """
-        by_source = {s["source"]: s for s in statuses}
+        by_source = {s.source: s for s in statuses}
         grace = timedelta(seconds=self.config.scheduler.misfire_grace)
         owed = []
         for spec in plan_jobs(self.config):
-            status = by_source.get(spec.source, {})
-            if spec.job == "expire" or not (status.get("repository") or {}).get("reachable"):
+            status = by_source.get(spec.source)
+            if spec.job == "expire" or status is None or not (status.repository and status.repository.reachable):
                 continue  # no record to judge by, or no repository to read it from: wait for the schedule
             due = last_due(trigger_for(spec, self.config), now - grace, now)
             if due is None:
@@ -572,7 +575,7 @@ class Scheduler:
             self._http = start_http_server(int(port), addr=host.strip("[]"),
                                            registry=self.reporter.publisher.exposition.registry())
         except OSError as exc:
-            raise ConfigError(f"metrics.listen {listen}: cannot listen there: {exc.strerror}") from None
+            raise ConfigError(f"metrics.listen {listen}: cannot listen there: {exc.strerror}") from exc
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """Stop firing, forward SIGTERM to running jobs, wait for them to unwind (then kill), stop pushers."""
@@ -608,9 +611,9 @@ class Scheduler:
             self.stop()
 
 
-def refuse_unsupported(specs: list[JobSpec], statuses: list[dict[str, Any]]) -> None:
+def refuse_unsupported(specs: list[JobSpec], statuses: list[SourceStatus]) -> None:
     """Refuse to start with a schedule the server cannot serve, rather than fail it every night."""
-    majors = {s["source"]: (s.get("server") or {}).get("major") for s in statuses}
+    majors = {s.source: (s.server or {}).get("major") for s in statuses}
     for spec in specs:
         major = majors.get(spec.source)
         if spec.job == "incr" and major is not None and major < 17:
@@ -629,12 +632,12 @@ def last_due(trigger: Any, since: datetime, now: datetime) -> datetime | None:
     return due
 
 
-def _last_run(status: dict[str, Any], spec: JobSpec) -> datetime | None:
+def _last_run(status: SourceStatus, spec: JobSpec) -> datetime | None:
     """When the repository says ``spec`` last ran (finished), from the gathered facts."""
     if spec.job in BACKUP_JOBS:
         typ = spec.backup_type or "sqlite"
-        times = [b["finished_at"] for b in status.get("backups", []) if b["type"] == typ]
+        times = [b.finished_at for b in status.backups if b.type == typ]
     else:
-        record = status.get("last_verify" if spec.job == "verify" else "last_drill") or {}
-        times = [record["finished_at"]] if record.get("finished_at") else []
+        record = status.last_verify if spec.job == "verify" else status.last_drill
+        times = [record.finished_at] if record and record.finished_at else []
     return parse_iso(max(times)) if times else None

@@ -42,26 +42,26 @@ from typing import Any
 import psycopg
 
 from backupctl import __version__
-from backupctl.cli.output import human_size
 from backupctl.core.config import DrillConfig, PostgresSource, SourceConfig, SqliteSource
 from backupctl.core.errors import BackupctlError, ConfigError, ObjectNotFound
 from backupctl.core.log import get_logger
 from backupctl.core.signals import shielded
+from backupctl.core.units import human_size
 from backupctl.engines import pg_logical
 from backupctl.engines.sqlite import ensure_free_space
 from backupctl.postgres.cluster import DEFAULT_SERVER_USER, PgBinaries, ScratchCluster, ServerError, find_binaries
 from backupctl.postgres.connection import ConnParams
 from backupctl.postgres.tools import run_tool
+from backupctl.repo import layout
 from backupctl.repo.catalog import Catalog, Manifest, iso, new_record_id, open_details
 from backupctl.repo.pipeline import Pipeline
 from backupctl.repo.repository import Repository
 from backupctl.services import drill_checks, pitr, restore
 from backupctl.storage import Storage
-from backupctl.wal import archive as wal
+from backupctl.wal.conf import conf_quote, restore_command
 
 log = get_logger(__name__)
 
-DRILLS = "drills"  # <source>/drills/<id>.json
 RESULT_FORMAT = "backupctl-drill"
 RESULT_VERSION = 1
 RTO_PARTS = ("plan", "download", "extract", "wal_replay")  # until the copy accepts connections
@@ -139,6 +139,98 @@ class _Check:
     detail: str = ""
 
 
+# --- the result (its JSON is documented in docs/json-output.md) ----------------------------------------
+
+
+@dataclass(frozen=True)
+class DrillCheck:
+    """One check's verdict: "passed", "failed" or "skipped" (with why it did not run)."""
+
+    name: str
+    status: str
+    detail: str
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Reached:
+    """Where recovery of a physical drill stopped, and the timeline the copy was promoted to."""
+
+    lsn: str
+    time: str | None  # the last replayed transaction's commit time; None when none was replayed
+    timeline: int
+    promoted_timeline: int
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class RtoParts:
+    """Seconds spent in each part: the first four add up to the RTO; ``checks`` comes after it."""
+
+    plan: float
+    download: float
+    extract: float
+    wal_replay: float
+    checks: float
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class DrillResult:
+    """A drill's outcome, as `drill run` prints it and ``<source>/drills/<id>.json`` records it."""
+
+    id: str
+    source: str
+    backup_id: str | None
+    backup_type: str | None
+    kind: str
+    status: str  # "passed" or "failed"
+    started_at: str
+    finished_at: str
+    duration_seconds: float
+    target: pitr.Target
+    reached: Reached | None
+    rto_seconds: float | None  # None when the copy never came up
+    rto_parts: RtoParts
+    wal_segments_replayed: int
+    checks: tuple[DrillCheck, ...]
+    error: str | None
+    kept: str | None  # the scratch directory kept with --keep
+    host: str
+    tool_version: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": RESULT_FORMAT,
+            "version": RESULT_VERSION,
+            "id": self.id,
+            "source": self.source,
+            "backup_id": self.backup_id,
+            "backup_type": self.backup_type,
+            "kind": self.kind,
+            "status": self.status,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "duration_seconds": self.duration_seconds,
+            "target": {"kind": self.target.kind, "value": self.target.value},
+            "reached": self.reached.to_json() if self.reached else None,
+            "rto_seconds": self.rto_seconds,
+            "rto_parts": self.rto_parts.to_json(),
+            "wal_segments_replayed": self.wal_segments_replayed,
+            "checks": [c.to_json() for c in self.checks],
+            "error": self.error,
+            "kept": self.kept,
+            "host": self.host,
+            "tool_version": self.tool_version,
+        }
+
+
 class _Drill:
     """One drill in progress: its id, clock, timed parts and checks, and what it restored."""
 
@@ -152,7 +244,7 @@ class _Drill:
         self.checks: dict[str, _Check] = {}
         self.parts = dict.fromkeys((*RTO_PARTS, "checks"), 0.0)
         self.backup: Manifest | None = None
-        self.reached: dict[str, Any] | None = None
+        self.reached: Reached | None = None
         self.segments_replayed = 0
         self.work: Path | None = None
         self.halted = False  # a step the copy needs failed: it never came up, so there is no RTO
@@ -176,7 +268,7 @@ class _Drill:
             log.warning("drill check failed", drill_id=self.id, check=name, detail=check.detail)
             if fatal:
                 self.halted = True
-                raise _Halted from None
+                raise _Halted from None  # not an error: the failure is on record in the check; this ends the steps
 
     @contextlib.contextmanager
     def part(self, name: str) -> Iterator[None]:
@@ -229,7 +321,7 @@ class _Drill:
             else:
                 shutil.rmtree(self.work, ignore_errors=True)
 
-    def result(self, error: str | None = None) -> dict[str, Any]:
+    def result(self, error: str | None = None) -> DrillResult:
         checks = list(self.checks.values())
         failed = [c for c in checks if c.status == "failed"]
         first = failed[0] if failed else None
@@ -238,36 +330,33 @@ class _Drill:
                 check.detail = f"not run: {first.name} failed" if first else "not run"
         usable = not (error or self.halted) and self.backup is not None
         error = error or (f"{first.name}: {first.detail}" if first else None)
-        target = self.request.target
-        return {
-            "format": RESULT_FORMAT,
-            "version": RESULT_VERSION,
-            "id": self.id,
-            "source": self.source.name,
-            "backup_id": self.backup.id if self.backup else self.request.backup_id,
-            "backup_type": self.backup.type if self.backup else None,
-            "kind": self.source.kind,
-            "status": "failed" if error else "passed",
-            "started_at": iso(self.started),
-            "finished_at": iso(datetime.now(UTC)),
-            "duration_seconds": round(time.monotonic() - self.clock, 3),
-            "target": {"kind": target.kind, "value": target.value},
-            "reached": self.reached,
-            "rto_seconds": round(sum(self.parts[p] for p in RTO_PARTS), 3) if usable else None,
-            "rto_parts": {name: round(seconds, 3) for name, seconds in self.parts.items()},
-            "wal_segments_replayed": self.segments_replayed,
-            "checks": [dataclasses.asdict(c) for c in checks],
-            "error": error,
-            "kept": str(self.work) if self.request.keep and self.work else None,
-            "host": socket.gethostname(),
-            "tool_version": __version__,
-        }
+        return DrillResult(
+            id=self.id,
+            source=self.source.name,
+            backup_id=self.backup.id if self.backup else self.request.backup_id,
+            backup_type=self.backup.type if self.backup else None,
+            kind=self.source.kind,
+            status="failed" if error else "passed",
+            started_at=iso(self.started),
+            finished_at=iso(datetime.now(UTC)),
+            duration_seconds=round(time.monotonic() - self.clock, 3),
+            target=self.request.target,
+            reached=self.reached,
+            rto_seconds=round(sum(self.parts[p] for p in RTO_PARTS), 3) if usable else None,
+            rto_parts=RtoParts(**{name: round(seconds, 3) for name, seconds in self.parts.items()}),
+            wal_segments_replayed=self.segments_replayed,
+            checks=tuple(DrillCheck(c.name, c.status, c.detail) for c in checks),
+            error=error,
+            kept=str(self.work) if self.request.keep and self.work else None,
+            host=socket.gethostname(),
+            tool_version=__version__,
+        )
 
 
 # --- running a drill -----------------------------------------------------------------------------------
 
 
-def run_drill(repo: Repository, source: SourceConfig, request: DrillRequest) -> dict[str, Any]:
+def run_drill(repo: Repository, source: SourceConfig, request: DrillRequest) -> DrillResult:
     """Drill one backup of ``source``; the result is stored in the repository whether it passed or not.
 
     Usage errors (an unknown backup, a target on a logical backup) raise ``ConfigError`` before anything
@@ -293,8 +382,8 @@ def run_drill(repo: Repository, source: SourceConfig, request: DrillRequest) -> 
         raise
     result = drill.result()
     record_result(repo, result)
-    log.info("drill finished", drill_id=drill.id, source=source.name, status=result["status"],
-             rto_seconds=result["rto_seconds"], seconds=result["duration_seconds"])
+    log.info("drill finished", drill_id=drill.id, source=source.name, status=result.status,
+             rto_seconds=result.rto_seconds, seconds=result.duration_seconds)
     return result
 
 
@@ -367,7 +456,7 @@ def _restore_physical(drill: _Drill, repo: Repository, source: PostgresSource, p
     with drill.part("extract"):
         binaries = pitr.server_binaries(plan.backup.extra["pg_major"], source.bindir, "postgres")
         _write_scratch_config(pgdata, binaries, drill.id)
-        pitr.write_recovery(plan, pgdata, wal.restore_command(repo.config.file, source.name, plan.epoch),
+        pitr.write_recovery(plan, pgdata, restore_command(repo.config.file, source.name, plan.epoch),
                             standby=False)
         server = DrillServer.adopt(binaries, pgdata, remove_datadir=True,
                                    superuser=details.get("superuser") or source.user or DEFAULT_SERVER_USER)
@@ -382,7 +471,7 @@ def _write_scratch_config(pgdata: Path, binaries: PgBinaries, drill_id: str) -> 
     settings = {**SCRATCH_SETTINGS, **_control_settings(binaries, pgdata)}
     header = f"# backupctl drill {drill_id}: a scratch copy's own settings; production's are not used\n"
     (pgdata / "postgresql.conf").write_text(
-        header + "".join(f"{name} = {wal.conf_quote(value)}\n" for name, value in settings.items()))
+        header + "".join(f"{name} = {conf_quote(value)}\n" for name, value in settings.items()))
     (pgdata / "pg_hba.conf").write_text(SCRATCH_HBA)
     (pgdata / "pg_ident.conf").write_text("")
     auto = pgdata / "postgresql.auto.conf"
@@ -416,12 +505,11 @@ def _recover(drill: _Drill, server: DrillServer, plan: pitr.Plan) -> str:
             "SELECT pg_last_wal_replay_lsn()::text, pg_last_xact_replay_timestamp(), "
             "pg_walfile_name(pg_current_wal_lsn())").fetchone()
     promoted = int(walfile[:8], 16)
-    drill.reached = {"lsn": lsn, "time": iso(at) if at else None, "timeline": plan.timeline,
-                     "promoted_timeline": promoted}
+    drill.reached = Reached(lsn, iso(at) if at else None, plan.timeline, promoted)
     short = pitr.short_of_end(plan, lsn) if plan.target.kind == "end" and lsn is not None else None
     if short:
         raise drill_checks.CheckFailed(f"{short} (see the server log with --keep)")
-    last = f" (last transaction {drill.reached['time']})" if at else ""
+    last = f" (last transaction {drill.reached.time})" if at else ""
     return (f"reached {lsn}{last} on timeline {plan.timeline} after replaying {drill.segments_replayed} archived "
             f"WAL segments; promoted to timeline {promoted}")
 
@@ -498,7 +586,7 @@ def _drill_sqlite(drill: _Drill, repo: Repository, manifest: Manifest) -> None:
             with drill.step("restore", fatal=True) as check:
                 held.enter_context(repo.reading("drill", [manifest]))
                 details = open_details(manifest, repo.pipeline)
-                database = manifest.object("database.sqlite3")
+                database = manifest.object(layout.SQLITE_DATABASE)
                 work = drill.workdir()
                 ensure_free_space(work, database.size + 1024**2, f"the drill's copy of {manifest.id}")
                 path = work / "restored.sqlite3"
@@ -524,14 +612,12 @@ def is_drill_id(text: str) -> bool:
     return bool(_ID_RE.match(text))
 
 
-def drill_key(source: str, drill_id: str) -> str:
-    return f"{source}/{DRILLS}/{drill_id}.json"
-
-
-def record_result(repo: Repository, result: dict[str, Any]) -> None:
+def record_result(repo: Repository, result: DrillResult) -> None:
     """Store the result (the private part sealed when the repository is encrypted)."""
-    document = _sealed(result, repo.pipeline) if repo.pipeline.encrypted else result
-    repo.storage.put(drill_key(result["source"], result["id"]), json.dumps(document, indent=1).encode())
+    document = result.to_json()
+    if repo.pipeline.encrypted:
+        document = _sealed(document, repo.pipeline)
+    repo.storage.put(layout.drill_key(result.source, result.id), json.dumps(document, indent=1).encode())
 
 
 def _sealed(result: dict[str, Any], pipeline: Pipeline) -> dict[str, Any]:
@@ -577,7 +663,8 @@ def _read(storage: Storage, key: str) -> dict[str, Any] | None:
 def list_drills(storage: Storage, source: str | None = None, pipeline: Pipeline | None = None) -> list[dict[str, Any]]:
     """Every stored drill result (of one source, or all), newest first; sealed parts opened with ``pipeline``."""
     sources = [source] if source else Catalog(storage).sources()
-    keys = [info.key for name in sources for info in storage.list(f"{name}/{DRILLS}/") if info.key.endswith(".json")]
+    keys = [info.key for name in sources for info in storage.list(layout.drills_prefix(name))
+            if layout.is_record_key(info.key)]
     documents = [d for d in (_read(storage, key) for key in keys) if d is not None]
     documents.sort(key=lambda d: (d.get("started_at") or "", d.get("id") or ""), reverse=True)
     return [open_result(d, pipeline) for d in documents]
@@ -595,7 +682,7 @@ def find_drill(storage: Storage, drill_id: str, pipeline: Pipeline | None = None
         raise ConfigError(f"{drill_id!r} is not a drill id (they look like 20261125T021500123Z-D-k3x; see "
                           "`backupctl drill list`)")
     for name in Catalog(storage).sources():
-        document = _read(storage, drill_key(name, drill_id))
+        document = _read(storage, layout.drill_key(name, drill_id))
         if document is not None:
             return open_result(document, pipeline)
     raise BackupctlError(f"no drill {drill_id} in the repository (see `backupctl drill list`)")

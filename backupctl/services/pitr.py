@@ -26,11 +26,23 @@ from backupctl.engines.sqlite import ensure_free_space
 from backupctl.postgres.backup_manifest import RESTORE_MARKER
 from backupctl.postgres.cluster import PgBinaries, find_binaries
 from backupctl.postgres.tools import run_tool
+from backupctl.repo import layout
 from backupctl.repo.catalog import Manifest, iso
 from backupctl.repo.repository import Repository
 from backupctl.services.restore_target import archiving_rule, check_tablespace_target, check_target
-from backupctl.wal import archive as wal
 from backupctl.wal import epochs, timelines
+from backupctl.wal.fetch import read_history
+from backupctl.wal.listing import group_archived, list_wal_objects
+from backupctl.wal.names import (
+    LsnError,
+    format_lsn,
+    parse_lsn,
+    parse_wal_name,
+    segment_name,
+    segment_of_lsn,
+    timeline_path,
+)
+from backupctl.wal.streams import SourceIdentity, list_streams
 
 log = get_logger(__name__)
 
@@ -56,8 +68,8 @@ class Target:
 def _parse_time(text: str) -> datetime:
     try:
         return datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise ConfigError(f"--target-time {text!r} is not a time (e.g. 2026-11-25 03:14:00+01:00)") from None
+    except ValueError as exc:
+        raise ConfigError(f"--target-time {text!r} is not a time (e.g. 2026-11-25 03:14:00+01:00)") from exc
 
 
 def parse_time(text: str) -> datetime:
@@ -89,10 +101,10 @@ def _checked_value(kind: str, value: str | None) -> str | None:
         parse_time(str(value))
     elif kind == "lsn":
         try:
-            return wal.format_lsn(wal.parse_lsn(str(value)))
-        except ValueError:
+            return format_lsn(parse_lsn(str(value)))
+        except LsnError as exc:
             raise ConfigError(f"--target-lsn {value!r} is not an LSN (like 0/3000028, as pg_current_wal_lsn() "
-                              "shows it)") from None
+                              "shows it)") from exc
     elif kind == "xid":
         text = str(value).strip()
         # A 64-bit id (epoch and xid, as pg_current_xact_id() shows it) or a plain xid; 0, 1 and 2 in the
@@ -120,9 +132,10 @@ def _checked_timeline(timeline: str) -> str:
     raise ConfigError(f"--target-timeline {timeline!r} is not a timeline: use latest, current or a number (1, 2, ...)")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Plan:
-    """The backup and WAL that reach the target, and what recovery will be told."""
+    """The backup and WAL that reach the target, and what recovery will be told; ``to_json`` is what
+    `restore --plan -o json` prints (docs/json-output.md)."""
 
     source: str
     backup: Manifest
@@ -177,7 +190,7 @@ class Plan:
                        "action": self.target.action or "pause (PostgreSQL's default)"},
             "epoch": self.epoch,
             "timeline": self.timeline,
-            "timeline_path": [{"timeline": t, "from": wal.format_lsn(a), "until": wal.format_lsn(b) if b else None}
+            "timeline_path": [{"timeline": t, "from": format_lsn(a), "until": format_lsn(b) if b else None}
                               for t, a, b in self.path],
             "wal_first": self.wal_first,
             "wal_last": self.wal_last,
@@ -190,7 +203,7 @@ class Plan:
 
 def _timeline_path(repo: Repository, source: str, timeline: int) -> list[tuple[int, int, int | None]]:
     """The ancestry of ``timeline``: (timeline, begins at, switches away at) from timeline 1 on."""
-    return wal.timeline_path(wal.read_history(repo, source, timeline) if timeline > 1 else [], timeline)
+    return timeline_path(read_history(repo, source, timeline) if timeline > 1 else [], timeline)
 
 
 class _Unreachable(BackupctlError):
@@ -209,7 +222,7 @@ def make_plan(repo: Repository, source: str, target: Target, backup_id: str | No
     if not backups:
         raise BackupctlError(f"source {source} has no physical backup: take one with `backupctl backup "
                              f"{source} --type full`")
-    groups = [(e, members) for e, members in epochs.group_backups(source, epochs.list_streams(repo, source), backups)
+    groups = [(e, members) for e, members in epochs.group_backups(source, list_streams(repo, source), backups)
               if members and (not backup_id or any(m.id == backup_id for m in members))]
     if not groups:
         raise ConfigError(f"no physical backup {backup_id} of source {source} (see `backupctl list {source}`)")
@@ -222,7 +235,7 @@ def make_plan(repo: Repository, source: str, target: Target, backup_id: str | No
             continue
         if identity.epoch > 1 or len(groups) > 1:
             plan.notes.append(f"history epoch {identity.epoch} of {source}: {identity.describe()}, WAL from "
-                              f"{identity.stream}/wal/")
+                              + layout.wal_prefix(identity.stream))
         if len(groups) > 1 and not backup_id and target.kind in ("lsn", "xid", "name"):
             plan.notes.append(f"--target-{target.kind} is looked for in epoch {identity.epoch} only (each "
                               "PostgreSQL system has its own): pass --backup ID for a backup of another epoch")
@@ -231,14 +244,14 @@ def make_plan(repo: Repository, source: str, target: Target, backup_id: str | No
     raise failure
 
 
-def _plan_in_epoch(repo: Repository, source: str, identity: wal.SourceIdentity, backups: list[Manifest],
+def _plan_in_epoch(repo: Repository, source: str, identity: SourceIdentity, backups: list[Manifest],
                    target: Target, backup_id: str | None) -> Plan:
     stream = identity.stream
-    objects = wal.list_wal_objects(repo, stream)
-    archived = wal.group_archived(objects)
+    objects = list_wal_objects(repo, stream)
+    archived = group_archived(objects)
     size = int(backups[0].extra["wal_segment_size"])
     judgement = timelines.read(repo, stream, objects, size)
-    timeline = _resolve_timeline(target, judgement, {**wal.group_archived(objects, ("history",)), **archived},
+    timeline = _resolve_timeline(target, judgement, {**group_archived(objects, ("history",)), **archived},
                                  backups, backup_id)
     notes = judgement.notes(timeline, source)
     path = _timeline_path(repo, stream, timeline)
@@ -251,16 +264,16 @@ def _plan_in_epoch(repo: Repository, source: str, identity: wal.SourceIdentity, 
 
     def reaches(m: Manifest) -> str | None:
         """None when ``m`` can reach the target on the path, else why not."""
-        tli, stop = m.extra["timeline"], wal.parse_lsn(m.extra["stop_lsn"])
+        tli, stop = m.extra["timeline"], parse_lsn(m.extra["stop_lsn"])
         if tli not in on_path:
             return f"it is on timeline {tli}, which is not an ancestor of timeline {timeline}"
         switch = on_path[tli][1]
         if switch is not None and stop > switch:
             return (f"it ends at {m.extra['stop_lsn']} on timeline {tli}, after timeline {timeline} forked "
-                    f"at {wal.format_lsn(switch)}")
+                    f"at {format_lsn(switch)}")
         if target.kind == "time" and m.server_stop_time > target.moment():  # both on the server's clock
             return f"it finished at {iso(m.server_stop_time)} (server time), after the target time"
-        if target.kind == "lsn" and stop > wal.parse_lsn(str(target.value)):
+        if target.kind == "lsn" and stop > parse_lsn(str(target.value)):
             return f"it ends at {m.extra['stop_lsn']}, after the target LSN"
         return None
 
@@ -276,7 +289,7 @@ def _plan_in_epoch(repo: Repository, source: str, identity: wal.SourceIdentity, 
             why = reaches(oldest)
             raise _Unreachable(f"no backup of {source} can reach the target: the oldest ({oldest.id}) cannot "
                                f"because {why}")
-        chosen = max(eligible, key=lambda m: (wal.parse_lsn(m.extra["stop_lsn"]), m.finished_at))
+        chosen = max(eligible, key=lambda m: (parse_lsn(m.extra["stop_lsn"]), m.finished_at))
     first, last, count = _check_wal(chosen, target, path, archived, notes)
     return Plan(source, chosen, target, timeline, path, first, last, count, notes, identity.epoch, stream, judgement)
 
@@ -295,8 +308,8 @@ def _resolve_timeline(target: Target, judgement: timelines.Judgement, archived: 
         return int(chosen.extra["timeline"]) if chosen else max(known)
     try:
         timeline = int(target.timeline)
-    except ValueError:
-        raise ConfigError(f"--target-timeline {target.timeline!r}: use latest, current or a number") from None
+    except ValueError as exc:
+        raise ConfigError(f"--target-timeline {target.timeline!r}: use latest, current or a number") from exc
     if timeline not in known:
         raise _Unreachable(f"timeline {timeline} does not exist in the archive (timelines: "
                            f"{', '.join(str(t) for t in sorted(known))})")
@@ -313,14 +326,14 @@ def _check_wal(backup: Manifest, target: Target, path: list[tuple[int, int, int 
     store minus server), and then compared; a manifest without it counts the clocks as equal.
     """
     size = int(backup.extra["wal_segment_size"])
-    start = wal.parse_lsn(backup.extra["start_lsn"])
+    start = parse_lsn(backup.extra["start_lsn"])
     if target.kind == "immediate":
-        need_until: int | None = wal.parse_lsn(backup.extra["stop_lsn"])
+        need_until: int | None = parse_lsn(backup.extra["stop_lsn"])
     elif target.kind == "lsn":
-        need_until = wal.parse_lsn(str(target.value))
+        need_until = parse_lsn(str(target.value))
     else:
         need_until = None  # to the end of the archive (time, xid, name, end)
-    first = wal.segment_of_lsn(backup.extra["timeline"], start, size)
+    first = segment_of_lsn(backup.extra["timeline"], start, size)
     last, count, previous = first, 0, None
     for tli, begin, switch in path:
         if switch is not None and switch <= start:
@@ -344,10 +357,10 @@ def _check_wal(backup: Manifest, target: Target, path: list[tuple[int, int, int 
                             "run `backupctl wal check` to archive the current one, or pick an earlier time"
                         )
                     break
-                missing = wal.segment_name(tli, segno, size)
+                missing = segment_name(tli, segno, size)
                 raise BackupctlError(
                     f"WAL segment {missing} is missing from the archive: restoring from {backup.id} cannot get "
-                    f"past {wal.format_lsn(segno * size)} on timeline {tli}"
+                    f"past {format_lsn(segno * size)} on timeline {tli}"
                     + (f" (the last segment before the gap is {last})" if count else "")
                 )
             previous = have[segno]
@@ -373,7 +386,7 @@ def short_of_end(plan: Plan, lsn: str) -> str | None:
     LSN must reach at least the start of the newest segment the plan counted on.
     """
     size = int(plan.backup.extra["wal_segment_size"])
-    if wal.parse_lsn(lsn) >= wal.parse_wal_name(plan.wal_last).start_lsn(size):
+    if parse_lsn(lsn) >= parse_wal_name(plan.wal_last).start_lsn(size):
         return None
     return (f"recovery ended at {lsn}, before the newest archived segment {plan.wal_last}: a segment on the way "
             "could not be fetched")
@@ -411,7 +424,7 @@ def prepare_pgdata(pgdata: Path, force: bool, delta: bool = False) -> None:
                     entry.unlink()
         except OSError as exc:
             raise ConfigError(f"--force could not empty {pgdata}: {exc.filename}: {exc.strerror}: make everything "
-                              "in it removable by the restoring user") from None
+                              "in it removable by the restoring user") from exc
     pgdata.mkdir(mode=0o700, exist_ok=True)
     pgdata.chmod(0o700)
 
@@ -487,7 +500,7 @@ def verify_files(binaries: PgBinaries, pgdata: Path) -> None:
     try:
         run_tool(argv, dict(os.environ), "pg_verifybackup")
     except BackupctlError as exc:
-        raise BackupctlError(f"the restored files do not match the backup's manifest: {exc}") from None
+        raise BackupctlError(f"the restored files do not match the backup's manifest: {exc}") from exc
 
 
 def write_recovery(plan: Plan, pgdata: Path, restore_command: str, standby: bool, archive: bool = False) -> None:
@@ -570,7 +583,7 @@ def restore_physical(repo: Repository, plan: Plan, options: RestoreOptions, rest
 
 def _restore_config_files(repo: Repository, plan: Plan, directory: Path) -> None:
     """The config files Debian keeps outside the data directory, written as they were into ``directory``."""
-    prefix = f"{plan.backup.source}/backups/{plan.backup.id}/config/"
+    prefix = layout.backup_prefix(plan.backup.source, plan.backup.id) + layout.CONFIG_FILES
     directory.mkdir(parents=True, exist_ok=True)
     for obj in plan.backup.objects:
         if obj.key.startswith(prefix):

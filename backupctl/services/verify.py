@@ -17,11 +17,12 @@ says so), because ``check`` would otherwise keep showing an older one.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,32 +32,33 @@ from backupctl.core.log import get_logger
 from backupctl.engines import pg_logical, pg_physical
 from backupctl.postgres.cluster import PgBinaries
 from backupctl.postgres.tools import ProcessSink, ToolProcess
-from backupctl.repo import crypto
+from backupctl.repo import crypto, layout
 from backupctl.repo.catalog import Manifest, iso, new_record_id, open_details
 from backupctl.repo.pipeline import StoredObject
 from backupctl.repo.repository import Repository, listed_recipients, retired_recipients
 from backupctl.services.restore import restore_binaries
-from backupctl.wal import archive as wal
-from backupctl.wal import epochs
+from backupctl.wal.listing import find_segments
+from backupctl.wal.streams import stream_for_system
+from backupctl.wal.verify import check_object
 
 log = get_logger(__name__)
 
 PHYSICAL = ("full", "incr")
-VERIFICATIONS = "verifications"  # <source>/verifications/<id>.json: one record per verified backup
 
 
-@dataclass
+@dataclass(frozen=True)
 class VerifyResult:
-    """The outcome for one backup (or one unreadable manifest)."""
+    """The outcome for one backup (or one unreadable manifest); ``to_json`` is one element of what
+    `verify -o json` prints (docs/json-output.md)."""
 
     id: str
     source: str
-    mode: str  # "full": decoded; "stored": checksums of stored bytes only
+    mode: str  # "full": decoded; "stored": checksums of stored bytes only; "manifest": the manifest is unreadable
     objects: int = 0
     bytes: int = 0
     seconds: float = 0.0
-    problems: list[str] = field(default_factory=list)
-    checks: list[str] = field(default_factory=list)  # what was proven beyond checksums
+    problems: tuple[str, ...] = ()
+    checks: tuple[str, ...] = ()  # what was proven beyond checksums
     record_error: str | None = None  # why the verdict could not be recorded in the repository
 
     @property
@@ -72,8 +74,8 @@ class VerifyResult:
             "objects": self.objects,
             "bytes": self.bytes,
             "seconds": round(self.seconds, 3),
-            "problems": self.problems,
-            "checks": self.checks,
+            "problems": list(self.problems),
+            "checks": list(self.checks),
             "recorded": self.record_error is None,
         }
 
@@ -88,7 +90,7 @@ def _list_archive(repo: Repository, obj: StoredObject, binaries: PgBinaries) -> 
             try:
                 tool.wait()
             except BackupctlError as exc:
-                raise IntegrityError(str(exc)) from None
+                raise IntegrityError(str(exc)) from exc
         listing.seek(0)
         return sum(1 for line in listing if line.strip() and not line.startswith(b";"))
 
@@ -96,10 +98,13 @@ def _list_archive(repo: Repository, obj: StoredObject, binaries: PgBinaries) -> 
 def verify_backup(repo: Repository, manifest: Manifest, bindir: str | None = None) -> VerifyResult:
     """Check every object; damage is collected, not raised, so one report covers the whole backup."""
     decode = manifest.encryption is None or repo.pipeline.can_decrypt()
-    result = VerifyResult(manifest.id, manifest.source, "full" if decode else "stored")
+    mode = "full" if decode else "stored"
+    problems: list[str] = []
+    checks: list[str] = []
+    objects = size = 0
     started = datetime.now(UTC)
     clock = time.monotonic()
-    log.info("verify started", backup_id=manifest.id, mode=result.mode)
+    log.info("verify started", backup_id=manifest.id, mode=mode)
     dumps: dict[str, str] = {}
     if decode:
         details = open_details(manifest, repo.pipeline)  # proves the sealed description opens, too
@@ -111,18 +116,19 @@ def verify_backup(repo: Repository, manifest: Manifest, bindir: str | None = Non
             try:
                 if obj.key in dumps and lister is not None:
                     entries = _list_archive(repo, obj, lister)
-                    result.checks.append(f"pg_restore --list of database {dumps[obj.key]}: {entries} entries")
+                    checks.append(f"pg_restore --list of database {dumps[obj.key]}: {entries} entries")
                 else:
                     repo.pipeline.check(obj, decode=decode)
             except (IntegrityError, ObjectNotFound) as exc:
-                result.problems.append(str(exc))
-            result.objects += 1
-            result.bytes += obj.stored_size
+                problems.append(str(exc))
+            objects += 1
+            size += obj.stored_size
         if manifest.encryption is not None:
-            _check_recipients(repo, manifest, decode, result)
+            _check_recipients(repo, manifest, decode, problems, checks)
         if manifest.type in PHYSICAL:
-            _check_wal_range(repo, manifest, decode, result)
-    result.seconds = time.monotonic() - clock
+            _check_wal_range(repo, manifest, decode, problems, checks)
+    result = VerifyResult(manifest.id, manifest.source, mode, objects, size, time.monotonic() - clock,
+                          tuple(problems), tuple(checks))
     log.info(
         "verify finished",
         backup_id=manifest.id,
@@ -131,11 +137,11 @@ def verify_backup(repo: Repository, manifest: Manifest, bindir: str | None = Non
         bytes=result.bytes,
         seconds=round(result.seconds, 3),
     )
-    record_verification(repo, result, started)
-    return result
+    return record_verification(repo, result, started)
 
 
-def _check_recipients(repo: Repository, manifest: Manifest, decode: bool, result: VerifyResult) -> None:
+def _check_recipients(repo: Repository, manifest: Manifest, decode: bool, problems: list[str],
+                      checks: list[str]) -> None:
     """Whom the backup is encrypted to: only recipients the repository lists (or listed once, retired by
     ``repo recipients remove``), and in each object's age header exactly one X25519 stanza per recipient the
     manifest records.
@@ -145,17 +151,17 @@ def _check_recipients(repo: Repository, manifest: Manifest, decode: bool, result
     manifest hides is found, a stanza swapped for a stranger's under an honest count is not. The identity
     proves the rest that matters to its holder: the objects decrypt with it (``check`` decodes them).
     """
-    damaged = bool(result.problems)
+    damaged = bool(problems)
     recorded = list((manifest.encryption or {}).get("recipients", []))
     listed, retired = listed_recipients(repo.meta), retired_recipients(repo.meta)
     foreign = [r for r in recorded if r not in listed and r not in retired]
     if foreign:
-        result.problems.append(
+        problems.append(
             f"backup {manifest.id} is encrypted to {', '.join(foreign)}, which the repository does not list "
             f"({', '.join(listed)}): a config whose recipients drifted wrote it; that key's holder can read it"
         )
     if old := [r for r in recorded if r in retired]:
-        result.checks.append(f"encrypted to retired recipient {', '.join(old)} (removed by key rotation)")
+        checks.append(f"encrypted to retired recipient {', '.join(old)} (removed by key rotation)")
     for obj in manifest.objects:
         if obj.encryption is None:
             continue
@@ -165,20 +171,21 @@ def _check_recipients(repo: Repository, manifest: Manifest, decode: bool, result
         except ObjectNotFound:
             continue  # reported by the object's own check
         except ValueError as exc:
-            result.problems.append(f"{obj.key} is not an age file: {exc}")
+            problems.append(f"{obj.key} is not an age file: {exc}")
             continue
         if stanzas != ["X25519"] * len(recorded):
             kinds = ", ".join(sorted(set(stanzas))) or "none"
-            result.problems.append(
+            problems.append(
                 f"{obj.key} has {len(stanzas)} recipient stanzas ({kinds}), but manifest {manifest.id} records "
                 f"{len(recorded)} recipients: it is encrypted to a recipient the manifest does not name"
             )
     if decode and not damaged:
-        result.checks.append(f"decrypted with identity {crypto.public_key(repo.pipeline.identity())}, one of the "
+        checks.append(f"decrypted with identity {crypto.public_key(repo.pipeline.identity())}, one of the "
                              f"{len(recorded)} recipients recorded")
 
 
-def _check_wal_range(repo: Repository, manifest: Manifest, decode: bool, result: VerifyResult) -> None:
+def _check_wal_range(repo: Repository, manifest: Manifest, decode: bool, problems: list[str],
+                     checks: list[str]) -> None:
     """Every archived segment from the backup's start to its stop: present (one listing), once, and with
     ``decode`` read and proven against its plain sha256, its header and the system identifier.
 
@@ -191,29 +198,29 @@ def _check_wal_range(repo: Repository, manifest: Manifest, decode: bool, result:
     size = int(manifest.extra["wal_segment_size"])
     names = pg_physical.WalRange(int(manifest.extra["timeline"]), manifest.extra["start_lsn"],
                                  manifest.extra["stop_lsn"]).segments(size)
-    identity = epochs.stream_for_system(repo, manifest.source, str(manifest.extra["system_identifier"]))
-    found = wal.find_segments(repo, identity.stream if identity else manifest.source, names)
+    identity = stream_for_system(repo, manifest.source, str(manifest.extra["system_identifier"]))
+    found = find_segments(repo, identity.stream if identity else manifest.source, names)
     span = f"WAL {names[0]} .. {names[-1]}"
     missing = [name for name in names if name not in found]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        result.problems.append(f"WAL segment {missing[0]}{more} is missing from the archive: backup {manifest.id} "
+        problems.append(f"WAL segment {missing[0]}{more} is missing from the archive: backup {manifest.id} "
                                f"cannot be made consistent without its {span}")
     for name, objects in found.items():
         if len({o.sha256 for o in objects}) > 1:
-            result.problems.append(f"WAL segment {name} is archived {len(objects)} times with different contents")
+            problems.append(f"WAL segment {name} is archived {len(objects)} times with different contents")
         elif decode:
-            problem, _size = wal.check_object(repo, objects[0], identity, size)
+            problem, _size = check_object(repo, objects[0], identity, size)
             if problem:
-                result.problems.append(problem)
+                problems.append(problem)
     done = "decoded" if decode else "present (not decoded: no identity to decrypt them)"
-    result.checks.append(f"{span}: {len(found)} of {len(names)} segments {done}")
+    checks.append(f"{span}: {len(found)} of {len(names)} segments {done}")
 
 
-def record_verification(repo: Repository, result: VerifyResult, started: datetime) -> dict[str, Any]:
+def record_verification(repo: Repository, result: VerifyResult, started: datetime) -> VerifyResult:
     """Keep the outcome in ``<source>/verifications/<id>.json``: status and check report when each source was
-    last proven readable, from any host. A store that refuses the record sets ``result.record_error`` (the
-    CLI fails on it): the verdict stands, but ``check`` would keep judging by an older record."""
+    last proven readable, from any host. A store that refuses the record gives the result a ``record_error``
+    (the CLI fails on it): the verdict stands, but ``check`` would keep judging by an older record."""
     record = {
         "id": new_record_id("V", started),
         "source": result.source,
@@ -226,13 +233,14 @@ def record_verification(repo: Repository, result: VerifyResult, started: datetim
         "bytes": result.bytes,
         "error": result.problems[0] if result.problems else None,
     }
-    key = f"{result.source}/{VERIFICATIONS}/{record['id']}.json"
+    key = layout.verification_key(result.source, record["id"])
     try:
         repo.storage.put(key, json.dumps(record, indent=1).encode())
     except StorageError as exc:
-        result.record_error = f"the result of verifying {result.id} was not recorded in {key}: {exc}"
         log.error("verification result not recorded", key=key, error=str(exc))
-    return record
+        return dataclasses.replace(result, record_error=f"the result of verifying {result.id} was not recorded "
+                                                        f"in {key}: {exc}")
+    return result
 
 
 def verify_all(repo: Repository, source: str | None = None) -> list[VerifyResult]:
@@ -241,8 +249,8 @@ def verify_all(repo: Repository, source: str | None = None) -> list[VerifyResult
     results = [verify_backup(repo, m, source_bindir(repo, m)) for m in manifests]
     for key, problem in damaged.items():
         backup_id = key.rsplit("/", 2)[-2]
-        results.append(VerifyResult(backup_id, key.split("/", 1)[0], "manifest", problems=[problem]))
-        record_verification(repo, results[-1], datetime.now(UTC))
+        unreadable = VerifyResult(backup_id, key.split("/", 1)[0], "manifest", problems=(problem,))
+        results.append(record_verification(repo, unreadable, datetime.now(UTC)))
     return results
 
 
