@@ -270,7 +270,7 @@ def pitr_demo() -> int:
     """
     from backupctl.core.errors import BackupctlError
     from backupctl.postgres.cluster import ScratchCluster, find_binaries
-    from backupctl.wal import archive as wal
+    from backupctl.wal.conf import archive_command
 
     try:
         binaries = find_binaries(need="postgres")
@@ -281,7 +281,7 @@ def pitr_demo() -> int:
     root = cluster.base_dir / "demo"
     config = root / "backupctl.toml"
     cluster.settings.update({"wal_level": "replica", "archive_mode": "on", "max_wal_senders": "4",
-                             "archive_command": wal.archive_command(config, "shop")})
+                             "archive_command": archive_command(config, "shop")})
     restored: ScratchCluster | None = None
     try:
         cluster.init()

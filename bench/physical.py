@@ -254,7 +254,7 @@ class Backupctl:
     def fast_archive_command(self) -> str | None:
         """The archive_command backupctl itself recommends (its WAL fast path), if this checkout has one."""
         try:
-            from backupctl.wal.archive import archive_command
+            from backupctl.wal.conf import archive_command
         except ImportError:
             return None
         return str(archive_command(self.config, SOURCE))

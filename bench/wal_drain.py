@@ -37,8 +37,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import backupctl
 from backupctl.postgres.cluster import ScratchCluster, find_binaries
-from backupctl.wal import archive as wal
+from backupctl.wal.conf import archive_command, conf_quote
 
 PG_MAJOR = 15
 STANZA = "bench"
@@ -210,7 +211,7 @@ class Bench:
         ready = len([p for p in (self.cluster.datadir / "pg_wal" / "archive_status").iterdir()
                      if p.name.endswith(".ready")])
         with self.cluster.connect() as conn:
-            conn.execute(f"ALTER SYSTEM SET archive_command = {wal.conf_quote(command)}")
+            conn.execute(f"ALTER SYSTEM SET archive_command = {conf_quote(command)}")
             started = time.monotonic()
             conn.execute("SELECT pg_reload_conf()")
             deadline = started + 600
@@ -285,7 +286,7 @@ class Backupctl(Contestant):
         result = as_postgres([sys.executable, "-m", "backupctl", "--config", str(config), "init"])
         if result.returncode != 0:
             raise RuntimeError(result.stderr)
-        return wal.archive_command(config, "main")
+        return archive_command(config, "main")
 
     def teardown(self) -> None:
         assert self.dir is not None
@@ -366,7 +367,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("run as root: the PostgreSQL server runs as the postgres user")
     # As `pip install` does: the server's user cannot write __pycache__ here, and a stale cache would make
     # every archive_command compile backupctl's modules again (PYTHONDONTWRITEBYTECODE is common in dev).
-    compileall.compile_dir(Path(wal.__file__).parent, quiet=1)
+    compileall.compile_dir(Path(backupctl.__file__).parent, quiet=1)
     root = Path(tempfile.mkdtemp(prefix="bench-wal-drain-", dir="/tmp"))
     os.chmod(root, 0o755)
     with contextlib.ExitStack() as stack:

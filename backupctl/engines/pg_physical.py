@@ -36,8 +36,9 @@ from backupctl.postgres.cluster import PgBinaries
 from backupctl.postgres.connection import ConnParams
 from backupctl.postgres.tarstream import FILE, Member, TarPart, TarSplitter
 from backupctl.postgres.tools import ToolProcess
+from backupctl.repo import layout
 from backupctl.repo.pipeline import StoredObject
-from backupctl.wal import archive
+from backupctl.wal.names import lsn_to_segno, parse_lsn, segment_name
 
 log = get_logger(__name__)
 
@@ -109,9 +110,9 @@ class WalRange:
     def segments(self, segment_size: int) -> list[str]:
         """The segments from the one holding ``start_lsn`` to the one holding the last byte before ``end_lsn``:
         the WAL that makes the backup's files consistent (a restore replays no less)."""
-        first = archive.lsn_to_segno(archive.parse_lsn(self.start_lsn), segment_size)
-        last = archive.lsn_to_segno(archive.parse_lsn(self.end_lsn) - 1, segment_size)
-        return [archive.segment_name(self.timeline, segno, segment_size) for segno in range(first, last + 1)]
+        first = lsn_to_segno(parse_lsn(self.start_lsn), segment_size)
+        last = lsn_to_segno(parse_lsn(self.end_lsn) - 1, segment_size)
+        return [segment_name(self.timeline, segno, segment_size) for segno in range(first, last + 1)]
 
 
 def manifest_wal_range(manifest: bytes) -> WalRange:
@@ -122,7 +123,7 @@ def manifest_wal_range(manifest: bytes) -> WalRange:
         first, last = ranges[0], ranges[-1]
         return WalRange(int(last["Timeline"]), first["Start-LSN"], last["End-LSN"])
     except (ValueError, KeyError, IndexError) as exc:
-        raise BackupctlError(f"cannot read the backup_manifest pg_basebackup wrote: {exc!r}") from None
+        raise BackupctlError(f"cannot read the backup_manifest pg_basebackup wrote: {exc!r}") from exc
 
 
 @dataclass
@@ -204,7 +205,7 @@ def store_archive(stream: BinaryIO, name: str, store: Store, part_bytes: int,
                 finalize()
 
         try:
-            return store(f"{name}/{index:04d}.tar", part, end_of_part)
+            return store(layout.tar_part(name, index), part, end_of_part)
         finally:
             released.set()
 
@@ -337,7 +338,7 @@ def stream_basebackup(binaries: PgBinaries, params: ConnParams, facts: ServerFac
         if not facts.tablespaces:
             with ToolProcess([*argv, "--pgdata=-"], env, "pg_basebackup") as tool:
                 _widen_pipe(tool.stdout)
-                objects, manifest = store_archive(tool.stdout, "base", store, part_bytes,
+                objects, manifest = store_archive(tool.stdout, layout.BASE_ARCHIVE, store, part_bytes,
                                                   lambda: _finish(tool, watch), tool.proc.kill)
             result.objects.extend(objects)
         else:
@@ -374,13 +375,13 @@ def _finish(tool: ToolProcess, watch: _ArchiverWatch) -> None:
         tool.wait()
     except BackupctlError as exc:
         if watch.problem:
-            raise BackupctlError(watch.problem) from None
+            raise BackupctlError(watch.problem) from exc
         if "WAL summar" in str(exc):
             raise BackupctlError(
                 f"{exc}; the server no longer has the WAL summaries this incremental backup needs (summarize_wal "
                 "turned on after the parent, summaries expired by wal_summary_keep_time, or a timeline switch): "
                 "take a full backup (--type full)"
-            ) from None
+            ) from exc
         raise
 
 
@@ -395,7 +396,7 @@ def _stream_to_fifos(argv: list[str], env: dict[str, str], facts: ServerFacts, s
     def reader(name: str, tool: ToolProcess) -> None:
         try:
             with open(workdir / name, "rb") as fifo:
-                stored[name], _ = store_archive(fifo, _object_name(name), store, part_bytes,
+                stored[name], _ = store_archive(fifo, layout.tar_archive(name), store, part_bytes,
                                                 abort=tool.proc.terminate)
         except BaseException as exc:
             failures.append(exc)
@@ -434,12 +435,6 @@ def _stream_to_fifos(argv: list[str], env: dict[str, str], facts: ServerFacts, s
         shutil.rmtree(parent, ignore_errors=True)
 
 
-def _object_name(archive: str) -> str:
-    """``base.tar`` -> ``base``, ``16384.tar`` -> ``tablespaces/16384``: the prefix of its parts' names."""
-    stem = archive.removesuffix(".tar")
-    return stem if archive == "base.tar" else f"tablespaces/{stem}"
-
-
 def _release_unopened(workdir: Path, threads: list[threading.Thread]) -> None:
     """Unblock readers whose FIFO pg_basebackup never opened (a tablespace dropped meanwhile)."""
     for thread in threads:
@@ -455,7 +450,7 @@ def _store_plain_files(workdir: Path, stored: dict[str, list[StoredObject]], sto
         if path.name in stored or path.name == "backup_manifest" or not stat.S_ISREG(path.stat().st_mode):
             continue
         with open(path, "rb") as plain:
-            objects, _ = store_archive(plain, _object_name(path.name), store, part_bytes)
+            objects, _ = store_archive(plain, layout.tar_archive(path.name), store, part_bytes)
         result.objects.extend(objects)
         if path.name != "base.tar":
             result.tablespaces.setdefault(path.name.removesuffix(".tar"), "")

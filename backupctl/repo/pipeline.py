@@ -248,9 +248,11 @@ class _NullSink(io.RawIOBase):
 class Pipeline:
     """Stores and reads objects for one repository with the config's compression and encryption."""
 
-    def __init__(self, storage: Storage, config: Config) -> None:
+    def __init__(self, storage: Storage, config: Config, codec_: Codec | None = None) -> None:
+        """``codec_``: in place of the config's compression (the WAL's one-shot zstd, ``wal.opening``)."""
         self.storage = storage
-        self.codec = codec(config.compression.algorithm, config.compression.level, config.compression.threads)
+        self.codec = codec_ or codec(config.compression.algorithm, config.compression.level,
+                                     config.compression.threads)
         enc = config.encryption
         self.recipients = (
             crypto.parse_recipients(enc.recipients, f"{config.file}: encryption.recipients") if enc else []
@@ -351,7 +353,7 @@ class Pipeline:
                 # Damage to the stored bytes explains any decoding failure, so it is reported first.
                 reader.finish()
                 self._check_stored(obj, reader)
-                raise self._decode_failure(obj, exc, identity) from None
+                raise self._decode_failure(obj, exc, identity) from exc
             reader.finish()
         self._check_stored(obj, reader)
 

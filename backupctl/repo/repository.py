@@ -22,15 +22,14 @@ from backupctl import __version__
 from backupctl.core.config import Config
 from backupctl.core.errors import BackupctlError, ConfigError, IntegrityError, ObjectNotFound
 from backupctl.core.log import get_logger
-from backupctl.repo import crypto, lease
+from backupctl.repo import crypto, layout, lease
 from backupctl.repo.catalog import Catalog, Manifest, iso
+from backupctl.repo.codecs import Codec
 from backupctl.repo.pipeline import Pipeline
 from backupctl.storage import Storage, open_storage
 
 REPO_FORMAT = "backupctl-repository"
 REPO_VERSION = 1
-MARKER = "backupctl.json"
-PROBE_PREFIX = ".probe/"
 
 log = get_logger(__name__)
 
@@ -93,15 +92,15 @@ class Repository:
         logical backup cannot know): the caller checks them against the returned document.
         """
         self.pipeline.require_repository_recipients()  # every writer registers its source before writing data
-        key = f"{name}/source.json"
+        key = layout.stream_record_key(name)
         document = {"source": name, "registered_at": iso(datetime.now(UTC)), **identity, **(recorded or {})}
         if self.storage.put_if_absent(key, json.dumps(document, indent=1).encode()):
             log.info("source registered", source=name, **identity)
             return document
         try:
             stored = json.loads(self.storage.get_bytes(key))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise IntegrityError(f"{key} is damaged: it is not JSON") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise IntegrityError(f"{key} is damaged: it is not JSON") from exc
         for field, value in identity.items():
             if stored.get(field) != value:
                 raise SourceMismatch(
@@ -113,7 +112,7 @@ class Repository:
 
 def _read_marker(storage: Storage) -> dict[str, Any] | None:
     try:
-        data = storage.get_bytes(MARKER)
+        data = storage.get_bytes(layout.MARKER)
     except ObjectNotFound:
         return None
     try:
@@ -121,7 +120,7 @@ def _read_marker(storage: Storage) -> dict[str, Any] | None:
     except (json.JSONDecodeError, UnicodeDecodeError):
         meta = None
     if not isinstance(meta, dict) or meta.get("format") != REPO_FORMAT:
-        raise BackupctlError(f"{storage.location}/{MARKER} is not a backupctl repository marker")
+        raise BackupctlError(f"{storage.location}/{layout.MARKER} is not a backupctl repository marker")
     return meta
 
 
@@ -162,15 +161,22 @@ def _check_compatible(meta: dict[str, Any], pipeline: Pipeline, location: str) -
     pipeline.repository_recipients = listed_recipients(meta)
 
 
-def open_repository(config: Config) -> Repository:
-    """Open an existing repository; a missing one gets a pointer to ``backupctl init``."""
-    storage = open_storage(config.repository)
-    pipeline = Pipeline(storage, config)
-    meta = _read_marker(storage)
-    if meta is None:
+def open_repository(config: Config, storage: Storage | None = None, codec: Codec | None = None) -> Repository:
+    """Open an existing repository; a missing one gets a pointer to ``backupctl init``.
+
+    ``storage``: a driver made by the caller (the WAL's, whose requests have ``[wal] timeout``), closed here
+    when the repository cannot be opened; ``codec``: in place of the config's (the WAL's one-shot zstd).
+    """
+    storage = storage or open_storage(config.repository)
+    try:
+        pipeline = Pipeline(storage, config, codec)
+        meta = _read_marker(storage)
+        if meta is None:
+            raise BackupctlError(f"no repository at {storage.location}: run `backupctl init` first")
+        _check_compatible(meta, pipeline, storage.location)
+    except BaseException:
         storage.close()
-        raise BackupctlError(f"no repository at {storage.location}: run `backupctl init` first")
-    _check_compatible(meta, pipeline, storage.location)
+        raise
     return Repository(config, storage, pipeline, Catalog(storage), meta)
 
 
@@ -186,7 +192,7 @@ def init_repository(config: Config) -> tuple[Repository, bool]:
         "created_by": f"backupctl {__version__}",
         "encryption": pipeline.encryption_record(),
     }
-    created = storage.create(MARKER, json.dumps(meta, indent=1).encode())  # a lost answer: still ours
+    created = storage.create(layout.MARKER, json.dumps(meta, indent=1).encode())  # a lost answer: still ours
     if not created:
         meta = _read_marker(storage) or meta
     _check_compatible(meta, pipeline, storage.location)
@@ -243,9 +249,9 @@ def change_recipients(config: Config, recipient: str, add: bool) -> RecipientsCh
             data = json.dumps({**meta, "encryption": {**encryption, "recipients": listed, "retired": retired}},
                               indent=1).encode()
             held.ensure_held()
-            storage.put(MARKER, data)
-            if storage.get_bytes(MARKER) != data:
-                raise BackupctlError(f"{storage.location}/{MARKER} changed while the recipients were written: "
+            storage.put(layout.MARKER, data)
+            if storage.get_bytes(layout.MARKER) != data:
+                raise BackupctlError(f"{storage.location}/{layout.MARKER} changed while the recipients were written: "
                                      "run the command again")
     log.info("repository recipients changed", location=storage.location, recipients=listed)
     return RecipientsChange(storage.location, "added" if add else "removed", name, listed)
@@ -253,7 +259,7 @@ def change_recipients(config: Config, recipient: str, add: bool) -> RecipientsCh
 
 def probe_conditional_writes(storage: Storage) -> None:
     """Leases and idempotent WAL pushes rely on If-None-Match: prove the store honours it."""
-    key = f"{PROBE_PREFIX}{secrets.token_hex(8)}"
+    key = layout.conditional_write_probe_key(secrets.token_hex(8))
     try:
         first = storage.create(key, b"first")  # a lost answer and a refused retry: still ours
         second = storage.put_if_absent(key, b"second")

@@ -22,15 +22,17 @@ from backupctl.core import faultpoints
 from backupctl.core.config import PostgresSource, RetentionConfig, SourceConfig
 from backupctl.core.errors import BackupctlError, ConfigError, DecryptionError, IntegrityError, ObjectNotFound
 from backupctl.core.log import get_logger
-from backupctl.repo import lease, pins
-from backupctl.repo.catalog import Manifest, backup_prefix, iso
+from backupctl.repo import layout, lease, pins
+from backupctl.repo.catalog import Manifest, iso
 from backupctl.repo.repository import Repository
 from backupctl.services.retention import PHYSICAL, RetentionPlan, WalInventory, has_rules, plan_retention
-from backupctl.wal import archive as wal
+from backupctl.wal.fetch import read_history
+from backupctl.wal.listing import list_wal_objects
+from backupctl.wal.names import DEFAULT_SEGMENT_SIZE
+from backupctl.wal.streams import streams_of
 
 log = get_logger(__name__)
 
-EXPIRED_MARKER = "expired.json"
 
 
 @dataclass
@@ -92,19 +94,19 @@ def gather(repo: Repository, source: SourceConfig, now: datetime | None = None) 
 def _wal_inventories(repo: Repository, source: str, manifests: list[Manifest]) -> list[WalInventory]:
     """Each history epoch's WAL listing and timeline histories (one listing per epoch)."""
     physical = [m for m in manifests if m.type in PHYSICAL]
-    streams = wal.streams_of(repo, source)
+    streams = streams_of(repo, source)
     inventories = []
     for identity in streams:
-        objects = wal.list_wal_objects(repo, identity.stream)
+        objects = list_wal_objects(repo, identity.stream)
         system = identity.system_identifier or None
         members = [m for m in physical if system in (None, str(m.extra.get("system_identifier")))]
         size = identity.segment_size or (int(members[0].extra["wal_segment_size"]) if members else None) \
-            or wal.DEFAULT_SEGMENT_SIZE
+            or DEFAULT_SEGMENT_SIZE
         timelines = {o.name.timeline for o in objects} | {int(m.extra["timeline"]) for m in members}
         histories: dict[int, list[tuple[int, int]] | None] = {}
         for tli in sorted(t for t in timelines if t > 1):
             try:
-                histories[tli] = wal.read_history(repo, identity.stream, tli)
+                histories[tli] = read_history(repo, identity.stream, tli)
             except (ObjectNotFound, IntegrityError, DecryptionError) as exc:
                 log.warning("timeline history unreadable: its WAL is kept", stream=identity.stream, timeline=tli,
                             error=str(exc))
@@ -176,15 +178,14 @@ def _remove_backups(repo: Repository, plan: RetentionPlan, held: lease.Lease,
     readers = readers_by_backup(repo, plan.source) if gone else {}
     deferred: dict[str, str] = {}
     for m in gone:
-        prefix = backup_prefix(m.source, m.id)
         if m.id in readers:
             deferred[m.id] = readers[m.id]
             marker = {"backup_id": m.id, "expired_at": iso(datetime.now(UTC)), "reader": readers[m.id]}
-            storage.put(prefix + EXPIRED_MARKER, json.dumps(marker, indent=1).encode())
+            storage.put(layout.expired_marker_key(m.source, m.id), json.dumps(marker, indent=1).encode())
             outcome.results[m.id] = f"manifest removed; data left for `repo gc` ({readers[m.id]} reads it)"
             log.info("expired backup's data left for gc", backup_id=m.id, reader=readers[m.id])
             continue
-        storage.delete([info.key for info in storage.list(prefix)])
+        storage.delete([info.key for info in storage.list(layout.backup_prefix(m.source, m.id))])
         faultpoints.hit("expire.data-removed")
     return deferred
 

@@ -25,7 +25,7 @@ from backupctl.core.errors import BackupctlError, ConfigError
 from backupctl.postgres.cluster import PgBinaries, free_port
 from backupctl.postgres.tools import run_tool
 from backupctl.services import pitr
-from backupctl.wal import archive as wal
+from backupctl.wal.names import parse_lsn
 
 _SEVERE_RE = re.compile(r"\b(?:FATAL|PANIC):\s+(.*)")
 # What PostgreSQL tells clients (our own polling among them) while it starts, recovers or stops: never the
@@ -185,7 +185,7 @@ def _stop(binaries: PgBinaries, pgdata: Path) -> None:
 
 def timeline_at(plan: pitr.Plan, lsn: str) -> int:
     """The timeline of the plan's path that holds ``lsn``: where recovery was when it ended."""
-    position = wal.parse_lsn(lsn)
+    position = parse_lsn(lsn)
     for timeline, _begin, switch in plan.path:
         if switch is None or position <= switch:
             return timeline
@@ -238,7 +238,7 @@ def start_and_wait(pgdata: Path, plan: pitr.Plan, bindir: str | None, user: str 
             raise fail(f"the restored server stopped before reaching the target (pg_controldata: {cluster_state})"
                        + (f"; {started}" if started else ""))
         reached = max((control.get(label, "0/0") for label in ("Minimum recovery ending location",
-                                                                "Latest checkpoint location")), key=wal.parse_lsn)
+                                                                "Latest checkpoint location")), key=parse_lsn)
         commits = _LAST_COMMIT_RE.findall(log_text)
         seen = _Seen("shut down at the target", reached, None)
         last_commit = commits[-1].strip() if commits else None
@@ -253,7 +253,7 @@ def start_and_wait(pgdata: Path, plan: pitr.Plan, bindir: str | None, user: str 
     elif plan.target.kind == "end":
         problem = pitr.short_of_end(plan, seen.lsn)
     elif plan.target.kind == "lsn" and plan.target.inclusive and seen.state != "shut down at the target" \
-            and wal.parse_lsn(seen.lsn) < wal.parse_lsn(str(plan.target.value)):
+            and parse_lsn(seen.lsn) < parse_lsn(str(plan.target.value)):
         problem = f"recovery ended at {seen.lsn}, before the target LSN {plan.target.value}"
     if problem:
         raise fail(problem)

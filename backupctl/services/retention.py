@@ -39,8 +39,10 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from backupctl.core.config import RetentionConfig
+from backupctl.core.units import format_duration
 from backupctl.repo.catalog import Manifest, parse_iso
-from backupctl.wal.archive import ArchivedWal, parse_lsn, segment_name, timeline_path
+from backupctl.wal.listing import ArchivedWal
+from backupctl.wal.names import parse_lsn, segment_name, timeline_path
 from backupctl.wal.timelines import judge
 
 PHYSICAL = ("full", "incr")
@@ -60,14 +62,6 @@ _RULES = ("keep_last", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly
 def has_rules(policy: RetentionConfig) -> bool:
     """False for a policy that keeps nothing by itself: expire refuses it rather than remove almost all."""
     return any(getattr(policy, rule) for rule in _RULES)
-
-
-def duration_text(seconds: float) -> str:
-    """A duration as the config spells it: 14d, 36h, 90m, 45s."""
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    return f"{seconds:g}s"
 
 
 @dataclass
@@ -219,7 +213,7 @@ def _family_rules(group: list[Manifest], policy: RetentionConfig, zone: ZoneInfo
         since = parse_iso(group[0].finished_at) - timedelta(seconds=policy.keep_within)
         for m in group:
             if parse_iso(m.finished_at) > since:
-                rules[m.id].append(f"keep_within {duration_text(policy.keep_within)}")
+                rules[m.id].append(f"keep_within {format_duration(policy.keep_within)}")
 
 
 def _keep_ancestors(ordered: list[Manifest], rules: dict[str, list[str]]) -> None:
@@ -278,7 +272,7 @@ class _Timelines:
 def _window_rule(physical: list[Manifest], graph: _Timelines, window_start: datetime, policy: RetentionConfig,
                  rules: dict[str, list[str]], current: bool) -> None:
     """Keep, per timeline archiving within the window, the newest backup older than the window."""
-    window = duration_text(policy.recovery_window or 0)
+    window = format_duration(policy.recovery_window or 0)
     for tli in _live_timelines(graph, window_start, current):
         if graph.paths.get(tli) is None:
             # Without the timeline's history nobody can tell which backups lead to it: keep them all.

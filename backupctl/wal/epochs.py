@@ -12,12 +12,12 @@ one *stream* of WAL per system, its history epochs, and one catalog of backups::
     <source>/epochs/<N>/wal/...        epoch N's WAL
     <source>/backups/<id>/...          backups of every epoch; each manifest's system identifier says which
 
-A stream is the string the functions of ``wal`` take as ``source`` for keys (``SourceIdentity.stream``):
+A stream is the string the WAL functions take for keys (``SourceIdentity.stream``, ``layout.epoch_stream``):
 the source name for epoch 1, ``<source>/epochs/<N>`` after it. ``wal new-epoch SOURCE`` starts the next
 epoch for the configured (upgraded) server with a conditional write, so two hosts racing to start it
 cannot both win. wal-push puts each segment in the stream of the system its header names; restores
 replay the stream of the backup they start from (restore_command gets ``--epoch N``); retention and
-status walk every epoch with ``list_streams``.
+status walk every epoch with ``streams.list_streams``.
 """
 
 from __future__ import annotations
@@ -29,59 +29,22 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from backupctl import __version__
-from backupctl.core.errors import BackupctlError, ConfigError, IntegrityError
+from backupctl.core.errors import BackupctlError, ConfigError
 from backupctl.core.log import get_logger
+from backupctl.postgres.connection import ConnParams
+from backupctl.repo import layout
 from backupctl.repo.catalog import Manifest, iso
-from backupctl.wal import archive as wal
-from backupctl.wal.archive import SourceIdentity
+from backupctl.repo.repository import SourceMismatch
+from backupctl.wal.identity import foreign_system
+from backupctl.wal.listing import ArchivedWal, list_wal_objects
+from backupctl.wal.names import is_valid_segment_size
+from backupctl.wal.streams import SourceIdentity, list_streams, read_identity
 
 if TYPE_CHECKING:
     from backupctl.core.config import PostgresSource
     from backupctl.repo.repository import Repository
 
 log = get_logger(__name__)
-
-EPOCHS_FOLDER = "epochs"
-
-
-def stream_name(source: str, epoch: int) -> str:
-    """Where epoch ``epoch`` of ``source`` keeps its WAL and identity: the source itself for epoch 1."""
-    return source if epoch == 1 else f"{source}/{EPOCHS_FOLDER}/{epoch}"
-
-
-def list_streams(repo: Repository, source: str) -> list[SourceIdentity]:
-    """Every history epoch of a PostgreSQL source, oldest first; [] before anything registered it.
-
-    One GET of source.json for epoch 1, a delimiter listing of ``<source>/epochs/`` and one GET per later
-    epoch: never a listing of WAL.
-    """
-    first = wal.read_identity(repo, source)
-    if first is None:
-        return []
-    found = [first]
-    folder = f"{source}/{EPOCHS_FOLDER}/"
-    numbers = sorted(int(name) for name in (p[len(folder):].rstrip("/") for p in repo.storage.list_prefixes(folder))
-                     if name.isdigit() and int(name) >= 2)
-    for number in numbers:
-        identity = wal.read_identity(repo, stream_name(source, number))
-        if identity is None:
-            continue  # a folder without its source.json: nothing can have been archived into it
-        if identity.epoch != number:
-            raise IntegrityError(f"{identity.stream}/source.json says it is epoch {identity.epoch}: it was "
-                                 "moved or edited; put it back where it was written")
-        found.append(identity)
-    return found
-
-
-def stream_for_system(repo: Repository, source: str, system_identifier: str) -> SourceIdentity | None:
-    """The epoch of ``source`` whose server is ``system_identifier``, if any."""
-    return next((e for e in list_streams(repo, source) if e.system_identifier == system_identifier), None)
-
-
-def current_stream(repo: Repository, source: str) -> SourceIdentity | None:
-    """The newest epoch: the live server's, once ``wal new-epoch`` has run after its upgrade."""
-    streams = list_streams(repo, source)
-    return streams[-1] if streams else None
 
 
 def group_backups(source: str, streams: list[SourceIdentity],
@@ -107,8 +70,6 @@ def register_system(repo: Repository, source: str, system_identifier: str, major
     rolled-back upgrade the old one is backed up again); any other system is refused with the command
     that starts a new epoch. ``segment_size`` is recorded with a first registration when known.
     """
-    from backupctl.repo.repository import SourceMismatch
-
     try:
         doc = repo.register_source(source, {"kind": "postgres", "system_identifier": system_identifier,
                                             "major": major},
@@ -121,7 +82,7 @@ def register_system(repo: Repository, source: str, system_identifier: str, major
     streams = list_streams(repo, source)
     known = next((e for e in streams if e.system_identifier == system_identifier), None)
     if known is None:
-        raise wal.foreign_system(repo, source, f"the server of source {source}", system_identifier, major,
+        raise foreign_system(repo, source, f"the server of source {source}", system_identifier, major,
                                  streams[-1] if streams else None)
     if known.major != major:
         raise BackupctlError(f"the server of source {source} is PostgreSQL {major}, but its system "
@@ -152,23 +113,30 @@ class ServerSystem:
                               "'Database system identifier' line of pg_controldata, a number)")
         if not 9 < major < 100:
             raise ConfigError(f"--major {major} is not a PostgreSQL major version (10 or later)")
-        if not wal.is_valid_segment_size(segment_size):
+        if not is_valid_segment_size(segment_size):
             raise ConfigError(f"--segment-size {segment_size} is not a WAL segment size (a power of two from 1 MiB "
                               "to 1 GiB: the 'Bytes per WAL segment' line of pg_controldata)")
         return cls(str(int(system_identifier)), major, segment_size)
 
 
 def server_system(source: PostgresSource) -> ServerSystem:
-    """The configured server's system, asked over SQL (pg_control_system(), wal_segment_size)."""
-    from backupctl.engines.pg_physical import server_facts
-    from backupctl.postgres.connection import ConnParams
-
+    """The configured server's system, asked over SQL (``query_system``)."""
     try:
-        facts = server_facts(ConnParams.from_source(source))
+        with ConnParams.from_source(source).connect() as conn:
+            return query_system(conn)
     except BackupctlError as exc:
         raise BackupctlError(f"{exc}; to start the epoch without the server, give --system-identifier, --major "
-                             "and --segment-size (`pg_controldata DATADIR` shows them)") from None
-    return ServerSystem(facts.system_identifier, facts.major, facts.segment_size)
+                             "and --segment-size (`pg_controldata DATADIR` shows them)") from exc
+
+
+def query_system(conn: Any) -> ServerSystem:
+    """The system of the server on ``conn``: pg_control_system(), server_version_num, wal_segment_size (in
+    bytes since PostgreSQL 11)."""
+    sysid, version, size = conn.execute(
+        "SELECT system_identifier::text, current_setting('server_version_num')::int, "
+        "(SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size') FROM pg_control_system()"
+    ).fetchone()
+    return ServerSystem(str(sysid), int(version) // 10000, int(size))
 
 
 @dataclass
@@ -180,7 +148,7 @@ class EpochStart:
     action: str
     epoch: SourceIdentity
     previous: SourceIdentity | None = None
-    previous_last_segment: wal.ArchivedWal | None = None
+    previous_last_segment: ArchivedWal | None = None
     note: str = ""
 
     def to_json(self) -> dict[str, Any]:
@@ -217,14 +185,14 @@ def start_epoch(repo: Repository, source: str, system: ServerSystem) -> EpochSta
         previous = streams[-2] if len(streams) > 1 else None
         return EpochStart(source, "current", known, previous, note="nothing to do")
     number = current.epoch + 1
-    stream = stream_name(source, number)
+    stream = layout.epoch_stream(source, number)
     document = {
         "source": source, "epoch": number, "kind": "postgres", "system_identifier": system.system_identifier,
         "major": system.major, "wal_segment_size": system.segment_size, "started_at": iso(datetime.now(UTC)),
         "started_by": f"backupctl {__version__} on {socket.gethostname()}", "previous": current.to_json(),
     }
-    if not repo.storage.put_if_absent(f"{stream}/source.json", json.dumps(document, indent=1).encode()):
-        winner = wal.read_identity(repo, stream)
+    if not repo.storage.put_if_absent(layout.stream_record_key(stream), json.dumps(document, indent=1).encode()):
+        winner = read_identity(repo, stream)
         if winner is None or winner.system_identifier != system.system_identifier:
             who = winner.describe() if winner else "another system"
             raise BackupctlError(
@@ -235,7 +203,7 @@ def start_epoch(repo: Repository, source: str, system: ServerSystem) -> EpochSta
                           note=f"another process started it at {winner.started_at}")
     log.info("history epoch started", source=source, epoch=number, system_identifier=system.system_identifier,
              major=system.major, previous_system=current.system_identifier)
-    started = wal.read_identity(repo, stream)
+    started = read_identity(repo, stream)
     assert started is not None
     return EpochStart(source, "started", started, current, _last_segment(repo, current))
 
@@ -249,7 +217,7 @@ def _check_same(source: str, known: SourceIdentity, system: ServerSystem) -> Non
         )
 
 
-def _last_segment(repo: Repository, identity: SourceIdentity) -> wal.ArchivedWal | None:
+def _last_segment(repo: Repository, identity: SourceIdentity) -> ArchivedWal | None:
     """The most recently archived segment of an epoch: the old cluster's last WAL, to show the user."""
-    objects = [o for o in wal.list_wal_objects(repo, identity.stream) if o.name.kind in ("segment", "partial")]
+    objects = [o for o in list_wal_objects(repo, identity.stream) if o.name.kind in ("segment", "partial")]
     return max(objects, key=lambda o: (o.modified, o.name.name), default=None)

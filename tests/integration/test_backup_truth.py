@@ -19,10 +19,11 @@ import pytest
 
 from backupctl.core.config import load_config
 from backupctl.core.errors import BackupctlError
+from backupctl.engines.base import BackupOptions
 from backupctl.repo.catalog import Manifest
 from backupctl.repo.repository import open_repository
 from backupctl.services import backup
-from backupctl.services.backup import BackupOptions, backup_source
+from backupctl.services.backup import backup_source
 from backupctl.wal.names import parse_wal_name, segment_name
 from tests.support.cli import CliRunner
 from tests.support.config import write_toml

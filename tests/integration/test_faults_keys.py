@@ -70,9 +70,9 @@ def test_a_drifted_recipient_is_refused_before_anything_is_written(
     # The WAL path (the pusher and the fallback of wal-push) opens the repository its own way.
     from backupctl.core.config import load_config
     from backupctl.core.errors import ConfigError
-    from backupctl.wal import archive as wal
+    from backupctl.wal.opening import open_wal_repository
 
-    with wal.open_wal_repository(load_config(drifted)) as repo, pytest.raises(ConfigError, match="repo recipients"):
+    with open_wal_repository(load_config(drifted)) as repo, pytest.raises(ConfigError, match="repo recipients"):
         import io
 
         repo.pipeline.store("devdb/wal/probe", io.BytesIO(b"x" * 100))

@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 from backupctl.core.config import RetentionConfig
 from backupctl.repo.catalog import Manifest, iso, parse_iso
 from backupctl.services.retention import RetentionPlan, WalInventory, plan_retention
-from backupctl.wal.archive import ArchivedWal, format_lsn, history_name, parse_lsn, parse_wal_name, segment_name
+from backupctl.wal.listing import ArchivedWal
+from backupctl.wal.names import format_lsn, history_name, parse_lsn, parse_wal_name, segment_name
 
 SIZE = 16 * 1024**2
 EPOCH = datetime(2025, 12, 20, 5, 0, tzinfo=UTC)
