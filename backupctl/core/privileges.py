@@ -61,9 +61,9 @@ def _become(owner_uid: int, what: str) -> None:
         return
     try:
         owner = pwd.getpwuid(owner_uid)
-    except KeyError:
+    except KeyError as exc:
         raise ConfigError(f"{what} belongs to uid {owner_uid}, which has no user: run backupctl as its owner") \
-            from None
+            from exc
     os.initgroups(owner.pw_name, owner.pw_gid)
     os.setgid(owner.pw_gid)
     os.setuid(owner.pw_uid)

@@ -92,7 +92,7 @@ class BackupManifest:
             document = json.loads(data)
             files = document["Files"]
         except (ValueError, KeyError, TypeError) as exc:
-            raise IntegrityError(f"the backup's backup_manifest cannot be read: {exc}") from None
+            raise IntegrityError(f"the backup's backup_manifest cannot be read: {exc}") from exc
         _check_manifest_checksum(data, document.get("Manifest-Checksum"))
         self.data = data
         self.files: dict[bytes, FileEntry] = {}

@@ -373,11 +373,11 @@ def _server_user(requested: str | None) -> str | None:
     user = requested or DEFAULT_SERVER_USER
     try:
         pwd.getpwnam(user)
-    except KeyError:
+    except KeyError as exc:
         raise BackupctlError(
             f"PostgreSQL refuses to run as root and OS user {user} does not exist; create it "
             f"(adduser --system --group {user}) or pass another os_user"
-        ) from None
+        ) from exc
     return user
 
 
@@ -474,8 +474,8 @@ class ScratchCluster:
         datadir = Path(datadir).absolute()
         try:
             data_major = int((datadir / "PG_VERSION").read_text().strip())
-        except (OSError, ValueError):
-            raise BackupctlError(f"{datadir} is not a PostgreSQL data directory (no PG_VERSION)") from None
+        except (OSError, ValueError) as exc:
+            raise BackupctlError(f"{datadir} is not a PostgreSQL data directory (no PG_VERSION)") from exc
         if data_major != binaries.major:
             raise BackupctlError(
                 f"{datadir} holds PostgreSQL {data_major} data, which PostgreSQL {binaries.version} cannot "
@@ -517,8 +517,8 @@ class ScratchCluster:
         argv = [self.binaries.path("pg_ctl"), "-D", str(self.datadir), *args]
         try:
             return self._run(argv, timeout + 30)  # pg_ctl has its own -t; this only guards a hang
-        except subprocess.TimeoutExpired:
-            raise ServerError(f"pg_ctl {args[0]} hung for {timeout + 30:.0f}s in {self.datadir}") from None
+        except subprocess.TimeoutExpired as exc:
+            raise ServerError(f"pg_ctl {args[0]} hung for {timeout + 30:.0f}s in {self.datadir}") from exc
 
     def _check_writable(self, path: Path) -> None:
         if self.os_user is None:
@@ -544,8 +544,8 @@ class ScratchCluster:
         step = f"initdb of PostgreSQL {self.binaries.version} in {self.datadir}"
         try:
             result = self._run(argv, timeout=300)
-        except subprocess.TimeoutExpired:
-            raise ServerError(f"{step} hung for 300s") from None
+        except subprocess.TimeoutExpired as exc:
+            raise ServerError(f"{step} hung for 300s") from exc
         if result.returncode != 0:
             output = result.stdout + result.stderr
             raise ServerError(f"{step} failed: {_complaint(output)}", _tail(output))
@@ -616,7 +616,7 @@ class ScratchCluster:
                         f"PostgreSQL {self.binaries.version} started in {self.datadir} but does not accept "
                         f"connections on 127.0.0.1:{self.port}: {error}".replace("\n", " "),
                         _tail(self._read_log()),
-                    ) from None
+                    ) from error
             time.sleep(0.1)
 
     def stop(self, mode: str = "fast", timeout: float = 60) -> None:

@@ -62,7 +62,7 @@ class ConnParams:
         try:
             return Path(self.password_file).read_text().strip("\r\n")
         except OSError as exc:
-            raise ConfigError(f"cannot read password_file {self.password_file}: {exc.strerror}") from None
+            raise ConfigError(f"cannot read password_file {self.password_file}: {exc.strerror}") from exc
 
     def env(self) -> dict[str, str]:
         """The environment for pg_dump, pg_restore, psql: the current one plus these settings."""
@@ -100,4 +100,4 @@ class ConnParams:
             return psycopg.connect(autocommit=autocommit, **settings)
         except psycopg.OperationalError as exc:
             reason = " ".join(str(exc).split())
-            raise BackupctlError(f"cannot connect to {self.describe(dbname)}: {reason}") from None
+            raise BackupctlError(f"cannot connect to {self.describe(dbname)}: {reason}") from exc

@@ -428,7 +428,7 @@ class TarExtractor(io.RawIOBase):
                     if self._keep_link(name):
                         return os.open(component, _DIRECTORY_FLAGS & ~os.O_NOFOLLOW, dir_fd=dir_fd)
                     raise TarFormatError(f"{_shown(os.path.join(self._root, name))} is a symbolic link: a restore "
-                                         "writes only inside the data directory; remove the link") from None
+                                         "writes only inside the data directory; remove the link") from exc
                 os.unlink(component, dir_fd=dir_fd)
         raise TarFormatError(f"cannot make directory {_shown(os.path.join(self._root, name))}: it keeps changing")
 

@@ -40,7 +40,7 @@ class ToolProcess:
                 stderr=subprocess.PIPE,
             )
         except OSError as exc:
-            raise BackupctlError(f"{what}: cannot run {self.argv[0]}: {exc.strerror}") from None
+            raise BackupctlError(f"{what}: cannot run {self.argv[0]}: {exc.strerror}") from exc
         self._tail: collections.deque[str] = collections.deque(maxlen=20)
         self._stderr_thread = threading.Thread(target=self._drain, daemon=True)
         self._stderr_thread.start()
@@ -97,7 +97,7 @@ def run_tool(argv: Sequence[str], env: dict[str, str], what: str, stdin: bytes |
     try:
         proc = subprocess.run(list(argv), env=env, input=stdin, capture_output=True, check=False)
     except OSError as exc:
-        raise BackupctlError(f"{what}: cannot run {argv[0]}: {exc.strerror}") from None
+        raise BackupctlError(f"{what}: cannot run {argv[0]}: {exc.strerror}") from exc
     if proc.returncode != 0:
         lines = [line for line in proc.stderr.decode(errors="replace").splitlines() if line.strip()]
         raise BackupctlError(f"{what} failed (exit {proc.returncode}): {(lines or ['no message'])[-1]}")

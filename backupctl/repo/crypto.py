@@ -29,8 +29,8 @@ def parse_recipients(recipients: list[str], where: str) -> list[x25519.Recipient
     for text in recipients:
         try:
             parsed.append(x25519.Recipient.from_str(text.strip()))
-        except pyrage.RecipientError:
-            raise ConfigError(f"{where}: {text!r} is not an age X25519 recipient (age1...)") from None
+        except pyrage.RecipientError as exc:
+            raise ConfigError(f"{where}: {text!r} is not an age X25519 recipient (age1...)") from exc
     return parsed
 
 
@@ -84,19 +84,19 @@ def load_identity(path: Path) -> x25519.Identity:
     """Read an age-keygen identity file (comment lines allowed)."""
     try:
         lines = path.read_text().splitlines()
-    except FileNotFoundError:
+    except FileNotFoundError as exc:
         raise DecryptionError(
             f"identity file {path} does not exist: set encryption.identity_file to the key from keygen"
-        ) from None
-    except PermissionError:
-        raise DecryptionError(f"identity file {path} is not readable by this user") from None
+        ) from exc
+    except PermissionError as exc:
+        raise DecryptionError(f"identity file {path} is not readable by this user") from exc
     keys = [line.strip() for line in lines if line.strip().startswith(SECRET_PREFIX)]
     if not keys:
         raise DecryptionError(f"identity file {path} holds no age secret key ({SECRET_PREFIX}...)")
     try:
         return x25519.Identity.from_str(keys[0])
-    except pyrage.IdentityError:
-        raise DecryptionError(f"identity file {path}: the secret key is malformed") from None
+    except pyrage.IdentityError as exc:
+        raise DecryptionError(f"identity file {path}: the secret key is malformed") from exc
 
 
 def public_key(identity: x25519.Identity) -> str:
@@ -113,7 +113,7 @@ def decrypt_stream(source: BinaryIO, sink: BinaryIO, identity: x25519.Identity) 
     try:
         pyrage.decrypt_io(source, sink, [identity])
     except pyrage.DecryptError as exc:
-        raise DecryptionError(str(exc)) from None
+        raise DecryptionError(str(exc)) from exc
 
 
 def encrypt_bytes(data: bytes, recipients: list[x25519.Recipient]) -> bytes:
@@ -124,7 +124,7 @@ def decrypt_bytes(data: bytes, identity: x25519.Identity) -> bytes:
     try:
         return pyrage.decrypt(data, [identity])
     except (pyrage.DecryptError, OSError, ValueError) as exc:
-        raise DecryptionError(f"cannot decrypt: {exc}") from None
+        raise DecryptionError(f"cannot decrypt: {exc}") from exc
 
 
 def generate_key_file(path: Path) -> str:
@@ -133,12 +133,12 @@ def generate_key_file(path: Path) -> str:
     recipient = public_key(identity)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
+    except FileExistsError as exc:
         raise BackupctlError(
             f"{path} already exists: keygen never overwrites a key; choose another path"
-        ) from None
+        ) from exc
     except OSError as exc:
-        raise BackupctlError(f"cannot create {path}: {exc.strerror}") from None
+        raise BackupctlError(f"cannot create {path}: {exc.strerror}") from exc
     created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     with os.fdopen(fd, "w") as handle:
         handle.write(f"# created: {created}\n# public key: {recipient}\n{identity}\n")

@@ -72,9 +72,9 @@ def amcheck(binaries: PgBinaries, params: ConnParams, databases: int, timeout: f
     try:
         proc = subprocess.run(argv, env=params.env(), capture_output=True, text=True, check=False,
                               timeout=max(1.0, timeout))
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired as exc:
         raise CheckFailed(f"pg_amcheck did not finish within the drill's time left ({timeout:.0f}s; "
-                          "drill.timeout in the config)") from None
+                          "drill.timeout in the config)") from exc
     if proc.returncode == 0:
         return f"no corruption in {databases} databases (heap and B-tree indexes)"
     lines = [line.strip() for line in proc.stdout.splitlines() if line.strip()]
@@ -145,7 +145,7 @@ def pg_assertion(params: ConnParams, assertion: DrillAssertion, default_db: str,
             conn.execute("SET default_transaction_read_only = on")
             row = conn.execute(assertion.sql).fetchone()
     except (BackupctlError, psycopg.Error) as exc:
-        raise CheckFailed(f"in database {database}: {_one_line(exc)}") from None
+        raise CheckFailed(f"in database {database}: {_one_line(exc)}") from exc
     return _verdict(row, f"in database {database}")
 
 
@@ -189,5 +189,5 @@ def sqlite_assertion(path: Path, assertion: DrillAssertion) -> str:
         with _read_only(path) as conn:
             row = conn.execute(assertion.sql).fetchone()
     except sqlite3.Error as exc:
-        raise CheckFailed(_one_line(exc)) from None
+        raise CheckFailed(_one_line(exc)) from exc
     return _verdict(row, "in the restored database")

@@ -72,7 +72,7 @@ def check_target(pgdata: Path, force: bool, delta: bool) -> bool:
         return _check_target(pgdata, force, delta)
     except OSError as exc:  # a directory on the way the restoring user may not enter or read
         raise ConfigError(f"--pgdata {pgdata}: user {_user()} cannot read {exc.filename or pgdata} "
-                          f"({exc.strerror}): pick a directory {_user()} can use") from None
+                          f"({exc.strerror}): pick a directory {_user()} can use") from exc
 
 
 def _check_target(pgdata: Path, force: bool, delta: bool) -> bool:
@@ -129,7 +129,7 @@ def check_tablespace_target(location: Path, oid: str) -> None:
                          if not (entry.name.startswith("PG_") and entry.is_dir() and not entry.is_symlink()))
     except OSError as exc:
         raise ConfigError(f"tablespace {oid}: user {_user()} cannot read {location} ({exc.strerror}): pick a "
-                          f"directory {_user()} can use (--tablespace {oid}=DIR)") from None
+                          f"directory {_user()} can use (--tablespace {oid}=DIR)") from exc
     if foreign:
         raise ConfigError(f"--delta refused: tablespace directory {location} holds {', '.join(foreign[:3])}"
                           f"{' ...' if len(foreign) > 3 else ''}, which no tablespace holds, so its files stay: "
