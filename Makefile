@@ -3,7 +3,7 @@
 PYTHON ?= /usr/bin/python3
 VENV := .venv
 
-.PHONY: install demo test unit faults lint clean
+.PHONY: install demo test unit faults lint config-docs clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ faults: install  # the fault-injection suite alone, with more trials (README: Ho
 
 lint: install
 	$(VENV)/bin/ruff check backupctl tests bench
+
+config-docs: install  # the README's config reference, written from the schema (backupctl/core/config.py)
+	$(VENV)/bin/python -m backupctl.core.config_docs --write-readme
+	$(VENV)/bin/python -m backupctl.core.config_docs --check
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache
