@@ -10,28 +10,17 @@ from __future__ import annotations
 
 import sys
 
+from backupctl.cli.argv import command_word  # stdlib only: the fast path imports it
+
 FAST_VERBS = ("wal-push", "wal-fetch")
-
-
-def command_word(args: list[str]) -> str | None:
-    """The command word after the global options (--config FILE, --config=FILE, --debug)."""
-    rest = iter(args)
-    for arg in rest:
-        if arg == "--config":
-            next(rest, None)
-        elif not arg.startswith("-"):
-            return arg
-        elif arg != "--debug" and not arg.startswith("--config="):
-            return None
-    return None
 
 
 def main() -> None:
     args = sys.argv[1:]
     if command_word(args) in FAST_VERBS and not {"-h", "--help"} & set(args):
-        from backupctl import walpusher
+        from backupctl import walpusher  # start-up cost: the fast path loads the standard library only
 
         sys.exit(walpusher.main(args))
-    from backupctl.cli.app import main as cli_main
+    from backupctl.cli.app import main as cli_main  # start-up cost: click and the CLI only when needed
 
     cli_main()

@@ -1,49 +1,58 @@
-"""Key rotation in the CLI: ``backupctl repo recipients add|remove AGE1...``.
+"""The encryption keys: ``backupctl keygen``, and key rotation with ``backupctl repo recipients add|remove``.
 
 The repository's marker lists the age recipients new data is encrypted to; backup and wal-push refuse a
 config whose list differs. These commands are the one way to change the repository's list; each host's
-config is then given the new list.
+config is then given the new list. Services load inside each command (start-up cost: see ``cli.common``).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
-
-def register(cli: click.Group) -> None:
-    """Add ``recipients add|remove`` to the ``repo`` group (made by cli_retention)."""
-    from backupctl.cli.app import State, pass_state
-
-    repo_group = cli.commands["repo"]
-    assert isinstance(repo_group, click.Group), "cli_retention registers the repo group first"
-
-    @repo_group.group(name="recipients")
-    def recipients() -> None:
-        """The age recipients new backups and WAL are encrypted to (key rotation)."""
-
-    @recipients.command(name="add")
-    @click.argument("recipient", metavar="AGE1...")
-    @pass_state
-    def add(state: State, recipient: str) -> None:
-        """Encrypt new data to RECIPIENT too (from `backupctl keygen`); then give every host's config the new
-        list. Existing backups stay encrypted to the keys they were written with."""
-        _change(state, recipient, add=True)
-
-    @recipients.command(name="remove")
-    @click.argument("recipient", metavar="AGE1...")
-    @pass_state
-    def remove(state: State, recipient: str) -> None:
-        """Stop encrypting new data to RECIPIENT (the last one cannot go); then give every host's config the new
-        list. Backups already encrypted to it still need its identity to restore."""
-        _change(state, recipient, add=False)
+from backupctl.cli.common import State, act_as, pass_state
 
 
-def _change(state: object, recipient: str, add: bool) -> None:
-    from backupctl.core.privileges import become_repository_owner
+@click.command()
+@click.option("--output", "output", required=True, type=click.Path(path_type=Path), metavar="FILE",
+              help="Where to write the identity (private key); never overwritten.")
+def keygen(output: Path) -> None:
+    """Make an age key pair: identity to FILE (mode 0600), recipient (public key) on stdout."""
+    from backupctl.repo.crypto import generate_key_file
+
+    click.echo(generate_key_file(output))
+    click.echo(f"identity written to {output}; put the recipient above in encryption.recipients", err=True)
+
+
+@click.group(name="recipients")
+def recipients() -> None:
+    """The age recipients new backups and WAL are encrypted to (key rotation)."""
+
+
+@recipients.command(name="add")
+@click.argument("recipient", metavar="AGE1...")
+@pass_state
+def add(state: State, recipient: str) -> None:
+    """Encrypt new data to RECIPIENT too (from `backupctl keygen`); then give every host's config the new
+    list. Existing backups stay encrypted to the keys they were written with."""
+    _change(state, recipient, add=True)
+
+
+@recipients.command(name="remove")
+@click.argument("recipient", metavar="AGE1...")
+@pass_state
+def remove(state: State, recipient: str) -> None:
+    """Stop encrypting new data to RECIPIENT (the last one cannot go); then give every host's config the new
+    list. Backups already encrypted to it still need its identity to restore."""
+    _change(state, recipient, add=False)
+
+
+def _change(state: State, recipient: str, add: bool) -> None:
     from backupctl.repo.repository import change_recipients
 
-    config = state.config()  # type: ignore[attr-defined]
-    become_repository_owner(config)  # the marker and the lease belong to the repository's user
+    config = state.config()
+    act_as(config, "repository")  # the marker and the lease belong to the repository's user
     change = change_recipients(config, recipient, add)
     if change.action == "unchanged":
         click.echo(f"{change.recipient} is already a recipient of {change.location}")

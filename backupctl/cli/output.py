@@ -1,6 +1,11 @@
-"""Results on stdout: rich tables for people, stable JSON for machines.
+"""Results on stdout: one writer per format, one method per kind of result.
 
-Every listing's JSON is a list of objects with an ``id``; tables are only a view of the same data.
+A command asks ``writer(output)`` for the writer of the format the user chose and hands it what the service
+returned; it never branches on the format itself. ``JsonWriter`` prints the stable JSON that scripts read
+(every listing is a list of objects with an ``id``; ``docs/json-output.md`` is the contract) and
+``TableWriter`` draws the same data for people: rich tables, and plain lines where a line is the result.
+For ``check`` the table format is the monitoring plugin's own output (one summary line, then one line per
+finding). Sizes and durations are spelled by ``core.units``, as everywhere else.
 """
 
 from __future__ import annotations
@@ -8,106 +13,452 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import click
 from rich.console import Console
 from rich.table import Table
 
+from backupctl.core.units import human_duration, human_seconds, human_size
+from backupctl.monitoring import check as monitor
+from backupctl.repo import layout
 
-def human_size(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
+if TYPE_CHECKING:  # types only: the writers take what the services return
+    from backupctl.monitoring.check import Finding
+    from backupctl.monitoring.status import DrillSummary, SourceStatus, VerifySummary, Window
+    from backupctl.repo.catalog import Manifest
+    from backupctl.services.forget_timeline import Forgotten
+    from backupctl.services.pitr import Plan
+    from backupctl.services.verify import VerifyResult
+    from backupctl.wal.epochs import EpochStart
+    from backupctl.wal.streams import SourceIdentity
+    from backupctl.wal.verify import WalVerifyResult
 
 
-def console() -> Console:
+def writer(output: str | None) -> Writer:
+    """The writer of a ``--output`` choice; none given (``status``): a table on a terminal, JSON otherwise."""
+    chosen = output or ("table" if sys.stdout.isatty() else "json")
+    return JsonWriter() if chosen == "json" else TableWriter()
+
+
+class Writer:
+    """One method per result; each format implements them all."""
+
+    def backup(self, manifest: Manifest) -> None:
+        raise NotImplementedError
+
+    def backups(self, summaries: list[dict[str, Any]]) -> None:
+        raise NotImplementedError
+
+    def manifest(self, doc: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def verified(self, results: list[VerifyResult]) -> None:
+        raise NotImplementedError
+
+    def plan(self, plan: Plan) -> None:
+        raise NotImplementedError
+
+    def restored(self, result: dict[str, Any], backup_id: str) -> None:
+        raise NotImplementedError
+
+    def status(self, facts: list[SourceStatus]) -> None:
+        raise NotImplementedError
+
+    def checked(self, sources: list[str], findings: list[Finding]) -> None:
+        raise NotImplementedError
+
+    def jobs(self, rows: list[dict[str, Any]]) -> None:
+        raise NotImplementedError
+
+    def wal_status(self, source: str, rows: list[dict[str, Any]], streams: list[SourceIdentity]) -> None:
+        raise NotImplementedError
+
+    def wal_verified(self, results: list[WalVerifyResult]) -> None:
+        raise NotImplementedError
+
+    def wal_checked(self, source: str, result: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def epoch_started(self, result: EpochStart) -> None:
+        raise NotImplementedError
+
+    def timeline_forgotten(self, result: Forgotten) -> None:
+        raise NotImplementedError
+
+    def drill(self, result: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def drills(self, results: list[dict[str, Any]]) -> None:
+        raise NotImplementedError
+
+    def expired(self, rows: list[dict[str, Any]], dry_run: bool) -> None:
+        raise NotImplementedError
+
+    def collected(self, rows: list[dict[str, Any]], dry_run: bool) -> None:
+        raise NotImplementedError
+
+
+class JsonWriter(Writer):
+    """Stable JSON for programs: consumers ignore fields they do not know, so fields may be added, never changed."""
+
+    def emit(self, data: Any) -> None:
+        sys.stdout.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+    def backup(self, manifest: Manifest) -> None:
+        self.emit(manifest.summary())
+
+    def backups(self, summaries: list[dict[str, Any]]) -> None:
+        self.emit(summaries)
+
+    def manifest(self, doc: dict[str, Any]) -> None:
+        self.emit(doc)
+
+    def verified(self, results: list[VerifyResult]) -> None:
+        self.emit([r.to_json() for r in results])
+
+    def plan(self, plan: Plan) -> None:
+        self.emit(plan.to_json())
+
+    def restored(self, result: dict[str, Any], backup_id: str) -> None:
+        self.emit(result)
+
+    def status(self, facts: list[SourceStatus]) -> None:
+        self.emit([s.to_json() for s in facts])
+
+    def checked(self, sources: list[str], findings: list[Finding]) -> None:
+        self.emit([{"id": name, "source": name,
+                    "state": monitor.STATE_NAMES[monitor.worst([f.state for f in findings if f.source == name])],
+                    "findings": [f.to_json() for f in findings if f.source == name]} for name in sources])
+
+    def jobs(self, rows: list[dict[str, Any]]) -> None:
+        self.emit(rows)
+
+    def wal_status(self, source: str, rows: list[dict[str, Any]], streams: list[SourceIdentity]) -> None:
+        self.emit(rows)
+
+    def wal_verified(self, results: list[WalVerifyResult]) -> None:
+        self.emit([result.to_json() for result in results])
+
+    def wal_checked(self, source: str, result: dict[str, Any]) -> None:
+        self.emit([result])
+
+    def epoch_started(self, result: EpochStart) -> None:
+        self.emit([result.to_json()])
+
+    def timeline_forgotten(self, result: Forgotten) -> None:
+        self.emit([result.to_json()])
+
+    def drill(self, result: dict[str, Any]) -> None:
+        self.emit(result)
+
+    def drills(self, results: list[dict[str, Any]]) -> None:
+        self.emit(results)
+
+    def expired(self, rows: list[dict[str, Any]], dry_run: bool) -> None:
+        self.emit(rows)
+
+    def collected(self, rows: list[dict[str, Any]], dry_run: bool) -> None:
+        self.emit(rows)
+
+
+def _console() -> Console:
     """Stdout console; when piped, wide enough that ids and keys never wrap mid-word."""
     width = None if sys.stdout.isatty() else 250
     return Console(file=sys.stdout, no_color="NO_COLOR" in os.environ, width=width)
 
 
-def emit_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
-
-
-def table(title: str | None, columns: list[str], rows: list[list[str]]) -> None:
+def _table(title: str | None, columns: list[str], rows: list[list[str]]) -> None:
     """A plain table; on a non-terminal rich prints it without colour or box art surprises."""
     view = Table(title=title, show_edge=False, header_style="bold")
     for column in columns:
         view.add_column(column, overflow="fold")
     for row in rows:
         view.add_row(*row)
-    console().print(view)
+    _console().print(view)
 
 
-def backups_table(summaries: list[dict[str, Any]]) -> None:
-    if not summaries:
-        console().print("no backups")
-        return
-    table(
-        None,
-        ["ID", "SOURCE", "TYPE", "FINISHED", "DURATION", "SIZE", "STORED", "ENCRYPTED", "PINNED"],
-        [
-            [
-                s["id"],
-                s["source"],
-                s["type"],
-                s["finished_at"],
-                f"{s['duration_seconds']:.1f}s",
-                human_size(s["size"]),
-                human_size(s["stored_size"]),
-                "yes" if s["encrypted"] else "no",
-                s["pinned"]["reason"] if s.get("pinned") else "",
-            ]
+class TableWriter(Writer):
+    """Tables and lines for people; the same data as the JSON, in the order an operator reads it."""
+
+    def backup(self, manifest: Manifest) -> None:
+        click.echo(f"backup {manifest.id} of {manifest.source}: {human_size(manifest.size)} -> "
+                   f"{human_size(manifest.stored_size)} stored in {human_seconds(manifest.duration)}")
+
+    def backups(self, summaries: list[dict[str, Any]]) -> None:
+        if not summaries:
+            _console().print("no backups")
+            return
+        _table(None, ["ID", "SOURCE", "TYPE", "FINISHED", "DURATION", "SIZE", "STORED", "ENCRYPTED", "PINNED"], [
+            [s["id"], s["source"], s["type"], s["finished_at"], human_seconds(s["duration_seconds"]),
+             human_size(s["size"]), human_size(s["stored_size"]), "yes" if s["encrypted"] else "no",
+             s["pinned"]["reason"] if s.get("pinned") else ""]
             for s in summaries
-        ],
-    )
+        ])
 
-
-def manifest_view(doc: dict[str, Any]) -> None:
-    """``show`` for people: the facts, the objects and, when readable, what the data holds."""
-    out = console()
-    for key in ("id", "source", "kind", "type", "parent", "started_at", "finished_at", "host",
-                "tool_version"):
-        out.print(f"{key + ':':<14}{doc.get(key)}")
-    totals = doc["totals"]
-    out.print(f"{'size:':<14}{human_size(totals['size'])} ({human_size(totals['stored_size'])} stored)")
-    enc = doc.get("encryption")
-    out.print(f"{'encryption:':<14}{'age to ' + ', '.join(enc['recipients']) if enc else 'none'}")
-    if doc.get("labels"):
-        out.print(f"{'labels:':<14}{', '.join(f'{k}={v}' for k, v in doc['labels'].items())}")
-    table(
-        "objects",
-        ["KEY", "SIZE", "STORED", "COMPRESSION", "SHA256"],
-        [
-            [o["key"], human_size(o["size"]), human_size(o["stored_size"]), o["compression"],
-             o["sha256"][:16]]
+    def manifest(self, doc: dict[str, Any]) -> None:
+        """``show`` for people: the facts, the objects and, when readable, what the data holds."""
+        out = _console()
+        for key in ("id", "source", "kind", "type", "parent", "started_at", "finished_at", "host",
+                    "tool_version"):
+            out.print(f"{key + ':':<14}{doc.get(key)}")
+        totals = doc["totals"]
+        out.print(f"{'size:':<14}{human_size(totals['size'])} ({human_size(totals['stored_size'])} stored)")
+        enc = doc.get("encryption")
+        out.print(f"{'encryption:':<14}{'age to ' + ', '.join(enc['recipients']) if enc else 'none'}")
+        if doc.get("labels"):
+            out.print(f"{'labels:':<14}{', '.join(f'{k}={v}' for k, v in doc['labels'].items())}")
+        _table("objects", ["KEY", "SIZE", "STORED", "COMPRESSION", "SHA256"], [
+            [o["key"], human_size(o["size"]), human_size(o["stored_size"]), o["compression"], o["sha256"][:16]]
             for o in doc["objects"]
-        ],
-    )
-    details = doc.get("details")
-    if details is None:
-        out.print("details:      sealed (set encryption.identity_file to read them)")
-        return
-    extra = doc.get("extra", {})
-    if doc["type"] in ("full", "incr"):
+        ])
+        details = doc.get("details")
+        if details is None:
+            out.print("details:      sealed (set encryption.identity_file to read them)")
+            return
+        _details_view(out, doc["type"], doc.get("extra", {}), details)
+
+    def verified(self, results: list[VerifyResult]) -> None:
+        _table(None, ["ID", "SOURCE", "RESULT", "MODE", "OBJECTS", "BYTES", "SECONDS", "PROBLEM"], [
+            [r["id"], r["source"], "ok" if r["ok"] else "DAMAGED", r["mode"], str(r["objects"]),
+             human_size(r["bytes"]), f"{r['seconds']:.2f}", "; ".join(r["problems"])]
+            for r in (result.to_json() for result in results)
+        ])
+
+    def plan(self, plan: Plan) -> None:
+        _plan_view(plan.to_json())
+
+    def restored(self, result: dict[str, Any], backup_id: str) -> None:
+        _plan_view(result)
+        recovery = result.get("recovery")
+        if not recovery:
+            click.echo(f"restored {backup_id} into {result['pgdata']}: start the server to recover")
+            return
+        for note in recovery["notes"]:
+            click.echo(f"note: {note}")
+        promoted = (f", promoted to timeline {recovery['promoted_timeline']}"
+                    if "promoted_timeline" in recovery else "")
+        commit = recovery["last_replayed_commit"] or "unknown"
+        click.echo(f"restored {backup_id} into {result['pgdata']}; server {recovery['state']} at "
+                   f"{recovery['lsn']} on timeline {recovery['timeline']}{promoted}, port {recovery['port']}; "
+                   f"last replayed commit {commit}")
+        if "psql" in recovery:
+            click.echo(f"connect: {recovery['psql']}")
+
+    def status(self, facts: list[SourceStatus]) -> None:
+        """Two tables: every source at a glance, then its newest backup of each type."""
+        rows = []
+        for s in facts:
+            newest = min(s.backups, key=lambda b: b.age_seconds, default=None)
+            rows.append([
+                s.source, s.kind,
+                f"{newest.type}, {human_duration(newest.age_seconds)} ago" if newest else "NONE",
+                _wal_cell(s), _window_cell(s.window),
+                human_size(s.repository.stored_bytes) if s.repository and s.repository.reachable else "UNREACHABLE",
+                _record_cell(s.last_verify), _drill_cell(s.last_drill),
+            ])
+        _table(None, ["SOURCE", "KIND", "LAST BACKUP", "WAL ARCHIVE", "RECOVERABLE WINDOW", "STORED", "LAST VERIFY",
+                      "LAST DRILL"], rows)
+        backups = [[s.source, b.type, b.id, b.finished_at, human_duration(b.age_seconds), human_size(b.size),
+                    human_size(b.stored_size), human_seconds(b.duration_seconds), str(b.count)]
+                   for s in facts for b in s.backups]
+        if backups:
+            _table(None, ["SOURCE", "TYPE", "NEWEST", "FINISHED", "AGE", "SIZE", "STORED", "TOOK", "COUNT"], backups)
+        for s in facts:
+            if s.timelines and len(s.timelines["tips"]) > 1:
+                _console().print(f"{s.source}: timelines: {s.timelines['reason']}")
+            for error in s.errors:
+                _console().print(f"{s.source}: {error}")
+
+    def checked(self, sources: list[str], findings: list[Finding]) -> None:
+        click.echo(monitor.summary(findings, sources))
+        for finding in findings:  # the plugin's long output, after the summary line
+            click.echo(f"{monitor.STATE_NAMES[finding.state]}: {finding.source}: {finding.message}")
+
+    def jobs(self, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            click.echo("no scheduled jobs: add [sources.NAME.schedule] tables to the config")
+            return
+        _table(None, ["JOB", "LANE", "SCHEDULE", "NEXT RUN", "COMMAND"],
+               [[r["id"], r["lane"], r["schedule"], r["next_run"] or "-", r["command"]] for r in rows])
+
+    def wal_status(self, source: str, rows: list[dict[str, Any]], streams: list[SourceIdentity]) -> None:
+        if len(streams) > 1:
+            for identity in streams:
+                empty = "" if any(r["epoch"] == identity.epoch for r in rows) else ": nothing archived yet"
+                _console().print(f"epoch {identity.epoch}: {identity.describe()}, since {identity.started_at or '-'}, "
+                                 f"WAL in {layout.wal_prefix(identity.stream)}{empty}")
+        if not rows:
+            _console().print(f"no WAL archived for {source}")
+            return
+        _table(None, ["EPOCH", "TIMELINE", "FIRST", "LAST", "SEGMENTS", "GAPS", "STORED", "NEWEST", "AGE"], [
+            [
+                str(r["epoch"]), f"{r['timeline']}", r["first"] or "-", r["last"] or "-", str(r["segments"]),
+                ", ".join(f"{g['from']}..{g['to']} ({g['missing']})" for g in r["gaps"]) or "none",
+                human_size(r["stored_bytes"]), r["newest_archived_at"] or "-", human_duration(r["newest_age_seconds"]),
+            ]
+            for r in rows
+        ])
+        newest = max((r for r in rows if r["newest_archived_at"]), key=lambda r: r["newest_archived_at"], default=None)
+        if newest is not None:
+            _console().print(f"newest segment {newest['newest_segment']} archived "
+                             f"{human_duration(newest['newest_age_seconds'])} ago")
+
+    def wal_verified(self, results: list[WalVerifyResult]) -> None:
+        out = _console()
+        for result in results:
+            verdict = "ok" if result.ok else "PROBLEMS"
+            epoch = f" epoch {result.epoch}" if len(results) > 1 else ""
+            if result.end is None:
+                out.print(f"WAL of {result.source}{epoch}: {verdict} ({result.mode}); nothing to check")
+            else:
+                out.print(f"WAL of {result.source}{epoch}: {verdict} ({result.mode}); {result.start} .. {result.end} "
+                          f"from the {result.start_from}, timelines {', '.join(map(str, result.timelines)) or '-'}; "
+                          f"{result.checked} objects, {human_size(result.bytes)} read in "
+                          f"{human_seconds(result.seconds, 2)}")
+            for problem in result.problems:
+                out.print(f"  {problem}")
+
+    def wal_checked(self, source: str, result: dict[str, Any]) -> None:
+        epoch = f" (history epoch {result['epoch']})" if result["epoch"] > 1 else ""
+        click.echo(f"{result['segment']} of {source}{epoch} archived {human_seconds(result['seconds'], 2)} after the "
+                   f"switch (at {result['switch_lsn']})")
+
+    def epoch_started(self, result: EpochStart) -> None:
+        """What ``wal new-epoch`` did and what to do next."""
+        out = _console()
+        identity, source = result.epoch, result.source
+        if result.action == "registered":
+            out.print(f"registered {identity.describe()} as history epoch 1 of source {source} ({result.note})")
+            return
+        if result.action == "current":
+            out.print(f"{identity.describe()} is already the current history epoch of source {source} (epoch "
+                      f"{identity.epoch}): {result.note}")
+            return
+        previous = result.previous
+        out.print(f"started history epoch {identity.epoch} of source {source}: {identity.describe()}, "
+                  f"{identity.segment_size // 1024**2} MiB WAL segments; its WAL goes to "
+                  f"{layout.wal_prefix(identity.stream)}")
+        last = result.previous_last_segment
+        archived = (f"its last archived segment is {last.name.name} ({last.modified:%Y-%m-%d %H:%M:%S %Z})" if last
+                    else "it has no archived WAL")
+        out.print(f"epoch {previous.epoch} ({previous.describe()}) keeps its backups and WAL, restorable as before; "
+                  f"{archived}")
+        out.print("next steps:")
+        out.print(f"  1. backupctl wal check {source}     # archives a segment of the upgraded server (and any "
+                  "refused so far)")
+        out.print(f"  2. backupctl backup {source} --type full     # until then no restore can reach a time after the "
+                  "upgrade")
+        out.print(f"  3. backupctl pg-settings {source}     # restore_command for standbys of the upgraded server "
+                  f"(--epoch {identity.epoch})")
+
+    def timeline_forgotten(self, result: Forgotten) -> None:
+        """What ``wal forget-timeline`` removed, or would remove."""
+        out = _console()
+        verb = "would remove" if result.dry_run else "removed"
+        names = ", ".join(map(str, result.timelines))
+        descendants = ", ".join(map(str, result.timelines[1:]))
+        below = f" (with {descendants}, which branched from it)" if descendants else ""
+        out.print(f"{verb} timeline {result.timelines[0]}{below} of {result.source}: {len(result.wal_files)} WAL "
+                  f"file(s)" + (f" {result.wal_files[0]}..{result.wal_files[-1]}" if result.wal_files else "")
+                  + f", history file(s) {', '.join(result.history_files) or 'none'}, "
+                  f"{human_size(result.stored_bytes)}")
+        if result.backups:
+            out.print(f"{verb} the backups taken on timeline(s) {names}: {', '.join(result.backups)}")
+        if result.production is not None:
+            out.print(f"production is on timeline {result.production}; restores follow it")
+
+    def drill(self, result: dict[str, Any]) -> None:
+        out = _console()
+        out.print(f"drill {result['id']} of {result['source']}: {result['status'].upper()} (backup "
+                  f"{result['backup_id'] or '-'}, {result['backup_type'] or '-'}), {result['finished_at']} on "
+                  f"{result['host']}")
+        target = result["target"]
+        asked = ("end of archived WAL" if target["kind"] == "end"
+                 else f"{target['kind']} {target['value'] or ''}".strip())
+        reached = result.get("reached")
+        if reached:
+            when = f" (last transaction {reached['time']})" if reached.get("time") else ""
+            out.print(f"target: {asked}; reached {reached['lsn']}{when} on timeline {reached['timeline']}, "
+                      f"{result['wal_segments_replayed']} WAL segments replayed")
+        elif result["kind"] == "postgres" and result["backup_type"] in ("full", "incr", None):
+            out.print(f"target: {asked}; not reached")
+        parts = result["rto_parts"]
+        out.print(f"RTO: {human_seconds(result['rto_seconds'])} (plan {human_seconds(parts['plan'])}, download "
+                  f"{human_seconds(parts['download'])}, extract {human_seconds(parts['extract'])}, WAL replay "
+                  f"{human_seconds(parts['wal_replay'])}); checks {human_seconds(parts['checks'])}")
+        if result.get("kept"):
+            out.print(f"scratch copy kept (stopped) in {result['kept']}")
+        _table(None, ["CHECK", "RESULT", "DETAIL"], [[c["name"], c["status"], c["detail"]] for c in result["checks"]])
+
+    def drills(self, results: list[dict[str, Any]]) -> None:
+        if not results:
+            _console().print("no drills")
+            return
+        _table(None, ["ID", "SOURCE", "BACKUP", "TYPE", "STATUS", "FINISHED", "RTO", "WAL", "CHECKS", "ERROR"], [
+            [r["id"], r["source"], r["backup_id"] or "-", r["backup_type"] or "-", r["status"], r["finished_at"],
+             human_seconds(r["rto_seconds"]), str(r["wal_segments_replayed"]),
+             f"{sum(c['status'] == 'passed' for c in r['checks'])}/{len(r['checks'])}", r["error"] or ""]
+            for r in results
+        ])
+
+    def expired(self, rows: list[dict[str, Any]], dry_run: bool) -> None:
+        backups = [r for r in rows if r["item"] == "backup"]
+        wal = [r for r in rows if r["item"] == "wal"]
+        result = [] if dry_run else ["RESULT"]
+        if backups:
+            _table(None, ["ID", "TYPE", "FINISHED", "ACTION", "RULES", *result], [
+                [r["id"], r["type"], r["finished_at"], r["action"], "; ".join(r["rules"]),
+                 *([] if dry_run else [r["result"]])]
+                for r in backups
+            ])
+        if wal:
+            _table("WAL", ["TIMELINE", "FIRST", "LAST", "SEGMENTS", "STORED", "ACTION", "WHY", *result], [
+                [str(r["timeline"]) if r["stream"] == r["source"] else f"{r['stream']}: {r['timeline']}",
+                 r["first"], r["last"], str(r["segments"]), human_size(r["stored_size"]),
+                 r["action"], r["rules"][0], *([] if dry_run else [r["result"]])]
+                for r in wal
+            ])
+        gone = [r for r in backups if r["action"] == "remove"]
+        gone_wal = [r for r in wal if r["action"] == "remove"]
+        verb = "would remove" if dry_run else "removed"
+        _console().print(f"{verb} {len(gone)} of {len(backups)} backups "
+                         f"({human_size(sum(r['stored_size'] for r in gone))}) and "
+                         f"{sum(r['segments'] for r in gone_wal)} WAL segments "
+                         f"({human_size(sum(r['stored_size'] for r in gone_wal))})")
+
+    def collected(self, rows: list[dict[str, Any]], dry_run: bool) -> None:
+        if not rows:
+            _console().print("nothing to collect")
+            return
+        _table(None, ["ID", "ITEM", "SOURCE", "ACTION", "OBJECTS", "STORED", "WHY", "RESULT"], [
+            [r["id"], r["item"], r["source"] or "-", r["action"], str(r["objects"]), human_size(r["stored_size"]),
+             r["rules"][0], r["result"]]
+            for r in rows
+        ])
+        gone = [r for r in rows if r["action"] == "remove"]
+        verb = "would remove" if dry_run else "removed"
+        _console().print(f"{verb} {sum(r['objects'] for r in gone)} objects "
+                         f"({human_size(sum(r['stored_size'] for r in gone))})")
+
+
+def _details_view(out: Console, backup_type: str, extra: dict[str, Any], details: dict[str, Any]) -> None:
+    """What a backup's data holds (``show``), when the identity can open its sealed details."""
+    if backup_type in ("full", "incr"):
         out.print(f"PostgreSQL {extra['pg_major']}, timeline {extra['timeline']}, WAL {extra['start_lsn']} "
                   f"({extra['start_wal']}) to {extra['stop_lsn']} ({extra['stop_wal']}), system identifier "
                   f"{extra['system_identifier']}")
-        table("databases", ["DATABASE", "SIZE"],
-              [[name, human_size(size)] for name, size in sorted(details["databases"].items())])
-    if doc["type"] == "logical":
+        _table("databases", ["DATABASE", "SIZE"],
+               [[name, human_size(size)] for name, size in sorted(details["databases"].items())])
+    if backup_type == "logical":
         out.print(f"server {details['server_version']}, dumped with pg_dump {details['pg_dump_version']}")
-        table("databases", ["DATABASE", "SIZE", "ENCODING", "LOCALE", "TABLES", "ROWS"], [
+        _table("databases", ["DATABASE", "SIZE", "ENCODING", "LOCALE", "TABLES", "ROWS"], [
             [name, human_size(d["size"]), d["encoding"], d["locale"] or d["collate"], str(len(d["tables"])),
              str(sum(d["tables"].values()))]
             for name, d in sorted(details["databases"].items())
         ])
     if "tables" in details:
-        table("tables", ["TABLE", "ROWS"], [[n, str(c)] for n, c in sorted(details["tables"].items())])
+        _table("tables", ["TABLE", "ROWS"], [[n, str(c)] for n, c in sorted(details["tables"].items())])
     if "page_size" in details:
         out.print(
             f"pages: {details['page_count']} x {details['page_size']} B, journal_mode "
@@ -115,29 +466,9 @@ def manifest_view(doc: dict[str, Any]) -> None:
         )
 
 
-def verify_table(results: list[dict[str, Any]]) -> None:
-    table(
-        None,
-        ["ID", "SOURCE", "RESULT", "MODE", "OBJECTS", "BYTES", "SECONDS", "PROBLEM"],
-        [
-            [
-                r["id"],
-                r["source"],
-                "ok" if r["ok"] else "DAMAGED",
-                r["mode"],
-                str(r["objects"]),
-                human_size(r["bytes"]),
-                f"{r['seconds']:.2f}",
-                "; ".join(r["problems"]),
-            ]
-            for r in results
-        ],
-    )
-
-
-def plan_view(plan: dict[str, Any]) -> None:
+def _plan_view(plan: dict[str, Any]) -> None:
     """A restore plan, as a DBA reads it before anything is downloaded."""
-    out = console()
+    out = _console()
     target = plan["target"]
     out.print(f"source:       {plan['source']}")
     out.print(f"backup:       {plan['backup']} ({plan['backup_type']}, finished {plan['backup_finished_at']}, "
@@ -153,3 +484,40 @@ def plan_view(plan: dict[str, Any]) -> None:
         out.print(f"archiving:    {plan['archiving']['state']} ({plan['archiving']['reason']})")
     for note in plan["notes"]:
         out.print(f"note:         {note}")
+
+
+def _wal_cell(status: SourceStatus) -> str:
+    wal, server = status.wal, status.server or {}
+    if status.kind != "postgres":
+        return "-"
+    parts = [f"newest {human_duration(wal.age_seconds)} ago, {wal.gaps} gaps" if wal else "none archived"]
+    if server.get("reachable"):
+        parts.append(f"{server['failed_count']} failures" + (" (FAILING)" if server["failing"] else ""))
+    if server.get("ready") is not None:
+        parts.append(f"{server['ready']} ready")
+    if server and not server.get("reachable"):
+        parts.append("server unreachable")
+    return ", ".join(parts)
+
+
+def _window_cell(window: Window | None) -> str:
+    if not window:
+        return "-"
+    if window.earliest is None:
+        return f"NONE: {window.problem}"
+    kind = "PITR" if window.kind == "pitr" else f"{window.points} backups"
+    on = f" on timeline {window.timeline}" if window.timeline else ""
+    return f"{kind} {window.earliest[:16]} .. {(window.latest or '')[:16]} ({human_duration(window.seconds)}){on}"
+
+
+def _record_cell(record: VerifySummary | DrillSummary | None) -> str:
+    if not record:
+        return "never"
+    return f"{record.status}, {human_duration(record.age_seconds)} ago"
+
+
+def _drill_cell(record: DrillSummary | None) -> str:
+    if not record:
+        return "never"
+    rto = f", RTO {human_duration(record.rto_seconds)}" if record.rto_seconds is not None else ""
+    return _record_cell(record) + rto

@@ -5,23 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import pytest
-
-from backupctl.console import command_word
-
-
-@pytest.mark.parametrize(("args", "verb"), [
-    (["wal-push", "pg_wal/x"], "wal-push"),
-    (["--config", "/etc/b.toml", "--debug", "wal-fetch", "a", "b"], "wal-fetch"),
-    (["--config=/etc/b.toml", "wal-push", "--source", "main", "p"], "wal-push"),
-    (["--config", "wal-push"], None),
-    (["--version"], None),
-    (["backup", "main"], "backup"),
-    ([], None),
-])
-def test_the_command_word_is_found_after_the_global_options(args: list[str], verb: str | None) -> None:
-    assert command_word(args) == verb
-
 
 def _modules_after(*args: str) -> tuple[int, set[str]]:
     """Run the console entry in a fresh interpreter; report its exit code and which heavy modules it loaded."""

@@ -1,0 +1,127 @@
+"""What every command module shares: the group's state, the common options, and whose OS user a command is.
+
+The command modules import this module and nothing else of the CLI at their top; the group in ``cli.app``
+imports them, never the reverse. Everything below click (services, config, the output writers) is imported
+inside the function that needs it: ``backupctl --help`` and each command's start must not pay for boto3,
+psycopg or rich (start-up cost).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+import click
+
+if TYPE_CHECKING:  # types only; see the module docstring for why the modules load late
+    from backupctl.core.config import Config
+    from backupctl.repo.repository import Repository
+    from backupctl.services.pitr import Target
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+OUTPUT = click.option(
+    "--output", "-o", type=click.Choice(["table", "json"]), default="table", show_default=True,
+    help="Result format: a table for people, JSON for programs.",
+)
+AUTO_OUTPUT = click.option(
+    "--output", "-o", type=click.Choice(["table", "json"]), default=None,
+    help="Result format (default: a table on a terminal, JSON otherwise).",
+)
+
+
+@dataclass
+class State:
+    """What the group options give every command."""
+
+    config_file: str | None
+    debug: bool
+
+    def config(self) -> Config:
+        # Start-up cost: the config's modules load only once a command runs.
+        from backupctl.core.config import config_path, load_config
+        from backupctl.storage.local import warn_if_readable_by_others
+
+        path = config_path(self.config_file)
+        config = load_config(path)
+        warn_if_readable_by_others(path, "config file")  # not on the wal-push fast path: once a segment is noise
+        return config
+
+    def repository(self) -> Repository:
+        from backupctl.repo.repository import open_repository  # start-up cost
+
+        return open_repository(self.config())
+
+
+pass_state = click.make_pass_decorator(State)
+
+Role = Literal["server", "repository", "backup"]
+
+
+def act_as(config: Config, role: Role, source: str | None = None) -> None:
+    """Started as root, become the OS user a command's files must belong to: the CLI decides it here alone.
+
+    ``server``: the command writes a PostgreSQL server's files (a restored data directory, its archive's
+    epochs and timelines, a drill's scratch cluster): the owner of SOURCE's pgdata or, with no source named
+    (``init``), of the first PostgreSQL source that has one; a source without a server (SQLite) acts as the
+    repository's owner. ``repository``: the command writes to the repository (verify and drill records,
+    retention, pins, key rotation): ``become_repository_owner``'s choice. ``backup``: a PostgreSQL source's
+    backup acts as the repository's owner; a SQLite one stays who it is, since the database's reader may not
+    be the repository's owner. See ``core.privileges`` for how the switch is made.
+    """
+    from backupctl.core.config import PostgresSource  # start-up cost
+    from backupctl.core.privileges import become_repository_owner, become_server_user
+
+    if role == "server":
+        server = config.source(source) if source else next(
+            (s for s in config.sources.values() if isinstance(s, PostgresSource) and s.pgdata), None)
+        if isinstance(server, PostgresSource):
+            become_server_user(server)
+            return
+        if server is None:
+            return
+    if role == "backup" and not isinstance(config.source(source or ""), PostgresSource):
+        return
+    become_repository_owner(config, source)
+
+
+@dataclass(frozen=True)
+class TargetOptions:
+    """The ``--target-*`` options as given: at most one recovery target, checked by ``pitr``."""
+
+    time: str | None
+    lsn: str | None
+    xid: str | None
+    name: str | None
+    immediate: bool
+
+    def target(self, timeline: str = "latest", action: str | None = None, inclusive: bool = True) -> Target:
+        from backupctl.services.pitr import target_from_options  # start-up cost
+
+        return target_from_options(self.time, self.lsn, self.xid, self.name, self.immediate, timeline, action,
+                                   inclusive)
+
+
+def target_options(immediate_help: str) -> Callable[[F], F]:
+    """The recovery target options of ``restore`` and ``drill run``, given to the command as ``target``."""
+    def decorate(command: F) -> F:
+        @functools.wraps(command)
+        def with_target(*args: Any, target_time: str | None, target_lsn: str | None, target_xid: str | None,
+                        target_name: str | None, target_immediate: str | None, **kwargs: Any) -> Any:
+            target = TargetOptions(target_time, target_lsn, target_xid, target_name, bool(target_immediate))
+            return command(*args, target=target, **kwargs)
+
+        options = [
+            click.option("--target-time", help="Physical: recover to this time (ISO 8601; UTC without an offset)."),
+            click.option("--target-lsn", help="Physical: recover to this WAL location."),
+            click.option("--target-xid", help="Physical: recover to this transaction."),
+            click.option("--target-name", help="Physical: recover to this named restore point."),
+            click.option("--target", "target_immediate", type=click.Choice(["immediate"]), help=immediate_help),
+        ]
+        for option in reversed(options):
+            with_target = option(with_target)
+        return with_target  # type: ignore[return-value]
+
+    return decorate

@@ -1,0 +1,147 @@
+"""The command line's pure parts: the command word, each command module on its own, and the writers.
+
+A command module is importable alone (no module of ``cli`` imports the group back), loads nothing heavy
+until a command runs, and answers ``--help`` without the group around it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import subprocess
+import sys
+from types import SimpleNamespace
+from typing import Any
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from backupctl.cli.argv import command_word
+from backupctl.cli.output import JsonWriter, TableWriter, Writer, writer
+
+COMMAND_MODULES = ["backup", "restore", "wal", "retention", "repo", "keys", "ops", "scheduler", "drill"]
+HEAVY = ["backupctl.cli.app", "backupctl.cli.output", "rich", "boto3", "psycopg", "zstandard", "structlog"]
+
+
+@pytest.mark.parametrize(("args", "verb"), [
+    (["wal-push", "pg_wal/x"], "wal-push"),
+    (["--config", "/etc/b.toml", "--debug", "wal-fetch", "a", "b"], "wal-fetch"),
+    (["--config=/etc/b.toml", "wal-push", "--source", "main", "p"], "wal-push"),
+    (["--config", "wal-push"], None),
+    (["--version"], None),
+    (["backup", "main"], "backup"),
+    ([], None),
+])
+def test_the_command_word_is_found_after_the_global_options(args: list[str], verb: str | None) -> None:
+    assert command_word(args) == verb
+
+
+@pytest.mark.parametrize("name", COMMAND_MODULES)
+def test_a_command_module_imports_alone_and_loads_nothing_heavy(name: str) -> None:
+    probe = f"import sys\nimport backupctl.cli.{name}\nprint(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert loaded.split() == []
+
+
+def _commands(command: click.Command, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], click.Command]]:
+    found = [(path, command)]
+    if isinstance(command, click.Group):
+        for name, sub in command.commands.items():
+            found += _commands(sub, (*path, name))
+    return found
+
+
+def _module_commands() -> list[Any]:
+    cases = []
+    for name in COMMAND_MODULES:
+        module = importlib.import_module(f"backupctl.cli.{name}")
+        roots = [value for value in vars(module).values()
+                 if isinstance(value, click.Command) and value.callback.__module__ == module.__name__]
+        cases += [pytest.param(root, path, id=f"{name}:{root.name} {' '.join(path)}".strip())
+                  for root in roots for path, _ in _commands(root)]
+    return cases
+
+
+@pytest.mark.parametrize(("root", "path"), _module_commands())
+def test_every_command_answers_help_without_the_group(root: click.Command, path: tuple[str, ...]) -> None:
+    result = CliRunner().invoke(root, [*path, "--help"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("Usage: ")
+
+
+def test_every_writer_method_exists_in_every_format() -> None:
+    methods = {name for name in vars(Writer) if not name.startswith("_")}
+    for kind in (JsonWriter, TableWriter):
+        assert {name for name in methods if getattr(kind, name) is getattr(Writer, name)} == set(), kind
+
+
+def test_the_format_is_chosen_by_the_option_or_else_by_the_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert isinstance(writer("json"), JsonWriter) and isinstance(writer("table"), TableWriter)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: False)
+    assert isinstance(writer(None), JsonWriter)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    assert isinstance(writer(None), TableWriter)
+
+
+SUMMARY = {"id": "20261125T021500123Z-S-k3x", "source": "devdb", "type": "sqlite",
+           "finished_at": "2026-11-25T02:15:01Z", "duration_seconds": 1.25, "size": 3 * 1024**2,
+           "stored_size": 1024**2, "encrypted": True, "pinned": {"reason": "legal hold"}}
+
+
+def test_the_json_writer_prints_the_data_as_given(capsys: pytest.CaptureFixture[str]) -> None:
+    JsonWriter().backups([SUMMARY])
+    assert json.loads(capsys.readouterr().out) == [SUMMARY]
+
+
+def test_the_json_writer_wraps_single_results_in_a_list(capsys: pytest.CaptureFixture[str]) -> None:
+    JsonWriter().wal_checked("main", {"segment": "000000010000000000000003", "epoch": 1})
+    assert json.loads(capsys.readouterr().out) == [{"segment": "000000010000000000000003", "epoch": 1}]
+
+
+def test_the_table_writer_draws_a_listing_with_people_units(capsys: pytest.CaptureFixture[str]) -> None:
+    TableWriter().backups([SUMMARY])
+    header, _, row = capsys.readouterr().out.splitlines()
+    assert header.split() == ["ID", "┃", "SOURCE", "┃", "TYPE", "┃", "FINISHED", "┃", "DURATION", "┃", "SIZE", "┃",
+                              "STORED", "┃", "ENCRYPTED", "┃", "PINNED"]
+    assert [cell.strip() for cell in row.split("│")] == [
+        SUMMARY["id"], "devdb", "sqlite", "2026-11-25T02:15:01Z", "1.2s", "3.0 MiB", "1.0 MiB", "yes", "legal hold"]
+
+
+def test_the_table_writer_says_when_there_is_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    TableWriter().backups([])
+    TableWriter().drills([])
+    TableWriter().collected([], dry_run=True)
+    assert capsys.readouterr().out == "no backups\nno drills\nnothing to collect\n"
+
+
+def test_the_table_writer_prints_a_backup_as_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    manifest = SimpleNamespace(id="20261125T021500123Z-S-k3x", source="devdb", size=2048, stored_size=100,
+                               duration=0.34)
+    TableWriter().backup(manifest)  # type: ignore[arg-type]
+    assert capsys.readouterr().out == "backup 20261125T021500123Z-S-k3x of devdb: 2.0 KiB -> 100 B stored in 0.3s\n"
+
+
+def test_the_table_writer_of_a_check_is_the_monitoring_plugins_output(capsys: pytest.CaptureFixture[str]) -> None:
+    from backupctl.monitoring.check import OK, WARNING, Finding
+
+    findings = [Finding("a", "sqlite_backup_age", OK, "last sqlite backup 2s old"),
+                Finding("b", "sqlite_backup_age", WARNING, "last sqlite backup 2.0d old")]
+    TableWriter().checked(["a", "b"], findings)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("BACKUPCTL WARNING")
+    assert lines[1:] == ["OK: a: last sqlite backup 2s old", "WARNING: b: last sqlite backup 2.0d old"]
+    JsonWriter().checked(["a", "b"], findings)
+    assert [(s["id"], s["state"], len(s["findings"])) for s in json.loads(capsys.readouterr().out)] == [
+        ("a", "OK", 1), ("b", "WARNING", 1)]
+
+
+def test_the_expire_table_sums_what_goes(capsys: pytest.CaptureFixture[str]) -> None:
+    rows = [{"item": "backup", "id": "x1", "type": "sqlite", "finished_at": "t", "action": "remove",
+             "rules": ["no rule keeps it"], "stored_size": 2048, "result": "removed"},
+            {"item": "backup", "id": "x2", "type": "sqlite", "finished_at": "t", "action": "keep",
+             "rules": ["keep_last (1 of 1)"], "stored_size": 4096, "result": "kept"}]
+    TableWriter().expired(rows, dry_run=True)
+    out = capsys.readouterr().out
+    assert "RESULT" not in out
+    assert out.splitlines()[-1] == "would remove 1 of 2 backups (2.0 KiB) and 0 WAL segments (0 B)"
