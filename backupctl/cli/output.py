@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -41,62 +42,80 @@ def writer(output: str | None) -> Writer:
     return JsonWriter() if chosen == "json" else TableWriter()
 
 
-class Writer:
+class Writer(ABC):
     """One method per result; each format implements them all."""
 
+    @abstractmethod
     def backup(self, manifest: Manifest) -> None:
-        raise NotImplementedError
+        """`backup`: the backup just made."""
 
+    @abstractmethod
     def backups(self, summaries: list[dict[str, Any]]) -> None:
-        raise NotImplementedError
+        """`list`: backup summaries, newest first, each with its pin."""
 
+    @abstractmethod
     def manifest(self, doc: dict[str, Any]) -> None:
-        raise NotImplementedError
+        """`show`: one manifest, with its details when they could be opened."""
 
+    @abstractmethod
     def verified(self, results: list[VerifyResult]) -> None:
-        raise NotImplementedError
+        """`verify`: one result per backup read back."""
 
+    @abstractmethod
     def plan(self, plan: Plan) -> None:
-        raise NotImplementedError
+        """`restore --dry-run`: the plan of a point-in-time restore."""
 
+    @abstractmethod
     def restored(self, result: dict[str, Any], backup_id: str) -> None:
-        raise NotImplementedError
+        """`restore` (physical): what was written and, with --start, how recovery ended."""
 
+    @abstractmethod
     def status(self, facts: list[SourceStatus]) -> None:
-        raise NotImplementedError
+        """`status`: the gathered facts of each source."""
 
+    @abstractmethod
     def checked(self, sources: list[str], findings: list[Finding]) -> None:
-        raise NotImplementedError
+        """`check`: the findings of each source, judged against its thresholds."""
 
+    @abstractmethod
     def jobs(self, rows: list[dict[str, Any]]) -> None:
-        raise NotImplementedError
+        """`scheduler jobs`: the scheduled jobs and their next runs."""
 
+    @abstractmethod
     def wal_status(self, source: str, rows: list[dict[str, Any]], streams: list[SourceIdentity]) -> None:
-        raise NotImplementedError
+        """`wal status`: the archived ranges of each epoch and timeline."""
 
+    @abstractmethod
     def wal_verified(self, results: list[WalVerifyResult]) -> None:
-        raise NotImplementedError
+        """`wal verify`: one result per history epoch."""
 
+    @abstractmethod
     def wal_checked(self, source: str, result: dict[str, Any]) -> None:
-        raise NotImplementedError
+        """`wal check`: the segment switched to and how long it took to be archived."""
 
+    @abstractmethod
     def epoch_started(self, result: EpochStart) -> None:
-        raise NotImplementedError
+        """`wal new-epoch`: what was recorded, and what to do next."""
 
+    @abstractmethod
     def timeline_forgotten(self, result: Forgotten) -> None:
-        raise NotImplementedError
+        """`wal forget-timeline`: what was (or would be) removed."""
 
+    @abstractmethod
     def drill(self, result: dict[str, Any]) -> None:
-        raise NotImplementedError
+        """`drill run` and `drill show`: one drill's stored document."""
 
+    @abstractmethod
     def drills(self, results: list[dict[str, Any]]) -> None:
-        raise NotImplementedError
+        """`drill list`: drill documents, newest first."""
 
+    @abstractmethod
     def expired(self, rows: list[dict[str, Any]], dry_run: bool) -> None:
-        raise NotImplementedError
+        """`expire`: the fate of every backup and WAL range, and why."""
 
+    @abstractmethod
     def collected(self, rows: list[dict[str, Any]], dry_run: bool) -> None:
-        raise NotImplementedError
+        """`repo gc`: the debris found, and what became of it."""
 
 
 class JsonWriter(Writer):
