@@ -219,16 +219,15 @@ def fetch_from_epoch(repo: Repository, source: str, epoch: int, name: str, dest:
         return True
     if known is None or stream not in known:
         if read_identity(repo, stream) is None:
-            location = repo.storage.location
+            where = f"in {repo.storage.location} ({layout.stream_record_key(stream)} is missing)"
             if epoch > 1:
                 raise UnknownStream(
-                    f"source {source!r} has no history epoch {epoch} in {location} ({stream}/source.json is "
-                    f"missing): restore_command names the wrong --epoch (`backupctl pg-settings {source}` prints "
-                    "the right one)")
+                    f"source {source!r} has no history epoch {epoch} {where}: restore_command names the wrong "
+                    f"--epoch (`backupctl pg-settings {source}` prints the right one)")
             raise UnknownStream(
-                f"source {source!r} has nothing archived in {location} ({stream}/source.json is missing): "
-                "restore_command names a source or repository this server never archived into: fix its --source "
-                "or --config (`backupctl pg-settings SOURCE` prints the right one) rather than end recovery here")
+                f"source {source!r} has nothing archived {where}: restore_command names a source or repository "
+                "this server never archived into: fix its --source or --config (`backupctl pg-settings SOURCE` "
+                "prints the right one) rather than end recovery here")
         if known is not None:
             known.add(stream)
     return False

@@ -73,7 +73,7 @@ class _OneShotZstd:
     """
 
     def __init__(self, level: int) -> None:
-        import zstandard
+        import zstandard  # as repo.codecs does: only a zstd repository pays for it
 
         self._compressor = zstandard.ZstdCompressor(level=level, threads=0, write_checksum=True)
         self._chunks: list[bytes] = []

@@ -84,3 +84,13 @@ def test_the_fast_path_accepts_and_refuses_what_the_schema_does(f: dataclasses.F
     for value in _boundaries(f):
         fast = wal_options({key: value}) is not None
         assert fast == _schema_accepts(key, value), f"[wal] {key} = {value!r}: fast path {fast}, schema not"
+
+
+@pytest.mark.parametrize("entry", [["-I", "-S", str(ROOT / "backupctl" / "walpusher.py")],
+                                   ["-m", "backupctl.walpusher"]], ids=["script", "module"])
+def test_walpusher_runs_as_a_script_and_as_a_module(entry: list[str]) -> None:
+    """postgresql.conf names the file (or the module): it must start from any directory."""
+    run = subprocess.run([sys.executable, *entry, "wal-fetch", "--epoch", "0", "a", "b"], capture_output=True,
+                         text=True, cwd="/", env={"PYTHONPATH": str(ROOT)} if "-m" in entry else {})
+    assert run.returncode == 128, run.stderr  # a usage error of restore_command must stop recovery
+    assert run.stderr.startswith("backupctl: error: --epoch '0' is not a history epoch")

@@ -1,12 +1,30 @@
 """The fast path's client: archive_command (wal-push) and restore_command (wal-fetch), one call each.
 
-A call hands its file to the resident pusher of its source over the spool directory's Unix socket, and
-exits 0 only when the pusher reports that very file durable (or fetched into place). Durability never
-depends on the pusher: when it is missing, dies mid-request, is silent past ``Settings.stall`` (killed by
-its recorded pid, and replaced) or cannot start within ``STARTUP_WAIT``, the call does its own file in
-this process (``run_service``, with the venv loaded only then) and starts a new pusher in the background.
+Per call, this module reads the config with tomllib (``settings``, cached) and hands the file over a Unix
+socket to a resident pusher (one per source, in a spool directory only the server's OS user can enter:
+``daemon``). A call exits 0 only when the pusher reports ITS file durable in the repository (or fetched
+into place), and for the very file PostgreSQL named (inode, size and mtime are compared).
 
-Standard library only until a call must work in-process: the archive_command fast path imports this module.
+Durability never depends on the pusher: when it dies mid-request, fails for a reason a retry may fix, or
+cannot be started within ``STARTUP_WAIT``, the call pushes its own segment itself, synchronously, and
+starts a new pusher in the background. When it is silent for ``min(timeout, 10)`` seconds (it sends a
+heartbeat every second while it works, and stops once a job overruns what a healthy one takes: stopped,
+hung), the call kills it by the pid it recorded with its lock and hands its segment to a new one, so the
+stall is paid once, not by every later segment. New pushers are started in the background (detached:
+its own session, stdin from /dev/null, output to ``pusher.log`` in the spool directory). When no pusher
+runs at all, the call starts one and hands it its segment if it comes up in time: two cold starts (each
+imports the storage stack) would only compete for the CPU. Refusals that a retry cannot fix (another
+system's WAL, a conflicting checksum, a name PostgreSQL never archives) fail at once with exit 1.
+
+wal-fetch asks the same resident process (when ``[wal] prefetch`` > 0). A file that is not archived exits 1
+at once, but only when the repository knows the source (its source.json: a wrong --source, --epoch or
+config would otherwise end recovery early); a segment whose system identifier is not the one in the
+restoring cluster's pg_control is refused before it reaches %p; these and any other failure (an
+unreachable store after retries, damage, a bad config) exit 128, which makes PostgreSQL stop recovery
+rather than take the failure for the end of the archive.
+
+Standard library only until a call must work in-process (``run_service`` loads the venv first): the
+archive_command fast path imports this module.
 """
 
 from __future__ import annotations
@@ -92,7 +110,7 @@ def ask(settings: Settings, request: dict[str, Any], connect_wait: float = 0.0) 
 
 def lock_held(settings: Settings) -> bool:
     """Whether a pusher holds its lock (running, or starting)."""
-    import fcntl
+    import fcntl  # fast path: imported only by the calls that need it
 
     try:
         fd = os.open(os.path.join(settings.spool, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o600)
@@ -118,7 +136,7 @@ def _kill_unresponsive(settings: Settings) -> int | None:
     is atomic, and each client still waiting gets its connection closed and does its own file. Returns once
     the lock is free (or after ``KILL_WAIT``), so that a new pusher can start at once.
     """
-    import signal
+    import signal  # fast path: only to kill a stuck pusher (enum costs ms)
 
     try:
         with open(os.path.join(settings.spool, PID_NAME)) as handle:
@@ -164,7 +182,7 @@ def spawn_pusher(settings: Settings, pg_wal: str | None = None) -> None:
     With ``pg_wal`` it starts pushing that directory's ready segments as soon as it is up, while the
     call that started it pushes its own segment.
     """
-    import subprocess
+    import subprocess  # fast path: only to start a pusher
 
     if lock_held(settings):
         return
@@ -256,14 +274,14 @@ def push_command(config_file: str | None, source: str | None, path: str, debug: 
 def full_environment() -> None:
     """Load what ``-S`` skipped (the venv's site-packages and .pth files) before heavy imports."""
     if sys.flags.no_site and "site" not in sys.modules:
-        import site
+        import site  # what -S skipped, loaded only for in-process work
 
         site.main()
 
 
 def run_service(debug: bool, work: Any, fatal_exit: int | None = None) -> int:
     """Run ``work()`` with the CLI's error conventions: one line, the documented exit codes."""
-    import traceback
+    import traceback  # in-process work only
 
     full_environment()
     from backupctl.core import log, signals  # the slow path: never imported by a call the pusher serves
