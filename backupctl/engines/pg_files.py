@@ -14,7 +14,6 @@ those restore the same way, as a single part each.
 from __future__ import annotations
 
 import os
-import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,14 +26,13 @@ from backupctl.core.errors import ConfigError, IntegrityError
 from backupctl.core.log import get_logger
 from backupctl.postgres.backup_manifest import BackupManifest, ManifestCheck, expected_directories, prepare_delta, prune
 from backupctl.postgres.tarstream import TarExtractor, remove_path
+from backupctl.repo import layout
 from backupctl.repo.catalog import Manifest
 from backupctl.repo.pipeline import StoredObject
 from backupctl.repo.repository import Repository
 
 log = get_logger(__name__)
 
-# base.tar.zst (one object) or base/0003.tar.zst (parts); tablespaces/16384.tar.zst or tablespaces/16384/0000.tar.zst
-_ARCHIVE = re.compile(r"^(?:base(?:\.tar|/\d+\.tar)|tablespaces/(?P<oid>\d+)(?:\.tar|/\d+\.tar))(?:\.|$)")
 
 
 @dataclass(frozen=True)
@@ -48,13 +46,12 @@ class Archive:
 
 def backup_archives(backup: Manifest, pgdata: Path, locations: dict[str, str]) -> list[Archive]:
     """The tar parts of ``backup`` with their destinations; ``locations`` maps tablespace oids to directories."""
-    prefix = f"{backup.source}/backups/{backup.id}/"
     archives = []
     for obj in backup.objects:
-        match = _ARCHIVE.match(obj.key[len(prefix):])
-        if match is None:
+        name = layout.name_in_backup(backup.source, backup.id, obj.key)
+        if not layout.is_tar_part(name):
             continue
-        oid = match.group("oid")
+        oid = layout.tar_part_tablespace(name)
         if oid is None:
             archives.append(Archive(obj, pgdata, b""))
             continue
@@ -86,7 +83,7 @@ def restore_backup_files(repo: Repository, backup: Manifest, pgdata: Path, jobs:
             raise ConfigError(f"tablespace directory {root} is not empty: pass --tablespace {oid}=DIR to restore "
                               "it elsewhere, or --delta to reuse what is there")
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    data = _read_bytes(repo, backup.object("backup_manifest"))
+    data = _read_bytes(repo, backup.object(layout.PG_BACKUP_MANIFEST))
     manifest = BackupManifest(data)
     result: dict[str, Any] = {}
     reused: set[bytes] = set()

@@ -22,12 +22,12 @@ from typing import Any
 
 from backupctl import __version__
 from backupctl.core.errors import BackupctlError, IntegrityError, ObjectNotFound
+from backupctl.repo import layout
 from backupctl.repo.pipeline import Pipeline, StoredObject
 from backupctl.storage import Storage
 
 MANIFEST_FORMAT = "backupctl-manifest"
 MANIFEST_VERSION = 1
-MANIFEST_NAME = "manifest.json"
 TYPE_LETTERS = {"full": "F", "incr": "I", "logical": "L", "sqlite": "S"}
 _ID_RE = re.compile(r"^\d{8}T\d{9}Z-[FILS]-[a-z0-9]{3}$")
 _ALPHABET = string.ascii_lowercase + string.digits
@@ -48,10 +48,6 @@ def new_record_id(letter: str, now: datetime | None = None) -> str:
 
 def is_backup_id(text: str) -> bool:
     return bool(_ID_RE.match(text))
-
-
-def backup_prefix(source: str, backup_id: str) -> str:
-    return f"{source}/backups/{backup_id}/"
 
 
 def iso(moment: datetime) -> str:
@@ -84,7 +80,7 @@ class Manifest:
 
     @property
     def key(self) -> str:
-        return backup_prefix(self.source, self.id) + MANIFEST_NAME
+        return layout.manifest_key(self.source, self.id)
 
     @property
     def size(self) -> int:
@@ -121,7 +117,7 @@ class Manifest:
 
     def object(self, role_key: str) -> StoredObject:
         """The object whose key starts with this backup's prefix plus ``role_key``."""
-        wanted = backup_prefix(self.source, self.id) + role_key
+        wanted = layout.backup_prefix(self.source, self.id) + role_key
         for obj in self.objects:
             if obj.key.startswith(wanted):
                 return obj
@@ -183,8 +179,8 @@ def parse_manifest(data: bytes, key: str) -> Manifest:
     """Check format, version and self-checksum; refuse anything else as foreign or damaged."""
     try:
         doc = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise IntegrityError(f"{key} is not valid JSON: the manifest is damaged") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise IntegrityError(f"{key} is not valid JSON: the manifest is damaged") from exc
     if not isinstance(doc, dict) or doc.get("format") != MANIFEST_FORMAT:
         raise IntegrityError(f"{key} is not a backupctl manifest")
     if not isinstance(doc.get("version"), int) or doc["version"] > MANIFEST_VERSION:
@@ -213,7 +209,7 @@ def parse_manifest(data: bytes, key: str) -> Manifest:
             sealed_details=doc.get("sealed_details"),
         )
     except (KeyError, TypeError) as exc:
-        raise IntegrityError(f"{key} lacks field {exc}: the manifest is damaged") from None
+        raise IntegrityError(f"{key} lacks field {exc}: the manifest is damaged") from exc
 
 
 def seal_details(manifest: Manifest, pipeline: Pipeline) -> None:
@@ -253,7 +249,7 @@ class Catalog:
 
     def sources(self) -> list[str]:
         """Sources that have a ``backups/`` folder in the repository."""
-        return [p.rstrip("/") for p in self.storage.list_prefixes("") if not p.startswith(".")]
+        return [p.rstrip("/") for p in self.storage.list_prefixes("") if layout.is_source_folder(p)]
 
     def scan(self, source: str | None = None) -> tuple[list[Manifest], dict[str, str]]:
         """Every complete backup (newest first by finish time), and the manifests that cannot be read.
@@ -265,8 +261,8 @@ class Catalog:
         keys = [
             info.key
             for name in sources
-            for info in self.storage.list(f"{name}/backups/")
-            if info.key.endswith("/" + MANIFEST_NAME)
+            for info in self.storage.list(layout.backups_prefix(name))
+            if layout.is_manifest_key(info.key)
         ]
 
         def load(key: str) -> Manifest | str:
@@ -290,7 +286,7 @@ class Catalog:
                 "see `backupctl list`)"
             )
         for name in self.sources():
-            key = backup_prefix(name, backup_id) + MANIFEST_NAME
+            key = layout.manifest_key(name, backup_id)
             try:
                 return self.read(key)
             except ObjectNotFound:

@@ -32,6 +32,7 @@ from typing import Any
 from backupctl.core.errors import BackupctlError, ObjectNotFound, StorageError
 from backupctl.core.log import get_logger
 from backupctl.core.signals import shielded
+from backupctl.repo import layout
 from backupctl.storage.base import ObjectInfo, Storage
 
 log = get_logger(__name__)
@@ -78,13 +79,9 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _locks(source: str | None) -> str:
-    return f"{source}/locks/" if source else "locks/"
-
-
 def store_now(storage: Storage, source: str | None) -> datetime:
     """The store's current time: the Last-Modified of a probe object written and removed for the purpose."""
-    key = f"{_locks(source)}clock/{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+    key = layout.clock_probe_key(source, f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}")
     storage.put(key, b"")
     try:
         info = storage.head(key)
@@ -114,7 +111,7 @@ def _read(storage: Storage, info: ObjectInfo) -> LeaseInfo | None:
         return None
     except (ValueError, KeyError, TypeError) as exc:
         raise StorageError(f"lease object {info.key} is not a backupctl lease ({exc}); "
-                           "remove it if nothing else writes there") from None
+                           "remove it if nothing else writes there") from exc
 
 
 class Lease:
@@ -191,7 +188,7 @@ class ExclusiveLease(Lease):
     """One generation of an exclusive lease."""
 
     def __init__(self, storage: Storage, prefix: str, generation: int, body: dict[str, Any], ttl: float) -> None:
-        super().__init__(storage, _generation_key(prefix, generation), body, ttl)
+        super().__init__(storage, layout.lease_generation_key(prefix, generation), body, ttl)
         self.prefix = prefix
         self.generation = generation
 
@@ -210,16 +207,12 @@ class ExclusiveLease(Lease):
         self._write()
 
 
-def _generation_key(prefix: str, generation: int) -> str:
-    return f"{prefix}{generation:012d}.json"
-
-
 def _generations(storage: Storage, prefix: str) -> dict[int, ObjectInfo]:
     found: dict[int, ObjectInfo] = {}
     for info in storage.list(prefix):
-        number = info.key[len(prefix):].removesuffix(".json")
-        if number.isdigit():
-            found[int(number)] = info
+        generation = layout.lease_generation(prefix, info.key)
+        if generation is not None:
+            found[generation] = info
     return found
 
 
@@ -227,12 +220,11 @@ def superseded(storage: Storage, source: str | None) -> list[ObjectInfo]:
     """Exclusive-lease generations older than the newest of their name: a taker that won deletes them, but
     one killed before it could, or a stale taker that recreated an old generation and backed off, leaves
     them. Only the newest generation ever decides anything, so these can go at any time."""
-    locks = _locks(source)
     by_name: dict[str, list[tuple[int, ObjectInfo]]] = {}
-    for info in storage.list(locks):
-        name, dot, number = info.key[len(locks):].removesuffix(".json").rpartition(".")
-        if dot and "/" not in name and number.isdigit() and info.key.endswith(".json"):
-            by_name.setdefault(name, []).append((int(number), info))
+    for info in storage.list(layout.locks_prefix(source)):
+        parsed = layout.lease_name_and_generation(source, info.key)
+        if parsed is not None:
+            by_name.setdefault(parsed[0], []).append((parsed[1], info))
     return [info for generations in by_name.values() for _number, info in sorted(generations)[:-1]]
 
 
@@ -245,7 +237,7 @@ def _body(operation: str, ttl: float, **extra: Any) -> dict[str, Any]:
 def _take_exclusive(storage: Storage, source: str | None, name: str, body: dict[str, Any],
                     ttl: float) -> ExclusiveLease:
     """Create the next generation if the newest one is released or expired; else raise ``LeaseHeld``."""
-    prefix = f"{_locks(source)}{name}."
+    prefix = layout.lease_prefix(source, name)
     what = f"{source} {name}" if source else name
     generations = _generations(storage, prefix)
     newest = max(generations, default=0)
@@ -262,9 +254,9 @@ def _take_exclusive(storage: Storage, source: str | None, name: str, body: dict[
         raise LeaseHeld(f"{what} was just locked by {who}")
     try:
         lease.ensure_held()
-    except LeaseLost:
+    except LeaseLost as exc:
         # A newer generation exists: our key was a stale one recreated after cleanup. Leave it to gc.
-        raise LeaseHeld(f"{what} is locked by a newer lease; try again") from None
+        raise LeaseHeld(f"{what} is locked by a newer lease; try again") from exc
     stale = [info.key for number, info in generations.items() if number < lease.generation]
     storage.delete(stale)
     log.debug("lease taken", key=lease.key, operation=body["operation"])
@@ -287,7 +279,7 @@ def exclusive(storage: Storage, source: str | None, name: str, *, operation: str
 def shared(storage: Storage, source: str, *, operation: str, backups: list[str],
            ttl: float = DEFAULT_TTL) -> Iterator[Lease]:
     """Announce that this process reads ``backups`` of ``source``, so expire and gc leave them alone."""
-    key = f"{_locks(source)}readers/{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}.json"
+    key = layout.reader_lease_key(source, f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}")
     lease = Lease(storage, key, _body(operation, ttl, backups=backups), ttl)
     lease._write()
     lease.start()
@@ -307,7 +299,7 @@ def _release(lease: Lease) -> None:
 
 def live_readers(storage: Storage, source: str) -> list[LeaseInfo]:
     """Unexpired reader leases of ``source`` (their ``backups`` must not be removed)."""
-    infos = list(storage.list(f"{_locks(source)}readers/"))
+    infos = list(storage.list(layout.reader_leases_prefix(source)))
     if not infos:
         return []
     now = store_now(storage, source)
@@ -317,7 +309,7 @@ def live_readers(storage: Storage, source: str) -> list[LeaseInfo]:
 
 def live_exclusive(storage: Storage, source: str | None, name: str) -> LeaseInfo | None:
     """The current holder of an exclusive lease, or None when it is free, released or expired."""
-    prefix = f"{_locks(source)}{name}."
+    prefix = layout.lease_prefix(source, name)
     generations = _generations(storage, prefix)
     if not generations:
         return None

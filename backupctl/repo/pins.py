@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from backupctl.core.errors import BackupctlError, ConfigError, IntegrityError
+from backupctl.repo import layout
 from backupctl.repo.catalog import Manifest, iso
 from backupctl.repo.lease import LeaseHeld
 from backupctl.repo.repository import Repository
@@ -42,22 +43,18 @@ class Pin:
         return {"reason": self.reason, "by": self.by, "pinned_at": self.pinned_at}
 
 
-def pin_key(source: str, backup_id: str) -> str:
-    return f"{source}/pins/{backup_id}.json"
-
-
 def _parse(key: str, data: bytes) -> Pin:
     try:
         doc = json.loads(data)
         return Pin(doc["backup_id"], doc["reason"], doc["by"], doc["pinned_at"])
-    except (ValueError, KeyError, TypeError):
-        raise IntegrityError(f"{key} is not a backupctl pin: remove it or pin the backup again") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise IntegrityError(f"{key} is not a backupctl pin: remove it or pin the backup again") from exc
 
 
 def read_pins(storage: Storage, source: str) -> dict[str, Pin]:
     """Every pin of a source, by backup id (one listing, one small GET per pin)."""
     pins = {}
-    for info in storage.list(f"{source}/pins/"):
+    for info in storage.list(layout.pins_prefix(source)):
         pin = _parse(info.key, storage.get_bytes(info.key))
         pins[pin.backup_id] = pin
     return pins
@@ -80,17 +77,17 @@ def pin(repo: Repository, manifest: Manifest, reason: str) -> Pin:
         with repo.exclusive_lease(manifest.source, "expire", f"pin {manifest.id}"):
             if repo.storage.head(manifest.key) is None:
                 raise BackupctlError(f"backup {manifest.id} was removed by expire before it could be pinned")
-            repo.storage.put(pin_key(manifest.source, manifest.id),
+            repo.storage.put(layout.pin_key(manifest.source, manifest.id),
                              json.dumps({"backup_id": record.backup_id, **record.to_json()}, indent=1).encode())
     except LeaseHeld as exc:
         raise LeaseHeld(f"cannot pin {manifest.id} now: {exc}; pin it again when that run has finished "
-                        "(an expire that is running decides from the pins it read when it started)") from None
+                        "(an expire that is running decides from the pins it read when it started)") from exc
     return record
 
 
 def unpin(storage: Storage, manifest: Manifest) -> bool:
     """Remove a pin; False when the backup was not pinned."""
-    key = pin_key(manifest.source, manifest.id)
+    key = layout.pin_key(manifest.source, manifest.id)
     if storage.head(key) is None:
         return False
     storage.delete([key])

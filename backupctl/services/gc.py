@@ -13,22 +13,18 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import datetime, timedelta
 from typing import Any
 
 from backupctl.core import faultpoints
 from backupctl.core.log import get_logger
-from backupctl.repo import lease
-from backupctl.repo.catalog import MANIFEST_NAME, backup_prefix, iso
-from backupctl.repo.repository import PROBE_PREFIX, Repository
-from backupctl.services.expire import EXPIRED_MARKER, readers_by_backup
-from backupctl.services.retention import duration_text
+from backupctl.core.units import format_duration
+from backupctl.repo import layout, lease
+from backupctl.repo.catalog import iso
+from backupctl.repo.repository import Repository
+from backupctl.services.expire import readers_by_backup
 from backupctl.storage import ObjectInfo
-from backupctl.storage.local import TEMP_PREFIX, LocalStorage
 
 log = get_logger(__name__)
 
@@ -58,17 +54,16 @@ class GcItem:
 def _backup_dirs(repo: Repository, source: str) -> dict[str, list[ObjectInfo]]:
     """Objects under ``<source>/backups/``, by backup id (one listing)."""
     dirs: dict[str, list[ObjectInfo]] = {}
-    prefix = f"{source}/backups/"
-    for info in repo.storage.list(prefix):
-        backup_id, sep, _rest = info.key[len(prefix):].partition("/")
-        if sep:
+    for info in repo.storage.list(layout.backups_prefix(source)):
+        backup_id = layout.backup_id_of(source, info.key)
+        if backup_id is not None:
             dirs.setdefault(backup_id, []).append(info)
     return dirs
 
 
 def _source_items(repo: Repository, source: str, cutoff: datetime, grace: str) -> list[GcItem]:
     dirs = {bid: objs for bid, objs in _backup_dirs(repo, source).items()
-            if not any(o.key.endswith("/" + MANIFEST_NAME) for o in objs)}
+            if not any(layout.is_manifest_key(o.key) for o in objs)}
     items: list[GcItem] = []
     if dirs:
         running = lease.live_exclusive(repo.storage, source, "backup")
@@ -78,7 +73,7 @@ def _source_items(repo: Repository, source: str, cutoff: datetime, grace: str) -
             keys = [o.key for o in objs]
             size = sum(o.size for o in objs)
             newest = max(o.modified for o in objs)
-            expired = any(o.key.endswith("/" + EXPIRED_MARKER) for o in objs)
+            expired = any(layout.is_expired_marker_key(o.key) for o in objs)
             kind = "expired-backup" if expired else "backup-debris"
             if running is not None and backup_id == running_id:
                 items.append(GcItem(backup_id, kind, source, "keep", f"a running backup writes it: "
@@ -95,12 +90,14 @@ def _source_items(repo: Repository, source: str, cutoff: datetime, grace: str) -
                 items.append(GcItem(backup_id, kind, source, "remove", "no manifest: left by an interrupted backup "
                                     f"(newest object written {newest:%Y-%m-%d %H:%M:%S %Z})", keys, size))
     live = {r.key for r in lease.live_readers(repo.storage, source)}
-    stale = [o for o in repo.storage.list(f"{source}/locks/readers/") if o.key not in live and o.modified < cutoff]
-    stale += [o for o in repo.storage.list(f"{source}/locks/clock/") if o.modified < cutoff]
+    stale = [o for o in repo.storage.list(layout.reader_leases_prefix(source))
+             if o.key not in live and o.modified < cutoff]
+    stale += [o for o in repo.storage.list(layout.clock_probes_prefix(source)) if o.modified < cutoff]
     stale += lease.superseded(repo.storage, source)
     if stale:
-        items.append(GcItem(f"{source}/locks", "stale-lease", source, "remove", "expired reader leases, superseded "
-                            "lease generations and clock probes of processes that ended without cleaning up",
+        items.append(GcItem(layout.locks_prefix(source).rstrip("/"), "stale-lease", source, "remove",
+                            "expired reader leases, superseded lease generations and clock probes of processes "
+                            "that ended without cleaning up",
                             [o.key for o in stale], sum(o.size for o in stale)))
     return items
 
@@ -116,42 +113,28 @@ def _write_cutoff(repo: Repository, sources: list[str], cutoff: datetime) -> dat
     return cutoff
 
 
-def _stale_temp_files(storage: LocalStorage, cutoff: datetime) -> list[tuple[Path, int]]:
-    """A local repository's twin of S3's incomplete uploads: hidden temp files a killed writer left behind
-    (listings never show them). Judged by their mtime, the same filesystem clock as the cutoff's."""
-    found = []
-    for directory, _dirs, files in os.walk(storage.root):
-        for name in files:
-            if name.startswith(TEMP_PREFIX):
-                path = Path(directory) / name
-                with contextlib.suppress(FileNotFoundError):
-                    st = path.stat()
-                    if datetime.fromtimestamp(st.st_mtime, UTC) < cutoff:
-                        found.append((path, st.st_size))
-    return found
-
-
 def plan_gc(repo: Repository, grace: float) -> tuple[list[GcItem], datetime]:
     """What gc would do now, and the cutoff (on the store's clock) before which debris counts as stale."""
     now = lease.store_now(repo.storage, None)
     cutoff = now - timedelta(seconds=grace)
-    text = duration_text(grace)
+    text = format_duration(grace)
     sources = repo.catalog.sources()
     items = [item for source in sources for item in _source_items(repo, source, cutoff, text)]
-    probes = [o for prefix in ("locks/clock/", PROBE_PREFIX) for o in repo.storage.list(prefix) if o.modified < cutoff]
+    probes = [o for prefix in (layout.clock_probes_prefix(None), layout.PROBE_PREFIX)
+              for o in repo.storage.list(prefix) if o.modified < cutoff]
     probes += lease.superseded(repo.storage, None)
     if probes:
-        items.append(GcItem("locks", "stale-lease", None, "remove", "superseded lease generations, and clock and "
-                            "conditional-write probes of processes that ended without cleaning up",
+        items.append(GcItem(layout.locks_prefix(None).rstrip("/"), "stale-lease", None, "remove",
+                            "superseded lease generations, and clock and conditional-write probes of processes "
+                            "that ended without cleaning up",
                             [o.key for o in probes], sum(o.size for o in probes)))
     write_cutoff = _write_cutoff(repo, sources, cutoff)
-    if isinstance(repo.storage, LocalStorage):
-        partial = _stale_temp_files(repo.storage, write_cutoff)
-        if partial:
-            items.append(GcItem("partial-writes", "partial-writes", None, "remove", "temp files of writes that never "
-                                f"finished (a killed process), older than the grace period ({text})",
-                                [str(p) for p, _size in partial], sum(size for _p, size in partial)))
-    if repo.config.repository.type == "s3":
+    partial = repo.storage.stale_temp_files(write_cutoff)
+    if partial:
+        items.append(GcItem("partial-writes", "partial-writes", None, "remove", "temp files of writes that never "
+                            f"finished (a killed process), older than the grace period ({text})",
+                            [path for path, _size in partial], sum(size for _path, size in partial)))
+    if repo.storage.keeps_incomplete_uploads:
         items.append(GcItem("multipart-uploads", "multipart-uploads", None, "abort",
                             f"incomplete multipart uploads started before {write_cutoff:%Y-%m-%d %H:%M:%S %Z} "
                             f"(the grace period, {text}, and any running backup)", before=write_cutoff))
@@ -170,18 +153,16 @@ def collect(repo: Repository, grace: float, dry_run: bool = False) -> list[GcIte
             held.ensure_held()
             if item.item == "multipart-uploads":
                 assert item.before is not None
-                aborted = repo.storage.abort_incomplete_uploads(item.before)  # type: ignore[attr-defined]
+                aborted = repo.storage.abort_incomplete_uploads(item.before)
                 item.result = f"aborted {aborted}"
                 log.info("incomplete multipart uploads aborted", count=aborted, started_before=iso(item.before))
                 continue
             if item.item == "partial-writes":
-                for path in item.keys:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(path)
+                repo.storage.remove_temp_files(item.keys)
                 log.info("partial writes removed", files=len(item.keys), bytes=item.stored_size)
                 continue
             if item.item == "backup-debris" and item.source and \
-                    repo.storage.head(backup_prefix(item.source, item.id) + MANIFEST_NAME) is not None:
+                    repo.storage.head(layout.manifest_key(item.source, item.id)) is not None:
                 item.result = "kept: its backup published meanwhile"
                 continue
             repo.storage.delete(item.keys)

@@ -22,6 +22,7 @@ from backupctl.engines import pg_logical, sqlite
 from backupctl.postgres.cluster import PgBinaries, find_binaries
 from backupctl.postgres.connection import ConnParams
 from backupctl.postgres.tools import ProcessSink, ToolProcess
+from backupctl.repo import layout
 from backupctl.repo.catalog import Manifest, open_details
 from backupctl.repo.pipeline import StoredObject
 from backupctl.repo.repository import Repository
@@ -42,7 +43,7 @@ def restore_sqlite(repo: Repository, manifest: Manifest, target: Path, force: bo
     if not target.parent.is_dir():
         raise ConfigError(f"directory {target.parent} does not exist")
     details = open_details(manifest, repo.pipeline)
-    database = manifest.object("database.sqlite3")
+    database = manifest.object(layout.SQLITE_DATABASE)
     sqlite.ensure_free_space(target.parent, database.size + 1024**2, f"restoring {manifest.id}")
     log.info("restore started", backup_id=manifest.id, target=str(target))
     clock = time.monotonic()

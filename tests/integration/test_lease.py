@@ -1,4 +1,4 @@
-"""Leases on a real store: one holder at a time, takeover after expiry, readers listed, no double winners."""
+"""Leases on every driver: one holder at a time, takeover after expiry, readers listed, no double winners."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ def _dead_holder(storage, source: str | None, name: str, ttl: float) -> lease.Ex
     return lease._take_exclusive(storage, source, name, lease._body("killed job", ttl), ttl)
 
 
-def test_one_holder_at_a_time_and_release_frees(backend: Backend) -> None:
-    storage = backend.storage()
+def test_one_holder_at_a_time_and_release_frees(store_backend: Backend) -> None:
+    storage = store_backend.storage()
     with lease.exclusive(storage, "main", "backup", operation="full backup", details={"backup_id": "x"}):
         with pytest.raises(lease.LeaseHeld, match=r"main backup is locked by .+ pid \d+ \(full backup\) since"):
             lease.exclusive(storage, "main", "backup", operation="second").__enter__()
@@ -38,8 +38,8 @@ def test_one_holder_at_a_time_and_release_frees(backend: Backend) -> None:
     assert keys == ["main/locks/backup.000000000002.json"], "older generations are cleaned up"
 
 
-def test_expired_lease_is_taken_over_and_the_old_holder_learns_it(backend: Backend) -> None:
-    storage = backend.storage()
+def test_expired_lease_is_taken_over_and_the_old_holder_learns_it(store_backend: Backend) -> None:
+    storage = store_backend.storage()
     dead = _dead_holder(storage, None, "gc", ttl=2)
     with pytest.raises(lease.LeaseHeld, match="gc is locked by"):
         lease.exclusive(storage, None, "gc", operation="gc", ttl=2).__enter__()
@@ -61,8 +61,8 @@ def test_renewal_keeps_a_lease_alive_past_its_ttl(local_backend: Backend) -> Non
         held.ensure_held()
 
 
-def test_racing_takers_of_an_expired_lease_have_one_winner(backend: Backend) -> None:
-    storage = backend.storage()
+def test_racing_takers_of_an_expired_lease_have_one_winner(store_backend: Backend) -> None:
+    storage = store_backend.storage()
     _dead_holder(storage, "main", "backup", ttl=2)
     time.sleep(3.2)
     winners: list[lease.ExclusiveLease] = []
@@ -104,8 +104,8 @@ def test_a_stale_taker_that_recreates_a_cleaned_generation_backs_off(local_backe
     assert [info.key for info in lease.superseded(storage, None)] == ["locks/gc.000000000001.json"]
 
 
-def test_readers_are_listed_until_they_finish(backend: Backend) -> None:
-    storage = backend.storage()
+def test_readers_are_listed_until_they_finish(store_backend: Backend) -> None:
+    storage = store_backend.storage()
     assert lease.live_readers(storage, "main") == []
     with lease.shared(storage, "main", operation="restore", backups=["b1", "b2"]), \
             lease.shared(storage, "main", operation="verify", backups=["b3"]):
