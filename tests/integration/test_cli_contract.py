@@ -56,6 +56,7 @@ def test_every_commands_help_is_unchanged() -> None:
 TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)?")
 BACKUP_ID = re.compile(r"\b\d{8}T\d{6}(\d{3})?Z?[-_A-Za-z0-9]*\b")
 HEX = re.compile(r"\b[0-9a-f]{16,}\b")
+DURATION = re.compile(r"\b\d+(\.\d+)?(ms|s|m|h|d)\b")  # ages and elapsed times inside messages
 AGE_KEY = re.compile(r"\bage1[0-9a-z]{58}\b")
 
 
@@ -73,7 +74,8 @@ def mask(value: Any, tmp: str) -> Any:
     text = AGE_KEY.sub("<recipient>", text)
     text = TIME.sub("<time>", text)
     text = HEX.sub("<hex>", text)
-    return BACKUP_ID.sub("<id>", text)
+    text = BACKUP_ID.sub("<id>", text)
+    return DURATION.sub("<duration>", text)
 
 
 def test_every_commands_json_is_unchanged(tmp_path: Path, local_backend: Backend, cli: CliRunner) -> None:
