@@ -2,7 +2,7 @@
 
 Small objects (up to twice ``part_size``, so a 16 MiB WAL segment with the default settings) go up in
 one PutObject. Larger streams become a multipart upload whose parts are sent by the storage's
-``upload_jobs`` threads while the caller keeps writing. Threads and part buffers are shared by every
+``upload_jobs`` threads while the caller keeps writing. Threads and part buffers (``s3_parts``) are shared by every
 writer of the storage: at most ``upload_jobs + 1`` buffers are in use at once (parts in flight and the
 ones being filled), and a writer waits for one, so however large the objects and however many are
 written at once, memory stays at that many parts; buffers are reused. Only a completed PutObject or
@@ -51,15 +51,13 @@ from backupctl.core.config import RepositoryConfig
 from backupctl.core.errors import ObjectNotFound, StorageError
 from backupctl.core.signals import shielded
 from backupctl.storage.base import ObjectInfo, ObjectWriter, Storage, check_key
+from backupctl.storage.s3_parts import PartBuffers, RequestBody, part_size
 
 log = logging.getLogger(__name__)
 
-MAX_PART_SIZE = 5 * 1024**3  # S3's limit for one part and for one PutObject
 MAX_PARTS = 10_000  # S3's limit on parts per multipart upload
-PARTS_PER_SIZE_STEP = 1000  # the part size doubles after every this many parts
 DELETE_BATCH = 1000  # DeleteObjects takes at most this many keys
 READ_STEP = 1024**2  # bytes per read when a caller reads a whole object
-BUDGET_WAIT = 60.0  # seconds a writer waits for a part buffer before it takes one beyond the budget
 CONNECT_TIMEOUT = 10  # seconds; a black-holed endpoint should fail in minutes, not hours
 
 # Errors that break a response body in flight (reset, timeout, short body): worth a ranged re-GET.
@@ -161,7 +159,7 @@ class S3Storage(Storage):
         }
         # Part buffers being filled or uploaded, for all writers together: upload_jobs parts in flight
         # while the next one fills, however many objects are written at once.
-        self._buffers = _Buffers(budget=config.upload_jobs + 1)
+        self._buffers = PartBuffers(budget=config.upload_jobs + 1)
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
 
@@ -361,139 +359,13 @@ class S3Storage(Storage):
         self._client.close()
 
 
-def _part_size(base: int, number: int) -> int:
-    """Size of part ``number`` (from 1): doubling every 1000 parts keeps a huge stream within 10,000."""
-    return min(base << ((number - 1) // PARTS_PER_SIZE_STEP), MAX_PART_SIZE)
-
-
-class _Buffers:
-    """Part buffers of one storage: at most ``budget`` in use (being filled or uploaded), and reused.
-
-    The budget is what bounds an S3 writer's memory, for all writers of the storage together. Buffers
-    are anonymous mappings, so only the bytes a part really fills become resident, and reuse keeps
-    memory flat however many objects a process writes (freeing and allocating 16 MiB blocks from
-    several threads fragments the heap and ratchets RSS up). A writer that would wait for a buffer
-    longer than ``BUDGET_WAIT`` (writers that hold buffers and wait for each other's data) takes one
-    beyond the budget, with a warning: more memory rather than a hang.
-    """
-
-    def __init__(self, budget: int) -> None:
-        self._free: dict[int, list[mmap.mmap]] = {}
-        self._budget = threading.Semaphore(budget)
-        self._keep = budget
-        self._over: set[int] = set()  # buffers handed out beyond the budget
-        self._lock = threading.Lock()
-
-    def take(self, size: int, block: bool = True) -> mmap.mmap | None:
-        """A buffer of ``size`` bytes; None when ``block`` is false and the budget is spent."""
-        within = self._budget.acquire(timeout=BUDGET_WAIT) if block else self._budget.acquire(blocking=False)
-        if not within and not block:
-            return None
-        if not within:
-            log.warning("S3 part buffers: all of the budget stayed in use for %.0fs; taking one more", BUDGET_WAIT)
-        with self._lock:
-            free = self._free.get(size)
-            buffer = free.pop() if free else mmap.mmap(-1, size)
-            if not within:
-                self._over.add(id(buffer))
-        return buffer
-
-    def give_back(self, buffer: mmap.mmap) -> None:
-        with self._lock:
-            within = id(buffer) not in self._over
-            self._over.discard(id(buffer))
-            free = self._free.setdefault(len(buffer), [])
-            if len(free) < self._keep:
-                free.append(buffer)
-            else:
-                _unmap(buffer)
-        if within:
-            self._budget.release()
-
-    def close(self) -> None:
-        with self._lock:
-            for free in self._free.values():
-                for buffer in free:
-                    _unmap(buffer)
-            self._free.clear()
-
-
-def _unmap(buffer: mmap.mmap) -> None:
-    """Unmap ``buffer`` now, or when the last view of it goes if a view is still alive.
-
-    A request interrupted by a signal leaves its frames, and the views of its body that botocore read,
-    alive in the traceback of the ``Interrupted`` on its way up, which is exactly when writers abort and
-    the storage closes: closing the mapping then raises BufferError and hides the interruption. The
-    views keep the mmap object alive, and its mapping is freed with the last of them.
-    """
-    with contextlib.suppress(BufferError):
-        buffer.close()
-
-
-class _Body(io.RawIOBase):
-    """The bytes of one request (a part, or a whole small object) read from part buffers without a copy.
-
-    Seekable, so botocore can checksum it, sign it and rewind it for a retry.
-    """
-
-    def __init__(self, views: list[memoryview]) -> None:
-        super().__init__()
-        self._views = [v for v in views if len(v)]
-        self._size = sum(len(v) for v in self._views)
-        self._pos = 0
-
-    def __len__(self) -> int:
-        return self._size
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
-        self._pos = max(0, min(self._size, base + offset))
-        return self._pos
-
-    def read(self, size: int | None = -1) -> Any:
-        """The next bytes: a read-only view of the buffer itself when they lie in one buffer (botocore
-        checksums, signs and sends it without a copy), joined into bytes only across two."""
-        if size is None or size < 0:
-            size = self._size - self._pos
-        pieces = []
-        position = 0
-        for view in self._views:
-            if size <= 0:
-                break
-            end = position + len(view)
-            if self._pos < end:
-                start = self._pos - position
-                piece = view[start:start + size]
-                pieces.append(piece)
-                self._pos += len(piece)
-                size -= len(piece)
-            position = end
-        if len(pieces) == 1:
-            return pieces[0].toreadonly()
-        return b"".join(pieces)
-
-    def readinto(self, buffer: Any) -> int:
-        data = self.read(len(buffer))
-        memoryview(buffer).cast("B")[:len(data)] = data
-        return len(data)
-
-
 class _S3Writer(ObjectWriter):
     """Fills part buffers and uploads them in parallel; see the module docstring.
 
     A stream that ends within two buffers (``2 × part_size``) is one PutObject; one that goes on becomes
     a multipart upload of ``part_size`` parts, doubling every 1000 parts, at most 5 GiB each. The
     largest object is therefore about 1,023,000 × part_size: 4.9 TiB at the smallest part_size (5 MiB),
-    S3's own 5 TiB cap from 6 MiB up. Buffers come from the storage's budget (``_Buffers``), so objects
+    S3's own 5 TiB cap from 6 MiB up. Buffers come from the storage's budget (``PartBuffers``), so objects
     written in parallel share one memory bound.
     """
 
@@ -540,13 +412,13 @@ class _S3Writer(ObjectWriter):
         when the budget has no second buffer for it, the multipart upload starts instead of waiting, so
         a writer never waits for a buffer while it holds one that nobody will send."""
         buffers = self._storage._buffers
-        size = _part_size(self._base_size, len(self._parts) + len(self._held) + 1)
+        size = part_size(self._base_size, len(self._parts) + len(self._held) + 1)
         if self._held:
             buffer = buffers.take(size, block=False)
             if buffer is not None:
                 return buffer
             self._send_held()
-            size = _part_size(self._base_size, len(self._parts) + 1)
+            size = part_size(self._base_size, len(self._parts) + 1)
         buffer = buffers.take(size)
         assert buffer is not None
         return buffer
@@ -591,7 +463,7 @@ class _S3Writer(ObjectWriter):
         with storage._translated("UploadPart", self._key):
             response = storage._client.upload_part(
                 Bucket=storage.bucket, Key=self._full_key, UploadId=self._upload_id,
-                PartNumber=number, Body=_Body([memoryview(buffer)[:length]]), **self._checksum_args,
+                PartNumber=number, Body=RequestBody([memoryview(buffer)[:length]]), **self._checksum_args,
             )
         part = {"PartNumber": number, "ETag": response["ETag"]}
         if "ChecksumCRC32" in response:
@@ -611,7 +483,7 @@ class _S3Writer(ObjectWriter):
                 self._held.append((self._buffer, self._fill))
                 self._buffer = None
             if self._upload_id is None:
-                body = _Body([memoryview(buffer)[:length] for buffer, length in self._held])
+                body = RequestBody([memoryview(buffer)[:length] for buffer, length in self._held])
                 with storage._translated("PutObject", self._key):
                     storage._client.put_object(
                         Bucket=storage.bucket, Key=self._full_key, Body=body, **storage._write_args
