@@ -14,12 +14,13 @@ from backupctl.storage.base import ObjectInfo, ObjectWriter, Storage
 __all__ = ["ObjectInfo", "ObjectWriter", "Storage", "open_storage"]
 
 
-def open_storage(config: RepositoryConfig) -> Storage:
-    """The store a [repository] section describes."""
+def open_storage(config: RepositoryConfig, read_timeout: float | None = None) -> Storage:
+    """The store a [repository] section describes; ``read_timeout`` bounds each S3 request's wait for an
+    answer (the WAL's ``[wal] timeout``; a local directory has no such wait)."""
     if config.type == "s3":
-        from backupctl.storage.s3 import S3Storage
+        from backupctl.storage.s3 import S3Storage  # boto3 costs ~150 ms: only a repository on S3 pays it
 
-        return S3Storage(config)
+        return S3Storage(config, read_timeout=read_timeout)
     from backupctl.storage.local import LocalStorage
 
     assert config.path is not None, "validated by config"

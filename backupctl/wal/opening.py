@@ -31,16 +31,10 @@ def open_wal_repository(config: Config) -> Repository:
     Like ``open_repository``; for S3 the client gets ``read_timeout = wal.timeout`` so that a store
     that stops answering fails a push in bounded time instead of holding the archiver.
     """
-    storage: Any
-    if config.repository.type == "s3":
-        from backupctl.storage.s3 import S3Storage  # boto3 costs ~150 ms: only a repository on S3 pays it
-
-        if not config.repository.verify_tls:
-            # The user chose an unverified certificate; one warning per request would flood the server log.
-            warnings.filterwarnings("ignore", message="Unverified HTTPS request")
-        storage = S3Storage(config.repository, read_timeout=config.wal.timeout)
-    else:
-        storage = open_storage(config.repository)
+    if config.repository.type == "s3" and not config.repository.verify_tls:
+        # The user chose an unverified certificate; one warning per request would flood the server log.
+        warnings.filterwarnings("ignore", message="Unverified HTTPS request")
+    storage = open_storage(config.repository, read_timeout=config.wal.timeout)
     compression = config.compression
     return open_repository(config, storage, serial_codec(codec(compression.algorithm, compression.level,
                                                                compression.threads)))
