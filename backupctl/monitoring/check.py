@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from backupctl.core.config import CheckConfig, Config, PostgresSource, SourceConfig
+from backupctl.core.config import CheckConfig, Config, SourceConfig
 from backupctl.core.errors import CHECK_CRITICAL, CHECK_OK, CHECK_UNKNOWN, CHECK_WARNING
 from backupctl.core.units import human_duration, human_size
+from backupctl.engines.registry import ENGINES, PHYSICAL_TYPES, source_kind
 from backupctl.repo.catalog import parse_iso
 
 if TYPE_CHECKING:  # types only: judging facts needs none of what gathering them needs
@@ -114,9 +115,11 @@ def evaluate(status: SourceStatus, source: SourceConfig, config: Config, now: da
         return [Finding(name, "repository", CRITICAL, f"repository unreachable: {error}")]
     findings = [Finding(name, "gather", UNKNOWN, error) for error in status.errors]
     findings += _backup_findings(status, source, config.scheduler.timezone, now)
-    if isinstance(source, PostgresSource):
+    kind = source_kind(source)
+    if kind.archives_wal:
         findings += _timeline_findings(status)
         findings += _wal_findings(status, source.check, now)
+    if kind.server:
         findings += _server_findings(status, source.check)
     findings += _verify_findings(status)
     findings += _drill_findings(status, source, config.scheduler.timezone, now)
@@ -125,7 +128,6 @@ def evaluate(status: SourceStatus, source: SourceConfig, config: Config, now: da
 
 DEFAULT_BACKUP_AGE = (26 * 3600.0, 50 * 3600.0)  # backup_age_* for a source whose backups run from cron or timers
 SCHEDULE_GRACE_SECONDS = 2 * 3600.0  # a scheduled backup may finish this much after its next run was due
-FAMILY_JOBS = {"physical": ("full", "incr"), "logical": ("logical",), "sqlite": ("backup",)}
 
 
 def family_thresholds(source: SourceConfig, timezone: str | None, now: datetime) -> dict[str, tuple[float, float]]:
@@ -136,11 +138,11 @@ def family_thresholds(source: SourceConfig, timezone: str | None, now: datetime)
     that stopped working cannot hide behind a physical backup that still runs.
     """
     limits = {}
-    for family, jobs in FAMILY_JOBS.items():
-        expressions = [e for e in (getattr(source.schedule, job) for job in jobs) if e]
+    for engine in ENGINES:
+        expressions = [e for e in (getattr(source.schedule, job) for job in engine.schedule_jobs) if e]
         if expressions:
             period = schedule_period(expressions, timezone, now)
-            limits[family] = (period + SCHEDULE_GRACE_SECONDS, 2 * period + SCHEDULE_GRACE_SECONDS)
+            limits[engine.name] = (period + SCHEDULE_GRACE_SECONDS, 2 * period + SCHEDULE_GRACE_SECONDS)
     return limits
 
 
@@ -148,8 +150,6 @@ def _backup_findings(status: SourceStatus, source: SourceConfig, timezone: str |
                      now: datetime) -> list[Finding]:
     """Each scheduled kind of backup against its schedule; the newest of any kind against ``backup_age_*``
     when those are set or nothing is scheduled (backups run from cron or systemd timers)."""
-    from backupctl.services.retention import FAMILY
-
     name, check = status.source, source.check
     found = []
     if status.damaged_manifests:
@@ -165,7 +165,8 @@ def _backup_findings(status: SourceStatus, source: SourceConfig, timezone: str |
         found.append(_age_finding(name, "backup_age", f"last backup ({newest.type})", newest.age_seconds,
                                   warning, critical))
     for family, (warning, critical) in families.items():
-        ages = [b.age_seconds for b in status.backups if FAMILY.get(b.type) == family]
+        types = next(e.backup_types for e in ENGINES if e.name == family)
+        ages = [b.age_seconds for b in status.backups if b.type in types]
         if ages:
             found.append(_age_finding(name, f"{family}_backup_age", f"last {family} backup", min(ages),
                                       warning, critical))
@@ -183,7 +184,8 @@ def _backup_findings(status: SourceStatus, source: SourceConfig, timezone: str |
 def _age_finding(source: str, check: str, what: str, age: float, warning: float | None,
                  critical: float | None) -> Finding:
     state = _above(age, warning, critical)
-    return Finding(source, check, state, f"{what} {human_duration(age)} old" + _limit(state, warning, critical, human_duration),
+    return Finding(source, check, state,
+                   f"{what} {human_duration(age)} old" + _limit(state, warning, critical, human_duration),
                    age, "s", warning, critical)
 
 
@@ -254,7 +256,7 @@ def _wal_findings(status: SourceStatus, check: CheckConfig, now: datetime) -> li
     """WAL archive age: only where archiving is expected (physical backups, or archive_mode on)."""
     name = status.source
     server = status.server or {}
-    physical = any(b.type in ("full", "incr") for b in status.backups)
+    physical = any(b.type in PHYSICAL_TYPES for b in status.backups)
     archiving = server.get("archive_mode") in ("on", "always")
     wal = status.wal
     if server.get("reachable") and physical and not archiving:

@@ -22,13 +22,12 @@ from typing import Any
 from backupctl.core.config import Config, PostgresSource, SourceConfig
 from backupctl.core.errors import BackupctlError, ObjectNotFound
 from backupctl.core.log import get_logger
+from backupctl.engines.registry import BACKUP_TYPES, PHYSICAL_TYPES, source_kind
 from backupctl.repo import layout
 from backupctl.repo.catalog import Manifest, iso, parse_iso
 from backupctl.repo.repository import Repository, open_repository
 
 log = get_logger(__name__)
-
-BACKUP_TYPES = ("full", "incr", "logical", "sqlite")
 
 
 def _age(text: str | None, now: datetime) -> float | None:
@@ -282,7 +281,7 @@ def _newest_per_type(manifests: list[Manifest], now: datetime) -> tuple[NewestBa
 def _timelines(repo: Repository, source: SourceConfig) -> dict[str, Any] | None:
     """Which timeline production is on in the live history epoch, and why (``timelines``): the judgement
     restore's default follows, with the branches it leaves behind."""
-    if not isinstance(source, PostgresSource):
+    if not source_kind(source).archives_wal:
         return None
     from backupctl.wal import timelines
     from backupctl.wal.listing import list_wal_objects
@@ -304,7 +303,7 @@ def _wal(repo: Repository, source: SourceConfig, now: datetime, judged: dict[str
 
     The newest segment is production's: a branch's archiving (a promoted copy) must not hide that
     production stopped archiving."""
-    if not isinstance(source, PostgresSource):
+    if not source_kind(source).archives_wal:
         return None
     from backupctl.wal.verify import wal_status
 
@@ -470,8 +469,8 @@ def recoverable_window(repo: Repository, source: SourceConfig, manifests: list[M
     restore planner decides, so status and restore never disagree). Otherwise only the backups themselves
     can be restored: the span from the oldest to the newest one, as discrete points.
     """
-    physical = sorted((m for m in manifests if m.type in ("full", "incr")), key=lambda m: m.finished_at)
-    if isinstance(source, PostgresSource) and physical and wal_facts:
+    physical = sorted((m for m in manifests if m.type in PHYSICAL_TYPES), key=lambda m: m.finished_at)
+    if source_kind(source).archives_wal and physical and wal_facts:
         return _pitr_window(repo, source.name, physical)
     if not manifests:
         return None

@@ -41,6 +41,7 @@ import structlog
 from backupctl.core.config import Config, PostgresSource, SourceConfig
 from backupctl.core.errors import ConfigError
 from backupctl.core.log import JOB_ID_ENV, get_logger
+from backupctl.engines.registry import source_kind
 from backupctl.repo.catalog import iso, parse_iso
 
 if TYPE_CHECKING:  # a job's process loads status only when it gathers facts
@@ -94,11 +95,12 @@ def job_spec(source: SourceConfig, job: str, cron: str | None = None) -> JobSpec
     PostgreSQL: logical, as `backupctl backup` without --type)."""
     if job not in JOBS:
         raise ConfigError(f"unknown job {job!r} (jobs: {', '.join(JOBS)})")
-    if source.kind == "sqlite" and job in ("full", "incr", "logical"):
-        raise ConfigError(f"source {source.name} is a SQLite database: its backup job is 'backup', not {job!r}")
-    backup_type = {"full": "full", "incr": "incr", "logical": "logical"}.get(job)
-    if job == "backup" and source.kind == "postgres":
-        backup_type = "logical"
+    kind = source_kind(source)
+    backup_type = job if job in kind.backup_types else None
+    if job in BACKUP_JOBS and job != "backup" and backup_type is None:
+        raise ConfigError(f"source {source.name} is {kind.noun}: its backup job is 'backup', not {job!r}")
+    if job == "backup" and len(kind.backup_types) > 1:
+        backup_type = kind.default_type  # a kind with a choice of types names the default in the job
     return JobSpec(source.name, job, cron, backup_type)
 
 
@@ -635,7 +637,7 @@ def last_due(trigger: Any, since: datetime, now: datetime) -> datetime | None:
 def _last_run(status: SourceStatus, spec: JobSpec) -> datetime | None:
     """When the repository says ``spec`` last ran (finished), from the gathered facts."""
     if spec.job in BACKUP_JOBS:
-        typ = spec.backup_type or "sqlite"
+        typ = spec.backup_type or source_kind(status.kind).default_type
         times = [b.finished_at for b in status.backups if b.type == typ]
     else:
         record = status.last_verify if spec.job == "verify" else status.last_drill

@@ -33,7 +33,7 @@ import socket
 import sqlite3
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,12 +42,13 @@ from typing import Any
 import psycopg
 
 from backupctl import __version__
-from backupctl.core.config import DrillConfig, PostgresSource, SourceConfig, SqliteSource
+from backupctl.core.config import DrillConfig, PostgresSource, SourceConfig
 from backupctl.core.errors import BackupctlError, ConfigError, ObjectNotFound
 from backupctl.core.log import get_logger
 from backupctl.core.signals import shielded
 from backupctl.core.units import human_size
 from backupctl.engines import pg_logical
+from backupctl.engines.registry import PHYSICAL, engine_of, source_kind
 from backupctl.engines.sqlite import ensure_free_space
 from backupctl.postgres.cluster import DEFAULT_SERVER_USER, PgBinaries, ScratchCluster, ServerError, find_binaries
 from backupctl.postgres.connection import ConnParams
@@ -289,7 +290,7 @@ class _Drill:
         root = Path(self.config.tmp_dir or getattr(self.source, "tmp_dir", None) or tempfile.gettempdir())
         root.mkdir(parents=True, exist_ok=True)
         self.work = Path(tempfile.mkdtemp(prefix="backupctl-drill-", dir=root))
-        if os.geteuid() == 0 and isinstance(self.source, PostgresSource):
+        if os.geteuid() == 0 and source_kind(self.source).server:
             shutil.chown(self.work, DEFAULT_SERVER_USER, DEFAULT_SERVER_USER)  # the server lives below
         return self.work
 
@@ -366,14 +367,10 @@ def run_drill(repo: Repository, source: SourceConfig, request: DrillRequest) -> 
     drill = _Drill(source, request)
     log.info("drill started", drill_id=drill.id, source=source.name,
              backup_id=manifest.id if manifest else "newest that reaches the target", target=request.target.kind)
+    engine = PHYSICAL if manifest is None else engine_of(manifest.type)
     try:
-        if isinstance(source, SqliteSource):
-            assert manifest is not None
-            _drill_sqlite(drill, repo, manifest)
-        elif manifest is None or manifest.type in pitr.PHYSICAL_TYPES:
-            _drill_physical(drill, repo, source, manifest)
-        else:
-            _drill_logical(drill, repo, source, manifest)
+        drill.plan_checks([*engine.drill_checks, *drill.assertion_names()])
+        _DRILLS[engine.name](drill, repo, source, manifest)
     except _Halted:
         pass
     except Exception as exc:
@@ -395,7 +392,7 @@ def _chosen_backup(repo: Repository, source: SourceConfig, request: DrillRequest
         if manifest.source != source.name:
             raise ConfigError(f"backup {manifest.id} belongs to source {manifest.source}, not {source.name}")
     elif target_given:
-        if not isinstance(source, PostgresSource):
+        if not source_kind(source).archives_wal:
             raise ConfigError("--target-* options apply to PostgreSQL physical backups")
         return None
     else:
@@ -404,14 +401,13 @@ def _chosen_backup(repo: Repository, source: SourceConfig, request: DrillRequest
             raise BackupctlError(f"source {source.name} has no backup to drill: take one with "
                                  f"`backupctl backup {source.name}`")
         manifest = manifests[0]
-    if target_given and manifest.type not in pitr.PHYSICAL_TYPES:
+    if target_given and not engine_of(manifest.type).uses_wal:
         raise ConfigError(f"backup {manifest.id} is a {manifest.type} backup: --target-* options apply to "
                           "physical backups")
     return manifest
 
 
 def _drill_physical(drill: _Drill, repo: Repository, source: PostgresSource, chosen: Manifest | None) -> None:
-    drill.plan_checks(["plan", "restore", "recovery", "connect", "amcheck", "row_counts", *drill.assertion_names()])
     target = dataclasses.replace(drill.request.target, action="promote")  # amcheck needs a writable copy
     with drill.step("plan", fatal=True) as check, drill.part("plan"):
         plan = pitr.make_plan(repo, source.name, target, chosen.id if chosen else None)
@@ -515,7 +511,6 @@ def _recover(drill: _Drill, server: DrillServer, plan: pitr.Plan) -> str:
 
 
 def _drill_logical(drill: _Drill, repo: Repository, source: PostgresSource, manifest: Manifest) -> None:
-    drill.plan_checks(["restore", "connect", "amcheck", "row_counts", *drill.assertion_names()])
     drill.backup = manifest
     server: DrillServer | None = None
     with contextlib.ExitStack() as held:
@@ -578,8 +573,7 @@ def _pg_checks(drill: _Drill, server: DrillServer, databases: list[str],
                 check.detail = drill_checks.pg_assertion(params, assertion, default_db, drill.remaining())
 
 
-def _drill_sqlite(drill: _Drill, repo: Repository, manifest: Manifest) -> None:
-    drill.plan_checks(["restore", "integrity_check", "row_counts", *drill.assertion_names()])
+def _drill_sqlite(drill: _Drill, repo: Repository, source: SourceConfig, manifest: Manifest) -> None:
     drill.backup = manifest
     with contextlib.ExitStack() as held:
         try:
@@ -603,6 +597,14 @@ def _drill_sqlite(drill: _Drill, repo: Repository, manifest: Manifest) -> None:
                         check.detail = drill_checks.sqlite_assertion(path, assertion)
         finally:
             drill.cleanup(None)
+
+
+# How each engine's backups are drilled (engine name -> steps); the checks each runs are the engine's.
+_DRILLS: dict[str, Callable[[_Drill, Repository, Any, Any], None]] = {
+    "physical": _drill_physical,
+    "logical": _drill_logical,
+    "sqlite": _drill_sqlite,
+}
 
 
 # --- results in the repository -------------------------------------------------------------------------

@@ -19,13 +19,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from backupctl.core import faultpoints
-from backupctl.core.config import PostgresSource, RetentionConfig, SourceConfig
+from backupctl.core.config import RetentionConfig, SourceConfig
 from backupctl.core.errors import BackupctlError, ConfigError, DecryptionError, IntegrityError, ObjectNotFound
 from backupctl.core.log import get_logger
+from backupctl.engines.registry import PHYSICAL_TYPES, source_kind
 from backupctl.repo import layout, lease, pins
 from backupctl.repo.catalog import Manifest, iso
 from backupctl.repo.repository import Repository
-from backupctl.services.retention import PHYSICAL, RetentionPlan, WalInventory, has_rules, plan_retention
+from backupctl.services.retention import RetentionPlan, WalInventory, has_rules, plan_retention
 from backupctl.wal.fetch import read_history
 from backupctl.wal.listing import list_wal_objects
 from backupctl.wal.names import DEFAULT_SEGMENT_SIZE
@@ -86,14 +87,14 @@ def gather(repo: Repository, source: SourceConfig, now: datetime | None = None) 
                              f"backup that cannot be read cannot be judged (fix or remove {key}, see "
                              "`backupctl verify --all`)")
     pinned = {backup_id: pin.describe() for backup_id, pin in pins.read_pins(repo.storage, source.name).items()}
-    inventories = _wal_inventories(repo, source.name, manifests) if isinstance(source, PostgresSource) else []
+    inventories = _wal_inventories(repo, source.name, manifests) if source_kind(source).archives_wal else []
     return ExpireInputs(source.name, source.retention, now or lease.store_now(repo.storage, source.name), manifests,
                         pinned, readers_by_backup(repo, source.name), inventories)
 
 
 def _wal_inventories(repo: Repository, source: str, manifests: list[Manifest]) -> list[WalInventory]:
     """Each history epoch's WAL listing and timeline histories (one listing per epoch)."""
-    physical = [m for m in manifests if m.type in PHYSICAL]
+    physical = [m for m in manifests if m.type in PHYSICAL_TYPES]
     streams = streams_of(repo, source)
     inventories = []
     for identity in streams:

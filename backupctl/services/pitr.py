@@ -10,6 +10,7 @@ the archive by ``timelines`` (not merely the highest number), and recovery is to
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -22,6 +23,7 @@ from typing import Any
 from backupctl.core.errors import BackupctlError, ConfigError
 from backupctl.core.log import get_logger
 from backupctl.engines import pg_files
+from backupctl.engines.registry import PHYSICAL_TYPES
 from backupctl.engines.sqlite import ensure_free_space
 from backupctl.postgres.backup_manifest import RESTORE_MARKER
 from backupctl.postgres.cluster import PgBinaries, find_binaries
@@ -46,7 +48,6 @@ from backupctl.wal.streams import SourceIdentity, list_streams
 
 log = get_logger(__name__)
 
-PHYSICAL_TYPES = ("full", "incr")
 TARGET_NAME_BYTES = 63  # recovery_target_name: PostgreSQL's MAXFNAMELEN - 1
 
 
@@ -145,7 +146,7 @@ class Plan:
     wal_first: str
     wal_last: str
     segments: int
-    notes: list[str] = field(default_factory=list)
+    notes: tuple[str, ...] = ()
     epoch: int = 1  # the history epoch of the backup (see ``epochs``): its WAL is in ``stream``
     stream: str = ""
     timelines: timelines.Judgement | None = None  # which timeline production is on, and why
@@ -196,7 +197,7 @@ class Plan:
             "wal_last": self.wal_last,
             "wal_segments": self.segments,
             "download_bytes": self.backup.stored_size,
-            "notes": self.notes,
+            "notes": list(self.notes),
             "timelines": self.timelines.to_json() if self.timelines else None,
         }
 
@@ -233,13 +234,14 @@ def make_plan(repo: Repository, source: str, target: Target, backup_id: str | No
         except _Unreachable as exc:
             failure = exc
             continue
+        notes = []
         if identity.epoch > 1 or len(groups) > 1:
-            plan.notes.append(f"history epoch {identity.epoch} of {source}: {identity.describe()}, WAL from "
-                              + layout.wal_prefix(identity.stream))
+            notes.append(f"history epoch {identity.epoch} of {source}: {identity.describe()}, WAL from "
+                         + layout.wal_prefix(identity.stream))
         if len(groups) > 1 and not backup_id and target.kind in ("lsn", "xid", "name"):
-            plan.notes.append(f"--target-{target.kind} is looked for in epoch {identity.epoch} only (each "
-                              "PostgreSQL system has its own): pass --backup ID for a backup of another epoch")
-        return plan
+            notes.append(f"--target-{target.kind} is looked for in epoch {identity.epoch} only (each "
+                         "PostgreSQL system has its own): pass --backup ID for a backup of another epoch")
+        return dataclasses.replace(plan, notes=(*plan.notes, *notes))
     assert failure is not None
     raise failure
 
@@ -291,7 +293,8 @@ def _plan_in_epoch(repo: Repository, source: str, identity: SourceIdentity, back
                                f"because {why}")
         chosen = max(eligible, key=lambda m: (parse_lsn(m.extra["stop_lsn"]), m.finished_at))
     first, last, count = _check_wal(chosen, target, path, archived, notes)
-    return Plan(source, chosen, target, timeline, path, first, last, count, notes, identity.epoch, stream, judgement)
+    return Plan(source, chosen, target, timeline, path, first, last, count, tuple(notes), identity.epoch, stream,
+                judgement)
 
 
 def _resolve_timeline(target: Target, judgement: timelines.Judgement, archived: dict[int, list[Any]],

@@ -40,13 +40,13 @@ from zoneinfo import ZoneInfo
 
 from backupctl.core.config import RetentionConfig
 from backupctl.core.units import format_duration
+from backupctl.engines.registry import ENGINES, PHYSICAL_TYPES
+from backupctl.repo import layout
 from backupctl.repo.catalog import Manifest, parse_iso
 from backupctl.wal.listing import ArchivedWal
 from backupctl.wal.names import parse_lsn, segment_name, timeline_path
 from backupctl.wal.timelines import judge
 
-PHYSICAL = ("full", "incr")
-FAMILY = {"full": "physical", "incr": "physical", "logical": "logical", "sqlite": "sqlite"}
 WAL_KINDS = ("segment", "partial", "backup")  # per-segment files; history files are never removed
 
 _BUCKETS: tuple[tuple[str, Callable[[datetime], str]], ...] = (
@@ -98,8 +98,9 @@ class WalRange:
     keys: list[str]
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": f"{self.stream}/wal/{self.first}..{self.last}", "item": "wal", "source": self.source,
-                "stream": self.stream, "timeline": self.timeline, "first": self.first, "last": self.last,
+        return {"id": f"{layout.wal_prefix(self.stream)}{self.first}..{self.last}", "item": "wal",
+                "source": self.source, "stream": self.stream, "timeline": self.timeline, "first": self.first,
+                "last": self.last,
                 "segments": self.segments, "stored_size": self.stored_size, "action": "keep" if self.keep else "remove",
                 "rules": [self.reason]}
 
@@ -155,8 +156,8 @@ def plan_retention(source: str, manifests: list[Manifest], policy: RetentionConf
     ordered = sorted(manifests, key=lambda m: (m.finished_at, m.id), reverse=True)
     rules: dict[str, list[str]] = {m.id: [] for m in ordered}
     zone = ZoneInfo(policy.timezone)
-    for family in ("physical", "logical", "sqlite"):
-        group = [m for m in ordered if FAMILY.get(m.type) == family]
+    for engine in ENGINES:  # each engine's backups are kept by the rules on their own
+        group = [m for m in ordered if m.type in engine.backup_types]
         if group:
             _family_rules(group, policy, zone, rules)
     for backup_type in dict.fromkeys(m.type for m in ordered):
@@ -168,7 +169,7 @@ def plan_retention(source: str, manifests: list[Manifest], policy: RetentionConf
     for backup_id, reader in (held or {}).items():
         if backup_id in rules:
             rules[backup_id].append(f"read by {reader}")
-    epochs = _by_epoch([m for m in ordered if m.type in PHYSICAL], wal or [])
+    epochs = _by_epoch([m for m in ordered if m.type in PHYSICAL_TYPES], wal or [])
     graphs = [_Timelines(inventory, physical) if physical else None for inventory, physical in epochs]
     if policy.recovery_window:
         for (inventory, physical), graph in zip(epochs, graphs, strict=True):

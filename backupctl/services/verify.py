@@ -30,6 +30,7 @@ from backupctl.core.config import PostgresSource
 from backupctl.core.errors import BackupctlError, IntegrityError, ObjectNotFound, StorageError
 from backupctl.core.log import get_logger
 from backupctl.engines import pg_logical, pg_physical
+from backupctl.engines.registry import engine_of
 from backupctl.postgres.cluster import PgBinaries
 from backupctl.postgres.tools import ProcessSink, ToolProcess
 from backupctl.repo import crypto, layout
@@ -42,8 +43,6 @@ from backupctl.wal.streams import stream_for_system
 from backupctl.wal.verify import check_object
 
 log = get_logger(__name__)
-
-PHYSICAL = ("full", "incr")
 
 
 @dataclass(frozen=True)
@@ -105,11 +104,11 @@ def verify_backup(repo: Repository, manifest: Manifest, bindir: str | None = Non
     started = datetime.now(UTC)
     clock = time.monotonic()
     log.info("verify started", backup_id=manifest.id, mode=mode)
+    engine = engine_of(manifest.type)
     dumps: dict[str, str] = {}
     if decode:
         details = open_details(manifest, repo.pipeline)  # proves the sealed description opens, too
-        if manifest.type == "logical":
-            dumps = {d["object"]: name for name, d in details["databases"].items()}
+        dumps = engine.dump_archives(details)
     lister = restore_binaries(manifest, bindir) if dumps else None
     with repo.reading("verify", [manifest]):
         for obj in manifest.objects:
@@ -125,7 +124,7 @@ def verify_backup(repo: Repository, manifest: Manifest, bindir: str | None = Non
             size += obj.stored_size
         if manifest.encryption is not None:
             _check_recipients(repo, manifest, decode, problems, checks)
-        if manifest.type in PHYSICAL:
+        if engine.uses_wal:
             _check_wal_range(repo, manifest, decode, problems, checks)
     result = VerifyResult(manifest.id, manifest.source, mode, objects, size, time.monotonic() - clock,
                           tuple(problems), tuple(checks))
