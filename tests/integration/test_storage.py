@@ -207,6 +207,27 @@ def test_invalid_keys_are_rejected(storage: Storage, key: str) -> None:
         storage.put(key, b"x")
 
 
+def test_unfinished_writes_are_found_by_age_for_gc(storage: Storage, store_backend: Backend) -> None:
+    """What a writer killed mid-write leaves (a temp file, a multipart upload, or nothing at all) no listing
+    shows; the driver's optional interface finds it by age, as `repo gc` asks."""
+    writer = storage.open_write("src/backups/b1/base/0000.tar")
+    writer.write(os.urandom(12 * MiB))  # more than two parts: S3 has started a multipart upload
+    try:
+        assert list(storage.list("")) == []
+        assert storage.stale_temp_files(datetime.now(UTC) - timedelta(hours=1)) == []
+        later = datetime.now(UTC) + timedelta(minutes=1)
+        temp_files = storage.stale_temp_files(later)
+        aborted = storage.abort_incomplete_uploads(later)
+        expected = {"memory": (0, 0), "local": (1, 0), "moto": (0, 1), "seaweedfs": (0, 1)}[store_backend.name]
+        assert (len(temp_files), aborted) == expected
+        assert storage.keeps_incomplete_uploads is (aborted == 1)
+        storage.remove_temp_files(path for path, _size in temp_files)
+        assert storage.stale_temp_files(later) == []
+    finally:
+        writer.abort()
+    assert list(storage.list("")) == []
+
+
 # -- local only -----------------------------------------------------------------------------------------
 
 
