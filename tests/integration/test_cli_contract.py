@@ -70,8 +70,8 @@ def mask(value: Any, tmp: str) -> Any:
         return value
     if isinstance(value, int | float):
         return f"<{type(value).__name__}>"
-    text = value.replace(tmp, "<tmp>").replace(socket.gethostname(), "<host>")
-    text = AGE_KEY.sub("<recipient>", text)
+    text = AGE_KEY.sub("<recipient>", value.replace(tmp, "<tmp>"))  # before the host: a key may contain its name
+    text = text.replace(socket.gethostname(), "<host>")
     text = TIME.sub("<time>", text)
     text = HEX.sub("<hex>", text)
     text = BACKUP_ID.sub("<id>", text)
