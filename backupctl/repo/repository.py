@@ -180,9 +180,12 @@ def open_repository(config: Config, storage: Storage | None = None, codec: Codec
     return Repository(config, storage, pipeline, Catalog(storage), meta)
 
 
-def init_repository(config: Config) -> tuple[Repository, bool]:
-    """Create the repository marker; returns (repository, created). Existing ones are left intact."""
-    storage = open_storage(config.repository)
+def init_repository(config: Config, storage: Storage | None = None) -> tuple[Repository, bool]:
+    """Create the repository marker; returns (repository, created). Existing ones are left intact.
+
+    ``storage``: a driver made by the caller instead of the config's (the in-memory one of unit tests).
+    """
+    storage = storage or open_storage(config.repository)
     pipeline = Pipeline(storage, config)
     probe_conditional_writes(storage)
     meta = {
