@@ -51,6 +51,16 @@ BID = "20261125T021500123Z-F-k3x"
     (layout.clock_probe_key(None, "host-42-beef"), "locks/clock/host-42-beef"),
     (layout.pins_prefix("main"), "main/pins/"),
     (layout.pin_key("main", BID), f"main/pins/{BID}.json"),
+    (layout.epoch_stream("main", 1), "main"),
+    (layout.epoch_stream("main", 3), "main/epochs/3"),
+    (layout.epochs_prefix("main"), "main/epochs/"),
+    (layout.stream_record_key("main/epochs/3"), "main/epochs/3/source.json"),
+    (layout.wal_prefix("main/epochs/3"), "main/epochs/3/wal/"),
+    (layout.wal_folder_prefix("main", "0000000100000000"), "main/wal/0000000100000000/"),
+    (layout.wal_object_prefix("main", "0000000100000000", "000000010000000000000003"),
+     "main/wal/0000000100000000/000000010000000000000003-"),
+    (layout.wal_object_prefix("main", "", "00000002.history"), "main/wal/00000002.history-"),
+    (layout.wal_segment_size_key("main"), "main/wal/segment_size.json"),
 ])
 def test_every_key_is_spelled_as_repositories_already_hold_it(key: str, expected: str) -> None:
     assert key == expected
@@ -70,6 +80,14 @@ def test_keys_read_back_into_their_parts() -> None:
     assert layout.lease_name_and_generation("main", "main/locks/wal.forget.000000000003.json") == ("wal.forget", 3)
     assert layout.lease_name_and_generation("main", "main/locks/readers/h-1-ab.json") is None
     assert layout.lease_name_and_generation(None, "locks/gc.000000000001") is None
+    assert layout.epoch_of_prefix("main", "main/epochs/3/") == 3
+    assert layout.epoch_of_prefix("main", "main/epochs/1/") is None
+    sha = "ab" * 32
+    assert layout.split_wal_key("main", f"main/wal/0000000100000000/000000010000000000000003-{sha}.zst.age") == \
+        layout.WalKey("0000000100000000", "000000010000000000000003", sha, ".zst", True)
+    assert layout.split_wal_key("main", f"main/wal/00000002.history-{sha}") == \
+        layout.WalKey("", "00000002.history", sha, None, False)
+    assert layout.split_wal_key("main", "main/wal/segment_size.json") is None
 
 
 @pytest.mark.parametrize(("name", "part", "tablespace"), [
@@ -92,7 +110,8 @@ def test_tar_parts_of_every_layout_version_are_recognised(name: str, part: bool,
 PACKAGE = Path(layout.__file__).resolve().parents[1]
 # Fragments only a repository key contains; error messages and docstrings may name keys in prose.
 KEY_FRAGMENTS = ("/backups/", "manifest.json", "expired.json", "source.json", "backupctl.json", "/locks/",
-                 "locks/", "/pins/", "/drills/", "/verifications/", ".probe/", "segment_size.json")
+                 "locks/", "/pins/", "/drills/", "/verifications/", ".probe/", "/wal/", "/epochs/",
+                 "segment_size.json")
 
 
 def _spelled_keys(text: str, name: str) -> list[str]:
