@@ -3,6 +3,11 @@
 Keys are ``/``-separated and relative to the repository root; a driver adds its own root (a directory,
 or a bucket and prefix). Writes are all-or-nothing: an object appears under its key only once it is
 complete and durable, so a reader never sees half an object and a killed writer leaves no visible key.
+
+Drivers: ``local`` and ``s3`` (``open_storage`` picks one from the config) and ``memory`` (tests). A feature
+only some stores have (what a killed writer leaves behind) is a method here with a harmless default, which a
+driver overrides: callers never ask which driver they hold. One conformance suite proves every driver:
+tests/integration/test_storage.py.
 """
 
 from __future__ import annotations
@@ -81,7 +86,7 @@ class ObjectWriter(abc.ABC):
 
 
 class Storage(abc.ABC):
-    """One repository store: a local directory or an S3 bucket and prefix."""
+    """One repository store: a local directory or an S3 bucket and prefix (or, in tests, memory)."""
 
     #: Where the repository lives, for messages ("/var/lib/backupctl/repo", "s3://bucket/prefix").
     location: str
