@@ -21,6 +21,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from backupctl.core.errors import EXIT_FAILED, EXIT_OK
+
 if TYPE_CHECKING:
     from backupctl.postgres.cluster import ScratchCluster
 
@@ -197,9 +199,9 @@ def sqlite_demo(config: Path, workdir: Path) -> int:
           f"{len(source_events)} rows, {len(per_batch)} whole transactions (taken mid-write)")
     if mismatches:
         print(f"RESULT   FAILED: {', '.join(mismatches)} differ")
-        return 1
+        return EXIT_FAILED
     print("RESULT   OK: the restored database matches the source row by row")
-    return 0
+    return EXIT_OK
 
 
 PG_SHOP = """
@@ -230,7 +232,7 @@ def postgres_demo(config: Path, workdir: Path) -> int:
         binaries = find_binaries(need="postgres")
     except BackupctlError as exc:
         print(f"postgres skipped: {exc}")
-        return 0
+        return EXIT_OK
     repository = load_config(config).repository.path
     with ScratchCluster(binaries) as cluster:
         info = cluster.conninfo()
@@ -259,7 +261,7 @@ def postgres_demo(config: Path, workdir: Path) -> int:
         same = all(_pg_rows(cluster, "shop", t) == _pg_rows(cluster, "shop_restored", t)
                    for t in ("customers", "orders", "revenue"))
     print("RESULT   OK: shop_restored matches shop row by row" if same else "RESULT   FAILED: rows differ")
-    return 0 if same else 1
+    return EXIT_OK if same else EXIT_FAILED
 
 
 def pitr_demo() -> int:
@@ -276,7 +278,7 @@ def pitr_demo() -> int:
         binaries = find_binaries(need="postgres")
     except BackupctlError as exc:
         print(f"pitr     skipped: {exc}")
-        return 0
+        return EXIT_OK
     cluster = ScratchCluster(binaries)
     root = cluster.base_dir / "demo"
     config = root / "backupctl.toml"
@@ -333,9 +335,9 @@ def pitr_demo() -> int:
               + f"; RTO {drill['rto_seconds']:.1f}s")
         if got != good or drill["status"] != "passed":
             print("RESULT   FAILED: the restored cluster does not hold the orders committed before the DROP")
-            return 1
+            return EXIT_FAILED
         print("RESULT   OK: every order committed before the bad migration is back, and the drill passed")
-        return 0
+        return EXIT_OK
     finally:
         if restored is not None:
             restored.remove()

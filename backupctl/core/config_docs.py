@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from backupctl.core.config import SOURCE_KINDS, Config
-from backupctl.core.errors import ConfigError
+from backupctl.core.errors import EXIT_FAILED, EXIT_OK, ConfigError
 from backupctl.core.options import (
     ConfigPath,
     Duration,
@@ -224,17 +224,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.reference:
         sys.stdout.write(reference())
-        return 0
+        return EXIT_OK
     readme = README.read_text()
     if args.write_readme:
         README.write_text(readme_with_reference(readme))
-        return 0
+        return EXIT_OK
     problems = example_problems(EXAMPLE.read_text())
     if readme_with_reference(readme) != readme:
         problems.append("README.md: the config reference is stale (run `make config-docs`)")
     for problem in problems:
         print(problem, file=sys.stderr)
-    return 1 if problems else 0
+    return EXIT_FAILED if problems else EXIT_OK
 
 
 if __name__ == "__main__":
