@@ -17,8 +17,10 @@ from typing import Any
 import pytest
 
 import backupctl
+from backupctl.core import config
 from backupctl.core.config import WalConfig, parse_config
 from backupctl.core.errors import ConfigError
+from backupctl.wal.agent import settings
 from backupctl.wal.agent.settings import WAL_OPTIONS, wal_options
 
 ROOT = Path(backupctl.__file__).resolve().parent.parent
@@ -69,6 +71,10 @@ def _boundaries(f: dataclasses.Field[Any]) -> list[Any]:
 
 
 FIELDS = list(dataclasses.fields(WalConfig))
+
+
+def test_the_fast_path_finds_the_config_file_where_the_cli_does() -> None:
+    assert (settings.DEFAULT_CONFIG, settings.CONFIG_ENV) == (config.DEFAULT_CONFIG, config.CONFIG_ENV)
 
 
 def test_every_wal_option_is_known_to_the_fast_path() -> None:
