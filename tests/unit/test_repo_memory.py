@@ -4,6 +4,7 @@ lost and its clock moved at will, without a server, a process or a temp director
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -59,6 +60,7 @@ def publish(repo: Repository, data: bytes = b"SQLite format 3\0") -> Manifest:
 
 
 def test_init_keeps_the_marker_and_open_reads_it(repo: Repository) -> None:
+    time.sleep(0.002)  # a marker written in the same millisecond has the same bytes: ``create`` says it is ours
     again, created = init_repository(CONFIG, repo.storage)
     assert not created and again.meta == repo.meta
     assert open_repository(CONFIG, repo.storage).meta["format"] == "backupctl-repository"
