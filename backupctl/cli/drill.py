@@ -52,7 +52,7 @@ def drill_run(state: State, source: str, backup_id: str | None, target: TargetOp
 def drill_list(state: State, source: str | None, output: str) -> None:
     """List drill results, newest first (all sources, or one)."""
     from backupctl.cli.output import writer
-    from backupctl.services.drill import list_drills
+    from backupctl.services.drill_results import list_drills
 
     with state.repository() as repo:
         results = list_drills(repo.storage, source, repo.pipeline)
@@ -66,7 +66,7 @@ def drill_list(state: State, source: str | None, output: str) -> None:
 def drill_show(state: State, drill_id: str, output: str) -> None:
     """Show one drill's result: every check, the point reached and the time each part took."""
     from backupctl.cli.output import writer
-    from backupctl.services.drill import find_drill
+    from backupctl.services.drill_results import find_drill
 
     with state.repository() as repo:
         result = find_drill(repo.storage, drill_id, repo.pipeline)

@@ -83,7 +83,9 @@ class Engine(ABC):
     def backup(self, repo: Repository, source: Any, backup_type: str, options: BackupOptions,
                start: StartRun) -> Manifest:
         """Back ``source`` up as ``backup_type`` (one of ``backup_types``) through the run ``start`` gives,
-        and return the published manifest; anything that fails before the run starts leaves no trace."""
+        and return the published manifest; anything that fails before the run starts leaves no trace.
+
+        ``source`` is the config source of ``source_kind`` (each engine names its own source class)."""
 
     def dump_archives(self, details: dict[str, Any]) -> dict[str, str]:
         """The objects of a backup (by its opened details) that are pg_dump archives, key -> database: verify

@@ -341,7 +341,7 @@ def _newest_record(repo: Repository, prefix: str) -> dict[str, Any] | None:
 
 
 def _last_drill(repo: Repository, source: str) -> dict[str, Any] | None:
-    from backupctl.services.drill import latest_drill
+    from backupctl.services.drill_results import latest_drill
 
     return latest_drill(repo.storage, source)
 

@@ -41,7 +41,7 @@ import structlog
 from backupctl.core.config import Config, PostgresSource, SourceConfig
 from backupctl.core.errors import ConfigError
 from backupctl.core.log import JOB_ID_ENV, get_logger
-from backupctl.engines.registry import source_kind
+from backupctl.engines.registry import ENGINES, source_kind
 from backupctl.repo.catalog import iso, parse_iso
 
 if TYPE_CHECKING:  # a job's process loads status only when it gathers facts
@@ -49,7 +49,7 @@ if TYPE_CHECKING:  # a job's process loads status only when it gathers facts
 
 log = get_logger(__name__)
 
-BACKUP_JOBS = ("full", "incr", "logical", "backup")
+BACKUP_JOBS = tuple(job for engine in ENGINES for job in engine.schedule_jobs)  # full, incr, logical, backup
 JOBS = (*BACKUP_JOBS, "expire", "verify", "drill")
 STOP_TIMEOUT = 90.0  # seconds running jobs get to unwind after SIGTERM before they are killed
 PUSHER_RESTART_DELAY = 10.0  # seconds between two starts of the resident WAL pusher

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from backupctl.core.errors import BackupctlError, ConfigError
+from backupctl.engines.registry import PHYSICAL_TYPES
 from backupctl.repo.layout import backup_prefix
 from backupctl.repo.pins import read_pins
 from backupctl.services.expire import readers_by_backup
@@ -79,7 +80,7 @@ def forget(repo: Repository, source: str, timeline: int, *, dry_run: bool = Fals
                                  f"(`backupctl wal check {source}`), or pass --force if you know it stopped")
         manifests, _ = repo.catalog.scan(source)
         system = chosen.system_identifier or None
-        on_branch = [m for m in manifests if m.type in ("full", "incr") and int(m.extra["timeline"]) in gone
+        on_branch = [m for m in manifests if m.type in PHYSICAL_TYPES and int(m.extra["timeline"]) in gone
                      and system in (None, str(m.extra.get("system_identifier")))]
         result = Forgotten(source, chosen.epoch, chosen.stream, gone, judged.production, dry_run,
                            backups=[m.id for m in on_branch])

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from types import SimpleNamespace
 
 import pytest
 
-from backupctl.core.config import SOURCE_KINDS
+from backupctl.core.config import SOURCE_KINDS, ScheduleConfig
 from backupctl.core.errors import ConfigError
 from backupctl.engines.base import BackupOptions, Engine
 from backupctl.engines.registry import (
@@ -22,6 +23,7 @@ from backupctl.engines.registry import (
     engine_of,
     source_kind,
 )
+from backupctl.scheduler.runner import BACKUP_JOBS, job_spec
 
 
 def _source(kind: str, name: str = "db") -> SimpleNamespace:
@@ -105,3 +107,18 @@ def test_options_each_engine_refuses() -> None:
 def test_logical_backups_list_their_dumps() -> None:
     details = {"databases": {"app": {"object": "src/backups/L1/databases/0000.pgdump"}}}
     assert LOGICAL.dump_archives(details) == {"src/backups/L1/databases/0000.pgdump": "app"}
+
+
+def test_scheduled_jobs_are_the_config_schedules_and_the_scheduler_jobs() -> None:
+    fields = {f.name for f in dataclasses.fields(ScheduleConfig)}
+    assert all(job in fields for engine in ENGINES for job in engine.schedule_jobs)
+    assert BACKUP_JOBS == ("full", "incr", "logical", "backup")
+
+
+def test_job_spec_asks_the_kind() -> None:
+    assert job_spec(_source("sqlite"), "backup").backup_type is None  # one type: no --type in the job
+    assert job_spec(_source("postgres"), "backup").backup_type == "logical"
+    assert job_spec(_source("postgres"), "incr").backup_type == "incr"
+    with pytest.raises(ConfigError) as error:
+        job_spec(_source("sqlite", "app"), "full")
+    assert str(error.value) == "source app is a SQLite database: its backup job is 'backup', not 'full'"

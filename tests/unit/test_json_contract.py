@@ -21,7 +21,7 @@ from backupctl.monitoring.status import (
 )
 from backupctl.repo.catalog import Manifest, StoredObject
 from backupctl.scheduler.runner import next_runs
-from backupctl.services.drill import DrillCheck, DrillResult, Reached, RtoParts
+from backupctl.services.drill_results import DrillCheck, DrillResult, Reached, RtoParts
 from backupctl.services.expire import ExpireOutcome
 from backupctl.services.gc import GcItem
 from backupctl.services.pitr import Plan, Target
@@ -104,7 +104,7 @@ def test_a_drill_result_prints_the_documented_fields() -> None:
 def test_a_plan_prints_the_documented_fields() -> None:
     plan = Plan("main", _manifest(), Target("time", "2026-12-05T01:00:00+00:00"), 2,
                 [(1, 0, 0x5000000), (2, 0x5000000, None)], "000000010000000000000002", "000000020000000000000006",
-                5, ["target action: pause"])
+                5, ("target action: pause",))
     assert json_contract.check("restore --plan", plan.to_json()) == 1 + 1 + 2
 
 
