@@ -226,7 +226,8 @@ def postgres_demo(config: Path, workdir: Path) -> int:
     """PostgreSQL: a throwaway cluster, a logical backup, a restore into a new database, compared."""
     from backupctl.core.config import load_config
     from backupctl.core.errors import BackupctlError
-    from backupctl.postgres.cluster import ScratchCluster, find_binaries
+    from backupctl.postgres.binaries import find_binaries
+    from backupctl.postgres.cluster import ScratchCluster
 
     try:
         binaries = find_binaries(need="postgres")
@@ -271,7 +272,8 @@ def pitr_demo() -> int:
     in the temp dir (owned by that user), and is removed at the end like the cluster.
     """
     from backupctl.core.errors import BackupctlError
-    from backupctl.postgres.cluster import ScratchCluster, find_binaries
+    from backupctl.postgres.binaries import find_binaries
+    from backupctl.postgres.cluster import ScratchCluster
     from backupctl.wal.conf import archive_command
 
     try:

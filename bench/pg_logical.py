@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from backupctl.postgres.cluster import PgBinaries, ScratchCluster, find_binaries
+from backupctl.postgres.binaries import PgBinaries, find_binaries
+from backupctl.postgres.cluster import ScratchCluster
 from bench.memory import run_measured
 
 MIB = 1024 * 1024

@@ -51,7 +51,8 @@ from pathlib import Path
 from typing import Any
 
 from backupctl.core.errors import BackupctlError
-from backupctl.postgres.cluster import ScratchCluster, find_binaries
+from backupctl.postgres.binaries import find_binaries
+from backupctl.postgres.cluster import ScratchCluster
 from bench.peers import (
     MIB,
     SERVER_USER,

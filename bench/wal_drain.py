@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import backupctl
-from backupctl.postgres.cluster import ScratchCluster, find_binaries
+from backupctl.postgres.binaries import find_binaries
+from backupctl.postgres.cluster import ScratchCluster
 from backupctl.wal.conf import archive_command, conf_quote
 
 PG_MAJOR = 15

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from backupctl.postgres.cluster import PgBinaries
+from backupctl.postgres.binaries import PgBinaries
 from tests.support.backends import BACKENDS, STORAGE_BACKENDS, Backend, make_backend
 from tests.support.cli import CliRunner, run_cli
 from tests.support.pg_site import Site, archiving_site, console_archive_command

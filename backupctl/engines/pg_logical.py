@@ -20,7 +20,7 @@ from backupctl.core.errors import BackupctlError, ConfigError
 from backupctl.core.log import get_logger
 from backupctl.engines.base import BackupOptions, Engine, StartRun
 from backupctl.engines.pg_clocks import stop_clocks
-from backupctl.postgres.cluster import PgBinaries, find_binaries
+from backupctl.postgres.binaries import PgBinaries, find_binaries
 from backupctl.postgres.connection import ConnParams
 from backupctl.postgres.tools import ToolProcess
 from backupctl.repo import layout

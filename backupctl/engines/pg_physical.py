@@ -32,7 +32,7 @@ from typing import Any, BinaryIO
 
 from backupctl.core.errors import BackupctlError
 from backupctl.core.log import get_logger
-from backupctl.postgres.cluster import PgBinaries
+from backupctl.postgres.binaries import PgBinaries
 from backupctl.postgres.connection import ConnParams
 from backupctl.postgres.tarstream import FILE, Member, TarPart, TarSplitter
 from backupctl.postgres.tools import ToolProcess

@@ -20,7 +20,7 @@ from backupctl.core.log import get_logger
 from backupctl.engines import pg_contents, pg_physical
 from backupctl.engines.base import BackupOptions, Engine, StartRun
 from backupctl.engines.pg_clocks import stop_clocks
-from backupctl.postgres.cluster import find_binaries
+from backupctl.postgres.binaries import find_binaries
 from backupctl.postgres.connection import ConnParams
 from backupctl.repo import layout
 from backupctl.repo.catalog import Manifest

@@ -49,7 +49,8 @@ from backupctl.core.units import human_size
 from backupctl.engines import pg_logical
 from backupctl.engines.registry import PHYSICAL, engine_of, source_kind
 from backupctl.engines.sqlite import ensure_free_space
-from backupctl.postgres.cluster import DEFAULT_SERVER_USER, PgBinaries, ScratchCluster, ServerError, find_binaries
+from backupctl.postgres.binaries import PgBinaries, find_binaries
+from backupctl.postgres.cluster import DEFAULT_SERVER_USER, ScratchCluster, ServerError
 from backupctl.postgres.connection import ConnParams
 from backupctl.postgres.tools import run_tool
 from backupctl.repo import layout

@@ -15,7 +15,7 @@ from typing import Any
 from backupctl.core.config import DrillAssertion
 from backupctl.core.errors import BackupctlError
 from backupctl.engines import pg_contents, sqlite
-from backupctl.postgres.cluster import PgBinaries
+from backupctl.postgres.binaries import PgBinaries
 from backupctl.postgres.connection import ConnParams
 
 MAX_LISTED = 5  # problems named in one verdict; the rest are counted

@@ -26,7 +26,7 @@ from backupctl.engines import pg_files
 from backupctl.engines.registry import PHYSICAL_TYPES
 from backupctl.engines.sqlite import ensure_free_space
 from backupctl.postgres.backup_manifest import RESTORE_MARKER
-from backupctl.postgres.cluster import PgBinaries, find_binaries
+from backupctl.postgres.binaries import PgBinaries, find_binaries
 from backupctl.postgres.tools import run_tool
 from backupctl.repo import layout
 from backupctl.repo.catalog import Manifest, iso

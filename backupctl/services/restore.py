@@ -19,7 +19,7 @@ from backupctl.core.errors import BackupctlError, ConfigError, IntegrityError
 from backupctl.core.log import get_logger
 from backupctl.core.signals import shielded
 from backupctl.engines import pg_logical, sqlite
-from backupctl.postgres.cluster import PgBinaries, find_binaries
+from backupctl.postgres.binaries import PgBinaries, find_binaries
 from backupctl.postgres.connection import ConnParams
 from backupctl.postgres.tools import ProcessSink, ToolProcess
 from backupctl.repo import layout

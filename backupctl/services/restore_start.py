@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from backupctl.core.errors import BackupctlError, ConfigError
-from backupctl.postgres.cluster import PgBinaries, free_port
+from backupctl.postgres.binaries import PgBinaries
+from backupctl.postgres.cluster import free_port
 from backupctl.postgres.tools import run_tool
 from backupctl.services import pitr
 from backupctl.wal.names import parse_lsn

@@ -31,7 +31,7 @@ from backupctl.core.errors import BackupctlError, IntegrityError, ObjectNotFound
 from backupctl.core.log import get_logger
 from backupctl.engines import pg_logical, pg_physical
 from backupctl.engines.registry import engine_of
-from backupctl.postgres.cluster import PgBinaries
+from backupctl.postgres.binaries import PgBinaries
 from backupctl.postgres.tools import ProcessSink, ToolProcess
 from backupctl.repo import crypto, layout
 from backupctl.repo.catalog import Manifest, iso, new_record_id, open_details

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from backupctl.demo import make_sample_sqlite
-from backupctl.postgres.cluster import PgBinaries
+from backupctl.postgres.binaries import PgBinaries
 from backupctl.repo.catalog import parse_manifest
 from tests.support.backends import Backend, make_backend
 from tests.support.cli import CliRunner, backup_id, cli_env

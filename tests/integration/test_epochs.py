@@ -23,7 +23,8 @@ import pytest
 
 from backupctl.core.config import parse_config
 from backupctl.core.errors import BackupctlError
-from backupctl.postgres.cluster import PgBinaries, ScratchCluster
+from backupctl.postgres.binaries import PgBinaries
+from backupctl.postgres.cluster import ScratchCluster
 from backupctl.repo.repository import init_repository
 from backupctl.wal import epochs
 from backupctl.wal.conf import restore_command

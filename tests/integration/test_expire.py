@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from backupctl.core.config import load_config
-from backupctl.postgres.cluster import PgBinaries
+from backupctl.postgres.binaries import PgBinaries
 from backupctl.repo import lease, pins
 from backupctl.repo.catalog import iso
 from backupctl.repo.repository import Repository, open_repository

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from backupctl.postgres.cluster import find_binaries
+from backupctl.postgres.binaries import find_binaries
 from bench import pg_logical
 from bench.memory import measure
 

@@ -15,15 +15,8 @@ import psycopg
 import pytest
 
 from backupctl.core.errors import BackupctlError
-from backupctl.postgres.cluster import (
-    PgBinaries,
-    ScratchCluster,
-    ServerError,
-    available,
-    binaries_for_user,
-    copy_installation,
-    find_binaries,
-)
+from backupctl.postgres.binaries import PgBinaries, available, binaries_for_user, copy_installation, find_binaries
+from backupctl.postgres.cluster import ScratchCluster, ServerError
 from tests.support.pg_fixtures import PgDatabase, require_binaries
 
 AS_ROOT = os.geteuid() == 0

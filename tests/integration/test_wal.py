@@ -26,7 +26,8 @@ from typing import Any
 import pytest
 
 from backupctl.core.config import load_config
-from backupctl.postgres.cluster import PgBinaries, ScratchCluster
+from backupctl.postgres.binaries import PgBinaries
+from backupctl.postgres.cluster import ScratchCluster
 from backupctl.repo.repository import open_repository
 from backupctl.wal.conf import archive_command, conf_quote, restore_command
 from backupctl.wal.names import (

@@ -24,7 +24,8 @@ from typing import Any
 
 import pytest
 
-from backupctl.postgres.cluster import PgBinaries, ScratchCluster, ServerError
+from backupctl.postgres.binaries import PgBinaries
+from backupctl.postgres.cluster import ScratchCluster, ServerError
 from backupctl.wal.conf import restore_command
 from backupctl.wal.identity import read_header
 from backupctl.wal.names import segment_name

@@ -22,7 +22,8 @@ import pytest
 from psycopg import sql
 
 from backupctl.core.errors import BackupctlError
-from backupctl.postgres.cluster import PgBinaries, ScratchCluster, ServerError, find_binaries
+from backupctl.postgres.binaries import PgBinaries, find_binaries
+from backupctl.postgres.cluster import ScratchCluster, ServerError
 from tests.support.backends import Backend
 from tests.support.config import write_toml
 

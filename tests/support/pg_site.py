@@ -30,7 +30,8 @@ import psycopg
 import pytest
 
 from backupctl.core.config import parse_config
-from backupctl.postgres.cluster import PgBinaries, ScratchCluster
+from backupctl.postgres.binaries import PgBinaries
+from backupctl.postgres.cluster import ScratchCluster
 from backupctl.storage import open_storage
 from backupctl.wal.conf import archive_command, restore_command
 from backupctl.wal.listing import parse_key
