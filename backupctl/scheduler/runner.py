@@ -25,7 +25,6 @@ import logging
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -43,6 +42,8 @@ from backupctl.core.errors import ConfigError
 from backupctl.core.log import JOB_ID_ENV, get_logger
 from backupctl.engines.registry import ENGINES, source_kind
 from backupctl.repo.catalog import iso, parse_iso
+from backupctl.scheduler.pusher import PusherSupervisor
+from backupctl.scheduler.systemd import sd_notify, watchdog_interval
 
 if TYPE_CHECKING:  # a job's process loads status only when it gathers facts
     from backupctl.monitoring.status import SourceStatus
@@ -52,7 +53,6 @@ log = get_logger(__name__)
 BACKUP_JOBS = tuple(job for engine in ENGINES for job in engine.schedule_jobs)  # full, incr, logical, backup
 JOBS = (*BACKUP_JOBS, "expire", "verify", "drill")
 STOP_TIMEOUT = 90.0  # seconds running jobs get to unwind after SIGTERM before they are killed
-PUSHER_RESTART_DELAY = 10.0  # seconds between two starts of the resident WAL pusher
 _ERROR_PREFIX = "backupctl: error: "
 
 
@@ -344,95 +344,6 @@ def _forwarding_signals(on_signal: Callable[[], Any]) -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-
-
-# --- systemd notification --------------------------------------------------------------------------------
-
-
-def sd_notify(message: str) -> bool:
-    """Send a state ("READY=1", "WATCHDOG=1", "STOPPING=1", "STATUS=...") to $NOTIFY_SOCKET, if any."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return False
-    if address.startswith("@"):  # an abstract socket
-        address = "\0" + address[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.connect(address)
-            # Never block the scheduler: a listener that stopped reading fills its datagram queue.
-            sock.send(message.encode(), socket.MSG_DONTWAIT)
-    except OSError as exc:
-        log.warning("sd_notify failed", socket=os.environ.get("NOTIFY_SOCKET"), error=str(exc))
-        return False
-    return True
-
-
-def watchdog_interval() -> float | None:
-    """Half the watchdog period systemd asks for (WatchdogSec=), or None when there is none for us."""
-    usec = os.environ.get("WATCHDOG_USEC")
-    pid = os.environ.get("WATCHDOG_PID")
-    if not usec or not usec.isdigit() or (pid and pid != str(os.getpid())):
-        return None
-    return int(usec) / 2e6
-
-
-# --- the resident WAL pusher -------------------------------------------------------------------------------
-
-
-class PusherSupervisor:
-    """Keeps the asynchronous WAL pusher of one local PostgreSQL source running ([scheduler] wal_pusher).
-
-    The pusher exits by itself when idle or when the config changes, and at once when another one already
-    serves the source (archive_command starts one on demand); it is simply started again a little later.
-    It reads ahead in pg_wal, so segments are stored before archive_command asks for them.
-    """
-
-    def __init__(self, config_file: Path, source: PostgresSource, stopping: threading.Event) -> None:
-        self.config_file = config_file
-        self.source = source
-        self.stopping = stopping
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.thread = threading.Thread(target=self._loop, name=f"wal pusher {source.name}", daemon=True)
-
-    def command(self) -> list[str]:
-        assert self.source.pgdata is not None
-        return [sys.executable, "-m", "backupctl.walpusher", "--config", str(self.config_file), "daemon",
-                "--source", self.source.name, str(Path(self.source.pgdata) / "pg_wal")]
-
-    def _as_owner(self) -> dict[str, Any]:
-        """Started as root, the pusher runs as the data directory's owner (its spool belongs to that user)."""
-        assert self.source.pgdata is not None
-        owner = Path(self.source.pgdata).stat()
-        if os.geteuid() != 0 or owner.st_uid == 0:
-            return {}
-        return {"user": owner.st_uid, "group": owner.st_gid, "extra_groups": []}
-
-    def _loop(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, start_new_session=True,
-                                             **self._as_owner())
-            except OSError as exc:
-                log.error("WAL pusher cannot start", source=self.source.name, error=str(exc))
-            else:
-                log.info("WAL pusher started", source=self.source.name, pid=self.proc.pid)
-                code = self.proc.wait()
-                log.info("WAL pusher ended", source=self.source.name, exit_code=code)
-            self.stopping.wait(PUSHER_RESTART_DELAY)
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def stop(self, timeout: float) -> None:
-        proc = self.proc
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self.thread.join(timeout=5)
 
 
 # --- the scheduler -------------------------------------------------------------------------------------------
