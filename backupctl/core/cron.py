@@ -50,6 +50,7 @@ def weekdays(field: str) -> str:
 
 def cron_trigger(expression: str, timezone: Any = "UTC") -> Any:
     """A trigger that fires when cron would; ``ValueError`` says what is wrong with the expression."""
+    # apscheduler costs ~80 ms and core.config imports this module: only a config with schedules pays it
     from apscheduler.triggers.combining import OrTrigger
     from apscheduler.triggers.cron import CronTrigger
 

@@ -60,7 +60,7 @@ def describe(params: ConnParams, databases: list[str]) -> dict[str, Any]:
 
     A database that cannot be read is left out with a warning: estimates must never fail a backup.
     """
-    import psycopg
+    import psycopg  # ~120 ms: engines.registry loads every engine, only a PostgreSQL source pays it
 
     contents: dict[str, Any] = {"superuser": None, "row_estimates": {}}
     for name in databases:

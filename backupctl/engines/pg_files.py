@@ -13,6 +13,7 @@ those restore the same way, as a single part each.
 
 from __future__ import annotations
 
+import io
 import os
 import threading
 import time
@@ -109,8 +110,6 @@ def restore_backup_files(repo: Repository, backup: Manifest, pgdata: Path, jobs:
 
 
 def _read_bytes(repo: Repository, obj: StoredObject) -> bytes:
-    import io
-
     out = io.BytesIO()
     repo.pipeline.read(obj, out)
     return out.getvalue()

@@ -180,7 +180,7 @@ def snapshot_dump(binaries: PgBinaries, params: ConnParams, info: DatabaseInfo) 
         failure: list[BaseException] = []
 
         def count() -> None:
-            from psycopg import sql
+            from psycopg import sql  # ~120 ms: engines.registry loads every engine, only PostgreSQL pays it
 
             try:
                 for schema, table in tables:

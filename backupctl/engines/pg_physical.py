@@ -15,6 +15,7 @@ segment and its error instead of hanging.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import secrets
@@ -364,8 +365,6 @@ def stream_basebackup(binaries: PgBinaries, params: ConnParams, facts: ServerFac
 def _widen_pipe(stream: Any) -> None:
     """A 1 MiB pipe (Linux): fewer, larger reads, and pg_basebackup blocks less often on a full pipe."""
     with contextlib.suppress(OSError, AttributeError, ValueError):
-        import fcntl
-
         fcntl.fcntl(stream.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), 1024 * 1024)
 
 

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from backupctl.core.config import CheckConfig, Config, SourceConfig
+from backupctl.core.cron import cron_trigger
 from backupctl.core.errors import CHECK_CRITICAL, CHECK_OK, CHECK_UNKNOWN, CHECK_WARNING
 from backupctl.core.units import human_duration, human_size
 from backupctl.engines.registry import ENGINES, PHYSICAL_TYPES, source_kind
@@ -79,8 +80,6 @@ def _limit(state: int, warning: float | None, critical: float | None, show: Any)
 
 def schedule_period(expressions: list[str], timezone: str | None, now: datetime) -> float:
     """The longest gap between two runs of cron schedules (together) over their next year, in seconds."""
-    from backupctl.core.cron import cron_trigger
-
     fires: set[datetime] = set()
     for expression in expressions:
         trigger = cron_trigger(expression, timezone or "UTC")

@@ -23,9 +23,17 @@ from backupctl.core.config import Config, PostgresSource, SourceConfig
 from backupctl.core.errors import BackupctlError, ObjectNotFound
 from backupctl.core.log import get_logger
 from backupctl.engines.registry import BACKUP_TYPES, PHYSICAL_TYPES, source_kind
+from backupctl.postgres.connection import ConnParams
 from backupctl.repo import layout
 from backupctl.repo.catalog import Manifest, iso, parse_iso
 from backupctl.repo.repository import Repository, open_repository
+from backupctl.services import pitr
+from backupctl.services.drill_results import latest_drill
+from backupctl.wal import timelines
+from backupctl.wal.listing import find_archived, list_wal_objects
+from backupctl.wal.names import DEFAULT_SEGMENT_SIZE
+from backupctl.wal.streams import current_stream
+from backupctl.wal.verify import wal_status
 
 log = get_logger(__name__)
 
@@ -283,11 +291,6 @@ def _timelines(repo: Repository, source: SourceConfig) -> dict[str, Any] | None:
     restore's default follows, with the branches it leaves behind."""
     if not source_kind(source).archives_wal:
         return None
-    from backupctl.wal import timelines
-    from backupctl.wal.listing import list_wal_objects
-    from backupctl.wal.names import DEFAULT_SEGMENT_SIZE
-    from backupctl.wal.streams import current_stream
-
     current = current_stream(repo, source.name)
     if current is None:
         return None
@@ -305,22 +308,20 @@ def _wal(repo: Repository, source: SourceConfig, now: datetime, judged: dict[str
     production stopped archiving."""
     if not source_kind(source).archives_wal:
         return None
-    from backupctl.wal.verify import wal_status
-
-    timelines = wal_status(repo, source.name, now)
-    if not timelines:
+    per_timeline = wal_status(repo, source.name, now)
+    if not per_timeline:
         return None
     elsewhere = {(judged["epoch"], t) for t in judged["off_path"]} if judged else set()
-    newest = max((t for t in timelines if t["newest_archived_at"] and (t["epoch"], t["timeline"]) not in elsewhere),
+    newest = max((t for t in per_timeline if t["newest_archived_at"] and (t["epoch"], t["timeline"]) not in elsewhere),
                  key=lambda t: t["newest_archived_at"], default=None)
     return WalFacts(
         newest_segment=newest["newest_segment"] if newest else None,
         newest_archived_at=newest["newest_archived_at"] if newest else None,
         age_seconds=newest["newest_age_seconds"] if newest else None,
-        timelines=tuple(t["timeline"] for t in timelines),
-        segments=sum(t["segments"] for t in timelines),
-        gaps=sum(len(t["gaps"]) for t in timelines),
-        stored_bytes=sum(t["stored_bytes"] for t in timelines),
+        timelines=tuple(t["timeline"] for t in per_timeline),
+        segments=sum(t["segments"] for t in per_timeline),
+        gaps=sum(len(t["gaps"]) for t in per_timeline),
+        stored_bytes=sum(t["stored_bytes"] for t in per_timeline),
     )
 
 
@@ -341,8 +342,6 @@ def _newest_record(repo: Repository, prefix: str) -> dict[str, Any] | None:
 
 
 def _last_drill(repo: Repository, source: str) -> dict[str, Any] | None:
-    from backupctl.services.drill_results import latest_drill
-
     return latest_drill(repo.storage, source)
 
 
@@ -365,8 +364,6 @@ def server_facts(source: SourceConfig) -> dict[str, Any] | None:
     """
     if not isinstance(source, PostgresSource):
         return None
-    from backupctl.postgres.connection import ConnParams
-
     facts: dict[str, Any] = {"reachable": False, "error": None, "local": False}
     try:
         with ConnParams.from_source(source).connect() as conn:
@@ -481,9 +478,6 @@ def recoverable_window(repo: Repository, source: SourceConfig, manifests: list[M
 
 
 def _pitr_window(repo: Repository, source: str, physical: list[Manifest]) -> Window:
-    from backupctl.services import pitr
-    from backupctl.wal.listing import find_archived
-
     problem = None
     for backup in physical:
         try:

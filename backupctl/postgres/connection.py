@@ -82,7 +82,7 @@ class ConnParams:
 
     def connect(self, dbname: str | None = None, autocommit: bool = True) -> Any:
         """A psycopg connection; a failure is one line naming the server and libpq's reason."""
-        import psycopg
+        import psycopg  # ~120 ms: only a command that talks to the server pays it
 
         kwargs: dict[str, Any] = {
             "host": self.host,

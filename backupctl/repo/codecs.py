@@ -11,6 +11,9 @@ import zlib
 from dataclasses import dataclass
 from typing import Protocol
 
+import lz4.frame
+import zstandard
+
 
 class Compressor(Protocol):
     def compress(self, data: bytes) -> bytes: ...
@@ -43,8 +46,6 @@ class _Lz4Compressor:
     """lz4's frame compressor needs an explicit begin; adapt it to compress/flush."""
 
     def __init__(self, level: int) -> None:
-        import lz4.frame
-
         self._inner = lz4.frame.LZ4FrameCompressor(compression_level=level, content_checksum=True)
         self._header: bytes | None = self._inner.begin()
 
@@ -69,8 +70,6 @@ class Codec:
 
     def compressor(self) -> Compressor:
         if self.name == "zstd":
-            import zstandard
-
             # One worker per core, at most four. Jobs of one window (2 MiB at level 3, at least 2 MiB)
             # instead of zstd's default four: each worker then holds a few MiB, not ~25, and the ratio on
             # database pages stays the same. Workers overlap compression with reading and I/O.
@@ -87,12 +86,8 @@ class Codec:
 
     def decompressor(self) -> Decompressor:
         if self.name == "zstd":
-            import zstandard
-
             return zstandard.ZstdDecompressor().decompressobj()
         if self.name == "lz4":
-            import lz4.frame
-
             return lz4.frame.LZ4FrameDecompressor()
         if self.name == "gzip":
             return zlib.decompressobj(31)

@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import zstandard
+
 from backupctl.core import signals
 from backupctl.core.config import Config
 from backupctl.core.errors import BackupctlError, DecryptionError, IntegrityError, StorageError
@@ -210,8 +212,6 @@ class _ZstdWriter(_DecompressingWriter):
     """
 
     def __init__(self, sink: BinaryIO) -> None:
-        import zstandard
-
         super().__init__(sink, codec("none").decompressor())
         self._zstd = zstandard.ZstdDecompressor().stream_writer(
             _Emitter(self._emit), write_size=CHUNK, closefd=False)  # type: ignore[arg-type]

@@ -12,6 +12,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import psycopg
+from psycopg import sql
+
 from backupctl.core.config import DrillAssertion
 from backupctl.core.errors import BackupctlError
 from backupctl.engines import pg_contents, sqlite
@@ -46,8 +49,6 @@ def _one_line(error: BaseException) -> str:
 
 def connect_all(params: ConnParams, expected: list[str]) -> str:
     """Every database the backup recorded exists in the copy and accepts a connection."""
-    import psycopg
-
     problems = []
     for name in expected:
         try:
@@ -97,8 +98,6 @@ def pg_row_counts(params: ConnParams, recorded: dict[str, dict[str, int | None]]
     as they were, children of inheritance included). Otherwise they are a physical backup's estimates,
     judged by ``pg_contents.judge`` on the table's own rows (``FROM ONLY``, as its statistics count them).
     """
-    from psycopg import sql
-
     problems: list[str] = []
     tables = unestimated = 0
     for database, expected in sorted(recorded.items()):
@@ -136,8 +135,6 @@ def pg_row_counts(params: ConnParams, recorded: dict[str, dict[str, int | None]]
 
 def pg_assertion(params: ConnParams, assertion: DrillAssertion, default_db: str, timeout: float) -> str:
     """A custom query, run read-only, that must return true."""
-    import psycopg
-
     database = assertion.database or default_db
     try:
         with params.connect(database) as conn:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from backupctl.core.config import RepositoryConfig
 from backupctl.storage.base import ObjectInfo, ObjectWriter, Storage
+from backupctl.storage.local import LocalStorage
 
 __all__ = ["ObjectInfo", "ObjectWriter", "Storage", "open_storage"]
 
@@ -21,7 +22,5 @@ def open_storage(config: RepositoryConfig, read_timeout: float | None = None) ->
         from backupctl.storage.s3 import S3Storage  # boto3 costs ~150 ms: only a repository on S3 pays it
 
         return S3Storage(config, read_timeout=read_timeout)
-    from backupctl.storage.local import LocalStorage
-
     assert config.path is not None, "validated by config"
     return LocalStorage(Path(config.path))

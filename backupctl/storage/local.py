@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from backupctl.core.errors import ObjectNotFound, StorageError
+from backupctl.core.log import get_logger
 from backupctl.storage.base import ObjectInfo, ObjectWriter, Storage, check_key
 
 TEMP_PREFIX = ".tmp-"
@@ -64,8 +65,6 @@ def warn_if_readable_by_others(path: Path, what: str) -> None:
     except OSError:
         return
     if mode & 0o007 and path not in _warned:
-        from backupctl.core.log import get_logger
-
         _warned.add(path)
         get_logger(__name__).warning(f"{what} {path} is readable by other users: chmod o-rwx {path}",
                                      mode=oct(mode & 0o777))

@@ -12,6 +12,8 @@ import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import zstandard
+
 from backupctl.core.config import PostgresSource
 from backupctl.core.errors import ConfigError
 from backupctl.repo.codecs import Codec, codec
@@ -67,8 +69,6 @@ class _OneShotZstd:
     """
 
     def __init__(self, level: int) -> None:
-        import zstandard  # as repo.codecs does: only a zstd repository pays for it
-
         self._compressor = zstandard.ZstdCompressor(level=level, threads=0, write_checksum=True)
         self._chunks: list[bytes] = []
         self._size = 0
