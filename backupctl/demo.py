@@ -19,12 +19,13 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from backupctl.core.errors import EXIT_FAILED, EXIT_OK
-
-if TYPE_CHECKING:
-    from backupctl.postgres.cluster import ScratchCluster
+from backupctl.core.config import load_config
+from backupctl.core.errors import EXIT_FAILED, EXIT_OK, BackupctlError
+from backupctl.postgres.binaries import find_binaries
+from backupctl.postgres.cluster import ScratchCluster
+from backupctl.wal.conf import archive_command
 
 SCHEMA = """
 CREATE TABLE customers (
@@ -224,11 +225,6 @@ INSERT INTO orders (customer_id, total, placed, items)
 
 def postgres_demo(config: Path, workdir: Path) -> int:
     """PostgreSQL: a throwaway cluster, a logical backup, a restore into a new database, compared."""
-    from backupctl.core.config import load_config
-    from backupctl.core.errors import BackupctlError
-    from backupctl.postgres.binaries import find_binaries
-    from backupctl.postgres.cluster import ScratchCluster
-
     try:
         binaries = find_binaries(need="postgres")
     except BackupctlError as exc:
@@ -271,11 +267,6 @@ def pitr_demo() -> int:
     The server's OS user runs archive_command, so this part's repository lives beside the scratch cluster
     in the temp dir (owned by that user), and is removed at the end like the cluster.
     """
-    from backupctl.core.errors import BackupctlError
-    from backupctl.postgres.binaries import find_binaries
-    from backupctl.postgres.cluster import ScratchCluster
-    from backupctl.wal.conf import archive_command
-
     try:
         binaries = find_binaries(need="postgres")
     except BackupctlError as exc:
