@@ -173,7 +173,7 @@ def _restore_physical(config: Config, source_name: str, request: PhysicalRequest
     from backupctl.cli.output import writer
     from backupctl.core.config import PostgresSource
     from backupctl.repo.repository import open_repository
-    from backupctl.services import pitr, restore_start
+    from backupctl.services import pitr, restore_physical, restore_start
     from backupctl.wal.conf import restore_command
 
     source = config.source(source_name)
@@ -192,15 +192,15 @@ def _restore_physical(config: Config, source_name: str, request: PhysicalRequest
             writer(output).plan(plan)
             return
         assert request.pgdata is not None  # checked above: only a dry run goes without
-        options = pitr.RestoreOptions(pgdata=request.pgdata, force=request.force,
-                                      jobs=request.jobs or pitr.default_jobs(), standby=request.standby,
+        options = restore_physical.RestoreOptions(pgdata=request.pgdata, force=request.force,
+                                      jobs=request.jobs or restore_physical.default_jobs(), standby=request.standby,
                                       tablespace_map=mapping, restore_config=request.restore_config,
                                       tmp_dir=Path(source.tmp_dir) if source.tmp_dir else None, delta=request.delta,
                                       archive=request.keep_archiving, source_pgdata=source.pgdata)
         command = restore_command(config.file, source_name, plan.epoch)
         # The reader lease lasts through recovery with --start: expire must not remove the WAL it replays.
-        with repo.reading("restore", pitr.backup_chain(repo, plan.backup)):
-            result = pitr.restore_physical(repo, plan, options, command, source.bindir)
+        with repo.reading("restore", restore_physical.backup_chain(repo, plan.backup)):
+            result = restore_physical.restore_physical(repo, plan, options, command, source.bindir)
             if request.start_server:
                 try:
                     result["recovery"] = restore_start.start_and_wait(

@@ -56,7 +56,7 @@ from backupctl.postgres.tools import run_tool
 from backupctl.repo import layout
 from backupctl.repo.catalog import Manifest, iso, new_record_id, open_details
 from backupctl.repo.repository import Repository
-from backupctl.services import drill_checks, pitr, restore
+from backupctl.services import drill_checks, pitr, restore, restore_physical
 from backupctl.services.drill_results import DrillCheck, DrillResult, Reached, RtoParts, record_result
 from backupctl.wal.conf import conf_quote, restore_command
 
@@ -325,7 +325,7 @@ def _drill_physical(drill: _Drill, repo: Repository, source: PostgresSource, cho
     with contextlib.ExitStack() as held:
         try:
             with drill.step("restore", fatal=True) as check:
-                chain = pitr.backup_chain(repo, plan.backup)
+                chain = restore_physical.backup_chain(repo, plan.backup)
                 held.enter_context(repo.reading("drill", chain))
                 server, proven = _restore_physical(drill, repo, source, plan, drill.workdir())
                 check.detail = f"{human_size(sum(m.size for m in chain))} from {len(chain)} backup(s); {proven}"
@@ -347,16 +347,17 @@ def _restore_physical(drill: _Drill, repo: Repository, source: PostgresSource, p
     tablespaces = {oid: str(work / "tablespaces" / oid) for oid in plan.backup.extra.get("tablespaces", [])}
     ensure_free_space(work, plan.backup.size + 256 * 1024**2, f"the drill's copy of {plan.backup.id}")
     clock = time.monotonic()
-    pitr.prepare_pgdata(pgdata, force=False)
-    timings = pitr.restore_files(repo, plan, pgdata, pitr.default_jobs(), tablespaces, source.bindir, work)
+    restore_physical.prepare_pgdata(pgdata, force=False)
+    jobs = restore_physical.default_jobs()
+    timings = restore_physical.restore_files(repo, plan, pgdata, jobs, tablespaces, source.bindir, work)
     # One pass fetches, unpacks and proves each file: that is the download; the flush to disk (and for a
     # chain, pg_verifybackup) counts as extraction.
     drill.parts["download"] += timings["download_extract_seconds"]
     drill.parts["extract"] += time.monotonic() - clock - timings["download_extract_seconds"]
     with drill.part("extract"):
-        binaries = pitr.server_binaries(plan.backup.extra["pg_major"], source.bindir, "postgres")
+        binaries = restore_physical.server_binaries(plan.backup.extra["pg_major"], source.bindir, "postgres")
         _write_scratch_config(pgdata, binaries, drill.id)
-        pitr.write_recovery(plan, pgdata, restore_command(repo.config.file, source.name, plan.epoch),
+        restore_physical.write_recovery(plan, pgdata, restore_command(repo.config.file, source.name, plan.epoch),
                             standby=False)
         server = DrillServer.adopt(binaries, pgdata, remove_datadir=True,
                                    superuser=details.get("superuser") or source.user or DEFAULT_SERVER_USER)
@@ -406,7 +407,7 @@ def _recover(drill: _Drill, server: DrillServer, plan: pitr.Plan) -> str:
             "pg_walfile_name(pg_current_wal_lsn())").fetchone()
     promoted = int(walfile[:8], 16)
     drill.reached = Reached(lsn, iso(at) if at else None, plan.timeline, promoted)
-    short = pitr.short_of_end(plan, lsn) if plan.target.kind == "end" and lsn is not None else None
+    short = restore_physical.short_of_end(plan, lsn) if plan.target.kind == "end" and lsn is not None else None
     if short:
         raise drill_checks.CheckFailed(f"{short} (see the server log with --keep)")
     last = f" (last transaction {drill.reached.time})" if at else ""

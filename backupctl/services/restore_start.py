@@ -25,7 +25,7 @@ from backupctl.core.errors import BackupctlError, ConfigError
 from backupctl.postgres.binaries import PgBinaries
 from backupctl.postgres.cluster import free_port
 from backupctl.postgres.tools import run_tool
-from backupctl.services import pitr
+from backupctl.services import pitr, restore_physical
 from backupctl.wal.names import parse_lsn
 
 _SEVERE_RE = re.compile(r"\b(?:FATAL|PANIC):\s+(.*)")
@@ -127,7 +127,7 @@ def _observe(pgdata: Path, plan: pitr.Plan, standby: bool, user: str | None) -> 
     """The server's state once it is final for our purpose; None while recovery is still on its way."""
     import psycopg
 
-    if pitr.live_postmaster(pgdata) is None:
+    if restore_physical.live_postmaster(pgdata) is None:
         return _Seen("stopped")
     conninfo = _conninfo(pgdata, user)
     if conninfo is None:
@@ -142,7 +142,7 @@ def _observe(pgdata: Path, plan: pitr.Plan, standby: bool, user: str | None) -> 
                 return _Seen("promoted", lsn, at, int(walfile[:8], 16), conninfo["host"])
             if conn.execute("SELECT pg_get_wal_replay_pause_state()").fetchone()[0] == "paused":
                 return _Seen("paused", lsn, at, host=conninfo["host"])
-            if standby and plan.target.kind == "end" and lsn and pitr.short_of_end(plan, lsn) is None:
+            if standby and plan.target.kind == "end" and lsn and restore_physical.short_of_end(plan, lsn) is None:
                 return _Seen("standby", lsn, at, host=conninfo["host"])
     except psycopg.OperationalError:
         pass
@@ -175,7 +175,7 @@ def _read_from(path: Path, offset: int) -> str:
 def _stop(binaries: PgBinaries, pgdata: Path) -> None:
     """Stop a server that did not do what was asked: a retry needs the directory without a postmaster."""
     for mode in ("fast", "immediate"):
-        if pitr.live_postmaster(pgdata) is None:
+        if restore_physical.live_postmaster(pgdata) is None:
             return
         try:
             run_tool(_as_server_user([binaries.path("pg_ctl"), "stop", "--pgdata", str(pgdata), "-m", mode, "--wait"]),
@@ -197,7 +197,7 @@ def start_and_wait(pgdata: Path, plan: pitr.Plan, bindir: str | None, user: str 
                    standby: bool = False, timeout: float = 3600) -> dict[str, Any]:
     """`restore --start`: start the restored server, wait for recovery's outcome, and report it when it is
     the one asked for; otherwise stop the server and raise ``RecoveryFailed`` quoting PostgreSQL."""
-    binaries = pitr.server_binaries(plan.backup.extra["pg_major"], bindir, "pg_ctl")
+    binaries = restore_physical.server_binaries(plan.backup.extra["pg_major"], bindir, "pg_ctl")
     chosen, note = _choose_port(binaries, pgdata, port)
     log_file = pgdata.parent / f"{pgdata.name}.recovery.log"
     offset = log_file.stat().st_size if log_file.exists() else 0
@@ -252,7 +252,7 @@ def start_and_wait(pgdata: Path, plan: pitr.Plan, bindir: str | None, user: str 
     if seen.lsn is None:
         problem = "recovery replayed no WAL"
     elif plan.target.kind == "end":
-        problem = pitr.short_of_end(plan, seen.lsn)
+        problem = restore_physical.short_of_end(plan, seen.lsn)
     elif plan.target.kind == "lsn" and plan.target.inclusive and seen.state != "shut down at the target" \
             and parse_lsn(seen.lsn) < parse_lsn(str(plan.target.value)):
         problem = f"recovery ended at {seen.lsn}, before the target LSN {plan.target.value}"
