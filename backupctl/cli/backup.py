@@ -1,7 +1,7 @@
 """The backup commands: backup, list, show, verify.
 
-Like every command module, this one imports click and ``cli.common`` at its top and the rest inside each
-command (start-up cost: see ``cli.common``).
+Like every command module, this one imports click, ``cli.common`` and cheap parts of ``core`` at its top;
+services and the writers are imported where they are used: start-up cost, see ``cli.common``.
 """
 
 from __future__ import annotations

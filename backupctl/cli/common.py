@@ -1,9 +1,10 @@
 """What every command module shares: the group's state, the common options, and whose OS user a command is.
 
 The command modules import this module and nothing else of the CLI at their top; the group in ``cli.app``
-imports them, never the reverse. Everything below click (services, config, the output writers) is imported
-inside the function that needs it: ``backupctl --help`` and each command's start must not pay for boto3,
-psycopg or rich (start-up cost).
+imports them, never the reverse. At their top they import click and the cheap modules of ``core`` (errors,
+options); services, the config, logging and the output writers are imported where they are used: start-up
+cost. ``backupctl --help`` and each command's start must not pay for boto3, psycopg, rich, structlog or
+the config schema (~15 ms).
 """
 
 from __future__ import annotations

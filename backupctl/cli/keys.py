@@ -2,7 +2,8 @@
 
 The repository's marker lists the age recipients new data is encrypted to; backup and wal-push refuse a
 config whose list differs. These commands are the one way to change the repository's list; each host's
-config is then given the new list. Services load inside each command (start-up cost: see ``cli.common``).
+config is then given the new list. Services are imported where they are used: start-up cost, see
+``cli.common``.
 """
 
 from __future__ import annotations

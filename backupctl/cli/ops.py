@@ -1,15 +1,17 @@
 """The operations commands: status, check (the monitoring plugin) and metrics.
 
-Services and the writers load inside each command (start-up cost: see ``cli.common``).
+Services and the writers are imported where they are used: start-up cost, see ``cli.common``.
 """
 
 from __future__ import annotations
 
 import sys
+from datetime import UTC, datetime
 
 import click
 
 from backupctl.cli.common import AUTO_OUTPUT, OUTPUT, State, pass_state
+from backupctl.core.errors import ConfigError
 
 
 @click.command()
@@ -30,8 +32,6 @@ def status(state: State, sources: tuple[str, ...], output: str | None) -> None:
 @pass_state
 def check(state: State, sources: tuple[str, ...], output: str) -> None:
     """Monitoring plugin: one line, exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN ([sources.X.check])."""
-    from datetime import UTC, datetime
-
     from backupctl.cli.output import writer
     from backupctl.monitoring import check as monitor
     from backupctl.monitoring.status import gather
@@ -53,7 +53,6 @@ def check(state: State, sources: tuple[str, ...], output: str) -> None:
 @pass_state
 def metrics(state: State, write: bool) -> None:
     """Prometheus metrics of every source (for cron, or a timer beside the units)."""
-    from backupctl.core.errors import ConfigError
     from backupctl.scheduler.runner import Reporter
 
     config = state.config()

@@ -1,6 +1,6 @@
 """The repository as a whole: ``init``, and the ``repo`` group (``gc``, and ``recipients`` from ``cli.keys``).
 
-Services and the writers load inside each command (start-up cost: see ``cli.common``).
+Services and the writers are imported where they are used: start-up cost, see ``cli.common``.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import click
 
 from backupctl.cli.common import OUTPUT, State, act_as, pass_state
 from backupctl.cli.keys import recipients
+from backupctl.core.options import parse_duration
 
 
 @click.command()
@@ -32,8 +33,6 @@ def repo_group() -> None:
 
 
 def _duration(_ctx: click.Context, _param: click.Parameter, value: str) -> float:
-    from backupctl.core.options import parse_duration  # start-up cost
-
     try:
         return parse_duration(value)
     except ValueError as exc:

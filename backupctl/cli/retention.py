@@ -1,6 +1,6 @@
 """The retention commands: expire, pin and unpin (``repo gc`` is in ``cli.repo``).
 
-Services and the writers load inside each command (start-up cost: see ``cli.common``).
+Services and the writers are imported where they are used: start-up cost, see ``cli.common``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The scheduler commands: ``scheduler`` (the resident loop), ``scheduler jobs`` and ``scheduler run-job``.
 
-Services and the writers load inside each command (start-up cost: see ``cli.common``).
+Services and the writers are imported where they are used: start-up cost, see ``cli.common``.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from backupctl.cli.common import OUTPUT, State, pass_state
+from backupctl.core.errors import EXIT_FAILED, EXIT_OK
 
 
 @click.group(name="scheduler", invoke_without_command=True)
@@ -46,7 +47,6 @@ def scheduler_run_job(state: State, source: str, job: str) -> None:
     """Run one JOB of SOURCE now, as the scheduler would (job id, webhooks, metrics); for timers and cron.
 
     "backup" is the source's default backup (SQLite; PostgreSQL: logical). Exits with the job's code."""
-    from backupctl.core.errors import EXIT_FAILED, EXIT_OK
     from backupctl.scheduler.runner import run_once
 
     result = run_once(state.config(), _config_file(state.config_file), source, job)

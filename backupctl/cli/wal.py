@@ -2,7 +2,7 @@
 
 ``wal-push`` and ``wal-fetch`` run the same code as the fast entry ``python -I -m backupctl.walpusher``
 that ``pg-settings`` prints; through ``backupctl`` they cost the CLI's own start (~80 ms more per call).
-Services and the writers load inside each command (start-up cost: see ``cli.common``).
+Services and the writers are imported where they are used: start-up cost, see ``cli.common``.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import click
 
 from backupctl.cli.common import OUTPUT, State, act_as, pass_state
 from backupctl.core.errors import BackupctlError, ConfigError
+from backupctl.core.options import parse_size
 
 
 @click.command(name="wal-push")
@@ -128,7 +129,6 @@ def wal_new_epoch(state: State, source: str, system_identifier: str | None, majo
     stay restorable; take a full backup of the upgraded server next.
     """
     from backupctl.cli.output import writer
-    from backupctl.core.options import parse_size
     from backupctl.repo.repository import open_repository
     from backupctl.wal import epochs
     from backupctl.wal.opening import select_source
