@@ -3,8 +3,8 @@
 ``restore`` takes the options of all three engines (a SQLite file, a PostgreSQL logical dump, a physical
 point-in-time restore); which one runs depends on the backup named, so the options are parsed into the
 request of that engine only (``SqliteRequest``, ``LogicalRequest``, ``PhysicalRequest``), whose fields are
-named as the command's parameters. Services and the writers load inside the command (start-up cost: see
-``cli.common``).
+named as the command's parameters. Services and the writers are imported where they are used: start-up cost,
+see ``cli.common``.
 """
 
 from __future__ import annotations

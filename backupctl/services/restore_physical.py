@@ -9,6 +9,7 @@ steps on a scratch copy.
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import tempfile
 import time
@@ -256,8 +257,6 @@ def _hand_to_server_user(roots: list[Path]) -> None:
     """Restored files belong to the server's OS user: when root restored them, give them away."""
     if os.geteuid() != 0:
         return
-    import pwd
-
     try:
         owner = pwd.getpwnam("postgres")
     except KeyError:

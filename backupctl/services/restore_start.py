@@ -125,7 +125,7 @@ def _conninfo(pgdata: Path, user: str | None) -> dict[str, Any] | None:
 
 def _observe(pgdata: Path, plan: pitr.Plan, standby: bool, user: str | None) -> _Seen | None:
     """The server's state once it is final for our purpose; None while recovery is still on its way."""
-    import psycopg
+    import psycopg  # ~120 ms: a restore without --start (or a dry run) imports this module, never connects
 
     if restore_physical.live_postmaster(pgdata) is None:
         return _Seen("stopped")
