@@ -192,11 +192,12 @@ def _restore_physical(config: Config, source_name: str, request: PhysicalRequest
             writer(output).plan(plan)
             return
         assert request.pgdata is not None  # checked above: only a dry run goes without
-        options = restore_physical.RestoreOptions(pgdata=request.pgdata, force=request.force,
-                                      jobs=request.jobs or restore_physical.default_jobs(), standby=request.standby,
-                                      tablespace_map=mapping, restore_config=request.restore_config,
-                                      tmp_dir=Path(source.tmp_dir) if source.tmp_dir else None, delta=request.delta,
-                                      archive=request.keep_archiving, source_pgdata=source.pgdata)
+        options = restore_physical.RestoreOptions(
+            pgdata=request.pgdata, force=request.force, jobs=request.jobs or restore_physical.default_jobs(),
+            standby=request.standby, tablespace_map=mapping, restore_config=request.restore_config,
+            tmp_dir=Path(source.tmp_dir) if source.tmp_dir else None, delta=request.delta,
+            archive=request.keep_archiving, source_pgdata=source.pgdata,
+        )
         command = restore_command(config.file, source_name, plan.epoch)
         # The reader lease lasts through recovery with --start: expire must not remove the WAL it replays.
         with repo.reading("restore", restore_physical.backup_chain(repo, plan.backup)):
