@@ -3,8 +3,8 @@
 Two spellings exist on purpose. For people (tables, check messages, drill details) a value is rounded to
 one decimal in the largest unit it reaches: ``1.5 MiB``, ``2.3h``. For the config file (retention rules,
 ``gc --grace``, the generated example) a value is spelled exactly, in the largest whole unit, so that
-``core.config``'s parsers read it back to the same number: ``16MiB``, ``14d``. Parsing stays with the
-config; this module only writes.
+``core.options``' parsers (``parse_size``, ``parse_duration``) read it back to the same number:
+``16MiB``, ``14d``. Parsing stays with the config's options; this module only writes.
 """
 
 from __future__ import annotations
