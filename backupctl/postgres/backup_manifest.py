@@ -20,6 +20,7 @@ import os
 import shutil
 import stat
 import threading
+import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -104,6 +105,40 @@ class BackupManifest:
     def checked_files(self) -> Iterable[bytes]:
         """The files a restore must produce (WAL excluded)."""
         return (path for path in self.files if not path.startswith(IGNORED_PREFIXES))
+
+
+class ManifestWriter:
+    """A backup_manifest as the server writes it, for a backup whose files backupctl copied itself.
+
+    The layout follows PostgreSQL's own (one line per file, the WAL ranges, then the SHA-256 of every
+    line before the last), so ``pg_verifybackup``, ``pg_combinebackup`` and an incremental backup's
+    ``UPLOAD_MANIFEST`` read it like one of pg_basebackup's. Version 2 (PostgreSQL 17+) names the system.
+    """
+
+    def __init__(self, major: int, system_identifier: str) -> None:
+        version = 2 if major >= 17 else 1
+        head = f'{{ "PostgreSQL-Backup-Manifest-Version": {version},\n'
+        if version == 2:
+            head += f'"System-Identifier": {int(system_identifier)},\n'
+        self._lines = [head + '"Files": [']
+        self._files = 0
+
+    def add_file(self, path: bytes, size: int, mtime: float, crc: Crc32c) -> None:
+        try:
+            name = '"Path": ' + json.dumps(path.decode())
+        except UnicodeDecodeError:
+            name = f'"Encoded-Path": "{path.hex()}"'
+        modified = time.strftime("%Y-%m-%d %H:%M:%S GMT", time.gmtime(mtime))
+        self._lines.append(("\n" if not self._files else ",\n") + f'{{ {name}, "Size": {size}, "Last-Modified": '
+                           f'"{modified}", "Checksum-Algorithm": "CRC32C", "Checksum": "{crc.hexdigest()}" }}')
+        self._files += 1
+
+    def finish(self, timeline: int, start_lsn: str, end_lsn: str) -> bytes:
+        """The whole manifest, sealed; ``start_lsn``/``end_lsn`` in PostgreSQL's X/X notation."""
+        self._lines.append(f'\n],\n"WAL-Ranges": [\n{{ "Timeline": {timeline}, "Start-LSN": "{start_lsn}", '
+                           f'"End-LSN": "{end_lsn}" }}\n],\n')
+        body = "".join(self._lines).encode()
+        return body + f'"Manifest-Checksum": "{hashlib.sha256(body).hexdigest()}"}}\n'.encode()
 
 
 def _check_manifest_checksum(data: bytes, recorded: Any) -> None:

@@ -88,6 +88,44 @@ def parse_header(block: bytes) -> Member | None:
                   _number(block[136:148]), block[157:257].split(b"\0", 1)[0])
 
 
+def _octal(value: int, width: int) -> bytes:
+    """A ustar number field: octal digits and a NUL; base-256 (GNU) when the digits do not fit."""
+    digits = b"%o" % value
+    if len(digits) < width:
+        return digits.rjust(width - 1, b"0") + b"\0"
+    return bytes([0x80]) + value.to_bytes(width - 1, "big")
+
+
+def tar_header(member: Member) -> bytes:
+    """The 512-byte ustar header of ``member``, as ``parse_header`` reads it back (and ``tar`` does).
+
+    Names longer than 99 bytes go into the prefix field, split at a slash, as ustar allows; the data
+    directory holds none that long, so that is only for tablespaces with deep relative names.
+    """
+    name, prefix = member.name + (b"/" if member.kind == DIRECTORY else b""), b""
+    if len(name) > 99:
+        cut = name.rfind(b"/", 0, 156)
+        while cut > 0 and len(name) - cut - 1 > 99:
+            cut = name.rfind(b"/", 0, cut)
+        if cut <= 0:
+            raise BackupctlError(f"{_shown(member.name)!r} is too long for a tar archive")
+        prefix, name = name[:cut], name[cut + 1:]
+    block = bytearray(BLOCK)
+    block[0:len(name)] = name
+    block[100:108] = _octal(member.mode & 0o7777, 8)
+    block[108:116] = _octal(0, 8)
+    block[116:124] = _octal(0, 8)
+    block[124:136] = _octal(member.size if member.kind == FILE else 0, 12)
+    block[136:148] = _octal(member.mtime, 12)
+    block[148:156] = b" " * 8
+    block[156:157] = member.kind
+    block[157:157 + len(member.linkname)] = member.linkname
+    block[257:265] = b"ustar\x0000"
+    block[345:345 + len(prefix)] = prefix
+    block[148:156] = b"%06o\0 " % sum(block)
+    return bytes(block)
+
+
 def _read_exactly(source: BinaryIO, view: memoryview) -> int:
     """Fill ``view``; fewer bytes only at the end of the stream."""
     done = 0
