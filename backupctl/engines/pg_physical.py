@@ -63,6 +63,7 @@ class ServerFacts:
     databases: dict[str, int]  # name -> size
     archive_mode: str
     summarize_wal: bool
+    catalog_version: int  # names a tablespace's directory: PG_<major>_<catalog_version>
 
     @property
     def major(self) -> int:
@@ -83,7 +84,8 @@ def server_facts(params: ConnParams) -> ServerFacts:
             if not path.startswith(data_directory.rstrip("/") + "/"):
                 config_files[name] = path
         summarize = version_num >= 170000 and show("summarize_wal") == "on"
-        identifier = conn.execute("SELECT system_identifier FROM pg_control_system()").fetchone()[0]
+        identifier, catalog_version = conn.execute(
+            "SELECT system_identifier, catalog_version_no FROM pg_control_system()").fetchone()
         return ServerFacts(
             version_num=version_num,
             system_identifier=str(identifier),
@@ -99,6 +101,7 @@ def server_facts(params: ConnParams) -> ServerFacts:
                 "SELECT datname, pg_database_size(oid) FROM pg_database WHERE datallowconn ORDER BY 1")},
             archive_mode=show("archive_mode"),
             summarize_wal=summarize,
+            catalog_version=int(catalog_version),
         )
 
 
@@ -138,7 +141,7 @@ class StreamedBackup:
     wal_wait_seconds: float | None = None  # waited for the range's WAL to be in the repository (None: no check)
 
 
-class _ArchiverWatch(threading.Thread):
+class ArchiverWatch(threading.Thread):
     """Polls pg_stat_archiver while the backup runs; trips when archiving keeps failing.
 
     Failures count from when the watch connected, on the server's clock (pg_stat_archiver's times are
@@ -262,7 +265,7 @@ def _reserve_wal(params: ConnParams) -> _WalReservation | None:
 
 
 def wait_until_stored(segments: list[str], present: Callable[[list[str]], set[str]],
-                      last_archived: Callable[[], str | None], watch: _ArchiverWatch) -> float:
+                      last_archived: Callable[[], str | None], watch: ArchiverWatch) -> float:
     """Wait until every WAL segment of ``segments`` (a backup's range, in order) is in the repository;
     returns the seconds waited.
 
@@ -333,7 +336,7 @@ def stream_basebackup(binaries: PgBinaries, params: ConnParams, facts: ServerFac
         argv.append(f"--incremental={parent_manifest}")
     env = params.env() | {"LC_MESSAGES": "C"}
     result = StreamedBackup(tablespaces=dict(facts.tablespaces))
-    watch = _ArchiverWatch(params)
+    watch = ArchiverWatch(params)
     watch.start()
     try:
         if not facts.tablespaces:
@@ -368,7 +371,7 @@ def _widen_pipe(stream: Any) -> None:
         fcntl.fcntl(stream.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), 1024 * 1024)
 
 
-def _finish(tool: ToolProcess, watch: _ArchiverWatch) -> None:
+def _finish(tool: ToolProcess, watch: ArchiverWatch) -> None:
     """After the last byte: pg_basebackup's verdict, or the archiver's when that is what went wrong."""
     try:
         tool.wait()
@@ -385,7 +388,7 @@ def _finish(tool: ToolProcess, watch: _ArchiverWatch) -> None:
 
 
 def _stream_to_fifos(argv: list[str], env: dict[str, str], facts: ServerFacts, store: Store, tmp_root: Path,
-                     watch: _ArchiverWatch, result: StreamedBackup, part_bytes: int) -> bytes:
+                     watch: ArchiverWatch, result: StreamedBackup, part_bytes: int) -> bytes:
     parent = Path(tempfile.mkdtemp(prefix="backupctl-basebackup-", dir=tmp_root))
     workdir = parent / "out"
     archives = [f"{oid}.tar" for oid in facts.tablespaces] + ["base.tar"]

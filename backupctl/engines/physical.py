@@ -17,7 +17,7 @@ from typing import Any
 from backupctl.core.config import PostgresSource, SourceConfig
 from backupctl.core.errors import BackupctlError, ConfigError
 from backupctl.core.log import get_logger
-from backupctl.engines import pg_contents, pg_physical
+from backupctl.engines import pg_contents, pg_filecopy, pg_physical
 from backupctl.engines.base import BackupOptions, Engine, StartRun
 from backupctl.engines.pg_clocks import stop_clocks
 from backupctl.postgres.binaries import find_binaries
@@ -72,10 +72,20 @@ class PhysicalEngine(Engine):
                     repo.pipeline.read(parent.object(layout.PG_BACKUP_MANIFEST), out)
             # Drills judge the restored copy by these: read from the statistics, never by scanning a table.
             contents = pg_contents.describe(params, list(facts.databases))
-            streamed = pg_physical.stream_basebackup(
-                binaries, params, facts, f"backupctl {run.id}", source.checkpoint == "fast", run.store, tmp_root,
-                parent_manifest, wal_present=_wal_present(repo, identity.stream), part_bytes=source.split_size,
-            )
+            label, fast = f"backupctl {run.id}", source.checkpoint == "fast"
+            wal_present = _wal_present(repo, identity.stream)
+            why_not = "incremental backups come from the server" if parent else \
+                pg_filecopy.unusable_reason(params, facts, source.pgdata)
+            if why_not is None:
+                assert source.pgdata is not None
+                streamed = pg_filecopy.copy_data_directory(params, facts, source.pgdata, label, fast, run.store,
+                                                           wal_present, source.split_size)
+            else:
+                log.debug("backup by pg_basebackup", reason=why_not)
+                streamed = pg_physical.stream_basebackup(
+                    binaries, params, facts, label, fast, run.store, tmp_root, parent_manifest,
+                    wal_present=wal_present, part_bytes=source.split_size,
+                )
             run.store(layout.PG_BACKUP_MANIFEST, io.BytesIO(streamed.manifest))
             for name, path in facts.config_files.items():
                 try:
@@ -86,6 +96,7 @@ class PhysicalEngine(Engine):
             wal = streamed.wal
             assert wal is not None
             extra = _extra(facts, wal, streamed.tablespaces, binaries.version)
+            extra["copied_by"] = "backupctl" if why_not is None else "pg_basebackup"
             extra.update(stop_clocks(repo, source.name, params))
             details = {
                 "data_directory": facts.data_directory,
