@@ -2,7 +2,7 @@
 
 The WAL range of a physical backup (start to stop segment) is what makes its files consistent: the backup
 waits until every segment of it is in the repository, and `verify` reads and decodes every one. To give a
-backup a range of several segments, a test hook (around the first stored part, when pg_basebackup is
+backup a range of several segments, a test hook (around the first stored part, when the backup is
 under way) writes and switches WAL while the backup runs; the cluster, archive_command, pusher and
 repository are the real ones.
 """
@@ -60,9 +60,12 @@ def _backup_spanning_segments(site: Site, cli: CliRunner, monkeypatch: pytest.Mo
     def hooked(run: backup._Run, name: str, stream: Any, finalize: Any = None) -> Any:
         if not first:
             # The backup has started once the server is past its checkpoint: the range begins at its redo.
+            # (pg_basebackup shows its phase; a copy of the data directory is past it once its session
+            # has returned from pg_backup_start.)
             _wait_for("the backup's checkpoint", lambda: site.sql(
                 "SELECT phase FROM pg_stat_progress_basebackup WHERE phase NOT IN "
-                "('initializing', 'waiting for checkpoint to finish')"))
+                "('initializing', 'waiting for checkpoint to finish')") or site.sql(
+                "SELECT pid FROM pg_stat_activity WHERE query LIKE 'SELECT pg_backup_start(%' AND state = 'idle'"))
             first.append(site.sql("SELECT pg_walfile_name(redo_lsn) FROM pg_control_checkpoint()")[0][0])
             for index in range(SWITCHES):
                 site.sql(f"INSERT INTO marks VALUES ({index}, 'during')")
