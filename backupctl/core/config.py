@@ -225,6 +225,9 @@ class PostgresSource:
     role_passwords: bool = option(False, doc="include role password hashes in the globals dump (needs superuser)")
     tmp_dir: ConfigPath | None = option(None, doc="staging: parallel logical restores, incremental chains")
     checkpoint: Literal["fast", "spread"] = option("fast", doc="physical backups: a spread one can take minutes")
+    copy: Literal["auto", "pg_basebackup"] = option(
+        "auto", doc="full physical backups: auto reads pgdata directly when it is the server's, on this host "
+                    "(else pg_basebackup)")
     # Physical backups: each archive is stored in parts of about this many bytes (whole files), which a
     # restore fetches, decompresses and writes in parallel.
     split_size: Size = option(256 * 1024**2, min=1024**2,

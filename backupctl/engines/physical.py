@@ -74,8 +74,12 @@ class PhysicalEngine(Engine):
             contents = pg_contents.describe(params, list(facts.databases))
             label, fast = f"backupctl {run.id}", source.checkpoint == "fast"
             wal_present = _wal_present(repo, identity.stream)
-            why_not = "incremental backups come from the server" if parent else \
-                pg_filecopy.unusable_reason(params, facts, source.pgdata)
+            if parent is not None:
+                why_not: str | None = "incremental backups come from the server"
+            elif source.copy == "pg_basebackup":
+                why_not = f"sources.{source.name}.copy = pg_basebackup"
+            else:
+                why_not = pg_filecopy.unusable_reason(params, facts, source.pgdata)
             if why_not is None:
                 assert source.pgdata is not None
                 streamed = pg_filecopy.copy_data_directory(params, facts, source.pgdata, label, fast, run.store,

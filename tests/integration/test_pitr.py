@@ -144,10 +144,12 @@ def test_incremental_chain(site: Site, cli: CliRunner) -> None:
 PG15 = pytest.mark.parametrize("pg_binaries", [15], indirect=True)
 
 
-def _split_small(site: Site) -> None:
-    """Store archives in parts of 1 MiB (the default is 256 MiB), so a small test cluster has many."""
+def _split_small(site: Site, copy: str = "auto") -> None:
+    """Store archives in parts of 1 MiB (the default is 256 MiB), so a small test cluster has many; ``copy``
+    is the source's setting (auto: the data directory is read directly; pg_basebackup streams it)."""
     text = site.config.read_text()
-    site.config.write_text(text.replace("[sources.main]\n", '[sources.main]\nsplit_size = "1MiB"\n', 1))
+    settings = f'[sources.main]\nsplit_size = "1MiB"\ncopy = "{copy}"\n'
+    site.config.write_text(text.replace("[sources.main]\n", settings, 1))
 
 
 def _parts(site: Site, bid: str, archive: str = "base") -> list[Path]:
@@ -210,9 +212,11 @@ def test_delta_restore_rewrites_only_what_changed(site: Site, cli: CliRunner) ->
 
 
 @PG15
-def test_tablespace_is_backed_up_and_restored_elsewhere(site: Site, cli: CliRunner) -> None:
-    """Extra tablespaces go through pg_basebackup's FIFOs; restore puts one where --tablespace says."""
-    _split_small(site)
+@pytest.mark.parametrize("copy", ["auto", "pg_basebackup"])
+def test_tablespace_is_backed_up_and_restored_elsewhere(site: Site, cli: CliRunner, copy: str) -> None:
+    """Extra tablespaces are archives of their own (read directly, or through pg_basebackup's FIFOs);
+    restore puts one where --tablespace says."""
+    _split_small(site, copy)
     assert cli(site.config, "init").code == 0
     space = site.root / "space"
     space.mkdir()
@@ -222,8 +226,11 @@ def test_tablespace_is_backed_up_and_restored_elsewhere(site: Site, cli: CliRunn
              "FROM generate_series(1, 50000) g")
     site.sql("CREATE INDEX far_t ON far (t) TABLESPACE extra")  # a second file: a second part
     oid = site.sql("SELECT oid FROM pg_tablespace WHERE spcname = 'extra'")[0][0]
-    bid = backup_id(cli(site.config, "backup", "main", "--type", "full", "-o", "json"))
+    backed_up = cli(site.config, "backup", "main", "--type", "full", "-o", "json")
+    bid = backup_id(backed_up)
     assert len(_parts(site, bid, f"tablespaces/{oid}")) > 1
+    shown = cli(site.config, "show", bid, "-o", "json")
+    assert json.loads(shown.stdout)["extra"]["copied_by"] == ("backupctl" if copy == "auto" else "pg_basebackup")
     site.archived_now(cli)
     elsewhere = site.root / "space-restored"
     restored, plan = restore_and_start(site, cli, "with_space", "--target", "immediate",
