@@ -260,6 +260,9 @@ def run_bench(args: argparse.Namespace, stack: ExitStack) -> dict[str, Any]:
     return {"setup": {"postgres": setup.cluster.binaries.version, "scale": args.scale, "runs": args.runs,
                       "wal_mib": round(setup.source.wal_bytes / MIB), "target_lsn": setup.source.target_lsn,
                       "restore_commands": setup.restore_commands,
+                      # its async archive-get logs to this file: proof that the queue, not one-by-one gets, ran
+                      "pgbackrest_async_get_ran": (setup.pgbackrest.directory / "log" /
+                                                   f"{STANZA}-archive-get-async.log").exists(),
                       "pgbackrest": run(["pgbackrest", "version"]).strip(), "cpus": os.cpu_count(),
                       "load_average_at_start": load_start, "load_average_at_end": os.getloadavg()},
             "summary": summary, "runs": runs}
@@ -295,6 +298,8 @@ def report(document: dict[str, Any]) -> str:
     lines += ["", "Both restored clusters showed the source's `progress` row count and sum(abalance) at the target. "
               "restore_command as written by each tool:", ""]
     lines += [f"- {tool}: `{command}`" for tool, command in setup["restore_commands"].items()]
+    ran = "ran (its log file exists)" if setup["pgbackrest_async_get_ran"] else "did NOT run (no log file)"
+    lines.append(f"- pgBackRest's asynchronous archive-get {ran}")
     lines.append("")
     return "\n".join(lines)
 
