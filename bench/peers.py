@@ -3,7 +3,8 @@
 Everything here runs real programs. ``run_tree`` measures a child: wall time, ``ru_maxrss`` from wait4
 (the largest single process among the child and the descendants it waited for), and the whole process
 tree's resident memory, sampled, because a peer that forks workers (pgBackRest with process-max=2) uses
-more memory than its largest process shows.
+more memory than its largest process shows. ``PeakRss`` watches the processes an archive_command starts
+(they are the server's children, not ours), and ``CountingProxy`` counts the S3 requests a tool sends.
 """
 
 from __future__ import annotations
@@ -21,10 +22,15 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from tests.support.s3_servers import SeaweedFS  # the test suite's starter: one copy for tests and benches
+from tests.support.s3_servers import (  # the test suite's starter and proxy: one copy for tests and benches
+    FaultProxy,
+    SeaweedFS,
+)
 
 MIB = 1024 * 1024
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -247,12 +253,8 @@ def _kill_tree(root: int) -> None:
     _signal(tree_pids(root), signal.SIGKILL)
 
 
-def reap_strays(marker: str, grace: float = 5.0) -> list[int]:
-    """End processes whose command line names ``marker`` (our work dir): daemons our runs left behind.
-
-    archive_command may start resident helpers (pgBackRest's async archive-push, backupctl's pusher)
-    that outlive the server briefly; they were started for this bench, and are ended by pid.
-    """
+def pids_naming(marker: str) -> list[int]:
+    """Processes (other than this one) whose command line contains ``marker``."""
     me = os.getpid()
     found = []
     for name in os.listdir("/proc"):
@@ -265,12 +267,97 @@ def reap_strays(marker: str, grace: float = 5.0) -> list[int]:
             continue
         if marker in cmdline:
             found.append(int(name))
+    return found
+
+
+def reap_strays(marker: str, grace: float = 5.0) -> list[int]:
+    """End processes whose command line names ``marker`` (our work dir): daemons our runs left behind.
+
+    archive_command may start resident helpers (pgBackRest's async archive-push, backupctl's pusher)
+    that outlive the server briefly; they were started for this bench, and are ended by pid.
+    """
+    found = pids_naming(marker)
     _signal(found, signal.SIGTERM)
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in found):
         time.sleep(0.1)
     _signal(found, signal.SIGKILL)
     return found
+
+
+class PeakRss(threading.Thread):
+    """The largest peak RSS (VmHWM) of any process whose command line names ``marker``, while it runs.
+
+    archive_command's processes are the server's children and a resident pusher is detached, so neither
+    can be waited for: they are found by the config path their command lines carry. VmHWM is each
+    process's own high-water mark, so a resident process's peak is exact; a short-lived one that starts
+    and ends between two samples is missed (archive_command calls are small and short).
+    """
+
+    def __init__(self, marker: str, interval: float = 0.1) -> None:
+        super().__init__(name="peak-rss", daemon=True)
+        self.marker = marker
+        self.interval = interval
+        self.peak_kib = 0
+        self.halt = threading.Event()
+
+    def sample(self) -> None:
+        for pid in pids_naming(self.marker):
+            try:
+                with open(f"/proc/{pid}/status", "rb") as handle:
+                    line = next((line for line in handle if line.startswith(b"VmHWM:")), b"VmHWM: 0 kB")
+            except OSError:
+                continue
+            self.peak_kib = max(self.peak_kib, int(line.split()[1]))
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            self.sample()
+            self.halt.wait(self.interval)
+
+    def finish(self) -> float:
+        """Stop sampling (one last sample first); the peak in MiB."""
+        self.halt.set()
+        self.join()
+        self.sample()
+        return self.peak_kib / 1024
+
+
+class CountingProxy(FaultProxy):
+    """The test suite's S3 proxy (plain HTTP in front of SeaweedFS), counting requests by kind.
+
+    Kinds: PUT (an object in one request), LIST (ListObjectsV2 and other bucket listings), GET, HEAD,
+    DELETE, MULTIPART (create, upload part, complete, abort) and POST (batch delete and the rest).
+    """
+
+    def __init__(self, upstream: str) -> None:
+        super().__init__(upstream)
+        self.counts: dict[str, int] = {}
+        self.examples: dict[str, str] = {}  # the first request of each kind: method and path
+
+    @staticmethod
+    def kind(method: str, path: str) -> str:
+        target = urlsplit(path)
+        query = target.query
+        if "uploadId=" in query or "uploads" in query.split("&"):
+            return "MULTIPART"
+        if method == "GET" and (not target.path.strip("/").count("/") or "list-type=" in query):
+            return "LIST"  # a GET of the bucket itself (path-style: /bucket?prefix=...) lists it
+        return method if method in ("PUT", "GET", "HEAD", "DELETE") else "POST"
+
+    def relay(self, handler: BaseHTTPRequestHandler) -> None:
+        kind = self.kind(handler.command, handler.path)
+        with self._lock:
+            self.counts[kind] = self.counts.get(kind, 0) + 1
+            self.examples.setdefault(kind, f"{handler.command} {handler.path}")
+        super().relay(handler)
+
+    def take(self) -> tuple[dict[str, int], dict[str, str]]:
+        """The counts and examples since the last call, and start again from zero."""
+        with self._lock:
+            taken = self.counts, self.examples
+            self.counts, self.examples = {}, {}
+        return taken
 
 
 # --- SeaweedFS with TLS --------------------------------------------------------------------------------

@@ -1,34 +1,40 @@
-"""Physical backups side by side: backupctl against pgBackRest, on one PostgreSQL cluster and one store.
+"""Physical backups side by side: backupctl, pgBackRest and the floor, on one PostgreSQL cluster and one store.
 
     .venv/bin/python -m bench.physical [--scale 50] [--text-mib 256] [--runs 3] [--store local|s3|both]
-                                       [--json] [--pgbench-seconds 60] [--backlog 60] [--s3-http]
+                                       [--steps files,drain] [--backlog 50] [--json] [--s3-http]
 
 Builds one scratch cluster (Debian's PostgreSQL 15 by default: pgBackRest 2.45 supports up to 15) with
 pgbench data (scale 50) plus a table of random text (pgbench data alone compresses 20x, which flatters
 every tool), then, for each store (a local directory; SeaweedFS on 127.0.0.1 over HTTPS with a
-self-signed certificate, which pgBackRest's S3 driver requires), measures both tools on that same
-cluster and store:
+self-signed certificate, which pgBackRest's S3 driver requires), measures both tools and the floor on
+that same cluster and store (issue 14's targets):
 
-  - full backup: wall time, bytes stored in the repository, peak RSS (wait4's ru_maxrss of the child,
-    i.e. its largest process, and the sampled sum over its whole process tree);
+  - full backup (step files): wall time, throughput (data backed up / wall time), bytes stored in the
+    repository, peak RSS (wait4's ru_maxrss of the child, i.e. its largest process, and the sampled sum
+    over its whole process tree);
       backupctl --config F backup main --type full
       pgbackrest --stanza=bench backup --type=full          (compress-type=zst, process-max=2)
-  - restore into an empty directory: wall time;
-      backupctl --config F restore main --pgdata DIR     (plan; parts fetched, decoded, written and checked
-                                                         against backup_manifest in parallel; sync; recovery settings)
+      floor: pg_basebackup -h ... -D - -Ft -X none -c fast > /dev/null   (archive_command = true)
+  - restore into an empty directory: wall time, throughput;
+      backupctl --config F restore main --pgdata DIR     (parts fetched, decoded, written and checked
+                                                         against backup_manifest in parallel; sync)
       pgbackrest --stanza=bench restore --pg1-path=DIR      (process-max=2)
-  - WAL drain: archiving off while a backlog of --backlog segments builds up, then the real
-    archive_command, timed until no .ready file is left (segments per second);
-  - archiver lag under `pgbench -c 8 -T --pgbench-seconds`: the .ready backlog sampled every second
-    (max and mean), and how long the archiver needs to catch up once pgbench stops;
-  for backupctl (`backupctl --config F wal-push %p`, asynchronous by default), pgBackRest sync and
-  pgBackRest archive-async=y with process-max=2 and a spool path.
+      floor (local store only): backupctl's stored parts of its latest backup, two at a time,
+                                `zstd -d -c PART | tar -x -C DIR`, then one `sync`
+  - WAL drain (step drain): archiving off while a backlog of --backlog segments builds up, then the
+    real archive_command, timed until no .ready file is left (segments per second), and the peak RSS
+    of the processes that command started; on S3, one more drain per backupctl command through a
+    counting proxy (plain HTTP) gives the S3 requests per archived segment;
+  - archiver lag (step lag, not in the default steps) under `pgbench -c 8 -T --pgbench-seconds`: the
+    .ready backlog sampled every second (max and mean), and how long the archiver needs to catch up;
+  for backupctl (`backupctl --config F wal-push %p` and the command `pg-settings` prints, asynchronous by
+  default), pgBackRest sync and pgBackRest archive-async=y with process-max=2 and a spool path.
 
-Medians of --runs (peak RSS: the maximum), as a Markdown table with the ratios backupctl/pgBackRest and
-the targets (backup <= 0.8x, restore <= 1.0x, drain >= 1.0x of pgBackRest async, peak RSS < 200 MB); with
---json the JSON document goes to stdout and the table to stderr. Everything lives in a fresh directory
-in /tmp owned by the postgres user (the server and archive_command run as that user), and everything
-the bench started is stopped and removed on every exit path.
+Each run alternates the order of the tools (and the floor). Medians of --runs (peak RSS: the maximum),
+as a Markdown table with the ratios backupctl/floor and backupctl/pgBackRest against the targets in
+TARGETS; with --json the JSON document goes to stdout and the table to stderr. Everything lives in a
+fresh directory in /tmp owned by the postgres user (the server and archive_command run as that user);
+free space is checked first; everything the bench started is stopped and removed on every exit path.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shlex
 import shutil
 import signal
 import statistics
@@ -53,10 +60,13 @@ from typing import Any
 from backupctl.core.errors import BackupctlError
 from backupctl.postgres.binaries import find_binaries
 from backupctl.postgres.cluster import ScratchCluster
+from backupctl.repo import layout
 from bench.peers import (
     MIB,
     SERVER_USER,
     CommandFailed,
+    CountingProxy,
+    PeakRss,
     PgBackRest,
     SeaweedFS,
     clean_env,
@@ -72,7 +82,14 @@ from bench.pg_logical import make_database
 STANZA = "bench"
 SOURCE = "main"
 FAILING_GRACE_SECONDS = 30.0  # an archive_command that keeps failing this long fails the step
-TARGETS = {"backup": 0.8, "restore": 1.0, "drain": 1.0, "rss_bytes": 200_000_000}
+# Issue 14's targets: backup / floor, restore / pgBackRest and restore / floor at most, drain / pgBackRest
+# async at least, peak RSS of every process below; S3 requests per archived segment.
+TARGETS = {"backup": 1.3, "restore": 0.8, "restore_floor": 1.3, "drain": 1.3, "rss_bytes": 200_000_000,
+           "s3_puts_per_segment": 1, "s3_lists_per_segment": 0}
+FLOOR_ARCHIVE_COMMAND = "true"  # pg_basebackup -X none waits until the backup's last segment is archived
+STEPS = ("files", "drain", "lag")
+STEP_GROUPS = {"all": STEPS, "wal": ("drain", "lag")}
+REQUEST_KINDS = ("PUT", "LIST", "GET", "HEAD", "DELETE", "MULTIPART", "POST")
 WAL_TOOLS = ("backupctl", "backupctl_fast", "pgbackrest_sync", "pgbackrest_async")
 WAL_LABELS = {
     "backupctl": "backupctl: `backupctl --config F wal-push %p` (async)",
@@ -269,6 +286,8 @@ class Store:
     pgbackrest: PgBackRest
     backupctl_archive: str  # archive_command while backupctl takes a backup
     wal_push_missing: str | None
+    backupctl_repository: dict[str, Any] = dataclasses.field(default_factory=dict)  # its [repository]
+    s3_upstream: str | None = None  # SeaweedFS's plain-HTTP endpoint, for the counting proxy
 
     def wal_commands(self) -> dict[str, str | None]:
         return {
@@ -319,7 +338,8 @@ def setup_store(name: str, workdir: Path, cluster: ScratchCluster, weed: Seaweed
         archive = f"cp %p {fallback}/%f"
     else:
         archive = bctl.archive_command()
-    return Store(name, description, bctl, pgbr, archive, missing)
+    return Store(name, description, bctl, pgbr, archive, missing, repo_bctl,
+                 weed.http_url if weed is not None and name == "s3" else None)
 
 
 # --- the measurements ------------------------------------------------------------------------------------
@@ -342,6 +362,48 @@ def backup_pgbackrest(server: Server, store: Store) -> dict[str, Any]:
     info = store.pgbackrest.last_backup()
     return {**measured.figures(), "stored_bytes": info["info"]["repository"]["delta"],
             "size_bytes": info["info"]["size"], "id": info["label"]}
+
+
+def backup_floor(server: Server) -> dict[str, Any]:
+    """Plain pg_basebackup of the same cluster to /dev/null: what streaming the data costs at least."""
+    server.use(FLOOR_ARCHIVE_COMMAND)
+    server.checkpoint()
+    info = server.cluster.conninfo()
+    argv = [str(server.cluster.binaries.path("pg_basebackup")), "-h", str(info["host"]), "-p", str(info["port"]),
+            "-U", str(info["user"]), "-D", "-", "-Ft", "-X", "none", "-c", "fast"]
+    measured = run_tree(["sh", "-c", f"exec {shlex.join(argv)} > /dev/null"], env=clean_env())
+    return measured.figures()
+
+
+def stored_parts(store: Store, backup_id: str) -> list[tuple[str, Path]]:
+    """(archive, file) of each stored tar part of a backup in a local repository, in order."""
+    folder = Path(store.backupctl_repository["path"]) / layout.backup_prefix(SOURCE, backup_id)
+    parts = []
+    for path in sorted(folder.rglob("*")):
+        name = path.relative_to(folder).as_posix()
+        if path.is_file() and layout.is_tar_part(name):
+            if not name.endswith(".zst"):
+                raise StepFailed(f"stored part {name} is not plain zstd: the floor needs zstd without encryption")
+            oid = layout.tar_part_tablespace(name)
+            parts.append(("base" if oid is None else f"tablespaces/{oid}", path))
+    if not parts:
+        raise StepFailed(f"no stored tar parts under {folder}")
+    return parts
+
+
+def restore_floor(workdir: Path, store: Store, backup_id: str) -> dict[str, Any]:
+    """backupctl's stored parts decompressed and written, two at a time, then one sync: no checks, no plan."""
+    target = _restore_target(workdir, "floor")
+    try:
+        pairs: list[str] = []
+        for archive, part in stored_parts(store, backup_id):
+            pairs += [str(target if archive == "base" else make_dir(target / archive)), str(part)]
+        script = ('printf "%s\\0" "$@" | xargs -0 -n 2 -P 2 bash -o pipefail -c '
+                  '\'zstd -q -d -c "$1" | tar -x -C "$0"\' && sync')
+        measured = run_tree(["bash", "-o", "pipefail", "-c", script, "floor", *pairs], env=clean_env())
+        return {**measured.figures(), "restored_bytes": _tree_bytes(target), "parts": len(pairs) // 2}
+    finally:
+        shutil.rmtree(target, ignore_errors=True)
 
 
 def _restore_target(workdir: Path, tool: str) -> Path:
@@ -381,14 +443,22 @@ def restore_pgbackrest(workdir: Path, store: Store) -> dict[str, Any]:
         shutil.rmtree(target, ignore_errors=True)
 
 
-def drain(server: Server, command: str, backlog: int) -> dict[str, Any]:
+def drain(server: Server, command: str, backlog: int, marker: str | None = None) -> dict[str, Any]:
+    """Segments per second from a backlog; with ``marker`` (a path in the command's processes' command
+    lines) also the peak RSS of the largest of them."""
     server.use(command)
     waiting = server.make_backlog(backlog)
     failed = server.archiver()["failed_count"]
+    sampler = PeakRss(marker) if marker else None
+    if sampler:
+        sampler.start()
     clock = time.monotonic()
-    server.set_archive_command(command)
-    server.wait_drained()
-    seconds = time.monotonic() - clock
+    try:
+        server.set_archive_command(command)
+        server.wait_drained()
+        seconds = time.monotonic() - clock
+    finally:
+        peak_mib = sampler.finish() if sampler else None
     # The archiver marks a segment done, then reports it to pg_stat_archiver: allow for that instant.
     deadline = time.monotonic() + 5
     while (stats := server.archiver())["last_archived_wal"] is None or stats["last_archived_wal"] < waiting[-1]:
@@ -396,8 +466,37 @@ def drain(server: Server, command: str, backlog: int) -> dict[str, Any]:
             raise StepFailed(f"pg_stat_archiver says {stats['last_archived_wal']} was archived last, "
                              f"not {waiting[-1]}")
         time.sleep(0.05)
-    return {"segments": len(waiting), "seconds": round(seconds, 2),
-            "segments_per_second": round(len(waiting) / seconds, 2), "failures": stats["failed_count"] - failed}
+    figures = {"segments": len(waiting), "seconds": round(seconds, 2),
+               "segments_per_second": round(len(waiting) / seconds, 2), "failures": stats["failed_count"] - failed}
+    return figures if peak_mib is None else {**figures, "peak_rss_mib": round(peak_mib, 1)}
+
+
+def counted_drain(server: Server, store: Store, tool: str, backlog: int) -> dict[str, Any]:
+    """A drain with backupctl's S3 requests going through a counting proxy: requests per archived segment.
+
+    A second config names the proxy as the endpoint (the same bucket and prefix), so that its pusher is
+    a fresh one whose every request, from its start, is counted; the timed drains stay unproxied.
+    """
+    assert store.s3_upstream is not None
+    with ExitStack() as cleanup:
+        proxy = CountingProxy(store.s3_upstream)
+        cleanup.callback(proxy.close)
+        repository = {k: v for k, v in store.backupctl_repository.items() if k != "verify_tls"}
+        counted = Backupctl.configure(store.backupctl.binary, store.backupctl.config.parent.parent / "counted",
+                                      {**repository, "endpoint_url": proxy.url}, server.cluster)
+        cleanup.callback(reap_strays, str(counted.config))  # its pusher, before the proxy goes
+        cleanup.callback(server.set_archive_command, "true")  # and first, nothing calls it any more
+        command = counted.archive_command() if tool == "backupctl" else counted.fast_archive_command()
+        assert command is not None
+        proxy.take()
+        figures = drain(server, command, backlog)
+        time.sleep(0.5)  # a pusher's last answers after the archiver's last call
+        counts, examples = proxy.take()
+    segments = figures["segments"]
+    return {"segments": segments, "segments_per_second": figures["segments_per_second"],
+            **{f"{kind.lower()}_requests": counts.get(kind, 0) for kind in REQUEST_KINDS},
+            **{f"{kind.lower()}_per_segment": round(counts.get(kind, 0) / segments, 3) for kind in REQUEST_KINDS},
+            "requests_per_segment": round(sum(counts.values()) / segments, 3), "examples": examples}
 
 
 def lag(server: Server, command: str, seconds: int, clients: int) -> dict[str, Any]:
@@ -496,60 +595,122 @@ def _verdict(ratio: float | None, limit: float, higher_is_better: bool) -> str:
     return "met" if met else "missed"
 
 
-def store_table(name: str, description: str, summary: dict[str, Any], errors: dict[str, str],
-                args: argparse.Namespace) -> list[str]:
+def _goal(ratio: float | None, limit: float, higher_is_better: bool, versus: str) -> str:
+    return f"{'>=' if higher_is_better else '<='} {limit}x {versus}: {_verdict(ratio, limit, higher_is_better)}"
+
+
+def _rss_goal(mib: float | None) -> str:
+    if mib is None:
+        return "not measured"
+    return f"< 200 MB: {'met' if mib * MIB < TARGETS['rss_bytes'] else 'missed'}"
+
+
+def files_table(summary: dict[str, Any], floor_summary: dict[str, Any], floor_note: str) -> list[str]:
+    """Backups and restores: the three columns, both ratios, the targets and throughput."""
     def get(step: str, tool: str, key: str, scale: float = 1.0) -> float | None:
-        value = summary.get(step, {}).get(tool, {}).get(key)
+        source = floor_summary if tool == "floor" and step == "restore" else summary
+        value = source.get(step, {}).get(tool, {}).get(key)
         return None if value is None else value / scale
 
-    lines = [f"### {name}: {description}"]
+    lines = ["", "| | backupctl | pgBackRest | floor | backupctl / pgBackRest | backupctl / floor | target |",
+             "|---|--:|--:|--:|--:|--:|---|"]
 
     def row(label: str, step: str, key: str, unit: str, scale: float = 1.0, digits: int = 2,
-            target: tuple[float, bool] | None = None) -> None:
-        ours, theirs = get(step, "backupctl", key, scale), get(step, "pgbackrest", key, scale)
-        ratio = _ratio(ours, theirs)
-        goal = "" if target is None else f"{'>=' if target[1] else '<='} {target[0]}x: {_verdict(ratio, *target)}"
-        lines.append(f"| {label} | {_fmt(ours, unit, digits)} | {_fmt(theirs, unit, digits)} | "
-                     f"{_fmt(ratio, 'x')} | {goal} |")
+            goals: Callable[[float | None, float | None], str] = lambda _peer, _floor: "") -> None:
+        ours, peer, floor = (get(step, tool, key, scale) for tool in ("backupctl", "pgbackrest", "floor"))
+        lines.append(f"| {label} | {_fmt(ours, unit, digits)} | {_fmt(peer, unit, digits)} | "
+                     f"{_fmt(floor, unit, digits)} | {_fmt(_ratio(ours, peer), 'x')} | "
+                     f"{_fmt(_ratio(ours, floor), 'x')} | {goals(_ratio(ours, peer), _ratio(ours, floor))} |")
 
-    if args.steps in ("all", "files"):
-        lines += ["", "| | backupctl | pgBackRest | backupctl / pgBackRest | target |", "|---|--:|--:|--:|---|"]
-        row("full backup, wall time", "backup", "seconds", " s", target=(TARGETS["backup"], False))
-        row("backup stored in the repository", "backup", "stored_bytes", " MiB", MIB, 1)
-        row("data backed up (before compression)", "backup", "size_bytes", " MiB", MIB, 1)
-        rss = get("backup", "backupctl", "peak_rss_mib")
-        rss_goal = "not measured" if rss is None else ("met" if rss * MIB < TARGETS["rss_bytes"] else "missed")
-        peer_rss = get("backup", "pgbackrest", "peak_rss_mib")
-        lines.append(f"| backup peak RSS, largest process (wait4) | {_fmt(rss, ' MiB', 1)} | "
-                     f"{_fmt(peer_rss, ' MiB', 1)} | {_fmt(_ratio(rss, peer_rss), 'x')} | < 200 MB: {rss_goal} |")
-        row("backup peak RSS, whole process tree (sampled)", "backup", "tree_peak_mib", " MiB", digits=1)
-        row("restore into an empty directory, wall time", "restore", "seconds", " s",
-            target=(TARGETS["restore"], False))
-        row("restore peak RSS, largest process (wait4)", "restore", "peak_rss_mib", " MiB", digits=1)
-    if args.steps != "files":
-        lines += ["", f"WAL archiving: drain of a {args.backlog}-segment backlog; archiver backlog (.ready files, "
-                  f"sampled each second) under pgbench -c {args.clients} -T {args.pgbench_seconds}", "",
-                  "| archive_command | drain | vs pgBackRest async (target >= 1.0x) | backlog max / mean | "
-                  "catch-up after pgbench | WAL written | pgbench tps |", "|---|--:|--:|--:|--:|--:|--:|"]
-        peer = get("drain", "pgbackrest_async", "segments_per_second")
+    def throughput(label: str, step: str) -> None:
+        data = get("backup", "backupctl", "size_bytes", MIB)
+        cells = []
+        for tool in ("backupctl", "pgbackrest", "floor"):
+            seconds = get(step, tool, "seconds")
+            cells.append(_fmt(data / seconds if data and seconds else None, " MiB/s", 0))
+        lines.append(f"| {label} | {' | '.join(cells)} | | | |")
+
+    row("full backup, wall time", "backup", "seconds", " s",
+        goals=lambda _peer, floor: _goal(floor, TARGETS["backup"], False, "floor"))
+    throughput("full backup, throughput", "backup")
+    row("restore into an empty directory, wall time", "restore", "seconds", " s",
+        goals=lambda peer, floor: f"{_goal(peer, TARGETS['restore'], False, 'pgBackRest')}; "
+                                  f"{_goal(floor, TARGETS['restore_floor'], False, 'floor' + floor_note)}")
+    throughput("restore, throughput", "restore")
+    row("backup stored in the repository", "backup", "stored_bytes", " MiB", MIB, 1)
+    row("data backed up (before compression)", "backup", "size_bytes", " MiB", MIB, 1)
+    row("backup peak RSS, largest process (wait4)", "backup", "peak_rss_mib", " MiB", digits=1,
+        goals=lambda _peer, _floor: _rss_goal(get("backup", "backupctl", "peak_rss_mib")))
+    row("backup peak RSS, whole process tree (sampled)", "backup", "tree_peak_mib", " MiB", digits=1)
+    row("restore peak RSS, largest process (wait4)", "restore", "peak_rss_mib", " MiB", digits=1,
+        goals=lambda _peer, _floor: _rss_goal(get("restore", "backupctl", "peak_rss_mib")))
+    return lines
+
+
+def wal_tables(summary: dict[str, Any], steps: tuple[str, ...], args: argparse.Namespace) -> list[str]:
+    """The drain (and archiver lag) per archive_command; on S3 the requests per archived segment."""
+    def get(step: str, tool: str, key: str) -> float | None:
+        return summary.get(step, {}).get(tool, {}).get(key)
+
+    lines: list[str] = []
+    peer = get("drain", "pgbackrest_async", "segments_per_second")
+    if "drain" in steps:
+        lines += ["", f"WAL drain of a {args.backlog}-segment backlog", "",
+                  f"| archive_command | drain | vs pgBackRest async (target >= {TARGETS['drain']}x) | "
+                  "peak RSS, largest process (sampled VmHWM) |", "|---|--:|--:|--:|"]
         for tool in WAL_TOOLS:
             rate = get("drain", tool, "segments_per_second")
             ratio = _ratio(rate, peer)
-            versus = f"{_fmt(ratio, 'x')}: {_verdict(ratio, TARGETS['drain'], True)}" if tool.startswith("backupctl") \
-                else _fmt(ratio, "x")
-            backlog = (f"{_fmt(get('lag', tool, 'max_backlog'), '', 0)} / "
-                       f"{_fmt(get('lag', tool, 'mean_backlog'), '', 1)} seg")
-            drained = f"{_fmt(rate, ' seg/s')} ({_fmt(get('drain', tool, 'seconds'), ' s')})"
-            lines.append(f"| {WAL_LABELS[tool]} | {drained} | "
-                         f"{versus} | {backlog} | {_fmt(get('lag', tool, 'catch_up_seconds'), ' s')} | "
+            rss = get("drain", tool, "peak_rss_mib")
+            versus = f"{_fmt(ratio, 'x')}: {_verdict(ratio, TARGETS['drain'], True)}" \
+                if tool.startswith("backupctl") else _fmt(ratio, "x")
+            lines.append(f"| {WAL_LABELS[tool]} | {_fmt(rate, ' seg/s')} ({_fmt(get('drain', tool, 'seconds'), ' s')}) "
+                         f"| {versus} | {_fmt(rss, ' MiB', 1)}"
+                         f"{': ' + _rss_goal(rss) if tool.startswith('backupctl') else ''} |")
+    if summary.get("requests"):
+        lines += ["", "S3 requests per archived segment, backupctl through a counting proxy (plain HTTP to "
+                  "SeaweedFS; one drain each, not timed against the others; pgBackRest's need TLS: not counted)", "",
+                  "| archive_command | PUT | LIST | GET | HEAD | DELETE | multipart | other | "
+                  "target (1 PUT, 0 LIST) | drain through the proxy |", "|---|--:|--:|--:|--:|--:|--:|--:|---|--:|"]
+        for tool in ("backupctl", "backupctl_fast"):
+            figures = summary["requests"].get(tool)
+            if not figures:
+                continue
+            puts, lists = figures.get("put_per_segment"), figures.get("list_per_segment")
+            met = puts is not None and lists is not None and puts <= TARGETS["s3_puts_per_segment"] \
+                and lists <= TARGETS["s3_lists_per_segment"]
+            cells = [_fmt(figures.get(f"{kind.lower()}_per_segment"), "", 2) for kind in REQUEST_KINDS]
+            lines.append(f"| {WAL_LABELS[tool]} | {' | '.join(cells)} | {'met' if met else 'missed'} | "
+                         f"{_fmt(figures.get('segments_per_second'), ' seg/s')} |")
+    if "lag" in steps:
+        lines += ["", f"Archiver backlog (.ready files, sampled each second) under pgbench -c {args.clients} "
+                  f"-T {args.pgbench_seconds}", "",
+                  "| archive_command | backlog max / mean | catch-up after pgbench | WAL written | pgbench tps |",
+                  "|---|--:|--:|--:|--:|"]
+        for tool in WAL_TOOLS:
+            lines.append(f"| {WAL_LABELS[tool]} | {_fmt(get('lag', tool, 'max_backlog'), '', 0)} / "
+                         f"{_fmt(get('lag', tool, 'mean_backlog'), '', 1)} seg | "
+                         f"{_fmt(get('lag', tool, 'catch_up_seconds'), ' s')} | "
                          f"{_fmt(get('lag', tool, 'wal_mib'), ' MiB', 0)} | {_fmt(get('lag', tool, 'tps'), '', 0)} |")
+    return lines
+
+
+def store_table(name: str, description: str, summary: dict[str, Any], errors: dict[str, str],
+                args: argparse.Namespace, floor_summary: dict[str, Any] | None = None) -> list[str]:
+    """One store's tables; ``floor_summary``: whose restore floor to quote (the local store's for S3)."""
+    steps = wanted_steps(args)
+    lines = [f"### {name}: {description}"]
+    if "files" in steps:
+        quoted = summary if floor_summary is None else floor_summary
+        lines += files_table(summary, quoted, "" if floor_summary is None else " (the local store's)")
+    lines += wal_tables(summary, steps, args)
     lines.append("")
     for step in ("backup", "restore"):
         phases = summary.get(step, {}).get("backupctl", {})
         extra = {k: v for k, v in phases.items() if k.endswith("_seconds")}
         if extra:
             lines.append(f"backupctl {step} phases (its own report): "
-                         + ", ".join(f"{k} {v}" for k, v in extra.items()))
+                         + ", ".join(f"{k} {round(v, 3)}" for k, v in extra.items()))
     for key, message in errors.items():
         lines.append(f"- **{key}** not measured: {message}")
     lines.append("")
@@ -562,33 +723,68 @@ def _load(values: Any) -> str:
 
 def report(document: dict[str, Any], args: argparse.Namespace) -> str:
     setup = document["setup"]
-    lines = ["## backupctl vs pgBackRest: physical backups", "",
-             f"PostgreSQL {setup['postgres']}, {setup['cluster_mib']} MiB cluster (pgbench scale {args.scale} + "
-             f"{args.text_mib} MiB random text), {setup['cpus']} CPUs; {setup['pgbackrest']} "
-             "(zst level 3, process-max=2); backupctl zstd level 3, its defaults otherwise. "
-             f"Medians of {args.runs} run(s), the two tools interleaved on the same cluster and store (each run "
-             "alternates which goes first), so that load from other work falls on both; peak RSS is the maximum. "
-             "Load average (1, 5, 15 min) at start "
+    lines = ["## backupctl vs pgBackRest and the floor: physical backups", "",
+             f"{setup.get('date', '')}: PostgreSQL {setup['postgres']}, {setup['cluster_mib']} MiB cluster "
+             f"(pgbench scale {args.scale} + {args.text_mib} MiB random text), {setup['cpus']} CPUs; "
+             f"{setup['pgbackrest']} (zst level 3, process-max=2); backupctl zstd level 3, its defaults otherwise. "
+             f"Medians of {args.runs} run(s), the tools and the floor interleaved on the same cluster and store "
+             "(each run reverses the order of the last), so that load from other work falls on all; peak RSS is "
+             "the maximum. Load average (1, 5, 15 min) at start "
              f"{_load(setup['load_average_at_start'])}, at end {_load(setup['load_average_at_end'])}: on a 2-core "
-             "machine other work shows in every figure.", ""]
+             "machine other work shows in every figure.", "",
+             "Floors: backup = `pg_basebackup -D - -Ft -X none -c fast > /dev/null` of the same cluster, with "
+             f"archive_command = `{FLOOR_ARCHIVE_COMMAND}` (with -X none the server waits until the backup's last "
+             "segment is archived, and it checks once a second: up to 1 s of this floor is that wait; on an empty "
+             "cluster here -X none took 1.1 s, -X fetch 0.13 s); restore = backupctl's stored parts of its latest "
+             "backup, two at a time `zstd -d -c PART | tar -x -C DIR`, then one `sync`, into an empty directory "
+             "(no checks), measured on "
+             "the local store: on S3 the local store's restore floor is quoted. Throughput = the data backupctl's "
+             "backup reports (before compression) / wall time, the same data size for every column.", ""]
+    local = document["stores"].get("local", {}).get("summary")
     for name, store in document["stores"].items():
-        lines += store_table(name, store["description"], store["summary"], store["errors"], args)
+        lines += store_table(name, store["description"], store["summary"], store["errors"], args,
+                             floor_summary=None if name == "local" else (local or {}))
     return "\n".join(lines)
 
 
 # --- the whole run ----------------------------------------------------------------------------------------
 
 
+def wanted_steps(args: argparse.Namespace) -> tuple[str, ...]:
+    """The steps ``--steps`` asks for: a comma-separated list of STEPS, or a group ("all", "wal")."""
+    steps: list[str] = []
+    for word in str(args.steps).split(","):
+        for step in STEP_GROUPS.get(word.strip(), (word.strip(),)):
+            if step not in STEPS:
+                raise argparse.ArgumentTypeError(f"unknown step {step!r}: choose from {', '.join(STEPS)}, all, wal")
+            if step not in steps:
+                steps.append(step)
+    return tuple(steps)
+
+
 def measure_files(name: str, store: Store, server: Server, workdir: Path, results: Results,
                   args: argparse.Namespace) -> None:
-    """Full backups and restores, alternating which tool goes first."""
-    tools: list[tuple[str, Callable[[], dict[str, Any]], Callable[[], dict[str, Any]]]] = [
+    """Full backups and restores of both tools and the floor, each run in the reverse order of the last.
+
+    The restore floor unpacks the stored parts of backupctl's latest backup (from this run, or from the
+    previous one when the floor goes first), so it is measured on the local store only.
+    """
+    def restore_floor_latest() -> dict[str, Any]:
+        backups = results.runs.get(name, {}).get("backup", {}).get("backupctl")
+        if not backups:
+            raise StepFailed("no backupctl backup to unpack")
+        return restore_floor(workdir, store, backups[-1]["id"])
+
+    tools: list[tuple[str, Callable[[], dict[str, Any]], Callable[[], dict[str, Any]] | None]] = [
         ("pgbackrest", lambda: backup_pgbackrest(server, store), lambda: restore_pgbackrest(workdir, store)),
         ("backupctl", lambda: backup_backupctl(server, store), lambda: restore_backupctl(workdir, store)),
+        ("floor", lambda: backup_floor(server), restore_floor_latest if name == "local" else None),
     ]
     for index in range(args.runs):
         for tool, backup, restore in tools if index % 2 == 0 else tools[::-1]:
             results.attempt(name, "backup", tool, backup)
+            if restore is None:
+                continue
             if results.failed(name, "backup", tool):
                 results.errors[name].setdefault(f"restore {tool}", "skipped: no backup")
                 continue
@@ -597,32 +793,60 @@ def measure_files(name: str, store: Store, server: Server, workdir: Path, result
 
 
 def measure_wal(name: str, store: Store, server: Server, results: Results, args: argparse.Namespace) -> None:
-    """Drain rate from a backlog, then archiver lag under pgbench, for each archive_command."""
+    """Drain rate from a backlog, then archiver lag under pgbench, for each archive_command, each run in the
+    reverse order of the last; on S3, backupctl's requests per segment through a counting proxy."""
     commands = store.wal_commands()
+    markers = {"backupctl": str(store.backupctl.config), "backupctl_fast": str(store.backupctl.config),
+               "pgbackrest_sync": str(store.pgbackrest.config_file),
+               "pgbackrest_async": str(store.pgbackrest.config_file)}
     if store.wal_push_missing:
         for step in ("drain", "lag"):
             results.fail(name, step, "backupctl", store.wal_push_missing)
     elif commands["backupctl_fast"] is None:
         for step in ("drain", "lag"):
             results.fail(name, step, "backupctl_fast", "this checkout has no archive_command helper")
-    for step in [kind for kind in ("drain", "lag") if args.steps in ("all", "wal", kind)]:
-        for _ in range(args.runs):
-            for tool in WAL_TOOLS:
+
+    def attempt(step: str, tool: str, action: Callable[[], dict[str, Any]]) -> None:
+        results.attempt(name, step, tool, action)
+        if results.failed(name, step, tool):
+            server.set_archive_command("true")  # what this tool left behind is dropped
+            server.wait_drained()
+
+    for step in [step for step in ("drain", "lag") if step in wanted_steps(args)]:
+        for index in range(args.runs):
+            for tool in WAL_TOOLS if index % 2 == 0 else WAL_TOOLS[::-1]:
                 command = commands[tool]
                 if command is None:
                     continue
                 if step == "drain":
-                    results.attempt(name, step, tool, lambda c=command: drain(server, c, args.backlog))  # type: ignore[misc]
+                    attempt(step, tool, lambda c=command, t=tool: drain(server, c, args.backlog, markers[t]))  # type: ignore[misc]
                 else:
-                    results.attempt(name, step, tool,
-                                    lambda c=command: lag(server, c, args.pgbench_seconds, args.clients))  # type: ignore[misc]
-                if results.failed(name, step, tool):
-                    server.set_archive_command("true")  # what this tool left behind is dropped
-                    server.wait_drained()
+                    attempt(step, tool, lambda c=command: lag(server, c, args.pgbench_seconds, args.clients))  # type: ignore[misc]
+        if step == "drain" and store.s3_upstream is not None:
+            for tool in ("backupctl", "backupctl_fast"):
+                if commands[tool] is not None:
+                    attempt("requests", tool, lambda t=tool: counted_drain(server, store, t, args.backlog))  # type: ignore[misc]
     server.use("true")
 
 
+def check_free_space(args: argparse.Namespace, where: str = "/tmp") -> None:
+    """Exit with one line when ``where`` cannot hold the run: the cluster, one restore beside it, the WAL
+    max_wal_size allows, and every backup of every tool and store (all are kept)."""
+    cluster = args.scale * 16 * MIB + args.text_mib * 13 // 10 * MIB + 64 * MIB
+    stores = 2 if args.store == "both" else 1
+    stored = cluster // 5  # zstd: pgbench pages ~20x, the random text ~2x; generous
+    need = 2 * cluster + 4 * 1024 * MIB + args.runs * stores * 2 * stored + 1024 * MIB
+    free = shutil.disk_usage(where).free
+    if free < need:
+        sys.exit(f"bench.physical needs about {need / 1024**3:.1f} GiB free in {where} for scale {args.scale} "
+                 f"(cluster, a restore, WAL, {args.runs} run(s) of backups on {stores} store(s)); it has "
+                 f"{free / 1024**3:.1f} GiB")
+
+
 def run_bench(args: argparse.Namespace, stack: ExitStack) -> dict[str, Any]:
+    check_free_space(args)
+    steps = wanted_steps(args)
+    started, load_at_start = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), os.getloadavg()
     # Callbacks unwind in reverse: the server stops, then what its archive_command left running, then
     # SeaweedFS, and the work directory goes last.
     workdir = Path(tempfile.mkdtemp(prefix="backupctl-bench-physical-", dir="/tmp"))
@@ -661,7 +885,7 @@ def run_bench(args: argparse.Namespace, stack: ExitStack) -> dict[str, Any]:
                   "cluster_mib": round(cluster_bytes / MIB, 1), "scale": args.scale, "text_mib": args.text_mib,
                   "runs": args.runs, "cpus": os.cpu_count(), "pgbackrest": pgbackrest_version,
                   "backlog_segments": args.backlog, "pgbench": f"-c {args.clients} -T {args.pgbench_seconds}",
-                  "load_average_at_start": os.getloadavg()},
+                  "load_average_at_start": load_at_start, "date": started, "steps": list(steps)},
         "stores": {},
     }
     configured = {name: setup_store(name, workdir, cluster, weed, args.s3_http) for name in stores}
@@ -669,10 +893,10 @@ def run_bench(args: argparse.Namespace, stack: ExitStack) -> dict[str, Any]:
     # same data (the drain backlogs alone would double pgbench_accounts).
     for name, store in configured.items():
         say(f"store {name}: {store.description}")
-        if args.steps in ("all", "files"):
+        if "files" in steps:
             measure_files(name, store, server, workdir, results, args)
     for name, store in configured.items():
-        if args.steps != "files":
+        if "drain" in steps or "lag" in steps:
             measure_wal(name, store, server, results, args)
     for name, store in configured.items():
         document["stores"][name] = {
@@ -693,15 +917,21 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="runs of each measurement; medians are reported")
     parser.add_argument("--store", choices=["local", "s3", "both"], default="both")
     parser.add_argument("--major", type=int, default=15, help="PostgreSQL major (pgBackRest 2.45: up to 15)")
-    parser.add_argument("--backlog", type=int, default=60, help="WAL segments in the drain test's backlog")
+    parser.add_argument("--backlog", type=int, default=50,
+                        help="WAL segments in the drain test's backlog (issue 14: 50)")
     parser.add_argument("--pgbench-seconds", type=int, default=60, help="length of the archiver-lag load")
     parser.add_argument("--clients", type=int, default=8, help="pgbench clients of the archiver-lag load")
-    parser.add_argument("--steps", choices=["all", "files", "wal", "drain", "lag"], default="all",
-                        help="files: backups and restores only; wal: drain and archiver lag; drain or lag: that only")
+    parser.add_argument("--steps", default="files,drain",
+                        help="comma-separated: files (backups and restores), drain, lag (archiver lag under "
+                             "pgbench); all = files,drain,lag; wal = drain,lag")
     parser.add_argument("--s3-http", action="store_true",
                         help="backupctl talks plain HTTP to SeaweedFS (default: HTTPS like pgBackRest)")
     parser.add_argument("--json", action="store_true", help="JSON on stdout (the Markdown table goes to stderr)")
     args = parser.parse_args()
+    try:
+        wanted_steps(args)
+    except argparse.ArgumentTypeError as exc:
+        parser.error(str(exc))
     if os.geteuid() != 0:
         sys.exit("bench.physical runs as root: the server, pgBackRest and archive_command run as the postgres user")
     if shutil.which("pgbackrest") is None:
