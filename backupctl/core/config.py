@@ -96,7 +96,7 @@ class CompressionConfig:
     """[compression]: how objects are compressed before they are encrypted."""
 
     algorithm: Literal["zstd", "lz4", "gzip", "none"] = option("zstd", doc="the compressor of every object")
-    level: int | None = option(None, doc="the compressor's level; default per algorithm: zstd 3, lz4 0, gzip 6")
+    level: int | None = option(None, doc="the compressor's level; default per algorithm: zstd 1, lz4 0, gzip 6")
     threads: int = option(0, doc="zstd worker threads; 0 lets backupctl choose from the CPU count")
 
 
