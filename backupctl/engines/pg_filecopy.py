@@ -45,7 +45,7 @@ from backupctl.engines.pg_physical import (
 )
 from backupctl.postgres.backup_manifest import Crc32c, ManifestWriter
 from backupctl.postgres.connection import ConnParams
-from backupctl.postgres.datadir import CONTROL_FILE, Entry, walk
+from backupctl.postgres.datadir import CONTROL_FILE, Entry, unreadable, walk
 from backupctl.postgres.tarstream import BLOCK, DIRECTORY, END, FILE, Member, tar_header
 from backupctl.repo import layout
 
@@ -144,6 +144,8 @@ class _ArchiveSource(io.RawIOBase):
             fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             return  # removed since the walk (a dropped table): the server skips it too
+        except OSError as exc:
+            raise unreadable(entry.path, exc) from exc
         if entry.name == CONTROL_FILE.encode():
             os.close(fd)
             self._out = memoryview(self._in_memory(entry.name, _read_control(entry.path), entry.mtime))
@@ -156,7 +158,10 @@ class _ArchiveSource(io.RawIOBase):
         assert self._file is not None
         _, fd, crc = self._file
         want = view[:min(len(view), self._left)]
-        got = os.readv(fd, [want])
+        try:
+            got = os.readv(fd, [want])
+        except OSError as exc:
+            raise unreadable(self._file[0].path, exc) from exc
         if not got:  # truncated since the walk: zeros to the size the header announced
             want[:] = bytes(len(want))
             got = len(want)

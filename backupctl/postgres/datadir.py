@@ -15,11 +15,13 @@ as the server sends it.
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from backupctl.core.errors import BackupctlError
 from backupctl.postgres.tarstream import DIRECTORY, FILE
 
 EMPTIED_DIRECTORIES = frozenset({"pg_stat_tmp", "pg_replslot", "pg_dynshmem", "pg_notify", "pg_serial",
@@ -45,6 +47,13 @@ class Entry:
     mtime: int
 
 
+def unreadable(path: bytes, exc: OSError) -> BackupctlError:
+    """The one-line error for a file of the data directory that cannot be read, naming who tried."""
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    return BackupctlError(f"cannot read {os.fsdecode(path)} as OS user {user}: {exc.strerror}; the backup is not "
+                          "taken: give it to the server's OS user or remove it (the server cannot back it up either)")
+
+
 def is_excluded_file(name: str) -> bool:
     """A file the server leaves out of every base backup, wherever it is."""
     return name in EXCLUDED_FILES or name.startswith(EXCLUDED_PREFIXES)
@@ -60,6 +69,16 @@ def skipped_relation_files(names: list[str]) -> set[str]:
         return match is not None and match.group(1) in unlogged and match.group(2) != "init"
 
     return {name for name in names if _TEMP_RELATION.fullmatch(name) or unlogged_data(name)}
+
+
+def _listing(directory: str) -> list[str]:
+    """The names in ``directory``, sorted; none when it vanished since its parent was listed."""
+    try:
+        return sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise unreadable(directory.encode(), exc) from exc
 
 
 def _entry(name: bytes, path: bytes, st: os.stat_result, kind: bytes) -> Entry:
@@ -82,15 +101,10 @@ def walk(root: str, prefix: str = "", tablespace_roots: frozenset[str] = frozens
     stack = [(root, prefix)]
     while stack:
         directory, name = stack.pop()
-        try:
-            names = sorted(os.listdir(directory))
-        except FileNotFoundError:
-            continue
-        parent = os.path.basename(os.path.dirname(directory))
-        is_database = name.rsplit("/", 1)[-1].isdigit() and (
-            (in_data_directory and name.count("/") == 1 and name.startswith("base/"))
-            or (not in_data_directory and parent == prefix))
-        skipped = skipped_relation_files(names) if is_database else set()
+        names = _listing(directory)
+        top, _, inner = name.partition("/")
+        in_database = inner.isdigit() and top == (prefix or "base")  # base/<oid>, or <version dir>/<oid>
+        skipped = skipped_relation_files(names) if in_database else set()
         subdirectories = []
         for child in names:
             if is_excluded_file(child) or child in skipped:
@@ -101,6 +115,8 @@ def walk(root: str, prefix: str = "", tablespace_roots: frozenset[str] = frozens
                 st = os.lstat(path)
             except FileNotFoundError:
                 continue
+            except OSError as exc:
+                raise unreadable(path.encode(), exc) from exc
             if in_data_directory and member == "pg_wal":
                 yield _entry(b"pg_wal", path.encode(), os.stat(path), DIRECTORY)
                 for inside in ("archive_status", "summaries") if major >= 17 else ("archive_status",):

@@ -122,3 +122,19 @@ def test_a_backup_taken_under_writes_restores_every_committed_row(site: Site, cl
     assert first.code == 0, first.stderr
     run_tool([site.cluster.binaries.path("pg_verifybackup"), "--no-parse-wal", str(checked)], dict(os.environ),
              "pg_verifybackup")
+
+
+def test_a_file_the_servers_user_cannot_read_fails_the_backup_in_one_line(site: Site, cli: CliRunner) -> None:
+    assert cli(site.config, "init").code == 0
+    stray = site.cluster.datadir / "left_by_root.conf"
+    stray.write_text("secret")
+    stray.chmod(0o600)  # owned by root: the backup runs as the data directory's owner
+    try:
+        result = cli(site.config, "backup", "main", "--type", "full")
+    finally:
+        stray.unlink()
+    assert result.code == 1
+    assert result.error_line == (f"backupctl: error: cannot read {stray} as OS user postgres: Permission denied; "
+                                 "the backup is not taken: give it to the server's OS user or remove it (the "
+                                 "server cannot back it up either)")
+    assert json.loads(cli(site.config, "list", "main", "-o", "json").stdout) == []
