@@ -605,6 +605,20 @@ def _rss_goal(mib: float | None) -> str:
     return f"< 200 MB: {'met' if mib * MIB < TARGETS['rss_bytes'] else 'missed'}"
 
 
+def throughputs(summary: dict[str, Any], floor_summary: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """MiB/s of backup and restore per tool: the data backupctl's backup reports (before compression) over
+    each wall time, one data size for every tool, so that runs at other scales compare."""
+    data = summary.get("backup", {}).get("backupctl", {}).get("size_bytes")
+    rates: dict[str, dict[str, float]] = {}
+    for step in ("backup", "restore"):
+        for tool in ("backupctl", "pgbackrest", "floor"):
+            source = floor_summary if tool == "floor" and step == "restore" else summary
+            seconds = source.get(step, {}).get(tool, {}).get("seconds")
+            if data and seconds:
+                rates.setdefault(step, {})[tool] = round(data / MIB / seconds, 1)
+    return rates
+
+
 def files_table(summary: dict[str, Any], floor_summary: dict[str, Any], floor_note: str) -> list[str]:
     """Backups and restores: the three columns, both ratios, the targets and throughput."""
     def get(step: str, tool: str, key: str, scale: float = 1.0) -> float | None:
@@ -623,11 +637,8 @@ def files_table(summary: dict[str, Any], floor_summary: dict[str, Any], floor_no
                      f"{_fmt(_ratio(ours, floor), 'x')} | {goals(_ratio(ours, peer), _ratio(ours, floor))} |")
 
     def throughput(label: str, step: str) -> None:
-        data = get("backup", "backupctl", "size_bytes", MIB)
-        cells = []
-        for tool in ("backupctl", "pgbackrest", "floor"):
-            seconds = get(step, tool, "seconds")
-            cells.append(_fmt(data / seconds if data and seconds else None, " MiB/s", 0))
+        rates = throughputs(summary, floor_summary).get(step, {})
+        cells = [_fmt(rates.get(tool), " MiB/s", 0) for tool in ("backupctl", "pgbackrest", "floor")]
         lines.append(f"| {label} | {' | '.join(cells)} | | | |")
 
     row("full backup, wall time", "backup", "seconds", " s",
@@ -705,6 +716,9 @@ def store_table(name: str, description: str, summary: dict[str, Any], errors: di
         lines += files_table(summary, quoted, "" if floor_summary is None else " (the local store's)")
     lines += wal_tables(summary, steps, args)
     lines.append("")
+    parts = summary.get("restore", {}).get("floor", {}).get("parts")
+    if parts:  # two at a time: the last of an odd number of parts is unpacked alone
+        lines.append(f"The restore floor unpacked {parts:.0f} stored parts, two at a time.")
     for step in ("backup", "restore"):
         phases = summary.get(step, {}).get("backupctl", {})
         extra = {k: v for k, v in phases.items() if k.endswith("_seconds")}
@@ -899,9 +913,11 @@ def run_bench(args: argparse.Namespace, stack: ExitStack) -> dict[str, Any]:
         if "drain" in steps or "lag" in steps:
             measure_wal(name, store, server, results, args)
     for name, store in configured.items():
+        summary = results.summary(name)
         document["stores"][name] = {
             "description": store.description,
-            "summary": results.summary(name),
+            "summary": summary,
+            "throughput_mib_s": throughputs(summary, results.summary("local") if name != "local" else summary),
             "errors": results.errors.get(name, {}),
             "runs": results.runs.get(name, {}),
         }
