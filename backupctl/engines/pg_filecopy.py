@@ -111,7 +111,6 @@ class _ArchiveSource(io.RawIOBase):
         self._file: tuple[Entry, int, Crc32c] | None = None  # the file being read, its fd, its checksum
         self._left = 0  # of the current file's bytes
         self._ended = False
-        self.bytes_read = 0
 
     def readable(self) -> bool:
         return True
@@ -167,7 +166,6 @@ class _ArchiveSource(io.RawIOBase):
             got = len(want)
         crc.update(want[:got])
         self._left -= got
-        self.bytes_read += got
         if not self._left:
             self._out = memoryview(self._end_file())
         return got
