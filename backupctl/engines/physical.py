@@ -1,9 +1,11 @@
-"""The physical engine: a PostgreSQL cluster's files by pg_basebackup, full or incremental (PostgreSQL 17+),
-restored with archived WAL to any point in time.
+"""The physical engine: a PostgreSQL cluster's files, full or incremental (PostgreSQL 17+), restored with
+archived WAL to any point in time.
 
-``pg_physical`` streams pg_basebackup's archives into the repository; this module runs one backup with it:
-the checks before the lease (archive_mode, an incremental's parent), the parent's manifest, the
-contents a drill judges the copy by, the config files Debian keeps outside pgdata, and the manifest's facts.
+A full backup on the database host reads the data directory itself (``pg_filecopy``); incrementals and
+backups from elsewhere stream pg_basebackup's archives (``pg_physical``). This module runs one backup with
+either: the checks before the lease (archive_mode, an incremental's parent), the choice between the two,
+the parent's manifest, the contents a drill judges the copy by, the config files Debian keeps outside
+pgdata, and the manifest's facts.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ log = get_logger(__name__)
 
 
 class PhysicalEngine(Engine):
-    """pg_basebackup into the repository; its backups need the archived WAL from their start to their stop."""
+    """The cluster's files into the repository; its backups need the archived WAL from their start to their stop."""
 
     name = "physical"
     source_kind = "postgres"
@@ -50,7 +52,8 @@ class PhysicalEngine(Engine):
 
     def backup(self, repo: Repository, source: PostgresSource, backup_type: str, options: BackupOptions,
                start: StartRun) -> Manifest:
-        """pg_basebackup streamed into the repository, with the config files Debian keeps outside pgdata."""
+        """The data directory (copied, or streamed by pg_basebackup) into the repository, with the config files
+        Debian keeps outside pgdata."""
         params = ConnParams.from_source(source)
         facts = pg_physical.server_facts(params)
         if facts.archive_mode == "off":
