@@ -398,10 +398,14 @@ def restore_floor(workdir: Path, store: Store, backup_id: str) -> dict[str, Any]
         pairs: list[str] = []
         for archive, part in stored_parts(store, backup_id):
             pairs += [str(target if archive == "base" else make_dir(target / archive)), str(part)]
-        script = ('printf "%s\\0" "$@" | xargs -0 -n 2 -P 2 bash -o pipefail -c '
-                  '\'zstd -q -d -c "$1" | tar -x -C "$0"\' && sync')
+        # Prints when the unpacking ended and when the sync did, so that the two phases show.
+        script = ('start=$EPOCHREALTIME; printf "%s\\0" "$@" | xargs -0 -n 2 -P 2 bash -o pipefail -c '
+                  '\'zstd -q -d -c "$1" | tar -x -C "$0"\' && unpacked=$EPOCHREALTIME && sync && '
+                  'echo "$start $unpacked $EPOCHREALTIME"')
         measured = run_tree(["bash", "-o", "pipefail", "-c", script, "floor", *pairs], env=clean_env())
-        return {**measured.figures(), "restored_bytes": _tree_bytes(target), "parts": len(pairs) // 2}
+        start, unpacked, synced = (float(word) for word in measured.stdout.split())
+        return {**measured.figures(), "restored_bytes": _tree_bytes(target), "parts": len(pairs) // 2,
+                "unpack_seconds": round(unpacked - start, 3), "sync_seconds": round(synced - unpacked, 3)}
     finally:
         shutil.rmtree(target, ignore_errors=True)
 
@@ -718,12 +722,13 @@ def store_table(name: str, description: str, summary: dict[str, Any], errors: di
     lines.append("")
     parts = summary.get("restore", {}).get("floor", {}).get("parts")
     if parts:  # two at a time: the last of an odd number of parts is unpacked alone
-        lines.append(f"The restore floor unpacked {parts:.0f} stored parts, two at a time.")
-    for step in ("backup", "restore"):
-        phases = summary.get(step, {}).get("backupctl", {})
+        lines.append(f"The restore floor unpacked {parts:.0f} stored part(s), two at a time.")
+    for step, tool, whose in (("backup", "backupctl", "its own report"), ("restore", "backupctl", "its own report"),
+                              ("restore", "floor", "timed in its script")):
+        phases = summary.get(step, {}).get(tool, {})
         extra = {k: v for k, v in phases.items() if k.endswith("_seconds")}
         if extra:
-            lines.append(f"backupctl {step} phases (its own report): "
+            lines.append(f"{tool} {step} phases ({whose}): "
                          + ", ".join(f"{k} {round(v, 3)}" for k, v in extra.items()))
     for key, message in errors.items():
         lines.append(f"- **{key}** not measured: {message}")
