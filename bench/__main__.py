@@ -3,7 +3,7 @@
     .venv/bin/python -m bench [--only physical,replay,incremental] [--scale 50] [--runs 3]
                               [--store both] [--text-mib 256] [--physical-steps files,drain]
                               [--replay-runs 1] [--wal-mib 2048] [--rounds 6] [--round-seconds 5]
-                              [--output FILE]
+                              [--lock FILE] [--output FILE]
 
 The parts, in this order (each builds its own clusters and stops everything it started):
   - physical: bench.physical, run as a subprocess (its own signal handling and clean-up): full backup,
@@ -16,12 +16,16 @@ The parts, in this order (each builds its own clusters and stops everything it s
 The report starts with the date, the machine and its load average at the start and the end of the whole
 run (on a shared machine other work shows in every figure), then each part's tables and wall time. A part
 that fails is reported as such and the others still run; the exit status is then 1. Progress goes to
-stderr, the report to stdout (and to --output).
+stderr, the report to stdout (and to --output). With --lock FILE each part holds an exclusive flock on
+FILE while it runs and lets go between parts: on a shared machine, other timing work (`flock FILE ...`)
+neither overlaps a part nor waits for the whole run.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import os
 import platform
 import signal
@@ -29,7 +33,7 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -68,6 +72,21 @@ def part_args(args: argparse.Namespace, **overrides: Any) -> argparse.Namespace:
     return argparse.Namespace(**{**vars(args), **overrides})
 
 
+@contextlib.contextmanager
+def locked(path: Path | None) -> Iterator[None]:
+    """An exclusive flock on ``path`` (as `flock FILE command` takes it) for the duration; nothing without one."""
+    if path is None:
+        yield
+        return
+    with open(path, "a") as handle:
+        say(f"waiting for the lock {path} ...")
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _load() -> str:
     return "/".join(f"{v:.2f}" for v in os.getloadavg())
 
@@ -87,6 +106,7 @@ def main() -> None:
     parser.add_argument("--wal-mib", type=int, default=2048, help="replay: MiB of archived WAL to replay")
     parser.add_argument("--rounds", type=int, default=6, help="incremental: incrementals in the chain")
     parser.add_argument("--round-seconds", type=int, default=5, help="incremental: pgbench seconds per round")
+    parser.add_argument("--lock", type=Path, help="hold an exclusive flock on this file during each part")
     parser.add_argument("--output", type=Path, help="also write the report to this file")
     args = parser.parse_args()
     parts = [part.strip() for part in args.only.split(",") if part.strip()]
@@ -112,15 +132,17 @@ def main() -> None:
     for part in PARTS:
         if part not in parts:
             continue
-        clock = time.monotonic()
-        say(f"=== {part} ===")
-        try:
-            table = runners[part]()
-        except Exception as exc:  # one part's failure must not hide the others' figures
-            traceback.print_exc()
-            failed.append(part)
-            table = f"## {part}\n\n**failed**: {exc}\n"
-        sections.append(f"{table.rstrip()}\n\n_{part}: {time.monotonic() - clock:.0f} s wall_\n")
+        with locked(args.lock):
+            clock = time.monotonic()
+            say(f"=== {part} ===")
+            try:
+                table = runners[part]()
+            except Exception as exc:  # one part's failure must not hide the others' figures
+                traceback.print_exc()
+                failed.append(part)
+                table = f"## {part}\n\n**failed**: {exc}\n"
+            seconds = time.monotonic() - clock
+        sections.append(f"{table.rstrip()}\n\n_{part}: {seconds:.0f} s wall, load average now {_load()}_\n")
     header = [f"# backupctl benchmarks (issue 14): {started}", "",
               f"{platform.node()}, {os.cpu_count()} CPUs, {platform.platform()}. Load average (1, 5, 15 min) at "
               f"start {load_start}, at end {_load()}. Command: `python -m bench {' '.join(sys.argv[1:])}`.", ""]
