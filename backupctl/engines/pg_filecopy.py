@@ -41,7 +41,7 @@ from backupctl.engines.pg_physical import (
     StreamedBackup,
     WalRange,
     store_archive,
-    wait_until_stored,
+    wait_for_backup_wal,
 )
 from backupctl.postgres.backup_manifest import Crc32c, ManifestWriter
 from backupctl.postgres.connection import ConnParams
@@ -245,12 +245,7 @@ def copy_data_directory(params: ConnParams, facts: ServerFacts, pgdata: str, lab
                                      f"{stopped['label'][:200]!r}")
             result.wal = WalRange(int(found.group(2)), found.group(1), stopped["lsn"])
             result.manifest = manifest.finish(result.wal.timeline, result.wal.start_lsn, result.wal.end_lsn)
-
-            def last_archived() -> str | None:
-                return session.execute("SELECT last_archived_wal FROM pg_stat_archiver").fetchone()[0]
-
-            waited = wait_until_stored(result.wal.segments(facts.segment_size), wal_present, last_archived, watch)
-            result.wal_wait_seconds = round(waited, 3)
+            result.wal_wait_seconds = wait_for_backup_wal(session, result.wal, facts.segment_size, wal_present, watch)
         finally:
             watch.stop.set()
     log.debug("data directory copied", pgdata=pgdata, wal_wait_seconds=result.wal_wait_seconds)

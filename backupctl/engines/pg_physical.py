@@ -312,6 +312,15 @@ def wait_until_stored(segments: list[str], present: Callable[[list[str]], set[st
         pause = min(pause * 1.5, 1.0)
 
 
+def wait_for_backup_wal(conn: Any, wal: WalRange, segment_size: int, present: Callable[[list[str]], set[str]],
+                        watch: ArchiverWatch) -> float:
+    """``wait_until_stored`` for a backup's WAL range, reading pg_stat_archiver on ``conn``; the seconds waited."""
+    def last_archived() -> str | None:
+        return conn.execute("SELECT last_archived_wal FROM pg_stat_archiver").fetchone()[0]
+
+    return round(wait_until_stored(wal.segments(segment_size), present, last_archived, watch), 3)
+
+
 def stream_basebackup(binaries: PgBinaries, params: ConnParams, facts: ServerFacts, label: str,
                       fast_checkpoint: bool, store: Store, tmp_root: Path, parent_manifest: Path | None = None,
                       wal_present: Callable[[list[str]], set[str]] | None = None,
@@ -352,12 +361,8 @@ def stream_basebackup(binaries: PgBinaries, params: ConnParams, facts: ServerFac
         if wal_present is not None:
             with contextlib.ExitStack() as stack:
                 conn = reservation.conn if reservation else stack.enter_context(params.connect())
-
-                def last_archived() -> str | None:
-                    return conn.execute("SELECT last_archived_wal FROM pg_stat_archiver").fetchone()[0]
-
-                waited = wait_until_stored(result.wal.segments(facts.segment_size), wal_present, last_archived, watch)
-                result.wal_wait_seconds = round(waited, 3)
+                result.wal_wait_seconds = wait_for_backup_wal(conn, result.wal, facts.segment_size, wal_present,
+                                                              watch)
     finally:
         watch.stop.set()
         if reservation is not None:
