@@ -398,7 +398,9 @@ def restore_floor(workdir: Path, store: Store, backup_id: str) -> dict[str, Any]
         pairs: list[str] = []
         for archive, part in stored_parts(store, backup_id):
             pairs += [str(target if archive == "base" else make_dir(target / archive)), str(part)]
-        # Prints when the unpacking ended and when the sync did, so that the two phases show.
+        # Prints when the unpacking ended and when the sync did, so that the two phases show (scale 500,
+        # 2026-12-05, load ~4: unpack 20.2 s, sync 0.87 s: zstd | tar at ~370 MiB/s for two parts at a time
+        # is the floor's cost, not its sync).
         script = ('start=$EPOCHREALTIME; printf "%s\\0" "$@" | xargs -0 -n 2 -P 2 bash -o pipefail -c '
                   '\'zstd -q -d -c "$1" | tar -x -C "$0"\' && unpacked=$EPOCHREALTIME && sync && '
                   'echo "$start $unpacked $EPOCHREALTIME"')
