@@ -66,11 +66,13 @@ class Source:
     target_lsn: str
     progress_rows: int
     abalance_sum: int
-    wal_bytes: int  # archived WAL between the backups' end and the target
+    wal_bytes: int  # WAL written after the backups, up to the segment switch after the target
 
 
 @dataclass
 class Setup:
+    """What the restores need: the stopped source (its binaries), both tools' configurations, the target."""
+
     workdir: Path
     cluster: ScratchCluster
     backupctl: Backupctl
