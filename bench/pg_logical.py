@@ -4,7 +4,7 @@
 
 Builds a scratch cluster with pgbench data (scale 50 is about 750 MiB) plus a table of random text (which
 does not compress as well as pgbench's), then times, as median of --runs:
-  - backupctl backup --type logical (zstd level 3 into a local repository), with its peak RSS;
+  - backupctl backup --type logical (zstd at its default level into a local repository), with its peak RSS;
   - pg_dump -Fc (its default compression, gzip level 6) to a file: what a hand-rolled cron job does;
   - pg_dump -Fc -Z0 piped into zstd -3 -T0 to a file: the same work as backupctl, done by hand.
 """

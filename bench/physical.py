@@ -239,7 +239,7 @@ class Backupctl:
         make_dir(directory)
         tmp = make_dir(directory / "tmp")
         lines = ["[repository]", *(f"{key} = {toml_value(value)}" for key, value in repository.items()), "",
-                 "[compression]", 'algorithm = "zstd"', "level = 3", "",
+                 "[compression]", 'algorithm = "zstd"', "",
                  f"[sources.{SOURCE}]", 'kind = "postgres"', 'host = "127.0.0.1"', f"port = {cluster.port}",
                  'user = "postgres"', f"pgdata = {toml_value(cluster.datadir)}",
                  f"bindir = {toml_value(cluster.binaries.bindir)}", f"tmp_dir = {toml_value(tmp)}", ""]
@@ -747,7 +747,7 @@ def report(document: dict[str, Any], args: argparse.Namespace) -> str:
     lines = ["## backupctl vs pgBackRest and the floor: physical backups", "",
              f"{setup.get('date', '')}: PostgreSQL {setup['postgres']}, {setup['cluster_mib']} MiB cluster "
              f"(pgbench scale {args.scale} + {args.text_mib} MiB random text), {setup['cpus']} CPUs; "
-             f"{setup['pgbackrest']} (zst level 3, process-max=2); backupctl zstd level 3, its defaults otherwise. "
+             f"{setup['pgbackrest']} (zst level 3, process-max=2); backupctl with its defaults (zstd level 1). "
              f"Medians of {args.runs} run(s), the tools and the floor interleaved on the same cluster and store "
              "(each run reverses the order of the last), so that load from other work falls on all; peak RSS is "
              "the maximum. Load average (1, 5, 15 min) at start "

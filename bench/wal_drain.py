@@ -12,7 +12,8 @@ Contestants, all against the same machine and the same stores in one run:
   and SeaweedFS (S3 over HTTPS with a self-signed certificate, the same endpoint pgBackRest uses);
 - pgBackRest archive-push, async (``process-max=2``, the setting TESTBED.md quotes) and sync.
 
-Both tools compress with zstd level 3 and do not encrypt. Run as root (servers run as ``postgres``)::
+Both tools compress with zstd (pgBackRest level 3, backupctl its default level 1) and do not encrypt.
+Run as root (servers run as ``postgres``)::
 
     .venv/bin/python -m bench.wal_drain [--segments 60] [--rounds 1] [--only backupctl-async-local,...]
 """
@@ -277,7 +278,7 @@ class Backupctl(Contestant):
                           "addressing_style": "path", "credentials_file": str(credentials), "verify_tls": False}
         write_toml(config, {
             "repository": repository,
-            "compression": {"algorithm": "zstd", "level": 3},
+            "compression": {"algorithm": "zstd"},
             "wal": {"async": self.async_, "push_jobs": self.jobs, "spool_dir": str(self.dir / "spool")},
             "sources": {"main": {"kind": "postgres", "host": "127.0.0.1", "port": bench.cluster.port,
                                  "user": "postgres"}},
