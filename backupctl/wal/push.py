@@ -6,6 +6,11 @@ name finds another checksum and fails, naming both (``WalConflict``). Before any
 segment's long page header is checked against its name and the source's system (``identity``). A segment
 is read once into a per-thread buffer and compressed from it without a copy; larger ones are read twice,
 the second read proven against the first one's digest.
+
+The resident pusher passes an ``ArchiveView``: one listing of a 16-hex folder (256 segments) then answers
+"nothing is archived under this name yet" for every push into that folder for ``LISTING_TTL`` seconds,
+so that a busy archive costs one PUT per segment on S3 instead of a LIST and a PUT. Only that answer is
+taken from the view; a name it has seen archived is listed afresh, as without a view.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from backupctl.core.errors import BackupctlError
+from backupctl.repo import layout
 from backupctl.wal.identity import (
     LONG_HEADER,
     IdentityGuard,
@@ -28,12 +34,16 @@ from backupctl.wal.identity import (
     pg_control_sysid,
     read_header,
 )
-from backupctl.wal.listing import find_archived, object_prefix
-from backupctl.wal.names import parse_wal_name
+from backupctl.wal.listing import find_archived, object_prefix, parse_key
+from backupctl.wal.names import WalName, parse_wal_name
 from backupctl.wal.opening import IN_MEMORY_LIMIT, SerialCodec
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from backupctl.repo.repository import Repository
+
+LISTING_TTL = 5.0  # seconds a folder's listing may answer "not archived yet" (ArchiveView)
 
 
 @dataclass
@@ -52,10 +62,54 @@ def _stat_key(st: os.stat_result) -> tuple[int, int, int]:
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def push_file(repo: Repository, source: str, path: str | Path, guard: IdentityGuard | None = None) -> PushResult:
+class ArchiveView:
+    """The names archived in each 16-hex folder, from one listing per folder at most every ``ttl`` seconds.
+
+    The resident pusher keeps one for its life: during a drain or a busy hour every push of a folder is
+    answered from one LIST. The view is trusted only to say that a name is absent (the common case, and
+    the one that costs nothing to get wrong later: a conflicting object that another writer stored since
+    the listing is still refused by fetch and reported by verify; the check at push time, a LIST before
+    the PUT, never closed that race either). A name the view has seen is looked up afresh. History files
+    lie beside the folders and are always looked up.
+    """
+
+    def __init__(self, ttl: float = LISTING_TTL, clock: Callable[[], float] = time.monotonic) -> None:
+        self._ttl = ttl
+        self._clock = clock
+        self._lock = threading.Lock()  # one listing at a time: parallel pushes wait for it, not list again
+        self._folders: dict[tuple[str, str], tuple[float, set[str]]] = {}
+
+    def absent(self, repo: Repository, stream: str, name: WalName) -> bool:
+        """True when a listing younger than ``ttl`` holds no object for ``name``."""
+        if not name.directory:
+            return False
+        folder = (stream, name.directory)
+        with self._lock:
+            seen = self._folders.get(folder)
+            if seen is None or self._clock() - seen[0] > self._ttl:
+                taken = self._clock()  # before the request: the listing is at least this old
+                names = set()
+                for info in repo.storage.list(layout.wal_folder_prefix(stream, name.directory)):
+                    obj = parse_key(stream, info.key)
+                    if obj is not None:
+                        names.add(obj.name.name)
+                seen = self._folders[folder] = (taken, names)
+            return name.name not in seen[1]
+
+    def stored(self, stream: str, name: WalName) -> None:
+        """Note a name this process has just archived (a later push of it is then looked up afresh)."""
+        with self._lock:
+            seen = self._folders.get((stream, name.directory))
+            if seen is not None:
+                seen[1].add(name.name)
+
+
+def push_file(repo: Repository, source: str, path: str | Path, guard: IdentityGuard | None = None,
+              view: ArchiveView | None = None) -> PushResult:
     """Archive one file PostgreSQL handed to archive_command; idempotent (see the module docstring).
 
-    The file goes to the stream of its system's history epoch (``IdentityGuard``). Raises ``WalNameError``
+    The file goes to the stream of its system's history epoch (``IdentityGuard``); ``view`` spares the
+    lookup of names it knows to be absent (``ArchiveView``). Raises ``WalNameError``
     for names PostgreSQL never archives, ``WalRefused`` (``ForeignWal``, ``WalConflict``) for pushes that
     retrying cannot fix, and storage errors for the rest.
     """
@@ -88,7 +142,7 @@ def push_file(repo: Repository, source: str, path: str | Path, guard: IdentityGu
             handle.seek(0)
             digest = hashlib.file_digest(handle, "sha256").hexdigest()
         prefix = object_prefix(stream, name)
-        existing = find_archived(repo, stream, name)
+        existing = [] if view is not None and view.absent(repo, stream, name) else find_archived(repo, stream, name)
         for obj in existing:
             if obj.sha256 == digest:
                 return PushResult(name.name, obj.key, "already archived", st.st_size,
@@ -107,6 +161,8 @@ def push_file(repo: Repository, source: str, path: str | Path, guard: IdentityGu
             handle.seek(0)
             check = _DigestCheck(handle, digest, path.name)
             stored = repo.pipeline.store(prefix + digest, check, finalize=check.verify)  # type: ignore[arg-type]
+    if view is not None:
+        view.stored(stream, name)
     return PushResult(name.name, stored.key, "stored", st.st_size, time.monotonic() - started, _stat_key(st))
 
 

@@ -54,7 +54,7 @@ from backupctl.wal.fetch import UnknownStream, check_restoring_system, fetch_fro
 from backupctl.wal.identity import LONG_HEADER, ForeignWal, IdentityGuard, WalRefused
 from backupctl.wal.names import WalNameError, parse_wal_name, segment_name
 from backupctl.wal.opening import open_wal_repository, select_source
-from backupctl.wal.push import push_file
+from backupctl.wal.push import ArchiveView, push_file
 
 START_LOCK_WAIT = 30.0  # a new pusher waits this long for an old one (restarting) to let go
 JOB_MEMORY = 600.0  # seconds a finished job is remembered
@@ -102,6 +102,7 @@ class Pusher:
         self.known_streams: set[str] = set()  # streams whose source.json was found: "missing" is then true
         self._repo: Any = None
         self._guard: Any = None
+        self.archived = ArchiveView()  # one folder listing answers many pushes (S3: a PUT per segment)
         self.socket_path = os.path.join(spool, SOCKET_NAME)
         self.prefetch_dir = os.path.join(spool, PREFETCH_DIR)
         self.socket_ino = 0
@@ -170,7 +171,7 @@ class Pusher:
 
     def _run_push(self, job: Job) -> dict[str, Any]:
         repo, guard = self.repo()
-        result = push_file(repo, self.source, job.path, guard)
+        result = push_file(repo, self.source, job.path, guard, self.archived)
         job.stat = list(result.stat)
         self.log.info("pushed", name=job.name, result=result.status, seconds=round(result.seconds, 3),
                       priority=job.priority)
