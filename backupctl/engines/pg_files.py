@@ -5,7 +5,9 @@ one part each, largest first: download, sha256, decryption, decompression, writi
 every file against PostgreSQL's backup_manifest all happen in that one pass (zstd, hashlib, CRC-32C and
 the system calls release the GIL). Nothing is read back afterwards: the check that ``pg_verifybackup``
 makes by reading every restored file again is made on the bytes as they are written (``pgmanifest``).
-At the end the data is flushed to disk, so a restore that reports success survives a power cut.
+Each file's writeback to the disk is started while it is written (``tarstream.start_writeback``), so
+the disk works alongside the decompression; at the end one ``sync`` waits for it all, so a restore that
+reports success survives a power cut.
 
 Backups made before parts existed hold one ``base.tar`` (and one ``tablespaces/<oid>.tar``) object;
 those restore the same way, as a single part each.
