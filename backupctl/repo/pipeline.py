@@ -150,10 +150,14 @@ class _HashingWriter(_Stage):
 
 
 class _HashingReader(_Stage):
-    """Hashes and counts the stored bytes as they are read back."""
+    """Hashes and counts the stored bytes as they are read back.
+
+    A source with ``readinto`` (a local file, the S3 reader) fills the caller's buffer directly: no copy.
+    """
 
     def __init__(self, source: BinaryIO) -> None:
         self._source = source
+        self._source_readinto = getattr(source, "readinto", None)
         self.hash = hashlib.sha256()
         self.size = 0
 
@@ -161,10 +165,13 @@ class _HashingReader(_Stage):
         return True
 
     def _readinto(self, buffer: Any) -> int:
-        data = self._source.read(len(buffer))
-        n = len(data)
-        buffer[:n] = data
-        self.hash.update(data)
+        if self._source_readinto is None:
+            data = self._source.read(len(buffer))
+            n = len(data)
+            buffer[:n] = data
+        else:
+            n = self._source_readinto(buffer) or 0
+        self.hash.update(memoryview(buffer)[:n])
         self.size += n
         return n
 
@@ -367,7 +374,9 @@ class Pipeline:
                 _raise_captured(reader, out)
                 raise
         else:
-            shutil.copyfileobj(reader, out, CHUNK)
+            buffer = memoryview(bytearray(CHUNK))  # one buffer, reused: each stage is done with it on return
+            while got := reader.readinto(buffer):
+                out.write(buffer[:got])
         if not out.finish():
             raise IntegrityError(f"{obj.key} is truncated: its compressed stream has no end")
         if out.size != obj.size:
