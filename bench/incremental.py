@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -41,7 +40,7 @@ from typing import Any
 
 from backupctl.postgres.binaries import PgBinaries, find_binaries
 from backupctl.postgres.cluster import ScratchCluster
-from bench.peers import MIB, clean_env, make_dir, reap_strays, run, run_tree
+from bench.peers import MIB, clean_env, make_dir, reap_strays, run, run_and_print, run_tree
 from bench.pg_logical import make_database
 from bench.physical import SOURCE, Backupctl, Server, say
 from bench.replay import children_cpu
@@ -217,20 +216,7 @@ def main() -> None:
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench.incremental runs as root: the server and archive_command run as the postgres user")
-
-    def stop(signum: int, _frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGHUP, stop)
-    with ExitStack() as stack:
-        document = run_bench(args, stack)
-    table = report(document)
-    if args.json:
-        print(table, file=sys.stderr)
-        print(json.dumps(document, indent=2, default=str))
-    else:
-        print(table)
+    run_and_print(lambda stack: run_bench(args, stack), report, args.json)
 
 
 if __name__ == "__main__":

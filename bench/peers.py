@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import configparser
 import contextlib
+import json
 import os
 import pwd
 import re
@@ -21,6 +22,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -457,3 +460,22 @@ class PgBackRest:
 
     def last_backup(self) -> dict[str, Any]:
         return self.info()["backup"][-1]
+
+
+def run_and_print(run_bench: Callable[[ExitStack], dict[str, Any]], report: Callable[[dict[str, Any]], str],
+                  as_json: bool) -> None:
+    """Run one bench with SIGTERM and SIGHUP turned into a clean exit (its ExitStack stops what it started),
+    then print its Markdown table; with ``as_json`` the JSON document goes to stdout and the table to stderr."""
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, stop)
+    with ExitStack() as stack:
+        document = run_bench(stack)
+    table = report(document)
+    if as_json:
+        print(table, file=sys.stderr)
+        print(json.dumps(document, indent=2, default=str))
+    else:
+        print(table)

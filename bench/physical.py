@@ -45,7 +45,6 @@ import json
 import os
 import shlex
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -73,6 +72,7 @@ from bench.peers import (
     make_dir,
     reap_strays,
     run,
+    run_and_print,
     run_tree,
     seaweedfs,
     write_file,
@@ -959,20 +959,7 @@ def main() -> None:
         sys.exit("bench.physical runs as root: the server, pgBackRest and archive_command run as the postgres user")
     if shutil.which("pgbackrest") is None:
         sys.exit("pgBackRest is missing: apt-get install -y pgbackrest")
-
-    def stop(signum: int, _frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGHUP, stop)
-    with ExitStack() as stack:
-        document = run_bench(args, stack)
-    table = report(document, args)
-    if args.json:
-        print(table, file=sys.stderr)
-        print(json.dumps(document, indent=2, default=str))
-    else:
-        print(table)
+    run_and_print(lambda stack: run_bench(args, stack), lambda document: report(document, args), args.json)
 
 
 if __name__ == "__main__":

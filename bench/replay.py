@@ -34,11 +34,9 @@ from __future__ import annotations
 
 import argparse
 import configparser
-import json
 import os
 import resource
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -51,7 +49,7 @@ from typing import Any
 
 from backupctl.postgres.binaries import find_binaries
 from backupctl.postgres.cluster import ScratchCluster
-from bench.peers import MIB, PgBackRest, chown, clean_env, make_dir, reap_strays, run, run_tree
+from bench.peers import MIB, PgBackRest, chown, clean_env, make_dir, reap_strays, run, run_and_print, run_tree
 from bench.pg_logical import make_database
 from bench.physical import SOURCE, STANZA, Backupctl, Server, say
 
@@ -325,20 +323,7 @@ def main() -> None:
         sys.exit("bench.replay runs as root: the server, pgBackRest and restore_command run as the postgres user")
     if shutil.which("pgbackrest") is None:
         sys.exit("pgBackRest is missing: apt-get install -y pgbackrest")
-
-    def stop(signum: int, _frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGHUP, stop)
-    with ExitStack() as stack:
-        document = run_bench(args, stack)
-    table = report(document)
-    if args.json:
-        print(table, file=sys.stderr)
-        print(json.dumps(document, indent=2, default=str))
-    else:
-        print(table)
+    run_and_print(lambda stack: run_bench(args, stack), report, args.json)
 
 
 if __name__ == "__main__":
