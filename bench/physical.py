@@ -93,7 +93,7 @@ REQUEST_KINDS = ("PUT", "LIST", "GET", "HEAD", "DELETE", "MULTIPART", "POST")
 WAL_TOOLS = ("backupctl", "backupctl_fast", "pgbackrest_sync", "pgbackrest_async")
 WAL_LABELS = {
     "backupctl": "backupctl: `backupctl --config F wal-push %p` (async)",
-    "backupctl_fast": "backupctl: `python -I -m backupctl.walpusher ...` (async; what pg-settings prints)",
+    "backupctl_fast": "backupctl: what `pg-settings` prints (async)",
     "pgbackrest_sync": "pgBackRest archive-push, sync",
     "pgbackrest_async": "pgBackRest archive-push, archive-async=y, process-max=2",
 }
@@ -270,12 +270,15 @@ class Backupctl:
         return f"{self.binary} --config {self.config} wal-push %p"
 
     def fast_archive_command(self) -> str | None:
-        """The archive_command backupctl itself recommends (its WAL fast path), if this checkout has one."""
+        """The archive_command that `backupctl pg-settings` prints, if this checkout has the command."""
         try:
-            from backupctl.wal.conf import archive_command
-        except ImportError:
+            printed = run(self.argv("pg-settings"), env=clean_env())
+        except CommandFailed:
             return None
-        return str(archive_command(self.config, SOURCE))
+        for line in printed.splitlines():
+            if line.startswith("archive_command = '"):
+                return line.split(" = ", 1)[1].strip()[1:-1].replace("''", "'")
+        return None
 
 
 @dataclass

@@ -412,7 +412,7 @@ def test_wal_check_and_pg_settings(request: pytest.FixtureRequest) -> None:
                      and not line.startswith("#"))
         assert lines["archive_mode"] == "on"
         assert lines["wal_level"].startswith("replica")
-        assert lines["archive_command"] == conf_quote(archive_command(site.config, SOURCE))
+        assert lines["archive_command"] == conf_quote(archive_command(site.config, SOURCE, str(site.spool)))
         assert lines["restore_command"] == conf_quote(restore_command(site.config, SOURCE))
         assert "archive_timeout" in lines
         command = shlex.split(archive_command(site.config, SOURCE))

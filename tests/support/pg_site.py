@@ -81,8 +81,8 @@ def start_promoted(binaries: PgBinaries, pgdata: Path, settings: Mapping[str, st
 
 
 def fast_path_archive_command(config: Path) -> str:
-    """The archive_command ``backupctl pg-settings`` prints."""
-    return archive_command(config, SOURCE)
+    """The archive_command ``backupctl pg-settings`` prints (the site's spool is ``spool`` beside its config)."""
+    return archive_command(config, SOURCE, str(config.parent / "spool" / SOURCE))
 
 
 def console_archive_command(config: Path) -> str:

@@ -45,6 +45,7 @@ from backupctl.wal.agent.protocol import (
     PROTOCOL,
     SOCKET_NAME,
     WAIT,
+    archived_dir,
     frame,
     plausible_name,
     read_frames,
@@ -105,6 +106,8 @@ class Pusher:
         self.archived = ArchiveView()  # one folder listing answers many pushes (S3: a PUT per segment)
         self.socket_path = os.path.join(spool, SOCKET_NAME)
         self.prefetch_dir = os.path.join(spool, PREFETCH_DIR)
+        self.archived_dir = archived_dir(spool)
+        self.markers = True  # false once pg_wal turned out to be on another filesystem than the spool
         self.socket_ino = 0
         # No healthy push or fetch takes longer than a few store timeouts (each request is bounded).
         self.job_deadline = 3 * config.wal.timeout + 30
@@ -173,9 +176,52 @@ class Pusher:
         repo, guard = self.repo()
         result = push_file(repo, self.source, job.path, guard, self.archived)
         job.stat = list(result.stat)
+        self._mark_archived(job)
         self.log.info("pushed", name=job.name, result=result.status, seconds=round(result.seconds, 3),
                       priority=job.priority)
         return {"status": "ok", "key": result.key, "result": result.status}
+
+    def _mark_archived(self, job: Job) -> None:
+        """Leave the marker that lets archive_command's shell test answer for this file (``archived_dir``).
+
+        The hard link is made from the path, then proven to be the inode (and size and mtime) that was read
+        and pushed; anything else, or a link the filesystem refuses, leaves no marker: the call then asks.
+        """
+        if not self.markers or job.stat is None or not os.path.exists(_ready_file(job.path)):
+            return
+        staging = os.path.join(self.archived_dir, f".{job.name}.{threading.get_ident()}")
+        try:
+            os.link(job.path, staging)
+            st = os.stat(staging)
+            if [st.st_ino, st.st_size, st.st_mtime_ns] == job.stat:
+                os.rename(staging, os.path.join(self.archived_dir, job.name))
+        except OSError as exc:
+            if exc.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+                self.markers = False
+                self.log.info("no markers: archive_command asks the pusher for every file", error=exc.strerror,
+                              spool=self.spool, wal=os.path.dirname(job.path))
+        finally:
+            _unlink(staging)
+
+    def _prune_markers(self) -> None:
+        """Drop the markers of files PostgreSQL no longer holds ready (archived, or gone), or that changed."""
+        try:
+            names = os.listdir(self.archived_dir)
+        except OSError:
+            return
+        with self.lock:
+            pushed = {name: (job.path, job.stat) for name, job in self.pushes.items() if job.op == "push"}
+        for name in names:
+            if name.startswith("."):
+                continue  # a link being made (``_mark_archived``)
+            path, stat_ = pushed.get(name, ("", None))
+            try:
+                st = os.stat(os.path.join(self.archived_dir, name))
+                keep = (stat_ == [st.st_ino, st.st_size, st.st_mtime_ns] and os.path.exists(_ready_file(path)))
+            except OSError:
+                keep = False
+            if not keep:
+                _unlink(os.path.join(self.archived_dir, name))
 
     def _run_fetch(self, job: Job) -> dict[str, Any]:
         repo, _guard = self.repo()
@@ -365,8 +411,9 @@ class Pusher:
     # -- the main loop --
 
     def run(self, pg_wal: str | None = None) -> None:
-        shutil.rmtree(self.prefetch_dir, ignore_errors=True)
-        os.mkdir(self.prefetch_dir, 0o700)
+        for private in (self.prefetch_dir, self.archived_dir):
+            shutil.rmtree(private, ignore_errors=True)
+            os.mkdir(private, 0o700)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket_path)
@@ -410,6 +457,8 @@ class Pusher:
             deadline = time.monotonic() + wal_config.timeout
             while self.running and time.monotonic() < deadline:
                 time.sleep(0.05)
+            # Markers vouch for this pusher's config: a changed one may name another repository.
+            shutil.rmtree(self.archived_dir, ignore_errors=True)
             shutil.rmtree(self.prefetch_dir, ignore_errors=True)
             self.log.info("pusher stopped", pid=os.getpid())
 
@@ -433,12 +482,18 @@ class Pusher:
                         jobs.pop(name)
                         if job.op == "fetch":
                             _unlink(job.path)
+        self._prune_markers()
         if self.log_file is not None:
             self.log_file.rotate()
         if gone or changed or idle:
             reason = "socket removed" if gone else "config changed" if changed else "idle"
             self.log.info("pusher exiting", reason=reason)
             self.stopping.set()
+
+
+def _ready_file(path: str) -> str:
+    """The archive_status file that says PostgreSQL waits for the file at ``path`` to be archived."""
+    return os.path.join(os.path.dirname(path), "archive_status", os.path.basename(path) + ".ready")
 
 
 def _unlink(path: str) -> None:

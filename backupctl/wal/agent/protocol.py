@@ -24,6 +24,7 @@ LOCK_NAME = "pusher.lock"
 PID_NAME = "pusher.pid"
 LOG_NAME = "pusher.log"
 PREFETCH_DIR = "prefetch"
+ARCHIVED_DIR = "archived"  # markers of segments the pusher has archived (``archived_marker``)
 HEARTBEAT = 1.0  # seconds between "still working" messages to a waiting client
 
 _HEX = frozenset("0123456789ABCDEF")
@@ -43,6 +44,22 @@ def plausible_name(name: str) -> bool:
     if len(name) == 40 and name.endswith(".backup") and name[24] == ".":
         return hex_(name[:24]) and hex_(name[25:33])
     return False
+
+
+def archived_dir(spool: str) -> str:
+    """Where the pusher keeps its markers: one hard link per ready file it has archived, named like it.
+
+    A marker is a second name of the very inode PostgreSQL marked ready, made only after that file is
+    durable in the repository, so ``[ archived/NAME -ef pg_wal/NAME ]`` (same device and inode) proves
+    "this very file is archived" with no process but the shell: archive_command costs ~1 ms instead of an
+    interpreter's start for every segment the pusher has read ahead. A ready segment is never rewritten
+    in place (PostgreSQL recycles a segment by renaming it, once archived); the pusher still drops a
+    marker whose file's size or mtime changed, every marker once PostgreSQL has marked its file done, and
+    all of them when it exits (its config may have changed) and when it starts. Only ready files in a
+    ``pg_wal`` get markers (a file pushed by hand is always checked by the pusher), and none when the
+    spool is on another filesystem than pg_wal: every call then asks the pusher.
+    """
+    return spool.rstrip("/") + "/" + ARCHIVED_DIR
 
 
 def frame(message: dict[str, Any]) -> bytes:

@@ -65,8 +65,9 @@ def fingerprint(path: str) -> list[Any]:
     return [os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns]
 
 
-def default_spool_root() -> str:
-    return f"/tmp/backupctl-{os.geteuid()}"
+def default_spool_root(uid: int | None = None) -> str:
+    """/tmp/backupctl-UID: the spool root of a user (by default, this process's) without ``[wal] spool_dir``."""
+    return f"/tmp/backupctl-{os.geteuid() if uid is None else uid}"
 
 
 def spool_for(spool_dir: str | None, source: str) -> str:
