@@ -29,7 +29,7 @@ def effective_user() -> str:
 
 
 def switched_from_root() -> str | None:
-    """Why root became the effective user, for errors: "started as root, acting as the owner of pgdata D"."""
+    """Why root became the effective user, for errors: "started as root, backupctl acts as the owner of pgdata D"."""
     return _switched
 
 
