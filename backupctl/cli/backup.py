@@ -15,7 +15,8 @@ from backupctl.core.errors import BackupctlError, ConfigError
 @click.command()
 @click.argument("source")
 @click.option("--type", "backup_type", type=click.Choice(["sqlite", "logical", "full", "incr"]),
-              help="Backup type (default: sqlite for SQLite sources, logical for PostgreSQL).")
+              help="Backup type (default: full for a PostgreSQL source with pgdata and no --database, else "
+                   "logical; sqlite for SQLite sources).")
 @click.option("--database", "databases", multiple=True, metavar="NAME",
               help="Logical: back up only this database (repeatable; default: all, or the config's list).")
 @click.option("--export-json", is_flag=True, help="SQLite: also store each table as JSON lines, and the DDL.")
@@ -26,13 +27,19 @@ def backup(state: State, source: str, backup_type: str | None, databases: tuple[
            export_json: bool, labels: tuple[str, ...], output: str) -> None:
     """Back up a configured SOURCE into the repository."""
     from backupctl.cli.output import writer
+    from backupctl.core.log import get_logger
     from backupctl.engines.base import BackupOptions
+    from backupctl.engines.registry import default_type
     from backupctl.repo.repository import open_repository
     from backupctl.services.backup import backup_source
 
     options = BackupOptions(export_json=export_json, labels=_labels(labels), databases=databases)
     config = state.config()
     src = config.source(source)
+    if backup_type is None:
+        backup_type, why = default_type(src, databases)
+        if why:
+            get_logger(__name__).info("no --type given", type=backup_type, reason=why)
     act_as(config, "backup", source)
     with open_repository(config) as repo:
         manifest = backup_source(repo, src, backup_type, options)

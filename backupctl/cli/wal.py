@@ -106,6 +106,7 @@ def wal_check(state: State, source: str | None, timeout: float, output: str) -> 
 
     config = state.config()
     src = select_source(config, source)
+    act_as(config, "server", src.name)  # as root: connect as the server's user (peer authentication), like backup
     with open_wal_repository(config) as repo:
         result = switch_and_wait(repo, src, timeout)
     writer(output).wal_checked(src.name, result)

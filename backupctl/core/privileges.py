@@ -17,6 +17,20 @@ from backupctl.core.errors import ConfigError
 from backupctl.core.log import get_logger
 
 log = get_logger(__name__)
+_switched: str | None = None  # why this process, started as root, now runs as another user
+
+
+def effective_user() -> str:
+    """The name of the user this process acts as (``uid N`` when it has none): errors about files name it."""
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return f"uid {os.geteuid()}"
+
+
+def switched_from_root() -> str | None:
+    """Why root became the effective user, for errors: "started as root, backupctl acts as the owner of pgdata D"."""
+    return _switched
 
 
 def become_server_user(source: PostgresSource) -> None:
@@ -69,4 +83,6 @@ def _become(owner_uid: int, what: str) -> None:
     os.setuid(owner.pw_uid)
     os.environ["HOME"] = owner.pw_dir
     os.environ["USER"] = os.environ["LOGNAME"] = owner.pw_name
+    global _switched
+    _switched = f"started as root, backupctl acts as the owner of {what}"
     log.debug("running as the owner", user=owner.pw_name, of=what)

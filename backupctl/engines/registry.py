@@ -7,7 +7,7 @@ with one line naming the known ones.
 
 from __future__ import annotations
 
-from backupctl.core.config import SourceConfig
+from backupctl.core.config import PostgresSource, SourceConfig
 from backupctl.core.errors import ConfigError
 from backupctl.engines.base import Engine, SourceKind
 from backupctl.engines.pg_logical import LogicalEngine
@@ -45,11 +45,29 @@ def engine_of(backup_type: str) -> Engine:
     raise ConfigError(f"unknown backup type {backup_type!r} (types: {', '.join(BACKUP_TYPES)})")
 
 
-def engine_for(source: SourceConfig, backup_type: str | None) -> tuple[Engine, str]:
-    """The engine and type of a backup of ``source`` asked for with ``--type backup_type`` (None: the
-    default); a type the source's kind does not take is a usage error."""
+def default_type(source: SourceConfig, databases: tuple[str, ...] = ()) -> tuple[str, str | None]:
+    """The type of ``backup SOURCE`` without --type, and why when the source's kind has a choice (the CLI
+    says which it chose).
+
+    A PostgreSQL source with ``pgdata`` is set up for physical backups, and a DBA used to pgBackRest or Barman
+    expects their ``backup``: a physical full. Without ``pgdata`` (a server elsewhere, dumps only), or with
+    ``--database`` naming what to dump, it is the kind's default (logical; SQLite's only type). Scheduled jobs
+    name their type (``full``, ``incr``, ``logical``, SQLite's ``backup``) and are not affected.
+    """
     kind = source_kind(source)
-    wanted = backup_type or kind.default_type
+    if len(kind.backup_types) == 1:
+        return kind.default_type, None
+    if isinstance(source, PostgresSource) and source.pgdata and not databases:
+        return "full", f"source {source.name} has pgdata; --type logical for a dump"
+    why = "--database names what to dump" if databases else f"source {source.name} has no pgdata"
+    return kind.default_type, why
+
+
+def engine_for(source: SourceConfig, backup_type: str | None, databases: tuple[str, ...] = ()) -> tuple[Engine, str]:
+    """The engine and type of a backup of ``source`` asked for with ``--type backup_type`` (None: the
+    default, ``default_type``); a type the source's kind does not take is a usage error."""
+    kind = source_kind(source)
+    wanted = backup_type or default_type(source, databases)[0]
     for engine in kind.engines:
         if wanted in engine.backup_types:
             return engine, wanted

@@ -114,6 +114,6 @@ def backup_source(repo: Repository, source: SourceConfig, backup_type: str | Non
                   options: BackupOptions) -> Manifest:
     """Back ``source`` up with the engine of the requested type; a type or option the source cannot take is
     a usage error."""
-    engine, chosen = engine_for(source, backup_type)
+    engine, chosen = engine_for(source, backup_type, options.databases)
     engine.check_options(source, options)
     return engine.backup(repo, source, chosen, options, lambda typ: _Run(repo, source.name, typ))

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import pwd
 import secrets
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
@@ -70,25 +69,29 @@ def warn_if_readable_by_others(path: Path, what: str) -> None:
                                      mode=oct(mode & 0o777))
 
 
-def _storage_error(exc: OSError, what: str) -> StorageError:
+def _storage_error(exc: OSError, what: str, path: Path, root: Path) -> StorageError:
+    """One line for an OSError on ``path`` below the repository ``root``: the absolute path, and for a
+    refused permission the effective user (and why root became it) and the ``chown`` that fixes it."""
+    failed = exc.filename if isinstance(exc.filename, str) else ""
+    where = Path(failed if failed and not Path(failed).name.startswith(TEMP_PREFIX) else path).absolute()
     if exc.errno == errno.ENOSPC:
-        return StorageError(f"{what}: no space left on the repository's filesystem")
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        try:
-            user = pwd.getpwuid(os.geteuid()).pw_name
-        except KeyError:
-            user = f"uid {os.geteuid()}"
-        where = f" {exc.filename}" if exc.filename else ""
-        return StorageError(f"{what}: permission denied for user {user} on{where or ' the repository'} "
-                            f"({exc.strerror}); every writer must run as the repository's owner: `chown -R` the "
-                            "repository to that user and run backupctl as it (or as root, which switches to it)")
-    return StorageError(f"{what}: {exc.strerror or exc}")
+        return StorageError(f"{what} {where}: no space left on the repository's filesystem")
+    if exc.errno == errno.EROFS:
+        return StorageError(f"{what} {where}: the repository's filesystem is read-only")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        from backupctl.core.privileges import effective_user, switched_from_root  # the error path only
+
+        user = effective_user()
+        why = switched_from_root()
+        return StorageError(f"{what} {where}: permission denied for user {user}{f' ({why})' if why else ''}; "
+                            f"every writer of the repository runs as its owner: chown -R {user}: {root.absolute()}")
+    return StorageError(f"{what} {where}: {exc.strerror or exc}")
 
 
 class _LocalWriter(ObjectWriter):
     def __init__(self, storage: LocalStorage, key: str) -> None:
         self._final = storage.path_for(key)
-        self._key = key
+        self._root = storage.root
         self._temp = self._final.parent / f"{TEMP_PREFIX}{self._final.name}.{secrets.token_hex(6)}"
         self._file: BinaryIO | None = self._open_temp()
 
@@ -107,16 +110,16 @@ class _LocalWriter(ObjectWriter):
                 return create_private(self._temp)
             except (FileNotFoundError, FileExistsError) as exc:
                 if not attempts_left:
-                    raise _storage_error(exc, f"cannot write {self._key}") from exc
+                    raise _storage_error(exc, "cannot write", self._final, self._root) from exc
             except OSError as exc:
-                raise _storage_error(exc, f"cannot write {self._key}") from exc
+                raise _storage_error(exc, "cannot write", self._final, self._root) from exc
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         assert self._file is not None, "write after commit or abort"
         try:
             return self._file.write(data)
         except OSError as exc:
-            raise _storage_error(exc, f"cannot write {self._key}") from exc
+            raise _storage_error(exc, "cannot write", self._final, self._root) from exc
 
     def _finish_temp(self) -> None:
         """Flush and fsync the temp file, so the rename that follows publishes complete data."""
@@ -133,7 +136,7 @@ class _LocalWriter(ObjectWriter):
             fsync_dir(self._final.parent)
         except OSError as exc:
             self.abort()
-            raise _storage_error(exc, f"cannot store {self._key}") from exc
+            raise _storage_error(exc, "cannot store", self._final, self._root) from exc
 
     def commit_if_absent(self) -> bool:
         """Publish only if the key is free: link(2) refuses an existing name atomically."""
@@ -143,7 +146,7 @@ class _LocalWriter(ObjectWriter):
         except FileExistsError:
             return False
         except OSError as exc:
-            raise _storage_error(exc, f"cannot store {self._key}") from exc
+            raise _storage_error(exc, "cannot store", self._final, self._root) from exc
         finally:
             self.abort()
         fsync_dir(self._final.parent)
@@ -188,7 +191,7 @@ class LocalStorage(Storage):
         except (FileNotFoundError, NotADirectoryError) as exc:
             raise ObjectNotFound(f"{key} does not exist in {self.location}") from exc
         except OSError as exc:
-            raise _storage_error(exc, f"cannot read {key}") from exc
+            raise _storage_error(exc, "cannot read", self.path_for(key), self.root) from exc
 
     def head(self, key: str) -> ObjectInfo | None:
         try:
@@ -210,7 +213,7 @@ class LocalStorage(Storage):
         except (FileNotFoundError, NotADirectoryError):
             return
         except OSError as exc:
-            raise _storage_error(exc, f"cannot list {rel or '/'}") from exc
+            raise _storage_error(exc, "cannot list", directory, self.root) from exc
         ordered = sorted(entries, key=lambda e: e.name + "/" if e.is_dir() else e.name)
         for entry in ordered:
             key = rel + entry.name
@@ -228,7 +231,7 @@ class LocalStorage(Storage):
         try:
             return sorted(f"{prefix}{e.name}/" for e in os.scandir(directory) if e.is_dir())
         except OSError as exc:
-            raise _storage_error(exc, f"cannot list {prefix or '/'}") from exc
+            raise _storage_error(exc, "cannot list", directory, self.root) from exc
 
     def delete(self, keys: Iterable[str]) -> None:
         """Remove ``keys``; durable on return: every directory changed is fsynced once, at the end."""
@@ -240,7 +243,7 @@ class LocalStorage(Storage):
             except FileNotFoundError:
                 continue
             except OSError as exc:
-                raise _storage_error(exc, f"cannot delete {key}") from exc
+                raise _storage_error(exc, "cannot delete", path, self.root) from exc
             changed.add(self._prune_empty_dirs(path.parent))
         for directory in sorted(changed, reverse=True):
             try:
@@ -248,7 +251,7 @@ class LocalStorage(Storage):
             except FileNotFoundError:
                 continue  # emptied and pruned by a later key: its parent is in ``changed``
             except OSError as exc:
-                raise _storage_error(exc, f"cannot delete from {directory}") from exc
+                raise _storage_error(exc, "cannot delete from", directory, self.root) from exc
 
     def stale_temp_files(self, older_than: datetime) -> list[tuple[str, int]]:
         """The hidden temp files a killed writer left behind (listings never show them), judged by their

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
+import shlex
+import shutil
 import stat
+import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +35,33 @@ def test_init_is_idempotent_and_keeps_the_marker(
     assert json.loads(marker)["version"] == 1
     # The conditional-write probe cleans up after itself.
     assert [i.key for i in backend.storage().list("")] == ["backupctl.json"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: root acts as the owner of a PostgreSQL source's pgdata")
+def test_init_as_root_names_the_path_the_user_and_the_chown_that_fixes_it(cli: CliRunner) -> None:
+    root = Path(tempfile.mkdtemp(prefix="backupctl-owner-"))  # not tmp_path: 0700 root, postgres cannot enter
+    try:
+        root.chmod(0o755)
+        pgdata = root / "pgdata"
+        pgdata.mkdir()
+        shutil.chown(pgdata, "postgres", "postgres")
+        repo = root / "repo"
+        repo.mkdir(mode=0o755)  # root's, as `mkdir` run as root leaves it
+        config = write_toml(root / "backupctl.toml", {"repository": {"type": "local", "path": str(repo)},
+                                                      "sources": {"main": {"kind": "postgres", "pgdata": str(pgdata)}}})
+        refused = cli(config, "init")
+        assert refused.code == 1
+        assert refused.error_line == (
+            f"backupctl: error: cannot write {repo}/.probe: permission denied for user postgres (started as root, "
+            f"backupctl acts as the owner of pgdata {pgdata}); every writer of the repository runs as its owner: "
+            f"chown -R postgres: {repo}")
+        fix = refused.error_line.partition("runs as its owner: ")[2]
+        subprocess.run(shlex.split(fix), check=True)  # the command the error gives is the whole fix
+        created = cli(config, "init")
+        assert created.code == 0, created.stderr
+        assert (repo / "backupctl.json").stat().st_uid == pwd.getpwnam("postgres").pw_uid
+    finally:
+        shutil.rmtree(root)
 
 
 def test_commands_need_an_initialised_repository(

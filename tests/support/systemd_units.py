@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 UNITS = Path(__file__).resolve().parents[2] / "systemd"
-INSTALLED = "/opt/backupctl/.venv/bin/backupctl"  # the path the units name
+INSTALLED = "/opt/backupctl/bin/backupctl"  # the path the units name
 JOBS = ("backup", "expire", "verify", "drill")  # each a templated service and timer
 
 

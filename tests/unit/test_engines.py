@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from backupctl.core.config import SOURCE_KINDS, ScheduleConfig
+from backupctl.core.config import SOURCE_KINDS, ScheduleConfig, parse_config
 from backupctl.core.errors import ConfigError
 from backupctl.engines.base import BackupOptions, Engine
 from backupctl.engines.registry import (
@@ -19,6 +20,7 @@ from backupctl.engines.registry import (
     PHYSICAL,
     PHYSICAL_TYPES,
     SQLITE,
+    default_type,
     engine_for,
     engine_of,
     source_kind,
@@ -71,6 +73,22 @@ def test_engine_for_picks_the_default_and_the_asked_type() -> None:
     assert engine_for(_source("sqlite"), None) == (SQLITE, "sqlite")
     assert engine_for(_source("postgres"), None) == (LOGICAL, "logical")
     assert engine_for(_source("postgres"), "incr") == (PHYSICAL, "incr")
+
+
+def test_backup_without_type_is_a_physical_full_when_the_source_has_pgdata() -> None:
+    sources = {"phys": {"kind": "postgres", "pgdata": "/var/lib/postgresql/15/main"},
+               "dumps": {"kind": "postgres", "host": "db.internal"},
+               "app": {"kind": "sqlite", "path": "/srv/app.sqlite3"}}
+    config = parse_config({"repository": {"type": "local", "path": "/srv/repo"}, "sources": sources},
+                          Path("/etc/backupctl/backupctl.toml"))
+    phys, dumps, app = (config.source(name) for name in ("phys", "dumps", "app"))
+    assert default_type(phys) == ("full", "source phys has pgdata; --type logical for a dump")
+    assert engine_for(phys, None) == (PHYSICAL, "full")
+    assert default_type(phys, ("app",)) == ("logical", "--database names what to dump")
+    assert engine_for(phys, None, ("app",)) == (LOGICAL, "logical")
+    assert default_type(dumps) == ("logical", "source dumps has no pgdata")
+    assert default_type(app) == ("sqlite", None)  # one type: nothing to choose, nothing said
+    assert job_spec(phys, "backup").backup_type == "logical"  # a schedule's jobs name their type: unchanged
 
 
 def test_a_type_the_kind_does_not_take_is_one_line() -> None:
