@@ -96,7 +96,12 @@ class CompressionConfig:
     """[compression]: how objects are compressed before they are encrypted."""
 
     algorithm: Literal["zstd", "lz4", "gzip", "none"] = option("zstd", doc="the compressor of every object")
-    level: int | None = option(None, doc="the compressor's level; default per algorithm: zstd 1, lz4 0, gzip 6")
+    level: int | None = option(
+        None, doc="the compressor's level; default per algorithm: zstd 1, lz4 0, gzip 6",
+        range_by=("algorithm", {
+            # zstd's 20-22 ("ultra") need a window of up to 128 MiB per worker and take minutes per GiB.
+            "zstd": (1, 19, "20-22 need far more memory and time, and store little less"),
+            "lz4": (0, 16, None), "gzip": (1, 9, None), "none": None}))
     threads: int = option(0, doc="zstd worker threads; 0 lets backupctl choose from the CPU count")
 
 
