@@ -25,6 +25,8 @@ from backupctl.monitoring import check as monitor
 from backupctl.repo import layout
 
 if TYPE_CHECKING:  # types only: the writers take what the services return
+    from pathlib import Path
+
     from backupctl.monitoring.check import Finding
     from backupctl.monitoring.status import DrillSummary, SourceStatus, VerifySummary, Window
     from backupctl.repo.catalog import Manifest
@@ -115,6 +117,10 @@ class Writer(ABC):
         """`expire`: the fate of every backup and WAL range, and why."""
 
     @abstractmethod
+    def key_made(self, recipient: str, identity_file: Path) -> None:
+        """`keygen`: the recipient (public key) of the identity written to ``identity_file``."""
+
+    @abstractmethod
     def deleted(self, outcome: DeleteOutcome) -> None:
         """`delete`: the backups it removes (or would), why, and what protects them."""
 
@@ -181,6 +187,9 @@ class JsonWriter(Writer):
 
     def expired(self, rows: list[dict[str, Any]], dry_run: bool) -> None:
         self.emit(rows)
+
+    def key_made(self, recipient: str, identity_file: Path) -> None:
+        self.emit({"recipient": recipient, "identity_file": str(identity_file)})
 
     def deleted(self, outcome: DeleteOutcome) -> None:
         self.emit(outcome.rows())
@@ -453,6 +462,9 @@ class TableWriter(Writer):
                          f"({human_size(sum(r['stored_size'] for r in gone))}) and "
                          f"{sum(r['segments'] for r in gone_wal)} WAL segments "
                          f"({human_size(sum(r['stored_size'] for r in gone_wal))})")
+
+    def key_made(self, recipient: str, identity_file: Path) -> None:
+        click.echo(recipient)  # alone on its line: scripts take it with $(backupctl keygen --to FILE)
 
     def deleted(self, outcome: DeleteOutcome) -> None:
         rows, dry_run = outcome.rows(), outcome.dry_run

@@ -363,6 +363,14 @@ def _read(path: Path) -> dict[str, Any]:
         ) from exc
     except PermissionError as exc:
         raise ConfigError(f"config file {path} is not readable by this user") from exc
+    except IsADirectoryError as exc:
+        raise ConfigError(f"config file {path} is a directory: pass the file in it, e.g. --config "
+                          f"{path / 'backupctl.toml'}") from exc
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start} is 0x{exc.object[exc.start]:02x})"
+                          ": pass the TOML config file, not a binary or another encoding") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
 

@@ -105,14 +105,14 @@ def test_source_kind_is_fixed_on_first_use(tmp_path: Path, local_backend: Backen
 
 def test_keygen(tmp_path: Path, cli: CliRunner) -> None:
     key = tmp_path / "age.key"
-    made = cli(None, "keygen", "--output", str(key))
+    made = cli(None, "keygen", "--to", str(key))
     assert made.code == 0
     recipient = made.stdout.strip()
     assert recipient.startswith("age1") and f"# public key: {recipient}" in key.read_text()
     assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
     assert "AGE-SECRET-KEY" not in made.stdout + made.stderr
     before = key.read_bytes()
-    again = cli(None, "keygen", "--output", str(key))
+    again = cli(None, "keygen", "--to", str(key))
     assert again.code == 1 and "already exists" in again.error_line
     assert key.read_bytes() == before
 
