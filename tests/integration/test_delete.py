@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from backupctl.demo import make_sample_sqlite
+from backupctl.repo import lease
 from tests.support.backends import Backend
 from tests.support.cli import CliRunner, backup_id, cli_env
 from tests.support.config import make_config
@@ -101,3 +102,26 @@ def test_a_killed_delete_never_leaves_a_listed_backup_with_missing_objects(
     collected = cli(config, "repo", "gc", "--grace", "0s", "-o", "json")
     assert collected.code == 0, collected.stderr
     assert _folder(local_backend, middle) == []
+
+
+def test_a_backup_being_read_is_refused_and_forced_leaves_its_data_for_gc(tmp_path: Path, local_backend: Backend,
+                                                                         cli: CliRunner) -> None:
+    config, (oldest, _middle, newest) = _three_backups(tmp_path, local_backend, cli)
+    storage = local_backend.storage()
+    with lease.shared(storage, "devdb", operation="restore", backups=[oldest]):
+        refused = cli(config, "delete", oldest)
+        assert refused.code == 2 and f"{oldest} is protected (read by restore on " in refused.error_line
+        forced = cli(config, "delete", oldest, "--force", "-o", "json")
+        assert forced.code == 0, forced.stderr
+        row, = json.loads(forced.stdout)
+        assert row["protected_by"][0].startswith("read by restore on")
+        assert row["result"].startswith("manifest removed; data left for `repo gc` (restore on ")
+        assert oldest not in _listed(cli, config)
+        assert sorted(key.rsplit("/", 1)[1] for key in _folder(local_backend, oldest)) == \
+            ["database.sqlite3.zst", "expired.json"]
+        busy = json.loads(cli(config, "repo", "gc", "--grace", "0s", "-o", "json").stdout)
+        assert [r["action"] for r in busy if r["id"] == oldest] == ["keep"]
+    done = json.loads(cli(config, "repo", "gc", "-o", "json").stdout)
+    assert [(r["item"], r["result"]) for r in done if r["id"] == oldest] == [("expired-backup", "removed")]
+    assert _folder(local_backend, oldest) == []
+    assert newest in _listed(cli, config)
