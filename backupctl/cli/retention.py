@@ -56,8 +56,8 @@ def delete(state: State, backup_id: str, dry_run: bool, force: bool, output: str
     with _open_for(state, backup_id) as (repo, manifest):
         outcome = run(repo, config.source(manifest.source), manifest.id, dry_run=dry_run, force=force)
     writer(output).deleted(outcome)
-    if dry_run and outcome.refusal and not force:
-        click.echo(f"note: the real run refuses without --force: {outcome.refusal}", err=True)
+    if dry_run and outcome.protected and not force:
+        click.echo(f"note: the real run refuses without --force: {outcome.protected}", err=True)
 
 
 @click.command()

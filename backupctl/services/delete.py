@@ -47,14 +47,22 @@ class DeleteOutcome:
     backup_id: str
     source: str
     doomed: list[Doomed]
-    refusal: str | None  # why the run refuses without --force; None: nothing protects these backups
+    protected: str | None  # what refuses the run without --force; None: nothing protects these backups
     dry_run: bool
     force: bool
     results: dict[str, str] = field(default_factory=dict)
 
     @property
     def proceeds(self) -> bool:
-        return self.refusal is None or self.force
+        return self.protected is None or self.force
+
+    @property
+    def refusal(self) -> str | None:
+        """The one line a refused real run fails with."""
+        if self.protected is None:
+            return None
+        return (f"delete of {self.backup_id} refused: {self.protected}: check with `backupctl delete "
+                f"{self.backup_id} --dry-run`, then run again with --force")
 
     @property
     def leaves_wal(self) -> bool:
@@ -88,19 +96,16 @@ def plan_delete(inputs: ExpireInputs, backup_id: str, *, dry_run: bool, force: b
                for m in built_on]
     for d in doomed:
         d.protected_by = protections(d.rules, going)
-    return DeleteOutcome(backup_id, inputs.source, doomed, _refusal(backup_id, doomed), dry_run, force)
+    return DeleteOutcome(backup_id, inputs.source, doomed, _protected(doomed), dry_run, force)
 
 
-def _refusal(backup_id: str, doomed: list[Doomed]) -> str | None:
-    """One line: what protects the backups, and how to go ahead."""
+def _protected(doomed: list[Doomed]) -> str | None:
+    """What protects the backups, in words (None: nothing)."""
     reasons = [f"{d.manifest.id} is protected ({'; '.join(d.protected_by)})" for d in doomed if d.protected_by]
     if len(doomed) > 1:
         reasons.append(f"{len(doomed) - 1} incremental backup(s) build on it and cannot be restored without it "
                        f"({', '.join(d.manifest.id for d in doomed[1:])}); --force deletes them too")
-    if not reasons:
-        return None
-    return (f"delete of {backup_id} refused: {'; '.join(reasons)}: check with `backupctl delete {backup_id} "
-            "--dry-run`, then run again with --force")
+    return "; ".join(reasons) or None
 
 
 def delete(repo: Repository, source: SourceConfig, backup_id: str, *, dry_run: bool = False, force: bool = False,
