@@ -51,7 +51,7 @@ for command in (
     backup.backup, backup.list_, backup.show, backup.verify,
     restore.restore,
     wal.wal_push, wal.wal_fetch, wal.wal_group, wal.pg_settings,
-    retention.expire, retention.pin, retention.unpin,
+    retention.expire, retention.delete, retention.pin, retention.unpin,
     ops.status, ops.check, ops.metrics,
     scheduler.scheduler,
     drill.drill_group,

@@ -23,12 +23,13 @@ if TYPE_CHECKING:  # types only; see the module docstring for why the modules lo
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+FORMATS = ("table", "json")  # what -o/--output takes, in every command
 OUTPUT = click.option(
-    "--output", "-o", type=click.Choice(["table", "json"]), default="table", show_default=True,
+    "--output", "-o", type=click.Choice(FORMATS), default="table", show_default=True,
     help="Result format: a table for people, JSON for programs.",
 )
 AUTO_OUTPUT = click.option(
-    "--output", "-o", type=click.Choice(["table", "json"]), default=None,
+    "--output", "-o", type=click.Choice(FORMATS), default=None,
     help="Result format (default: a table on a terminal, JSON otherwise).",
 )
 

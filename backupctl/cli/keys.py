@@ -12,18 +12,40 @@ from pathlib import Path
 
 import click
 
-from backupctl.cli.common import State, act_as, pass_state
+from backupctl.cli.common import FORMATS, State, act_as, pass_state
+from backupctl.core.errors import ConfigError
+
+
+class _Format(click.Choice):
+    """``-o/--output`` as everywhere else, with one line for the old ``--output FILE`` (before issue 15, keygen's
+    --output was the key's path): a path is refused with the new option to use, never taken as a format."""
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> object:
+        if value not in self.choices:
+            raise ConfigError(f"keygen --output {value}: --output is the result format ({' or '.join(self.choices)}); "
+                              f"the key file is --to FILE, e.g. `backupctl keygen --to {value}`")
+        return value
 
 
 @click.command()
-@click.option("--output", "output", required=True, type=click.Path(path_type=Path), metavar="FILE",
-              help="Where to write the identity (private key); never overwritten.")
-def keygen(output: Path) -> None:
+@click.option("--to", "key_file", type=click.Path(path_type=Path), metavar="FILE",
+              help="Where to write the identity (private key), mode 0600; never overwritten.  [required]")
+@click.option("--output", "-o", type=_Format(list(FORMATS)), default="table", show_default=True,
+              help="Result format: the recipient alone for people and scripts, JSON for programs.")
+def keygen(key_file: Path | None, output: str) -> None:
     """Make an age key pair: identity to FILE (mode 0600), recipient (public key) on stdout."""
+    from backupctl.cli.output import writer
     from backupctl.repo.crypto import generate_key_file
 
-    click.echo(generate_key_file(output))
-    click.echo(f"identity written to {output}; put the recipient above in encryption.recipients", err=True)
+    if key_file is None:
+        raise ConfigError("keygen needs --to FILE: where to write the identity (private key), e.g. "
+                          "`backupctl keygen --to /etc/backupctl/age.key`")
+    if key_file.name in FORMATS:
+        raise ConfigError(f"keygen --to {key_file}: a key file named like an output format is a mistake more "
+                          f"often than not (the format is -o {key_file.name}); name it e.g. {key_file}.key")
+    recipient = generate_key_file(key_file)
+    writer(output).key_made(recipient, key_file.absolute())
+    click.echo(f"identity written to {key_file}; put the recipient in encryption.recipients", err=True)
 
 
 @click.group(name="recipients")

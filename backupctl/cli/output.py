@@ -25,9 +25,12 @@ from backupctl.monitoring import check as monitor
 from backupctl.repo import layout
 
 if TYPE_CHECKING:  # types only: the writers take what the services return
+    from pathlib import Path
+
     from backupctl.monitoring.check import Finding
     from backupctl.monitoring.status import DrillSummary, SourceStatus, VerifySummary, Window
     from backupctl.repo.catalog import Manifest
+    from backupctl.services.delete import DeleteOutcome
     from backupctl.services.forget_timeline import Forgotten
     from backupctl.services.pitr import Plan
     from backupctl.services.verify import VerifyResult
@@ -114,6 +117,14 @@ class Writer(ABC):
         """`expire`: the fate of every backup and WAL range, and why."""
 
     @abstractmethod
+    def key_made(self, recipient: str, identity_file: Path) -> None:
+        """`keygen`: the recipient (public key) of the identity written to ``identity_file``."""
+
+    @abstractmethod
+    def deleted(self, outcome: DeleteOutcome) -> None:
+        """`delete`: the backups it removes (or would), why, and what protects them."""
+
+    @abstractmethod
     def collected(self, rows: list[dict[str, Any]], dry_run: bool) -> None:
         """`repo gc`: the debris found, and what became of it."""
 
@@ -176,6 +187,12 @@ class JsonWriter(Writer):
 
     def expired(self, rows: list[dict[str, Any]], dry_run: bool) -> None:
         self.emit(rows)
+
+    def key_made(self, recipient: str, identity_file: Path) -> None:
+        self.emit({"recipient": recipient, "identity_file": str(identity_file)})
+
+    def deleted(self, outcome: DeleteOutcome) -> None:
+        self.emit(outcome.rows())
 
     def collected(self, rows: list[dict[str, Any]], dry_run: bool) -> None:
         self.emit(rows)
@@ -445,6 +462,26 @@ class TableWriter(Writer):
                          f"({human_size(sum(r['stored_size'] for r in gone))}) and "
                          f"{sum(r['segments'] for r in gone_wal)} WAL segments "
                          f"({human_size(sum(r['stored_size'] for r in gone_wal))})")
+
+    def key_made(self, recipient: str, identity_file: Path) -> None:
+        click.echo(recipient)  # alone on its line: scripts take it with $(backupctl keygen --to FILE)
+
+    def deleted(self, outcome: DeleteOutcome) -> None:
+        rows, dry_run = outcome.rows(), outcome.dry_run
+        result = [] if dry_run else ["RESULT"]
+        _table(None, ["ID", "TYPE", "FINISHED", "ACTION", "WHY", "PROTECTED BY", "OTHER RULES", *result], [
+            [r["id"], r["type"], r["finished_at"], r["action"], r["why"], "; ".join(r["protected_by"]) or "-",
+             "; ".join(rule for rule in r["rules"] if rule not in r["protected_by"]) or "-",
+             *([] if dry_run else [r["result"]])]
+            for r in rows
+        ])
+        gone = [r for r in rows if r["action"] == "remove"]
+        if not gone:
+            _console().print("refused: nothing is removed without --force")
+            return
+        wal = "; the WAL only they needed goes at the next `backupctl expire`" if outcome.leaves_wal else ""
+        _console().print(f"{'would remove' if dry_run else 'removed'} {len(gone)} backup(s) "
+                         f"({human_size(sum(r['stored_size'] for r in gone))}){wal}")
 
     def collected(self, rows: list[dict[str, Any]], dry_run: bool) -> None:
         if not rows:

@@ -1,4 +1,4 @@
-"""The retention commands: expire, pin and unpin (``repo gc`` is in ``cli.repo``).
+"""The retention commands: expire, delete, pin and unpin (``repo gc`` is in ``cli.repo``).
 
 Services and the writers are imported where they are used: start-up cost, see ``cli.common``.
 """
@@ -38,6 +38,26 @@ def expire(state: State, source: str, dry_run: bool, force: bool, output: str) -
     writer(output).expired(outcome.rows(), dry_run)
     if outcome.guard:
         click.echo(f"note: the real run refuses without --force: {outcome.guard}", err=True)
+
+
+@click.command()
+@click.argument("backup_id")
+@click.option("--dry-run", is_flag=True, help="Print what would be removed, and what protects it, and stop.")
+@click.option("--force", is_flag=True, help="Delete a backup retention protects (newest, pinned, read, the "
+              "recovery window's base), and the incrementals built on it.")
+@OUTPUT
+@pass_state
+def delete(state: State, backup_id: str, dry_run: bool, force: bool, output: str) -> None:
+    """Remove BACKUP_ID now, unless retention protects it; the WAL it alone needed goes at the next expire."""
+    from backupctl.cli.output import writer
+    from backupctl.services.delete import delete as run
+
+    config = state.config()
+    with _open_for(state, backup_id) as (repo, manifest):
+        outcome = run(repo, config.source(manifest.source), manifest.id, dry_run=dry_run, force=force)
+    writer(output).deleted(outcome)
+    if dry_run and outcome.protected and not force:
+        click.echo(f"note: the real run refuses without --force: {outcome.protected}", err=True)
 
 
 @click.command()

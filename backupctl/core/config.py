@@ -96,7 +96,12 @@ class CompressionConfig:
     """[compression]: how objects are compressed before they are encrypted."""
 
     algorithm: Literal["zstd", "lz4", "gzip", "none"] = option("zstd", doc="the compressor of every object")
-    level: int | None = option(None, doc="the compressor's level; default per algorithm: zstd 1, lz4 0, gzip 6")
+    level: int | None = option(
+        None, doc="the compressor's level; default per algorithm: zstd 1, lz4 0, gzip 6",
+        range_by=("algorithm", {
+            # zstd's 20-22 ("ultra") need a window of up to 128 MiB per worker and take minutes per GiB.
+            "zstd": (1, 19, "20-22 need far more memory and time, and store little less"),
+            "lz4": (0, 16, None), "gzip": (1, 9, None), "none": None}))
     threads: int = option(0, doc="zstd worker threads; 0 lets backupctl choose from the CPU count")
 
 
@@ -358,6 +363,14 @@ def _read(path: Path) -> dict[str, Any]:
         ) from exc
     except PermissionError as exc:
         raise ConfigError(f"config file {path} is not readable by this user") from exc
+    except IsADirectoryError as exc:
+        raise ConfigError(f"config file {path} is a directory: pass the file in it, e.g. --config "
+                          f"{path / 'backupctl.toml'}") from exc
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start} is 0x{exc.object[exc.start]:02x})"
+                          ": pass the TOML config file, not a binary or another encoding") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
 

@@ -15,6 +15,9 @@ present only when set:
 ``max``       the largest allowed value, inclusive
 ``positive``  True: the value must be above 0
 ``why``       a parenthetical added to the range error, e.g. "S3's smallest part"
+``range_by``  ``(sibling, {choice: (min, max, why or None) or None})``: a range that depends on the value of
+              another option of the same table (a compressor's level on its algorithm); None for a choice
+              the option does not apply to
 ``check``     ``f(value) -> problem | None`` for a format a type cannot say (a cron expression, a time zone)
 ``toml``      the key in the file, when a Python keyword forced another field name (``async_``)
 ``from_loader`` True on the fields the loader fills itself (``Config.file``, a source's ``name``)
@@ -69,13 +72,16 @@ def parse_size(text: str) -> int:
     return int(float(match.group(1)) * _SIZE_UNITS[unit])
 
 
+RangeBy = tuple[str, dict[str, tuple[float, float, str | None] | None]]
+
+
 def option(default: Any = dataclasses.MISSING, *, doc: str, factory: Callable[[], Any] | None = None,
            min: float | None = None, max: float | None = None, positive: bool = False,
            why: str | None = None, check: Callable[[Any], str | None] | None = None,
-           toml: str | None = None) -> Any:
+           toml: str | None = None, range_by: RangeBy | None = None) -> Any:
     """A schema field: its default (or ``factory``), its range and its doc, as the metadata keys above."""
     given = {"doc": doc, "min": min, "max": max, "positive": positive or None, "why": why, "check": check,
-             "toml": toml}
+             "toml": toml, "range_by": range_by}
     metadata = {key: value for key, value in given.items() if value is not None}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=metadata)
@@ -131,12 +137,23 @@ def _bound(hint: Any, value: float) -> str:
     return f"{value:g}"
 
 
-def range_problem(f: dataclasses.Field[Any], hint: Any, value: Any) -> str | None:
-    """What is wrong with an option's value by its metadata (range, ``check``), or None; unset is fine."""
+def range_problem(f: dataclasses.Field[Any], hint: Any, value: Any,
+                  table: dict[str, Any] | None = None) -> str | None:
+    """What is wrong with an option's value by its metadata (range, ``check``), or None; unset is fine.
+    ``table`` (every option of the table, set or default) is needed for a ``range_by`` range."""
     meta = f.metadata
     low, high = meta.get("min"), meta.get("max")
     if value is None:
         return None
+    if "range_by" in meta and table is not None:
+        sibling, ranges = meta["range_by"]
+        on = table[sibling]
+        if ranges.get(on) is None:
+            return f"does not apply to {sibling} {show(str, on)}: remove it"
+        low, high, why = ranges[on]  # type: ignore[misc]
+        if not low <= value <= high:
+            return f"must be between {_bound(hint, low)} and {_bound(hint, high)} for {sibling} {show(str, on)}" + \
+                (f" ({why})" if why else "")
     if meta.get("positive") and value <= 0:
         problem = "must be a positive duration" if without_none(hint) is Duration else "must be positive"
     elif low is not None and high is not None and not low <= value <= high:
@@ -155,6 +172,10 @@ def describe_range(f: dataclasses.Field[Any], hint: Any) -> str:
     meta = f.metadata
     if choices(hint):
         return " | ".join(f"`{show(hint, choice)}`" for choice in choices(hint))
+    if "range_by" in meta:
+        _sibling, ranges = meta["range_by"]
+        return ", ".join(f"{on}: {_bound(hint, bounds[0])} to {_bound(hint, bounds[1])}"
+                         for on, bounds in ranges.items() if bounds is not None)
     if meta.get("positive"):
         return "> 0"
     if "min" in meta and "max" in meta:
@@ -189,11 +210,14 @@ class Loader:
             key = join_key(where, toml_name(f))
             if toml_name(f) in table:
                 values[f.name] = self.convert(hints[f.name], table[toml_name(f)], key)
-                problem = range_problem(f, hints[f.name], values[f.name])
-                if problem:
-                    raise self.error(key, problem)
             elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise self.error(key, "is required")
+        complete = {f.name: values.get(f.name, f.default) for f in dataclasses.fields(cls)}
+        for f in dataclasses.fields(cls):
+            if f.name in values:
+                problem = range_problem(f, hints[f.name], values[f.name], complete)
+                if problem:
+                    raise self.error(join_key(where, toml_name(f)), problem)
         return cls(**values)
 
     def convert(self, hint: Any, value: Any, key: str) -> Any:

@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from backupctl import __version__
-from backupctl.core.errors import BackupctlError, IntegrityError, ObjectNotFound
+from backupctl.core.errors import BackupctlError, ConfigError, IntegrityError, ObjectNotFound
 from backupctl.repo import layout
 from backupctl.repo.pipeline import Pipeline, StoredObject
 from backupctl.storage import Storage
@@ -279,9 +279,10 @@ class Catalog:
         return manifests, damaged
 
     def find(self, backup_id: str) -> Manifest:
-        """A backup by id alone: ids are unique in the whole repository."""
+        """A backup by id alone: ids are unique in the whole repository. A malformed or unknown id is the
+        command line's error (exit 2), as for any other argument that names nothing."""
         if not is_backup_id(backup_id):
-            raise BackupctlError(
+            raise ConfigError(
                 f"{backup_id!r} is not a backup id (they look like 20261125T021500123Z-S-k3x; "
                 "see `backupctl list`)"
             )
@@ -291,4 +292,4 @@ class Catalog:
                 return self.read(key)
             except ObjectNotFound:
                 continue
-        raise BackupctlError(f"no backup {backup_id} in the repository (see `backupctl list`)")
+        raise ConfigError(f"no backup {backup_id} in the repository (see `backupctl list`)")

@@ -75,15 +75,16 @@ def readers_by_backup(repo: Repository, source: str) -> dict[str, str]:
             for r in lease.live_readers(repo.storage, source) for backup_id in r.backups}
 
 
-def gather(repo: Repository, source: SourceConfig, now: datetime | None = None) -> ExpireInputs:
+def gather(repo: Repository, source: SourceConfig, now: datetime | None = None, verb: str = "expire") -> ExpireInputs:
     """Read what the plan needs: manifests, pins, live readers, (PostgreSQL) the WAL listing, and "now" on
     the store's clock (the clock of Last-Modified and of each backup's ``store_stop_time``), never this
-    host's: an expiring host whose clock runs days ahead must not push backups out of the recovery window."""
+    host's: an expiring host whose clock runs days ahead must not push backups out of the recovery window.
+    ``verb`` (expire, delete) names the command in the error about a damaged manifest."""
     manifests, damaged = repo.catalog.scan(source.name)
     if damaged:
         key, problem = next(iter(damaged.items()))
         more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
-        raise BackupctlError(f"expire of {source.name} stopped before removing anything: {problem}{more}; a "
+        raise BackupctlError(f"{verb} of {source.name} stopped before removing anything: {problem}{more}; a "
                              f"backup that cannot be read cannot be judged (fix or remove {key}, see "
                              "`backupctl verify --all`)")
     pinned = {backup_id: pin.describe() for backup_id, pin in pins.read_pins(repo.storage, source.name).items()}
@@ -166,28 +167,42 @@ def apply(repo: Repository, inputs: ExpireInputs, plan: RetentionPlan, held: lea
 
 def _remove_backups(repo: Repository, plan: RetentionPlan, held: lease.Lease,
                     outcome: ExpireOutcome) -> dict[str, str]:
-    """Manifests first, then the data of every backup no live reader holds; returns the readers' ones."""
+    """The planned backups (see ``remove_backups``); returns the ones live readers hold."""
+    return remove_backups(repo, plan.source, plan.removed, held, outcome.results, "expire")
+
+
+def remove_backups(repo: Repository, source: str, doomed: list[Manifest], held: lease.Lease,
+                   results: dict[str, str], verb: str) -> dict[str, str]:
+    """Remove backups of ``source``: every manifest first, then the data of each backup no live reader holds.
+
+    The one order of expire and delete (``verb``, which names the log events and the fault points
+    ``<verb>.manifest-removed`` and ``<verb>.data-removed``). Newest first, so that a kill -9 between two
+    manifests never leaves an incremental listed whose parent is gone; data only once its manifest is, so that
+    a listed backup always has all of its objects (a kill leaves data without a manifest: `repo gc` removes
+    it). A reader's backup keeps its data, marked ``expired.json``, for `repo gc`; records the readers'
+    results in ``results`` and returns backup id -> reader.
+    """
     storage = repo.storage
     gone: list[Manifest] = []
-    for m in sorted(plan.removed, key=lambda m: (m.finished_at, m.id)):
+    for m in sorted(doomed, key=lambda m: (m.finished_at, m.id), reverse=True):
         held.ensure_held()
         storage.delete([m.key])
-        faultpoints.hit("expire.manifest-removed")
+        faultpoints.hit(f"{verb}.manifest-removed")
         gone.append(m)
-        log.info("backup expired", source=m.source, backup_id=m.id, type=m.type, finished_at=m.finished_at,
+        log.info(f"backup {verb}d", source=m.source, backup_id=m.id, type=m.type, finished_at=m.finished_at,
                  stored_bytes=m.stored_size)
-    readers = readers_by_backup(repo, plan.source) if gone else {}
+    readers = readers_by_backup(repo, source) if gone else {}
     deferred: dict[str, str] = {}
     for m in gone:
         if m.id in readers:
             deferred[m.id] = readers[m.id]
             marker = {"backup_id": m.id, "expired_at": iso(datetime.now(UTC)), "reader": readers[m.id]}
             storage.put(layout.expired_marker_key(m.source, m.id), json.dumps(marker, indent=1).encode())
-            outcome.results[m.id] = f"manifest removed; data left for `repo gc` ({readers[m.id]} reads it)"
-            log.info("expired backup's data left for gc", backup_id=m.id, reader=readers[m.id])
+            results[m.id] = f"manifest removed; data left for `repo gc` ({readers[m.id]} reads it)"
+            log.info(f"{verb}d backup's data left for gc", backup_id=m.id, reader=readers[m.id])
             continue
         storage.delete([info.key for info in storage.list(layout.backup_prefix(m.source, m.id))])
-        faultpoints.hit("expire.data-removed")
+        faultpoints.hit(f"{verb}.data-removed")
     return deferred
 
 

@@ -1,7 +1,8 @@
 """Retention policy: which backups and which archived WAL a source keeps, decided from the catalog alone.
 
 Pure: no I/O. `expire` gathers the manifests, pins, live readers and the WAL listing, this module decides,
-and the same plan is what `expire --dry-run` prints and what the real run executes.
+and the same plan is what `expire --dry-run` prints and what the real run executes. `delete` asks the same
+plan which of a backup's rules protect it (``protections``) and which incrementals build on it.
 
 Backups: the rules apply to each family of backups separately (physical full + incremental, logical,
 SQLite). ``keep_last``/``keep_daily``/``keep_weekly``/``keep_monthly``/``keep_yearly``/``keep_within``
@@ -57,6 +58,33 @@ _BUCKETS: tuple[tuple[str, Callable[[datetime], str]], ...] = (
 )
 _RULES = ("keep_last", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly", "keep_within",
           "recovery_window")
+
+
+# The rules that protect a backup from `delete` without --force, as opposed to the schedule rules (keep_last,
+# keep_daily, ... keep_within), which only say that expire would not remove it yet: the newest backup of a
+# type, a pinned one, one a live reader holds, an ancestor of a kept incremental, and the base of the recovery
+# window are each worth a deliberate decision. Every rule above is spelled with one of these prefixes.
+PROTECTING = ("newest ", "pinned: ", "read by ", "parent of ", "recovery_window ")
+
+
+def protections(rules: Iterable[str], going: Iterable[str] = ()) -> list[str]:
+    """The rules among ``rules`` (a ``Decision``'s) that protect the backup from `delete` without --force;
+    being the parent of a backup in ``going`` (ids deleted together with it) protects nothing."""
+    children = {f"parent of {backup_id}" for backup_id in going}
+    return [rule for rule in rules if rule.startswith(PROTECTING) and rule not in children]
+
+
+def descendants(manifests: Iterable[Manifest], backup_id: str) -> list[Manifest]:
+    """Every incremental whose chain runs through ``backup_id`` (restoring it needs that backup), newest first."""
+    by_id = {m.id: m for m in manifests}
+    found = []
+    for m in by_id.values():
+        ancestor = m.parent
+        while ancestor and ancestor != backup_id:
+            ancestor = by_id[ancestor].parent if ancestor in by_id else None
+        if ancestor == backup_id:
+            found.append(m)
+    return sorted(found, key=lambda m: (m.finished_at, m.id), reverse=True)
 
 
 def has_rules(policy: RetentionConfig) -> bool:

@@ -21,7 +21,7 @@ from tests.support.config import make_config, write_toml
 
 
 def _keygen(cli: CliRunner, path: Path) -> str:
-    result = cli(None, "keygen", "--output", str(path))
+    result = cli(None, "keygen", "--to", str(path))
     assert result.code == 0, result.stderr
     return result.stdout.strip()
 

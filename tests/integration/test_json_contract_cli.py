@@ -34,6 +34,10 @@ def test_each_commands_json_has_exactly_the_documented_fields(tmp_path: Path, lo
     json_contract.check("show", printed("show", first["id"]))
     json_contract.check("verify", printed("verify", "--latest", "devdb"))
     json_contract.check("expire", printed("expire", "devdb", "--dry-run"))
+    json_contract.check("delete", printed("delete", first["id"], "--dry-run"))
+    made = cli(None, "keygen", "--to", str(tmp_path / "more.key"), "-o", "json")
+    assert made.code == 0, made.stderr
+    json_contract.check("keygen", json.loads(made.stdout))
     drill = printed("drill", "run", "devdb")
     json_contract.check("drill run", drill)
     stored = {"drill run": json_contract.tables()["drill record"]}

@@ -116,7 +116,7 @@ def test_logical_round_trip(
     cluster = pg_database.cluster
     reader = populate(pg_database)
     before = snapshot(cluster, pg_database.name)
-    recipient = cli(None, "keygen", "--output", str(tmp_path / "age.key")).stdout.strip()
+    recipient = cli(None, "keygen", "--to", str(tmp_path / "age.key")).stdout.strip()
     backend = make_backend(backend_name, tmp_path, request)
     config = pg_config(tmp_path, backend, cluster, encrypted_with=recipient)
     assert cli(config, "init").code == 0

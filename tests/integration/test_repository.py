@@ -137,14 +137,14 @@ def test_source_kind_is_fixed_on_first_use(tmp_path: Path, local_backend: Backen
 
 def test_keygen(tmp_path: Path, cli: CliRunner) -> None:
     key = tmp_path / "age.key"
-    made = cli(None, "keygen", "--output", str(key))
+    made = cli(None, "keygen", "--to", str(key))
     assert made.code == 0
     recipient = made.stdout.strip()
     assert recipient.startswith("age1") and f"# public key: {recipient}" in key.read_text()
     assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
     assert "AGE-SECRET-KEY" not in made.stdout + made.stderr
     before = key.read_bytes()
-    again = cli(None, "keygen", "--output", str(key))
+    again = cli(None, "keygen", "--to", str(key))
     assert again.code == 1 and "already exists" in again.error_line
     assert key.read_bytes() == before
 
@@ -152,9 +152,12 @@ def test_keygen(tmp_path: Path, cli: CliRunner) -> None:
 def test_unknown_backup_id(tmp_path: Path, local_backend: Backend, cli: CliRunner) -> None:
     config = make_config(tmp_path, local_backend)
     cli(config, "init")
-    assert "is not a backup id" in cli(config, "show", "latest").error_line
+    shown = cli(config, "show", "foo")
+    assert shown.code == 2 and shown.stdout == ""
+    assert shown.error_line == ("backupctl: error: 'foo' is not a backup id (they look like "
+                                "20261125T021500123Z-S-k3x; see `backupctl list`)")
     missing = cli(config, "restore", "20261125T021500123Z-S-k3x", "--to", str(tmp_path / "x"))
-    assert missing.code == 1 and "no backup 20261125T021500123Z-S-k3x" in missing.error_line
+    assert missing.code == 2 and "no backup 20261125T021500123Z-S-k3x" in missing.error_line
 
 
 @pytest.fixture

@@ -199,7 +199,7 @@ def test_identities(tmp_path: Path, backend: Backend, cli: CliRunner) -> None:
     assert no_identity.code == 1 and "identity_file" in no_identity.error_line
 
     other_key = tmp_path / "other.key"
-    cli(None, "keygen", "--output", str(other_key))
+    cli(None, "keygen", "--to", str(other_key))
     wrong = tmp_path / "wrong.toml"
     wrong.write_text(document_text.replace(str(tmp_path / "age.key"), str(other_key)))
     refused = cli(wrong, "restore", bid, "--to", str(target))

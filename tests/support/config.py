@@ -57,7 +57,7 @@ def make_config(
         document["sources"]["devdb"]["tmp_dir"] = str(tmp_dir)
     if encrypted:
         key = tmp_path / "age.key"
-        result = cli(None, "keygen", "--output", str(key))
+        result = cli(None, "keygen", "--to", str(key))
         assert result.code == 0, result.stderr
         document["encryption"] = {"recipients": [result.stdout.strip()], "identity_file": str(key)}
     return write_toml(tmp_path / "backupctl.toml", document)

@@ -247,7 +247,7 @@ def archiving_site(binaries: PgBinaries, request: pytest.FixtureRequest | None =
         site.repository = store_repository(store, root, request, endpoint_url)
         if encrypted:
             key = root / "age.key"
-            recipient = run_cli(None, "keygen", "--output", str(key)).stdout.strip()
+            recipient = run_cli(None, "keygen", "--to", str(key)).stdout.strip()
             site.encryption = {"recipients": [recipient], "identity_file": str(key)}
         cluster.init()
         site.write_config()  # before the server starts, so that its first archive_command finds the config

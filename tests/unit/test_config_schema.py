@@ -8,15 +8,18 @@ import typing
 from pathlib import Path
 from typing import Any
 
+import lz4.frame
 import pyrage
 import pytest
+import zstandard
 from pyrage import x25519
 
 from backupctl.core.age_format import is_age_recipient
-from backupctl.core.config import Config, SqliteSource, parse_config
+from backupctl.core.config import CompressionConfig, Config, SqliteSource, parse_config
 from backupctl.core.config_docs import EXAMPLE, README, example_problems, options, readme_with_reference, tables
 from backupctl.core.errors import ConfigError
 from backupctl.core.options import choices, range_problem
+from backupctl.repo.codecs import codec
 
 FILE = Path("/etc/backupctl/backupctl.toml")
 BASE: dict[str, Any] = {"repository": {"type": "local", "path": "/srv/repo"}}
@@ -104,6 +107,14 @@ def test_example_check_catches_drift(edit: tuple[str, str], problem: str) -> Non
          "sources.a.drill.timeout must be a positive duration (e.g. 1h)"),
         ({**BASE, "sources": {"a": {"kind": "postgres", "split_size": "1KiB"}}},
          "sources.a.split_size must be at least 1MiB"),
+        ({**BASE, "compression": {"level": 99}},
+         'compression.level must be between 1 and 19 for algorithm "zstd" (20-22 need far more memory'),
+        ({**BASE, "compression": {"algorithm": "gzip", "level": -5}},
+         'compression.level must be between 1 and 9 for algorithm "gzip"'),
+        ({**BASE, "compression": {"algorithm": "lz4", "level": 17}},
+         'compression.level must be between 0 and 16 for algorithm "lz4"'),
+        ({**BASE, "compression": {"algorithm": "none", "level": 3}},
+         'compression.level does not apply to algorithm "none": remove it'),
         ({**BASE, "encryption": {"recipients": []}}, "encryption.recipients needs at least one age recipient"),
         ({**BASE, "encryption": {"recipients": ["age1nope"]}},
          "encryption.recipients: 'age1nope' is not an age X25519 recipient (age1...)"),
@@ -143,3 +154,20 @@ def test_age_recipient_format_agrees_with_pyrage() -> None:
                       key[:at] + key[at + 1:], "age1", "", "AGE-SECRET-KEY-1" + key[4:]]
         for text in candidates:
             assert is_age_recipient(text) == _pyrage_accepts(text), text
+
+
+def test_each_compression_levels_range_is_what_its_library_compresses_with() -> None:
+    """The schema's ends of each algorithm's level range compress and read back, and lie within the library's."""
+    level = next(f for f in dataclasses.fields(CompressionConfig) if f.name == "level")
+    _sibling, ranges = level.metadata["range_by"]
+    assert ranges["zstd"][1] < zstandard.MAX_COMPRESSION_LEVEL and ranges["lz4"][1] == lz4.frame.COMPRESSIONLEVEL_MAX
+    data = bytes(random.Random(1).randbytes(4096)) * 8
+    for name, bounds in ranges.items():
+        if bounds is None:
+            continue
+        for value in bounds[:2]:
+            parse_config({**BASE, "compression": {"algorithm": name, "level": value}}, FILE)
+            chosen = codec(name, int(value))
+            compressor = chosen.compressor()
+            stored = compressor.compress(data) + compressor.flush()
+            assert chosen.decompressor().decompress(stored) == data, (name, value)

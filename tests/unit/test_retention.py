@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from backupctl.core.config import RetentionConfig
 from backupctl.repo.catalog import Manifest, iso, parse_iso
-from backupctl.services.retention import RetentionPlan, WalInventory, plan_retention
+from backupctl.services.retention import RetentionPlan, WalInventory, plan_retention, protections
 from backupctl.wal.listing import ArchivedWal
 from backupctl.wal.names import format_lsn, history_name, parse_lsn, parse_wal_name, segment_name
 
@@ -329,6 +329,33 @@ def test_the_recovery_window_stays_restorable_on_every_live_timeline(c: Cluster,
         elif any(reaches(c, m, tli) for m in c.backups):
             oldest = min((m for m in c.backups if reaches(c, m, tli)), key=lambda m: m.finished_at)
             assert oldest in plan.kept
+
+
+SCHEDULE_RULES = ("keep_last ", "keep_daily ", "keep_weekly ", "keep_monthly ", "keep_yearly ", "keep_within ")
+
+
+@FAST
+@given(cluster_lives(), windows, st.integers(0, 3), st.data())
+def test_every_rule_either_schedules_or_protects_from_delete(c: Cluster, window: float | None, keep_last: int,
+                                                             data: st.DataObject) -> None:
+    """`delete` refuses without --force exactly what a non-schedule rule keeps: a rule added later must say
+    which it is. Newest, pinned, held, chain and window backups are each protected."""
+    if not c.backups:
+        return
+    ids = [m.id for m in c.backups]
+    pinned = data.draw(st.sets(st.sampled_from(ids), max_size=2))
+    held = data.draw(st.sets(st.sampled_from(ids), max_size=2))
+    policy = RetentionConfig(keep_last=keep_last, keep_daily=2, recovery_window=window)
+    plan = plan_retention("main", c.backups, policy, c.now, pins={b: "audit" for b in pinned},
+                          held={b: "restore on h pid 1" for b in held}, wal=[c.inventory()])
+    newest = {next(m.id for m in sorted(c.backups, key=lambda m: (m.finished_at, m.id), reverse=True)
+                   if m.type == t) for t in {m.type for m in c.backups}}
+    for d in plan.decisions:
+        protected = protections(d.rules)
+        assert all(r in protected or r.startswith(SCHEDULE_RULES) for r in d.rules), d.rules
+        assert not (set(protected) & {r for r in d.rules if r.startswith(SCHEDULE_RULES)})
+        if d.manifest.id in newest | pinned | held or any(r.startswith("recovery_window") for r in d.rules):
+            assert protected, d.rules
 
 
 @FAST
