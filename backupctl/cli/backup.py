@@ -80,7 +80,7 @@ def show(state: State, backup_id: str, output: str) -> None:
     from backupctl.repo.catalog import open_details
 
     with state.repository() as repo:
-        manifest = repo.catalog.find(backup_id)
+        manifest = repo.catalog.resolve(backup_id)
         if manifest.details is None and repo.pipeline.can_decrypt():
             open_details(manifest, repo.pipeline)
     doc = manifest.to_document()
@@ -114,7 +114,7 @@ def verify(state: State, backup_id: str | None, all_: bool, source: str | None, 
         if all_:
             results = verify_all(repo, source)
         else:
-            manifest = latest_backup(repo, latest) if latest else repo.catalog.find(backup_id or "")
+            manifest = latest_backup(repo, latest) if latest else repo.catalog.resolve(backup_id or "")
             results = [verify_backup(repo, manifest, source_bindir(repo, manifest))]
     writer(output).verified(results)
     bad = [r for r in results if not r.ok]

@@ -310,7 +310,7 @@ def test_pins_survive_expire_and_show_in_list(local_backend: Backend, tmp_path: 
     rows = _plan_rows(run_cli(config, "expire", "devdb", "-o", "json"))
     assert [row["id"] for row in rows if row["action"] == "remove"] == [ids[0]]
     missing = run_cli(config, "pin", "20261125T021500123Z-S-zzz", "--reason", "x")
-    assert missing.code == 1 and "no backup 20261125T021500123Z-S-zzz" in missing.error_line
+    assert missing.code == 2 and "no backup 20261125T021500123Z-S-zzz" in missing.error_line
     blank = run_cli(config, "pin", ids[2], "--reason", "  ")
     assert blank.code == 2 and "--reason must say why" in blank.error_line
     assert run_cli(config, "pin", ids[2]).code == 2  # --reason is required
