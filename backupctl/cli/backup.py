@@ -11,10 +11,12 @@ import click
 from backupctl.cli.common import OUTPUT, State, act_as, pass_state
 from backupctl.core.errors import BackupctlError, ConfigError
 
+BACKUP_TYPES = ("sqlite", "logical", "full", "incr")  # cheap here; catalog.TYPE_LETTERS has the same keys (test)
+
 
 @click.command()
 @click.argument("source")
-@click.option("--type", "backup_type", type=click.Choice(["sqlite", "logical", "full", "incr"]),
+@click.option("--type", "backup_type", type=click.Choice(BACKUP_TYPES),
               help="Backup type (default: sqlite for SQLite sources, logical for PostgreSQL).")
 @click.option("--database", "databases", multiple=True, metavar="NAME",
               help="Logical: back up only this database (repeatable; default: all, or the config's list).")
@@ -52,16 +54,24 @@ def _labels(labels: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
 
 @click.command(name="list")
 @click.argument("source", required=False)
+@click.option("--type", "backup_type", type=click.Choice(BACKUP_TYPES), help="Only backups of this type.")
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE",
+              help="Only backups with this label (repeatable: all must match).")
+@click.option("--last", type=click.IntRange(min=1), metavar="N", help="Only the N newest (after the filters).")
 @OUTPUT
 @pass_state
-def list_(state: State, source: str | None, output: str) -> None:
+def list_(state: State, source: str | None, backup_type: str | None, labels: tuple[str, ...], last: int | None,
+          output: str) -> None:
     """List backups, newest first (all sources, or one)."""
     from backupctl.cli.output import writer
     from backupctl.core import log
+    from backupctl.repo.catalog import select
     from backupctl.repo.pins import read_pins
 
+    wanted = _labels(labels)  # a malformed --label is refused before the repository is opened
     with state.repository() as repo:
-        manifests, damaged = repo.catalog.scan(source)
+        found, damaged = repo.catalog.scan(source)
+        manifests = select(found, backup_type, dict(wanted), last)
         pinned = {bid: pin for name in sorted({m.source for m in manifests})
                   for bid, pin in read_pins(repo.storage, name).items()}
     for key, problem in damaged.items():

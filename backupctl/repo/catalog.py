@@ -228,6 +228,15 @@ def open_details(manifest: Manifest, pipeline: Pipeline) -> dict[str, Any]:
     return manifest.details or {}
 
 
+def select(manifests: list[Manifest], backup_type: str | None = None, labels: dict[str, str] | None = None,
+           last: int | None = None) -> list[Manifest]:
+    """``list``'s filters over ``scan``'s newest-first manifests: a type, labels that must all match, then the
+    ``last`` newest of what is left."""
+    chosen = [m for m in manifests if (backup_type is None or m.type == backup_type)
+              and all(m.labels.get(key) == value for key, value in (labels or {}).items())]
+    return chosen[:last] if last is not None else chosen
+
+
 class Catalog:
     """Queries over the manifests of a repository."""
 
