@@ -171,3 +171,10 @@ def test_the_expire_table_sums_what_goes(capsys: pytest.CaptureFixture[str]) -> 
     out = capsys.readouterr().out
     assert "RESULT" not in out
     assert out.splitlines()[-1] == "would remove 1 of 2 backups (2.0 KiB) and 0 WAL segments (0 B)"
+
+
+def test_the_cli_offers_every_backup_type_the_catalog_knows() -> None:
+    from backupctl.cli.backup import BACKUP_TYPES
+    from backupctl.repo.catalog import TYPE_LETTERS
+
+    assert set(BACKUP_TYPES) == set(TYPE_LETTERS)
