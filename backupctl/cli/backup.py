@@ -85,7 +85,10 @@ def list_(state: State, source: str | None, backup_type: str | None, labels: tup
 @OUTPUT
 @pass_state
 def show(state: State, backup_id: str, output: str) -> None:
-    """Show one backup's manifest (the data's description too, when the identity can open it)."""
+    """Show one backup's manifest (the data's description too, when the identity can open it).
+
+    BACKUP_ID, here and wherever a command takes one: an id, a unique prefix of one, latest, oldest,
+    SOURCE:latest or SOURCE:oldest."""
     from backupctl.cli.output import writer
     from backupctl.repo.catalog import open_details
 

@@ -108,7 +108,8 @@ class PhysicalRequest:
 @click.option("--target-action", type=click.Choice(["promote", "pause", "shutdown"]),
               help="Physical: what the server does at the target (default: PostgreSQL's, pause).")
 @click.option("--exclusive", is_flag=True, help="Physical: stop just before the target (time, LSN, xid).")
-@click.option("--backup", "backup_choice", help="Physical: restore this backup instead of the planner's choice.")
+@click.option("--backup", "backup_choice",
+              help="Physical: restore this backup (id, unique prefix, latest, oldest) instead of the planner's choice.")
 @click.option("--dry-run", is_flag=True, help="Physical: print the plan and stop.")
 @click.option("--start", "start_server", is_flag=True,
               help="Physical: start the restored server and wait until it reaches the target.")
