@@ -178,3 +178,18 @@ def test_the_cli_offers_every_backup_type_the_catalog_knows() -> None:
     from backupctl.repo.catalog import TYPE_LETTERS
 
     assert set(BACKUP_TYPES) == set(TYPE_LETTERS)
+
+
+def test_the_most_explicit_log_option_wins_and_quiet_follows_the_level() -> None:
+    from backupctl.cli.common import State, chosen_log_level, quiet
+
+    assert chosen_log_level(True, "error", True, True) == "debug"  # --debug
+    assert chosen_log_level(False, "INFO", True, True) == "info"  # --log-level on the command line beats -q
+    assert chosen_log_level(False, "info", False, True) == "warning"  # -q beats $BACKUPCTL_LOG_LEVEL
+    assert chosen_log_level(False, "error", False, False) == "error"
+    assert chosen_log_level(False, None, False, False) is None  # the command's own default
+    assert [State(None, False, level).quiet for level in (None, "info", "warning", "error")] == \
+        [False, False, True, True]
+    assert quiet() is False  # outside a command
+    with click.Context(click.Command("x"), obj=State(None, False, "warning")):
+        assert quiet() is True
