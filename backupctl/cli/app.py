@@ -16,11 +16,12 @@ import traceback
 from typing import NoReturn
 
 import click
+from click.core import ParameterSource
 
 from backupctl import __version__
 from backupctl.cli import backup, drill, keys, ops, repo, restore, retention, scheduler, wal
 from backupctl.cli.argv import command_word
-from backupctl.cli.common import State
+from backupctl.cli.common import State, chosen_log_level
 from backupctl.core import log, signals
 from backupctl.core.errors import (
     CHECK_UNKNOWN,
@@ -38,12 +39,18 @@ from backupctl.core.errors import (
     help="Config file (default: $BACKUPCTL_CONFIG, then /etc/backupctl/backupctl.toml).",
 )
 @click.option("--debug", is_flag=True, help="Debug logs, and a traceback on errors.")
+@click.option("--log-level", type=click.Choice(log.LEVELS, case_sensitive=False), envvar=log.LOG_LEVEL_ENV,
+              show_envvar=True, help="Log lines on stderr from this level up (default: info; run-job: warning).")
+@click.option("--quiet", "-q", is_flag=True,
+              help="Only warnings and errors on stderr, and no progress; results still print.")
 @click.version_option(__version__, prog_name="backupctl")
 @click.pass_context
-def cli(ctx: click.Context, config_file: str | None, debug: bool) -> None:
+def cli(ctx: click.Context, config_file: str | None, debug: bool, log_level: str | None, quiet: bool) -> None:
     """Backups and point-in-time recovery for PostgreSQL, and SQLite for development."""
-    log.configure(debug=debug)
-    ctx.obj = State(config_file, debug)
+    given = ctx.get_parameter_source("log_level") is ParameterSource.COMMANDLINE
+    state = State(config_file, debug, chosen_log_level(debug, log_level, given, quiet))
+    log.configure(debug=debug, level=state.log_level or "info")
+    ctx.obj = state
 
 
 for command in (

@@ -11,10 +11,12 @@ import click
 from backupctl.cli.common import OUTPUT, State, act_as, pass_state
 from backupctl.core.errors import BackupctlError, ConfigError
 
+BACKUP_TYPES = ("sqlite", "logical", "full", "incr")  # cheap here; catalog.TYPE_LETTERS has the same keys (test)
+
 
 @click.command()
 @click.argument("source")
-@click.option("--type", "backup_type", type=click.Choice(["sqlite", "logical", "full", "incr"]),
+@click.option("--type", "backup_type", type=click.Choice(BACKUP_TYPES),
               help="Backup type (default: full for a PostgreSQL source with pgdata and no --database, else "
                    "logical; sqlite for SQLite sources).")
 @click.option("--database", "databases", multiple=True, metavar="NAME",
@@ -59,16 +61,24 @@ def _labels(labels: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
 
 @click.command(name="list")
 @click.argument("source", required=False)
+@click.option("--type", "backup_type", type=click.Choice(BACKUP_TYPES), help="Only backups of this type.")
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE",
+              help="Only backups with this label (repeatable: all must match).")
+@click.option("--last", type=click.IntRange(min=1), metavar="N", help="Only the N newest (after the filters).")
 @OUTPUT
 @pass_state
-def list_(state: State, source: str | None, output: str) -> None:
+def list_(state: State, source: str | None, backup_type: str | None, labels: tuple[str, ...], last: int | None,
+          output: str) -> None:
     """List backups, newest first (all sources, or one)."""
     from backupctl.cli.output import writer
     from backupctl.core import log
+    from backupctl.repo.catalog import select
     from backupctl.repo.pins import read_pins
 
+    wanted = _labels(labels)  # a malformed --label is refused before the repository is opened
     with state.repository() as repo:
-        manifests, damaged = repo.catalog.scan(source)
+        found, damaged = repo.catalog.scan(source)
+        manifests = select(found, backup_type, dict(wanted), last)
         pinned = {bid: pin for name in sorted({m.source for m in manifests})
                   for bid, pin in read_pins(repo.storage, name).items()}
     for key, problem in damaged.items():
@@ -82,12 +92,15 @@ def list_(state: State, source: str | None, output: str) -> None:
 @OUTPUT
 @pass_state
 def show(state: State, backup_id: str, output: str) -> None:
-    """Show one backup's manifest (the data's description too, when the identity can open it)."""
+    """Show one backup's manifest (the data's description too, when the identity can open it).
+
+    BACKUP_ID, here and wherever a command takes one: an id, a unique prefix of one, latest, oldest,
+    SOURCE:latest or SOURCE:oldest."""
     from backupctl.cli.output import writer
     from backupctl.repo.catalog import open_details
 
     with state.repository() as repo:
-        manifest = repo.catalog.find(backup_id)
+        manifest = repo.catalog.resolve(backup_id)
         if manifest.details is None and repo.pipeline.can_decrypt():
             open_details(manifest, repo.pipeline)
     doc = manifest.to_document()
@@ -121,7 +134,7 @@ def verify(state: State, backup_id: str | None, all_: bool, source: str | None, 
         if all_:
             results = verify_all(repo, source)
         else:
-            manifest = latest_backup(repo, latest) if latest else repo.catalog.find(backup_id or "")
+            manifest = latest_backup(repo, latest) if latest else repo.catalog.resolve(backup_id or "")
             results = [verify_backup(repo, manifest, source_bindir(repo, manifest))]
     writer(output).verified(results)
     bad = [r for r in results if not r.ok]

@@ -24,14 +24,26 @@ if TYPE_CHECKING:  # types only; see the module docstring for why the modules lo
 F = TypeVar("F", bound=Callable[..., Any])
 
 FORMATS = ("table", "json")  # what -o/--output takes, in every command
+# The one rule of every command's result format: a table unless JSON is asked for, on a terminal or piped
+# (`list | grep` keeps working; programs say `-o json`, or set $BACKUPCTL_OUTPUT=json once).
 OUTPUT = click.option(
     "--output", "-o", type=click.Choice(FORMATS), default="table", show_default=True,
-    help="Result format: a table for people, JSON for programs.",
+    envvar="BACKUPCTL_OUTPUT", show_envvar=True,
+    help="Result format: a table for people (also when piped), JSON for programs.",
 )
-AUTO_OUTPUT = click.option(
-    "--output", "-o", type=click.Choice(FORMATS), default=None,
-    help="Result format (default: a table on a terminal, JSON otherwise).",
-)
+
+
+def chosen_log_level(debug: bool, log_level: str | None, given: bool, quiet: bool) -> str | None:
+    """The level the group's options choose, None for each command's default (info; ``run-job``: warning).
+
+    The most explicit wins: ``--debug``, then ``--log-level`` on the command line, then ``-q`` (warning),
+    then ``$BACKUPCTL_LOG_LEVEL`` (``log_level`` not ``given``).
+    """
+    if debug:
+        return "debug"
+    if quiet and not given:
+        return "warning"
+    return log_level.lower() if log_level else None
 
 
 @dataclass
@@ -40,6 +52,12 @@ class State:
 
     config_file: str | None
     debug: bool
+    log_level: str | None  # chosen by --debug, --log-level, -q or $BACKUPCTL_LOG_LEVEL; None: the default
+
+    @property
+    def quiet(self) -> bool:
+        """Only warnings and errors: no progress and no informational lines (see ``quiet``)."""
+        return self.log_level in ("warning", "error")
 
     def config(self) -> Config:
         # Start-up cost: the config's modules load only once a command runs.
@@ -58,6 +76,14 @@ class State:
 
 
 pass_state = click.make_pass_decorator(State)
+
+
+def quiet() -> bool:
+    """Whether the running command must stay silent but for warnings, errors and its result (``-q``,
+    ``--log-level warning|error``): progress bars and notes ask here. False outside a command."""
+    ctx = click.get_current_context(silent=True)
+    state = ctx.find_object(State) if ctx else None
+    return bool(state and state.quiet)
 
 Role = Literal["server", "repository", "backup"]
 

@@ -18,7 +18,8 @@ def drill_group() -> None:
 
 @drill_group.command(name="run")
 @click.argument("source")
-@click.option("--backup", "backup_id", metavar="ID", help="Drill this backup (default: the newest).")
+@click.option("--backup", "backup_id", metavar="ID",
+              help="Drill this backup: id, unique prefix, latest or oldest (default: the newest).")
 @target_options("Physical: stop as soon as the backup is consistent (default: the end of archived WAL).")
 @click.option("--keep", is_flag=True, help="Keep the scratch copy (stopped) for a look afterwards.")
 @OUTPUT

@@ -10,15 +10,15 @@ from datetime import UTC, datetime
 
 import click
 
-from backupctl.cli.common import AUTO_OUTPUT, OUTPUT, State, pass_state
+from backupctl.cli.common import OUTPUT, State, pass_state
 from backupctl.core.errors import ConfigError
 
 
 @click.command()
 @click.argument("sources", nargs=-1, metavar="[SOURCE]...")
-@AUTO_OUTPUT
+@OUTPUT
 @pass_state
-def status(state: State, sources: tuple[str, ...], output: str | None) -> None:
+def status(state: State, sources: tuple[str, ...], output: str) -> None:
     """Is every source protected? Last backups, WAL archiving, recoverable window, size, verify, drill."""
     from backupctl.cli.output import writer
     from backupctl.monitoring.status import gather

@@ -5,7 +5,12 @@ returned; it never branches on the format itself. ``JsonWriter`` prints the stab
 (every listing is a list of objects with an ``id``; ``docs/json-output.md`` is the contract) and
 ``TableWriter`` draws the same data for people: rich tables, and plain lines where a line is the result.
 For ``check`` the table format is the monitoring plugin's own output (one summary line, then one line per
-finding). Sizes and durations are spelled by ``core.units``, as everywhere else.
+finding). Sizes, durations and times are spelled by ``core.units``, as everywhere else.
+
+Tables fit the terminal they are drawn on (80 columns included): an id column never wraps, so an id can be
+copied with a double click, the other columns shrink and fold around it, and a column with nothing in it
+is left out. Piped, a table is drawn as wide as its longest row, so no cell ever wraps for ``grep`` or ``awk``.
+The format never depends on where stdout goes: ``--output`` (one option, ``cli.common.OUTPUT``) decides.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from backupctl.core.units import human_duration, human_seconds, human_size
+from backupctl.core.units import human_duration, human_seconds, human_size, short_time
 from backupctl.monitoring import check as monitor
 from backupctl.repo import layout
 
@@ -39,10 +44,9 @@ if TYPE_CHECKING:  # types only: the writers take what the services return
     from backupctl.wal.verify import WalVerifyResult
 
 
-def writer(output: str | None) -> Writer:
-    """The writer of a ``--output`` choice; none given (``status``): a table on a terminal, JSON otherwise."""
-    chosen = output or ("table" if sys.stdout.isatty() else "json")
-    return JsonWriter() if chosen == "json" else TableWriter()
+def writer(output: str) -> Writer:
+    """The writer of a ``--output`` choice (``table`` or ``json``), wherever stdout goes."""
+    return JsonWriter() if output == "json" else TableWriter()
 
 
 class Writer(ABC):
@@ -198,20 +202,52 @@ class JsonWriter(Writer):
         self.emit(rows)
 
 
+_PIPED_WIDTH = 4096  # piped: wider than any row, so rich never folds a cell
+
+
 def _console() -> Console:
-    """Stdout console; when piped, wide enough that ids and keys never wrap mid-word."""
-    width = None if sys.stdout.isatty() else 250
+    """Stdout console: the terminal's width (``$COLUMNS`` first, as rich reads it), or unbounded when piped."""
+    width = None if sys.stdout.isatty() else _PIPED_WIDTH
     return Console(file=sys.stdout, no_color="NO_COLOR" in os.environ, width=width)
 
 
-def _table(title: str | None, columns: list[str], rows: list[list[str]]) -> None:
-    """A plain table; on a non-terminal rich prints it without colour or box art surprises."""
-    view = Table(title=title, show_edge=False, header_style="bold")
-    for column in columns:
-        view.add_column(column, overflow="fold")
+_EMPTY = ("", "-")
+_FOLD_MIN = 10  # a free-text column is given at least this many characters before others are dropped
+
+
+def _table(title: str | None, columns: list[str], rows: list[list[str]], ids: tuple[str, ...] = (),
+           fold: tuple[str, ...] = (), drop: tuple[str, ...] = ()) -> None:
+    """A table without box art (columns two spaces apart, as ``kubectl`` and ``docker`` print them).
+
+    Short values (ids, sizes, times, types) never wrap; only the ``fold`` columns (free text: reasons,
+    labels, problems) do. A column whose every cell is empty (or ``-``) is left out, and while the table does
+    not fit the terminal the ``drop`` columns are left out in their order (JSON and ``show`` keep them). If
+    it still does not fit, the short columns may fold too, but the ``ids`` columns never do.
+    """
+    out = _console()
+    shown = [i for i, name in enumerate(columns) if not rows or any(row[i] not in _EMPTY for row in rows)]
+
+    def natural(i: int) -> int:
+        return max([len(columns[i]), *(len(row[i]) for row in rows)])
+
+    def needed(indexes: list[int]) -> int:
+        return sum(min(natural(i), _FOLD_MIN) if columns[i] in fold else natural(i) for i in indexes) + \
+            2 * (len(indexes) - 1)
+
+    for name in drop:
+        if needed(shown) <= out.width:
+            break
+        shown = [i for i in shown if columns[i] != name]
+    squeezed = needed(shown) > out.width
+    view = Table(title=title, box=None, pad_edge=False, padding=(0, 1), header_style="bold")
+    for i in shown:
+        if columns[i] in fold or (squeezed and columns[i] not in ids):
+            view.add_column(columns[i], overflow="fold")
+        else:
+            view.add_column(columns[i], no_wrap=True, min_width=natural(i))
     for row in rows:
-        view.add_row(*row)
-    _console().print(view)
+        view.add_row(*(row[i] for i in shown))
+    out.print(view)
 
 
 class TableWriter(Writer):
@@ -225,12 +261,13 @@ class TableWriter(Writer):
         if not summaries:
             _console().print("no backups")
             return
-        _table(None, ["ID", "SOURCE", "TYPE", "FINISHED", "DURATION", "SIZE", "STORED", "ENCRYPTED", "PINNED"], [
-            [s["id"], s["source"], s["type"], s["finished_at"], human_seconds(s["duration_seconds"]),
-             human_size(s["size"]), human_size(s["stored_size"]), "yes" if s["encrypted"] else "no",
-             s["pinned"]["reason"] if s.get("pinned") else ""]
+        _table(None, ["ID", "SOURCE", "TYPE", "FINISHED", "TOOK", "SIZE", "STORED", "ENCRYPTED", "PINNED", "LABELS"], [
+            [s["id"], s["source"], s["type"], short_time(s["finished_at"]), human_seconds(s["duration_seconds"]),
+             human_size(s["size"]), human_size(s["stored_size"]), "yes" if s["encrypted"] else "",
+             s["pinned"]["reason"] if s.get("pinned") else "",
+             ", ".join(f"{k}={v}" for k, v in (s.get("labels") or {}).items())]
             for s in summaries
-        ])
+        ], ids=("ID",), fold=("PINNED", "LABELS"), drop=("TOOK", "SIZE", "STORED", "SOURCE"))
 
     def manifest(self, doc: dict[str, Any]) -> None:
         """``show`` for people: the facts, the objects and, when readable, what the data holds."""
@@ -247,7 +284,7 @@ class TableWriter(Writer):
         _table("objects", ["KEY", "SIZE", "STORED", "COMPRESSION", "SHA256"], [
             [o["key"], human_size(o["size"]), human_size(o["stored_size"]), o["compression"], o["sha256"][:16]]
             for o in doc["objects"]
-        ])
+        ], fold=("KEY",))
         details = doc.get("details")
         if details is None:
             out.print("details:      sealed (set encryption.identity_file to read them)")
@@ -259,7 +296,7 @@ class TableWriter(Writer):
             [r["id"], r["source"], "ok" if r["ok"] else "DAMAGED", r["mode"], str(r["objects"]),
              human_size(r["bytes"]), f"{r['seconds']:.2f}", "; ".join(r["problems"])]
             for r in (result.to_json() for result in results)
-        ])
+        ], ids=("ID",), fold=("PROBLEM",), drop=("SECONDS", "OBJECTS", "MODE"))
 
     def plan(self, plan: Plan) -> None:
         _plan_view(plan.to_json())
@@ -294,12 +331,14 @@ class TableWriter(Writer):
                 _record_cell(s.last_verify), _drill_cell(s.last_drill),
             ])
         _table(None, ["SOURCE", "KIND", "LAST BACKUP", "WAL ARCHIVE", "RECOVERABLE WINDOW", "STORED", "LAST VERIFY",
-                      "LAST DRILL"], rows)
-        backups = [[s.source, b.type, b.id, b.finished_at, human_duration(b.age_seconds), human_size(b.size),
+                      "LAST DRILL"], rows,
+               fold=("LAST BACKUP", "WAL ARCHIVE", "RECOVERABLE WINDOW", "LAST VERIFY", "LAST DRILL"))
+        backups = [[s.source, b.type, b.id, human_duration(b.age_seconds), human_size(b.size),
                     human_size(b.stored_size), human_seconds(b.duration_seconds), str(b.count)]
                    for s in facts for b in s.backups]
         if backups:
-            _table(None, ["SOURCE", "TYPE", "NEWEST", "FINISHED", "AGE", "SIZE", "STORED", "TOOK", "COUNT"], backups)
+            _table(None, ["SOURCE", "TYPE", "NEWEST", "AGE", "SIZE", "STORED", "TOOK", "COUNT"], backups,
+                   ids=("NEWEST",), drop=("TOOK", "SIZE"))
         for s in facts:
             if s.timelines and len(s.timelines["tips"]) > 1:
                 _console().print(f"{s.source}: timelines: {s.timelines['reason']}")
@@ -316,7 +355,8 @@ class TableWriter(Writer):
             click.echo("no scheduled jobs: add [sources.NAME.schedule] tables to the config")
             return
         _table(None, ["JOB", "LANE", "SCHEDULE", "NEXT RUN", "COMMAND"],
-               [[r["id"], r["lane"], r["schedule"], r["next_run"] or "-", r["command"]] for r in rows])
+               [[r["id"], r["lane"], r["schedule"], short_time(r["next_run"]), r["command"]] for r in rows],
+               ids=("JOB",), fold=("COMMAND",))
 
     def wal_status(self, source: str, rows: list[dict[str, Any]], streams: list[SourceIdentity]) -> None:
         if len(streams) > 1:
@@ -331,10 +371,11 @@ class TableWriter(Writer):
             [
                 str(r["epoch"]), f"{r['timeline']}", r["first"] or "-", r["last"] or "-", str(r["segments"]),
                 ", ".join(f"{g['from']}..{g['to']} ({g['missing']})" for g in r["gaps"]) or "none",
-                human_size(r["stored_bytes"]), r["newest_archived_at"] or "-", human_duration(r["newest_age_seconds"]),
+                human_size(r["stored_bytes"]), short_time(r["newest_archived_at"]),
+                human_duration(r["newest_age_seconds"]),
             ]
             for r in rows
-        ])
+        ], fold=("GAPS",))
         newest = max((r for r in rows if r["newest_archived_at"]), key=lambda r: r["newest_archived_at"], default=None)
         if newest is not None:
             _console().print(f"newest segment {newest['newest_segment']} archived "
@@ -425,18 +466,19 @@ class TableWriter(Writer):
                   f"{human_seconds(parts['wal_replay'])}); checks {human_seconds(parts['checks'])}")
         if result.get("kept"):
             out.print(f"scratch copy kept (stopped) in {result['kept']}")
-        _table(None, ["CHECK", "RESULT", "DETAIL"], [[c["name"], c["status"], c["detail"]] for c in result["checks"]])
+        _table(None, ["CHECK", "RESULT", "DETAIL"], [[c["name"], c["status"], c["detail"]] for c in result["checks"]],
+               fold=("DETAIL",))
 
     def drills(self, results: list[dict[str, Any]]) -> None:
         if not results:
             _console().print("no drills")
             return
-        _table(None, ["ID", "SOURCE", "BACKUP", "TYPE", "STATUS", "FINISHED", "RTO", "WAL", "CHECKS", "ERROR"], [
-            [r["id"], r["source"], r["backup_id"] or "-", r["backup_type"] or "-", r["status"], r["finished_at"],
-             human_seconds(r["rto_seconds"]), str(r["wal_segments_replayed"]),
+        # The drill's id says when it ran, and `drill show` has the rest: two ids must fit 80 columns.
+        _table(None, ["ID", "SOURCE", "BACKUP", "STATUS", "RTO", "CHECKS", "ERROR"], [
+            [r["id"], r["source"], r["backup_id"] or "-", r["status"], human_seconds(r["rto_seconds"]),
              f"{sum(c['status'] == 'passed' for c in r['checks'])}/{len(r['checks'])}", r["error"] or ""]
             for r in results
-        ])
+        ], ids=("ID", "BACKUP"), fold=("ERROR",), drop=("RTO", "SOURCE"))
 
     def expired(self, rows: list[dict[str, Any]], dry_run: bool) -> None:
         backups = [r for r in rows if r["item"] == "backup"]
@@ -444,17 +486,17 @@ class TableWriter(Writer):
         result = [] if dry_run else ["RESULT"]
         if backups:
             _table(None, ["ID", "TYPE", "FINISHED", "ACTION", "RULES", *result], [
-                [r["id"], r["type"], r["finished_at"], r["action"], "; ".join(r["rules"]),
+                [r["id"], r["type"], short_time(r["finished_at"]), r["action"], "; ".join(r["rules"]),
                  *([] if dry_run else [r["result"]])]
                 for r in backups
-            ])
+            ], ids=("ID",), fold=("RULES", "RESULT"))
         if wal:
             _table("WAL", ["TIMELINE", "FIRST", "LAST", "SEGMENTS", "STORED", "ACTION", "WHY", *result], [
                 [str(r["timeline"]) if r["stream"] == r["source"] else f"{r['stream']}: {r['timeline']}",
                  r["first"], r["last"], str(r["segments"]), human_size(r["stored_size"]),
                  r["action"], r["rules"][0], *([] if dry_run else [r["result"]])]
                 for r in wal
-            ])
+            ], fold=("WHY", "RESULT"))
         gone = [r for r in backups if r["action"] == "remove"]
         gone_wal = [r for r in wal if r["action"] == "remove"]
         verb = "would remove" if dry_run else "removed"
@@ -491,7 +533,7 @@ class TableWriter(Writer):
             [r["id"], r["item"], r["source"] or "-", r["action"], str(r["objects"]), human_size(r["stored_size"]),
              r["rules"][0], r["result"]]
             for r in rows
-        ])
+        ], fold=("ID", "WHY", "RESULT"))
         gone = [r for r in rows if r["action"] == "remove"]
         verb = "would remove" if dry_run else "removed"
         _console().print(f"{verb} {sum(r['objects'] for r in gone)} objects "
@@ -563,7 +605,7 @@ def _window_cell(window: Window | None) -> str:
         return f"NONE: {window.problem}"
     kind = "PITR" if window.kind == "pitr" else f"{window.points} backups"
     on = f" on timeline {window.timeline}" if window.timeline else ""
-    return f"{kind} {window.earliest[:16]} .. {(window.latest or '')[:16]} ({human_duration(window.seconds)}){on}"
+    return f"{kind} {short_time(window.earliest)} .. {short_time(window.latest)} ({human_duration(window.seconds)}){on}"
 
 
 def _record_cell(record: VerifySummary | DrillSummary | None) -> str:

@@ -108,7 +108,8 @@ class PhysicalRequest:
 @click.option("--target-action", type=click.Choice(["promote", "pause", "shutdown"]),
               help="Physical: what the server does at the target (default: PostgreSQL's, pause).")
 @click.option("--exclusive", is_flag=True, help="Physical: stop just before the target (time, LSN, xid).")
-@click.option("--backup", "backup_choice", help="Physical: restore this backup instead of the planner's choice.")
+@click.option("--backup", "backup_choice",
+              help="Physical: restore this backup (id, unique prefix, latest, oldest) instead of the planner's choice.")
 @click.option("--dry-run", is_flag=True, help="Physical: print the plan and stop.")
 @click.option("--start", "start_server", is_flag=True,
               help="Physical: start the restored server and wait until it reaches the target.")
@@ -151,21 +152,21 @@ def restore(state: State, backup_id: str, output: str, **options: Any) -> None:
         _restore_physical(config, backup_id, _request(PhysicalRequest, options), output)
         return
     with open_repository(config) as repo:
-        manifest = repo.catalog.find(backup_id)
+        manifest = repo.catalog.resolve(backup_id)
         if manifest.type == "sqlite":
             sqlite = _request(SqliteRequest, options)
             if sqlite.to is None:
                 raise ConfigError("restoring a SQLite backup needs --to PATH")
             with repo.reading("restore", [manifest]):
                 written = service.restore_sqlite(repo, manifest, sqlite.to, sqlite.force)
-            click.echo(f"restored {backup_id} to {written}")
+            click.echo(f"restored {manifest.id} to {written}")
             return
         if manifest.type == "logical":
             with repo.reading("restore", [manifest]):
                 _restore_logical(repo, manifest, config, _request(LogicalRequest, options))
             return
     # A physical backup by id: a point-in-time restore of its source, from that backup.
-    physical = replace(_request(PhysicalRequest, options), backup_choice=backup_id)
+    physical = replace(_request(PhysicalRequest, options), backup_choice=manifest.id)
     _restore_physical(config, manifest.source, physical, output)
 
 
@@ -187,7 +188,8 @@ def _restore_physical(config: Config, source_name: str, request: PhysicalRequest
         restore_start.check_port(request.port)  # before anything is downloaded
     act_as(config, "server", source_name)
     with open_repository(config) as repo:
-        plan = pitr.make_plan(repo, source_name, target, request.backup_choice)
+        choice = repo.catalog.resolve(request.backup_choice, source_name).id if request.backup_choice else None
+        plan = pitr.make_plan(repo, source_name, target, choice)
         if request.dry_run:
             writer(output).plan(plan)
             return

@@ -70,7 +70,7 @@ def pin(state: State, backup_id: str, reason: str) -> None:
 
     with _open_for(state, backup_id) as (repo, manifest):
         record = pins.pin(repo, manifest, reason)
-    click.echo(f"pinned {backup_id} of {manifest.source}: {record.describe()}")
+    click.echo(f"pinned {manifest.id} of {manifest.source}: {record.describe()}")
 
 
 @click.command()
@@ -82,7 +82,7 @@ def unpin(state: State, backup_id: str) -> None:
 
     with _open_for(state, backup_id) as (repo, manifest):
         removed = pins.unpin(repo.storage, manifest)
-    click.echo(f"unpinned {backup_id}" if removed else f"{backup_id} was not pinned")
+    click.echo(f"unpinned {manifest.id}" if removed else f"{manifest.id} was not pinned")
 
 
 @contextlib.contextmanager
@@ -90,7 +90,7 @@ def _open_for(state: State, backup_id: str) -> Iterator[tuple[Repository, Manife
     """The repository and one backup's manifest, acting as the repository's user (see ``act_as``)."""
     config = state.config()
     with state.repository() as repo:
-        manifest = repo.catalog.find(backup_id)
+        manifest = repo.catalog.resolve(backup_id)
         if manifest.source in config.sources:
             act_as(config, "repository", manifest.source)
         yield repo, manifest

@@ -5,6 +5,7 @@ Services and the writers are imported where they are used: start-up cost, see ``
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -46,9 +47,14 @@ def scheduler_jobs(state: State, output: str) -> None:
 def scheduler_run_job(state: State, source: str, job: str) -> None:
     """Run one JOB of SOURCE now, as the scheduler would (job id, webhooks, metrics); for timers and cron.
 
-    "backup" is the source's default backup (SQLite; PostgreSQL: logical). Exits with the job's code."""
+    "backup" is the source's default backup (SQLite; PostgreSQL: logical). Exits with the job's code; silent
+    on success (logs from warning up, unless --log-level says otherwise), so cron mails only failures."""
+    from backupctl.core import log
     from backupctl.scheduler.runner import run_once
 
+    level = state.log_level or "warning"
+    os.environ[log.LOG_LEVEL_ENV] = level  # the job runs as a child, which must log at the same level
+    log.configure(debug=state.debug, level=level)
     result = run_once(state.config(), _config_file(state.config_file), source, job)
     code = result.exit_code
     sys.exit(EXIT_OK if result.ok else (code if code and code > 0 else EXIT_FAILED))

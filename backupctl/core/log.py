@@ -15,6 +15,8 @@ import structlog
 
 _SECRET_WORDS = ("password", "secret", "token", "identity", "credential")
 JOB_ID_ENV = "BACKUPCTL_JOB_ID"  # set by the scheduler for its children: every line of a job names it
+LOG_LEVEL_ENV = "BACKUPCTL_LOG_LEVEL"  # the level of every command's lines; children of `run-job` inherit it
+LEVELS = ("debug", "info", "warning", "error")
 
 
 def _redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -33,8 +35,10 @@ def _job_id(job_id: str) -> Any:
     return add
 
 
-def configure(debug: bool = False, stream: Any = None, json_lines: bool = False) -> None:
+def configure(debug: bool = False, stream: Any = None, json_lines: bool = False, level: str = "info") -> None:
     """Set up structlog once per process; JSON unless stderr is a terminal (or ``json_lines``).
+
+    Lines below ``level`` (one of ``LEVELS``; ``debug`` overrides it) are dropped.
 
     A process started by the scheduler finds its job id in ``$BACKUPCTL_JOB_ID`` and puts it on every line,
     so one job's lines can be picked out of the journal whichever process wrote them.
@@ -56,10 +60,13 @@ def configure(debug: bool = False, stream: Any = None, json_lines: bool = False)
             _redact,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG if debug else logging.INFO),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG if debug else _NUMBERS[level]),
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
+
+
+_NUMBERS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:

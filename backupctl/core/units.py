@@ -9,6 +9,8 @@ one decimal in the largest unit it reaches: ``1.5 MiB``, ``2.3h``. For the confi
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 _SIZE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
 _DURATION_UNITS = (("d", 86400), ("h", 3600), ("m", 60))
 
@@ -36,6 +38,17 @@ def human_duration(seconds: float | None) -> str:
 def human_seconds(seconds: float | None, digits: int = 1) -> str:
     """A short measured time in seconds: 1.2s (how long a backup or a drill's part took); ``-`` when unknown."""
     return "-" if seconds is None else f"{seconds:.{digits}f}s"
+
+
+def short_time(stamp: str | None, now: datetime | None = None) -> str:
+    """An ISO 8601 time for a table, to the minute in UTC (as backup ids are): ``12-05 14:09`` this year,
+    ``2025-12-05 14:09`` before; ``-`` when unknown. JSON keeps the full time."""
+    if not stamp:
+        return "-"
+    moment = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    moment = moment.astimezone(UTC) if moment.tzinfo else moment
+    year = (now or datetime.now(UTC)).year
+    return moment.strftime("%m-%d %H:%M" if moment.year == year else "%Y-%m-%d %H:%M")
 
 
 def format_duration(seconds: float) -> str:

@@ -228,6 +228,15 @@ def open_details(manifest: Manifest, pipeline: Pipeline) -> dict[str, Any]:
     return manifest.details or {}
 
 
+def select(manifests: list[Manifest], backup_type: str | None = None, labels: dict[str, str] | None = None,
+           last: int | None = None) -> list[Manifest]:
+    """``list``'s filters over ``scan``'s newest-first manifests: a type, labels that must all match, then the
+    ``last`` newest of what is left."""
+    chosen = [m for m in manifests if (backup_type is None or m.type == backup_type)
+              and all(m.labels.get(key) == value for key, value in (labels or {}).items())]
+    return chosen[:last] if last is not None else chosen
+
+
 class Catalog:
     """Queries over the manifests of a repository."""
 
@@ -293,3 +302,74 @@ class Catalog:
             except ObjectNotFound:
                 continue
         raise ConfigError(f"no backup {backup_id} in the repository (see `backupctl list`)")
+
+    def resolve(self, ref: str, source: str | None = None) -> Manifest:
+        """The backup a user means by ``ref``: the one home of every form a command accepts for a backup id.
+
+        ``ref`` is a full id, a unique prefix of one (``20261205T14``; letters in any case), ``latest`` or
+        ``oldest`` (by finish time, as ``list`` orders them), or ``SOURCE:latest``/``SOURCE:oldest``.
+        ``source`` narrows the search to one source (commands that name one: ``drill run SOURCE --backup``);
+        without it, ``latest`` needs the repository to hold a single source's backups, since the newest of
+        any source is rarely what a restore means. Anything that does not name exactly one backup is a usage
+        error (exit 2) naming a few candidates: nothing has been read or written yet.
+        """
+        named, sep, position = ref.rpartition(":")
+        if sep and position.lower() in _POSITIONS:
+            if source is not None and named != source:
+                raise ConfigError(f"{ref!r} names source {named}, but this command is about source {source}")
+            return self._by_position(position.lower(), named)
+        if ref.lower() in _POSITIONS:
+            return self._by_position(ref.lower(), source)
+        if is_backup_id(ref):
+            manifest = self.find(ref)
+            if source is not None and manifest.source != source:
+                raise ConfigError(f"backup {manifest.id} belongs to source {manifest.source}, not {source}")
+            return manifest
+        prefix = _id_prefix(ref)
+        if prefix is None:
+            raise ConfigError(f"{ref!r} is not a backup id (they look like 20261125T021500123Z-S-k3x; give one, "
+                              "a unique prefix of one, latest, oldest or SOURCE:latest; see `backupctl list`)")
+        ids = {bid: name for name in ([source] if source else self.sources()) for bid in self.backup_ids(name)}
+        matches = sorted((bid for bid in ids if bid.startswith(prefix)), reverse=True)
+        if len(matches) == 1:
+            return self.read(layout.manifest_key(ids[matches[0]], matches[0]))
+        scope = f" of source {source}" if source else ""
+        if not matches:
+            raise ConfigError(f"no backup{scope} has an id starting with {ref!r} (see `backupctl list`)")
+        raise ConfigError(f"{ref!r} matches {len(matches)} backups{scope}: {_few(matches)}; give more of the id")
+
+    def backup_ids(self, source: str) -> list[str]:
+        """The ids of a source's complete backups, from one listing (no manifest read)."""
+        return [bid for info in self.storage.list(layout.backups_prefix(source))
+                if layout.is_manifest_key(info.key) and (bid := layout.backup_id_of(source, info.key))]
+
+    def _by_position(self, position: str, source: str | None) -> Manifest:
+        """``latest`` or ``oldest`` of one source, or of the repository when it holds one source's backups."""
+        manifests, _damaged = self.scan(source)
+        if not manifests:
+            where = f"source {source}" if source else "the repository"
+            raise ConfigError(f"{where} has no backup yet: there is no {position} (see `backupctl list`)")
+        sources = sorted({m.source for m in manifests})
+        if len(sources) > 1:
+            raise ConfigError(f"{position!r} is ambiguous: the repository holds backups of {_few(sources)}; "
+                              f"say {sources[0]}:{position}")
+        return manifests[0] if position == "latest" else manifests[-1]
+
+
+_POSITIONS = ("latest", "oldest")
+_SAMPLE_ID = "20261125T021500123Z-S-k3x"
+_SUFFIX_AT = _SAMPLE_ID.rindex("-") + 1  # before it every letter is upper case, after it lower case
+
+
+def _id_prefix(ref: str) -> str | None:
+    """``ref`` spelled as the start of a backup id (letters in the id's own case), or None if no id starts so."""
+    if not ref or len(ref) > len(_SAMPLE_ID):
+        return None
+    prefix = ref[:_SUFFIX_AT].upper() + ref[_SUFFIX_AT:].lower()
+    return prefix if is_backup_id(prefix + _SAMPLE_ID[len(prefix):]) else None
+
+
+def _few(names: list[str], limit: int = 4) -> str:
+    """At most ``limit`` names for an error line, and how many more there are."""
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more

@@ -292,9 +292,7 @@ def _chosen_backup(repo: Repository, source: SourceConfig, request: DrillRequest
     """The backup to drill; None lets the PITR planner pick the newest physical one that reaches the target."""
     target_given = request.target.kind != "end"
     if request.backup_id:
-        manifest = repo.catalog.find(request.backup_id)
-        if manifest.source != source.name:
-            raise ConfigError(f"backup {manifest.id} belongs to source {manifest.source}, not {source.name}")
+        manifest = repo.catalog.resolve(request.backup_id, source.name)
     elif target_given:
         if not source_kind(source).archives_wal:
             raise ConfigError("--target-* options apply to PostgreSQL physical backups")

@@ -152,10 +152,11 @@ def test_keygen(tmp_path: Path, cli: CliRunner) -> None:
 def test_unknown_backup_id(tmp_path: Path, local_backend: Backend, cli: CliRunner) -> None:
     config = make_config(tmp_path, local_backend)
     cli(config, "init")
+    nothing = cli(config, "show", "latest")
+    assert nothing.code == 2 and "the repository has no backup yet: there is no latest" in nothing.error_line
+    assert "is not a backup id" in cli(config, "show", "nonsense").error_line
     shown = cli(config, "show", "foo")
-    assert shown.code == 2 and shown.stdout == ""
-    assert shown.error_line == ("backupctl: error: 'foo' is not a backup id (they look like "
-                                "20261125T021500123Z-S-k3x; see `backupctl list`)")
+    assert shown.code == 2 and shown.stdout == "" and "is not a backup id" in shown.error_line
     missing = cli(config, "restore", "20261125T021500123Z-S-k3x", "--to", str(tmp_path / "x"))
     assert missing.code == 2 and "no backup 20261125T021500123Z-S-k3x" in missing.error_line
 

@@ -30,7 +30,7 @@ from tests.support.s3_servers import free_port
 
 
 def _status(site: Any, *sources: str) -> list[dict[str, Any]]:
-    result = site.cli("status", *sources)  # not a terminal: JSON by default
+    result = site.cli("status", *sources, "-o", "json")
     assert result.code == 0, result.stderr
     return json.loads(result.stdout)
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 import subprocess
 import sys
+from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 
@@ -19,6 +21,7 @@ from click.testing import CliRunner
 
 from backupctl.cli.argv import command_word
 from backupctl.cli.output import JsonWriter, TableWriter, Writer, writer
+from backupctl.core.units import short_time
 
 COMMAND_MODULES = ["backup", "restore", "wal", "retention", "repo", "keys", "ops", "scheduler", "drill"]
 HEAVY = ["backupctl.cli.app", "backupctl.cli.output", "rich", "boto3", "psycopg", "zstandard", "structlog"]
@@ -77,12 +80,10 @@ def test_every_format_writes_every_result() -> None:
     assert not JsonWriter.__abstractmethods__ and not TableWriter.__abstractmethods__
 
 
-def test_the_format_is_chosen_by_the_option_or_else_by_the_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert isinstance(writer("json"), JsonWriter) and isinstance(writer("table"), TableWriter)
-    monkeypatch.setattr(sys.stdout, "isatty", lambda: False)
-    assert isinstance(writer(None), JsonWriter)
-    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
-    assert isinstance(writer(None), TableWriter)
+def test_the_format_is_chosen_by_the_option_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    for tty in (False, True):
+        monkeypatch.setattr(sys.stdout, "isatty", lambda tty=tty: tty)
+        assert isinstance(writer("json"), JsonWriter) and isinstance(writer("table"), TableWriter)
 
 
 SUMMARY = {"id": "20261125T021500123Z-S-k3x", "source": "devdb", "type": "sqlite",
@@ -101,12 +102,36 @@ def test_the_json_writer_wraps_single_results_in_a_list(capsys: pytest.CaptureFi
 
 
 def test_the_table_writer_draws_a_listing_with_people_units(capsys: pytest.CaptureFixture[str]) -> None:
-    TableWriter().backups([SUMMARY])
-    header, _, row = capsys.readouterr().out.splitlines()
-    assert header.split() == ["ID", "┃", "SOURCE", "┃", "TYPE", "┃", "FINISHED", "┃", "DURATION", "┃", "SIZE", "┃",
-                              "STORED", "┃", "ENCRYPTED", "┃", "PINNED"]
-    assert [cell.strip() for cell in row.split("│")] == [
-        SUMMARY["id"], "devdb", "sqlite", "2026-11-25T02:15:01Z", "1.2s", "3.0 MiB", "1.0 MiB", "yes", "legal hold"]
+    TableWriter().backups([{**SUMMARY, "labels": {"env": "prod", "ticket": "OPS-1"}}])
+    header, row = capsys.readouterr().out.splitlines()  # piped: as wide as the rows, nothing folded
+    assert re.split(r"  +", header.strip()) == ["ID", "SOURCE", "TYPE", "FINISHED", "TOOK", "SIZE", "STORED",
+                                                "ENCRYPTED", "PINNED", "LABELS"]
+    assert re.split(r"  +", row.strip()) == [SUMMARY["id"], "devdb", "sqlite", "11-25 02:15", "1.2s",
+                                             "3.0 MiB", "1.0 MiB", "yes", "legal hold", "env=prod, ticket=OPS-1"]
+
+
+def test_a_narrow_terminal_keeps_ids_whole_and_leaves_out_empty_then_optional_columns(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    monkeypatch.setenv("COLUMNS", "80")
+    monkeypatch.setenv("NO_COLOR", "1")
+    rows = [{**SUMMARY, "encrypted": False, "pinned": None, "labels": {}},
+            {**SUMMARY, "id": "20261125T031500123Z-S-abc", "encrypted": False,
+             "pinned": {"reason": "kept for the audit of the year, as the auditors asked"},
+             "labels": {"ticket": "OPS-1234", "env": "production"}}]
+    TableWriter().backups(rows)
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in capsys.readouterr().out.splitlines()]
+    assert max(map(len, lines)) <= 80
+    assert re.split(r"  +", lines[0].strip()) == ["ID", "SOURCE", "TYPE", "FINISHED", "PINNED", "LABELS"]
+    assert lines[1].startswith(SUMMARY["id"] + "  ") and lines[2].startswith("20261125T031500123Z-S-abc  ")
+    assert lines[2].endswith("  ticket=OPS-1")  # the labels column folds beside the id
+
+
+def test_short_times_drop_the_year_only_for_this_one() -> None:
+    now = datetime(2026, 12, 5, tzinfo=UTC)
+    assert short_time("2026-12-05T14:09:59.999Z", now) == "12-05 14:09"
+    assert short_time("2025-12-05T15:09:00+01:00", now) == "2025-12-05 14:09"
+    assert short_time(None, now) == "-"
 
 
 def test_the_table_writer_says_when_there_is_nothing(capsys: pytest.CaptureFixture[str]) -> None:
@@ -138,11 +163,33 @@ def test_the_table_writer_of_a_check_is_the_monitoring_plugins_output(capsys: py
 
 
 def test_the_expire_table_sums_what_goes(capsys: pytest.CaptureFixture[str]) -> None:
-    rows = [{"item": "backup", "id": "x1", "type": "sqlite", "finished_at": "t", "action": "remove",
+    rows = [{"item": "backup", "id": "x1", "type": "sqlite", "finished_at": "2026-11-25T02:15:01Z", "action": "remove",
              "rules": ["no rule keeps it"], "stored_size": 2048, "result": "removed"},
-            {"item": "backup", "id": "x2", "type": "sqlite", "finished_at": "t", "action": "keep",
+            {"item": "backup", "id": "x2", "type": "sqlite", "finished_at": "2026-11-25T03:15:01Z", "action": "keep",
              "rules": ["keep_last (1 of 1)"], "stored_size": 4096, "result": "kept"}]
     TableWriter().expired(rows, dry_run=True)
     out = capsys.readouterr().out
     assert "RESULT" not in out
     assert out.splitlines()[-1] == "would remove 1 of 2 backups (2.0 KiB) and 0 WAL segments (0 B)"
+
+
+def test_the_cli_offers_every_backup_type_the_catalog_knows() -> None:
+    from backupctl.cli.backup import BACKUP_TYPES
+    from backupctl.repo.catalog import TYPE_LETTERS
+
+    assert set(BACKUP_TYPES) == set(TYPE_LETTERS)
+
+
+def test_the_most_explicit_log_option_wins_and_quiet_follows_the_level() -> None:
+    from backupctl.cli.common import State, chosen_log_level, quiet
+
+    assert chosen_log_level(True, "error", True, True) == "debug"  # --debug
+    assert chosen_log_level(False, "INFO", True, True) == "info"  # --log-level on the command line beats -q
+    assert chosen_log_level(False, "info", False, True) == "warning"  # -q beats $BACKUPCTL_LOG_LEVEL
+    assert chosen_log_level(False, "error", False, False) == "error"
+    assert chosen_log_level(False, None, False, False) is None  # the command's own default
+    assert [State(None, False, level).quiet for level in (None, "info", "warning", "error")] == \
+        [False, False, True, True]
+    assert quiet() is False  # outside a command
+    with click.Context(click.Command("x"), obj=State(None, False, "warning")):
+        assert quiet() is True
