@@ -9,11 +9,12 @@ from __future__ import annotations
 import click
 
 from backupctl.cli.common import OUTPUT, State, act_as, pass_state
+from backupctl.cli.completion import complete_backup_ids, complete_sources
 from backupctl.core.errors import BackupctlError, ConfigError
 
 
 @click.command()
-@click.argument("source")
+@click.argument("source", shell_complete=complete_sources)
 @click.option("--type", "backup_type", type=click.Choice(["sqlite", "logical", "full", "incr"]),
               help="Backup type (default: sqlite for SQLite sources, logical for PostgreSQL).")
 @click.option("--database", "databases", multiple=True, metavar="NAME",
@@ -51,7 +52,7 @@ def _labels(labels: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
 
 
 @click.command(name="list")
-@click.argument("source", required=False)
+@click.argument("source", required=False, shell_complete=complete_sources)
 @OUTPUT
 @pass_state
 def list_(state: State, source: str | None, output: str) -> None:
@@ -71,7 +72,7 @@ def list_(state: State, source: str | None, output: str) -> None:
 
 
 @click.command()
-@click.argument("backup_id")
+@click.argument("backup_id", shell_complete=complete_backup_ids)
 @OUTPUT
 @pass_state
 def show(state: State, backup_id: str, output: str) -> None:
@@ -90,10 +91,11 @@ def show(state: State, backup_id: str, output: str) -> None:
 
 
 @click.command()
-@click.argument("backup_id", required=False)
+@click.argument("backup_id", required=False, shell_complete=complete_backup_ids)
 @click.option("--all", "all_", is_flag=True, help="Verify every backup in the repository.")
-@click.option("--source", help="With --all: only this source's backups.")
-@click.option("--latest", metavar="SOURCE", help="Verify the newest backup of SOURCE.")
+@click.option("--source", help="With --all: only this source's backups.", shell_complete=complete_sources)
+@click.option("--latest", metavar="SOURCE", help="Verify the newest backup of SOURCE.",
+              shell_complete=complete_sources)
 @OUTPUT
 @pass_state
 def verify(state: State, backup_id: str | None, all_: bool, source: str | None, latest: str | None,
