@@ -3,8 +3,11 @@
 They are written to a node-exporter textfile after each job and served on ``/metrics`` by the scheduler
 ([metrics] textfile, listen). Times are Unix timestamps (``*_timestamp_seconds``) rather than ages, so a
 textfile written an hour ago still tells the truth: alert on ``time() - backupctl_backup_last_success_
-timestamp_seconds``. Job counters must survive the process that counted them (a systemd timer runs one job
-per process), so they are read back from the textfile before it is rewritten, under a lock.
+timestamp_seconds``. A verify or drill that never ran is a fact too (result -1 at timestamp 0), so an alert
+can fire on "never"; what could not be read is absent. The alert rules and the Grafana dashboard over these
+names are in the repository's ``monitoring/`` (tests/integration/test_monitoring_files.py keeps them in step).
+Job counters must survive the process that counted them (a systemd timer runs one job per process), so they
+are read back from the textfile before it is rewritten, under a lock.
 """
 
 from __future__ import annotations
