@@ -62,7 +62,7 @@ def commands(group: click.Group, parent: click.Context) -> list[click.Context]:
 
 
 def manpage(group: click.Group, name: str = "backupctl") -> str:
-    root = click.Context(group, info_name=name)
+    root = click.Context(group, info_name=name, **group.context_settings)
     summary = group.get_short_help_str(limit=200).rstrip(".")
     out = [
         f'.TH {name.upper()} 1 "" "{name} {__version__}" "User Commands"',
