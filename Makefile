@@ -3,7 +3,7 @@
 PYTHON ?= /usr/bin/python3
 VENV := .venv
 
-.PHONY: install demo test unit faults lint config-docs clean
+.PHONY: install demo test unit faults lint config-docs man clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,9 @@ lint: install
 config-docs: install  # the README's config reference, written from the schema (backupctl/core/config.py)
 	$(VENV)/bin/python -m backupctl.core.config_docs --write-readme
 	$(VENV)/bin/python -m backupctl.core.config_docs --check
+
+man: install  # man/backupctl.1, written from the click commands (backupctl/cli/manpage.py); checked in
+	$(VENV)/bin/python -m backupctl.cli.manpage > man/backupctl.1
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache

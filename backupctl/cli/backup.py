@@ -9,13 +9,14 @@ from __future__ import annotations
 import click
 
 from backupctl.cli.common import OUTPUT, State, act_as, pass_state
+from backupctl.cli.completion import complete_backup_ids, complete_sources
 from backupctl.core.errors import BackupctlError, ConfigError
 
 BACKUP_TYPES = ("sqlite", "logical", "full", "incr")  # cheap here; catalog.TYPE_LETTERS has the same keys (test)
 
 
 @click.command()
-@click.argument("source")
+@click.argument("source", shell_complete=complete_sources)
 @click.option("--type", "backup_type", type=click.Choice(BACKUP_TYPES),
               help="Backup type (default: full for a PostgreSQL source with pgdata and no --database, else "
                    "logical; sqlite for SQLite sources).")
@@ -60,7 +61,7 @@ def _labels(labels: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
 
 
 @click.command(name="list")
-@click.argument("source", required=False)
+@click.argument("source", required=False, shell_complete=complete_sources)
 @click.option("--type", "backup_type", type=click.Choice(BACKUP_TYPES), help="Only backups of this type.")
 @click.option("--label", "labels", multiple=True, metavar="KEY=VALUE",
               help="Only backups with this label (repeatable: all must match).")
@@ -88,7 +89,7 @@ def list_(state: State, source: str | None, backup_type: str | None, labels: tup
 
 
 @click.command()
-@click.argument("backup_id")
+@click.argument("backup_id", shell_complete=complete_backup_ids)
 @OUTPUT
 @pass_state
 def show(state: State, backup_id: str, output: str) -> None:
@@ -110,10 +111,11 @@ def show(state: State, backup_id: str, output: str) -> None:
 
 
 @click.command()
-@click.argument("backup_id", required=False)
+@click.argument("backup_id", required=False, shell_complete=complete_backup_ids)
 @click.option("--all", "all_", is_flag=True, help="Verify every backup in the repository.")
-@click.option("--source", help="With --all: only this source's backups.")
-@click.option("--latest", metavar="SOURCE", help="Verify the newest backup of SOURCE.")
+@click.option("--source", help="With --all: only this source's backups.", shell_complete=complete_sources)
+@click.option("--latest", metavar="SOURCE", help="Verify the newest backup of SOURCE.",
+              shell_complete=complete_sources)
 @OUTPUT
 @pass_state
 def verify(state: State, backup_id: str | None, all_: bool, source: str | None, latest: str | None,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import click
 
 from backupctl.cli.common import OUTPUT, State, TargetOptions, act_as, pass_state, target_options
+from backupctl.cli.completion import complete_backup_ids, complete_sources
 from backupctl.core.errors import BackupctlError
 
 
@@ -17,9 +18,10 @@ def drill_group() -> None:
 
 
 @drill_group.command(name="run")
-@click.argument("source")
+@click.argument("source", shell_complete=complete_sources)
 @click.option("--backup", "backup_id", metavar="ID",
-              help="Drill this backup: id, unique prefix, latest or oldest (default: the newest).")
+              help="Drill this backup: id, unique prefix, latest or oldest (default: the newest).",
+              shell_complete=complete_backup_ids)
 @target_options("Physical: stop as soon as the backup is consistent (default: the end of archived WAL).")
 @click.option("--keep", is_flag=True, help="Keep the scratch copy (stopped) for a look afterwards.")
 @OUTPUT
@@ -47,7 +49,7 @@ def drill_run(state: State, source: str, backup_id: str | None, target: TargetOp
 
 
 @drill_group.command(name="list")
-@click.argument("source", required=False)
+@click.argument("source", required=False, shell_complete=complete_sources)
 @OUTPUT
 @pass_state
 def drill_list(state: State, source: str | None, output: str) -> None:

@@ -11,11 +11,12 @@ from datetime import UTC, datetime
 import click
 
 from backupctl.cli.common import OUTPUT, State, pass_state
+from backupctl.cli.completion import complete_sources
 from backupctl.core.errors import ConfigError
 
 
 @click.command()
-@click.argument("sources", nargs=-1, metavar="[SOURCE]...")
+@click.argument("sources", nargs=-1, metavar="[SOURCE]...", shell_complete=complete_sources)
 @OUTPUT
 @pass_state
 def status(state: State, sources: tuple[str, ...], output: str) -> None:
@@ -27,7 +28,7 @@ def status(state: State, sources: tuple[str, ...], output: str) -> None:
 
 
 @click.command()
-@click.argument("sources", nargs=-1, metavar="[SOURCE]...")
+@click.argument("sources", nargs=-1, metavar="[SOURCE]...", shell_complete=complete_sources)
 @OUTPUT
 @pass_state
 def check(state: State, sources: tuple[str, ...], output: str) -> None:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from backupctl.cli.common import OUTPUT, State, TargetOptions, act_as, pass_state, target_options
+from backupctl.cli.completion import complete_backup_ids, complete_backup_ids_or_sources
 from backupctl.core.errors import BackupctlError, ConfigError
 
 if TYPE_CHECKING:  # types only (start-up cost)
@@ -95,7 +96,7 @@ class PhysicalRequest:
 
 
 @click.command()
-@click.argument("backup_id", metavar="BACKUP_ID|SOURCE")
+@click.argument("backup_id", metavar="BACKUP_ID|SOURCE", shell_complete=complete_backup_ids_or_sources)
 @click.option("--to", type=click.Path(path_type=Path), help="SQLite: the database file to write.")
 @click.option("--force", is_flag=True, help="Replace an existing file (--to, --to-file) or data directory.")
 @click.option("--delta", is_flag=True,
@@ -109,7 +110,8 @@ class PhysicalRequest:
               help="Physical: what the server does at the target (default: PostgreSQL's, pause).")
 @click.option("--exclusive", is_flag=True, help="Physical: stop just before the target (time, LSN, xid).")
 @click.option("--backup", "backup_choice",
-              help="Physical: restore this backup (id, unique prefix, latest, oldest) instead of the planner's choice.")
+              help="Physical: restore this backup (id, unique prefix, latest, oldest) instead of the planner's choice.",
+              shell_complete=complete_backup_ids)
 @click.option("--dry-run", is_flag=True, help="Physical: print the plan and stop.")
 @click.option("--start", "start_server", is_flag=True,
               help="Physical: start the restored server and wait until it reaches the target.")

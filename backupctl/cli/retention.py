@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import click
 
 from backupctl.cli.common import OUTPUT, State, act_as, pass_state
+from backupctl.cli.completion import complete_backup_ids, complete_sources
 
 if TYPE_CHECKING:  # types only (start-up cost)
     from backupctl.repo.catalog import Manifest
@@ -19,7 +20,7 @@ if TYPE_CHECKING:  # types only (start-up cost)
 
 
 @click.command()
-@click.argument("source")
+@click.argument("source", shell_complete=complete_sources)
 @click.option("--dry-run", is_flag=True, help="Print the plan (every backup and WAL range, and why) and stop.")
 @click.option("--force", is_flag=True, help="Allow a run that removes more than half of the source's backups.")
 @OUTPUT
@@ -41,7 +42,7 @@ def expire(state: State, source: str, dry_run: bool, force: bool, output: str) -
 
 
 @click.command()
-@click.argument("backup_id")
+@click.argument("backup_id", shell_complete=complete_backup_ids)
 @click.option("--dry-run", is_flag=True, help="Print what would be removed, and what protects it, and stop.")
 @click.option("--force", is_flag=True, help="Delete a backup retention protects (newest, pinned, read, the "
               "recovery window's base), and the incrementals built on it.")
@@ -61,7 +62,7 @@ def delete(state: State, backup_id: str, dry_run: bool, force: bool, output: str
 
 
 @click.command()
-@click.argument("backup_id")
+@click.argument("backup_id", shell_complete=complete_backup_ids)
 @click.option("--reason", required=True, help="Why the backup must be kept (shown by list and expire).")
 @pass_state
 def pin(state: State, backup_id: str, reason: str) -> None:
@@ -74,7 +75,7 @@ def pin(state: State, backup_id: str, reason: str) -> None:
 
 
 @click.command()
-@click.argument("backup_id")
+@click.argument("backup_id", shell_complete=complete_backup_ids)
 @pass_state
 def unpin(state: State, backup_id: str) -> None:
     """Let the retention policy decide about BACKUP_ID again."""

@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from backupctl.cli.common import OUTPUT, State, pass_state
+from backupctl.cli.completion import complete_sources
 from backupctl.core.errors import EXIT_FAILED, EXIT_OK
 
 
@@ -41,7 +42,7 @@ def scheduler_jobs(state: State, output: str) -> None:
 
 
 @scheduler.command(name="run-job")
-@click.argument("source")
+@click.argument("source", shell_complete=complete_sources)
 @click.argument("job", type=click.Choice(["backup", "full", "incr", "logical", "expire", "verify", "drill"]))
 @pass_state
 def scheduler_run_job(state: State, source: str, job: str) -> None:

@@ -12,13 +12,15 @@ import sys
 import click
 
 from backupctl.cli.common import OUTPUT, State, act_as, pass_state
+from backupctl.cli.completion import complete_sources
 from backupctl.core.errors import BackupctlError, ConfigError
 from backupctl.core.options import parse_size
 
 
 @click.command(name="wal-push")
 @click.argument("path")
-@click.option("--source", help="The PostgreSQL source (optional when the config has only one).")
+@click.option("--source", help="The PostgreSQL source (optional when the config has only one).",
+              shell_complete=complete_sources)
 @pass_state
 def wal_push(state: State, path: str, source: str | None) -> None:
     """archive_command: store the WAL file PATH (%p) in the repository; exit 0 once it is durable."""
@@ -30,7 +32,8 @@ def wal_push(state: State, path: str, source: str | None) -> None:
 @click.command(name="wal-fetch")
 @click.argument("name")
 @click.argument("dest")
-@click.option("--source", help="The PostgreSQL source (optional when the config has only one).")
+@click.option("--source", help="The PostgreSQL source (optional when the config has only one).",
+              shell_complete=complete_sources)
 @click.option("--epoch", type=click.IntRange(min=1), default=1, show_default=True,
               help="The history epoch whose WAL to fetch (a cluster restored from a backup taken after "
                    "pg_upgrade; `restore` and `pg-settings` write it).")
@@ -48,7 +51,7 @@ def wal_group() -> None:
 
 
 @wal_group.command(name="status")
-@click.argument("source", required=False)
+@click.argument("source", required=False, shell_complete=complete_sources)
 @OUTPUT
 @pass_state
 def wal_status(state: State, source: str | None, output: str) -> None:
@@ -67,7 +70,7 @@ def wal_status(state: State, source: str | None, output: str) -> None:
 
 
 @wal_group.command(name="verify")
-@click.argument("source", required=False)
+@click.argument("source", required=False, shell_complete=complete_sources)
 @click.option("--jobs", "-j", type=click.IntRange(1, 64), default=4, show_default=True,
               help="Objects read in parallel.")
 @OUTPUT
@@ -93,7 +96,7 @@ def wal_verify(state: State, source: str | None, jobs: int, output: str) -> None
 
 
 @wal_group.command(name="check")
-@click.argument("source", required=False)
+@click.argument("source", required=False, shell_complete=complete_sources)
 @click.option("--timeout", type=float, default=60.0, show_default=True,
               help="Seconds to wait for the segment to reach the repository.")
 @OUTPUT
@@ -113,7 +116,7 @@ def wal_check(state: State, source: str | None, timeout: float, output: str) -> 
 
 
 @wal_group.command(name="new-epoch")
-@click.argument("source")
+@click.argument("source", shell_complete=complete_sources)
 @click.option("--system-identifier", help="Without asking the server: its system identifier (pg_controldata's "
               "'Database system identifier'). Give all three or none.")
 @click.option("--major", type=int, help="Without asking the server: its major version (PG_VERSION).")
@@ -156,7 +159,8 @@ def wal_new_epoch(state: State, source: str, system_identifier: str | None, majo
 
 @wal_group.command(name="forget-timeline")
 @click.argument("timeline", type=click.IntRange(min=1))
-@click.option("--source", help="The PostgreSQL source (optional when the config has only one).")
+@click.option("--source", help="The PostgreSQL source (optional when the config has only one).",
+              shell_complete=complete_sources)
 @click.option("--epoch", type=click.IntRange(min=1), help="The history epoch (default: the current one).")
 @click.option("--dry-run", is_flag=True, help="Show what would be removed; remove nothing.")
 @click.option("--force", is_flag=True, help="Also when the timeline may still be archiving, and remove the "
@@ -182,7 +186,7 @@ def wal_forget_timeline(state: State, timeline: int, source: str | None, epoch: 
 
 
 @click.command(name="pg-settings")
-@click.argument("source", required=False)
+@click.argument("source", required=False, shell_complete=complete_sources)
 @pass_state
 def pg_settings(state: State, source: str | None) -> None:
     """Print the postgresql.conf lines that archive SOURCE into the repository (absolute paths); the

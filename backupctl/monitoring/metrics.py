@@ -3,8 +3,11 @@
 They are written to a node-exporter textfile after each job and served on ``/metrics`` by the scheduler
 ([metrics] textfile, listen). Times are Unix timestamps (``*_timestamp_seconds``) rather than ages, so a
 textfile written an hour ago still tells the truth: alert on ``time() - backupctl_backup_last_success_
-timestamp_seconds``. Job counters must survive the process that counted them (a systemd timer runs one job
-per process), so they are read back from the textfile before it is rewritten, under a lock.
+timestamp_seconds``. A verify or drill that never ran is a fact too (result -1 at timestamp 0), so an alert
+can fire on "never"; what could not be read is absent. The alert rules and the Grafana dashboard over these
+names are in the repository's ``monitoring/`` (tests/integration/test_monitoring_files.py keeps them in step).
+Job counters must survive the process that counted them (a systemd timer runs one job per process), so they
+are read back from the textfile before it is rewritten, under a lock.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import platform
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -23,6 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+from backupctl import __version__
 from backupctl.core.log import get_logger
 from backupctl.repo.catalog import parse_iso
 
@@ -156,17 +161,33 @@ def status_families(statuses: Iterable[SourceStatus]) -> list[Metric]:
                     "reach.", kind, _ts(window.earliest))
             out.set("backupctl_recoverable_window_end_timestamp_seconds", "The latest point a restore can reach.",
                     kind, _ts(window.latest))
-        records: tuple[tuple[str, VerifySummary | DrillSummary | None], ...] = (
-            ("verify", status.last_verify), ("drill", status.last_drill))
-        for what, record in records:
+        records: tuple[tuple[str, str, VerifySummary | DrillSummary | None], ...] = (
+            ("verify", "last verify", status.last_verify), ("drill", "last drill", status.last_drill))
+        for what, part, record in records:
             if record:
-                out.set(f"backupctl_{what}_last_success", f"1 when the last {what} passed.", src,
-                        1 if record.status == "passed" else 0)
-                out.set(f"backupctl_{what}_last_timestamp_seconds", f"When the last {what} finished.", src,
-                        _ts(record.finished_at))
+                success, finished = (1 if record.status == "passed" else 0), _ts(record.finished_at)
+            elif reachable and not status.failed(part):
+                # Known to have none yet: "never" (-1, at time 0) rather than absent, so an alert can fire on it.
+                success, finished = -1, 0.0
+            else:  # not known (the repository or its records could not be read): absent, as every unread fact
+                continue
+            out.set(f"backupctl_{what}_last_success", f"1 when the last {what} passed, 0 when it failed, -1 when "
+                    "none has run yet.", src, success)
+            out.set(f"backupctl_{what}_last_timestamp_seconds", f"When the last {what} finished (0 when none has "
+                    "run yet).", src, finished)
         out.set("backupctl_drill_last_rto_seconds", "Restore time measured by the last drill.", src,
                 status.last_drill.rto_seconds if status.last_drill else None)
+        out.set("backupctl_drill_scheduled", "1 when the source's schedule runs drills ([sources.NAME.schedule] "
+                "drill).", src, 1 if status.drills_scheduled else 0)
     return [*out.families.values(), archive_failures]
+
+
+def build_info() -> Metric:
+    """``backupctl_build_info{version, python} 1``: which backupctl wrote these metrics, and on what Python."""
+    info = GaugeMetricFamily("backupctl_build_info", "The backupctl and Python versions that wrote these metrics.",
+                             labels=["version", "python"])
+    info.add_metric([__version__, platform.python_version()], 1)
+    return info
 
 
 class Exposition(Collector):
@@ -177,7 +198,7 @@ class Exposition(Collector):
         self._lock = threading.Lock()
 
     def update(self, statuses: Iterable[SourceStatus], jobs: JobStats | None) -> None:
-        families = status_families(statuses) + (list(jobs.families()) if jobs else [])
+        families = [build_info(), *status_families(statuses), *(jobs.families() if jobs else ())]
         with self._lock:
             self._families = families
 

@@ -192,6 +192,10 @@ class SourceStatus:
     last_drill: DrillSummary | None = None
     errors: tuple[str, ...] = ()
 
+    def failed(self, part: str) -> bool:
+        """Whether gathering ``part`` (``"last verify"``, ...) failed: its None then means "not known"."""
+        return any(error.startswith(f"{part}: ") for error in self.errors)
+
     def to_json(self) -> dict[str, Any]:
         def part(value: Any) -> Any:
             return None if value is None else value.to_json()

@@ -260,6 +260,13 @@ class Catalog:
         """Sources that have a ``backups/`` folder in the repository."""
         return [p.rstrip("/") for p in self.storage.list_prefixes("") if layout.is_source_folder(p)]
 
+    def ids(self, source: str | None = None) -> list[str]:
+        """The ids of the complete backups (those with a manifest), newest first, from listings alone."""
+        sources = [source] if source else self.sources()
+        found = {layout.backup_id_of(name, info.key) for name in sources
+                 for info in self.storage.list(layout.backups_prefix(name)) if layout.is_manifest_key(info.key)}
+        return sorted((i for i in found if i), reverse=True)
+
     def scan(self, source: str | None = None) -> tuple[list[Manifest], dict[str, str]]:
         """Every complete backup (newest first by finish time), and the manifests that cannot be read.
 

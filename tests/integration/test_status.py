@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -199,6 +200,10 @@ def test_postgres_archiving_window_and_archiver_failures(request: pytest.Fixture
         assert abs(samples[("backupctl_wal_last_archived_timestamp_seconds", main)] - time.time()) < 300
         assert samples[("backupctl_recoverable_window_seconds", (("kind", "pitr"), *main))] == window["seconds"]
         assert samples[("backupctl_backup_last_stored_bytes", (*main, ("type", "full")))] == backup["stored_size"]
+        assert samples[("backupctl_verify_last_timestamp_seconds", main)] == 0, "never verified: present, at 0"
+        linted = subprocess.run(["promtool", "check", "metrics"], input=exposition.stdout, capture_output=True,
+                                text=True, timeout=60, check=False)
+        assert linted.returncode == 0, linted.stdout + linted.stderr
 
         # Archiving starts failing (the repository refuses writes): the archiver says so, the backlog grows.
         wal_dirs = [site.root / "repo" / "main" / "wal", *(site.root / "repo" / "main" / "wal").rglob("*")]
