@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # types only (start-up cost)
 def expire(state: State, source: str, dry_run: bool, force: bool, output: str) -> None:
     """Apply SOURCE's retention policy: remove the backups no rule keeps, then the WAL none needs."""
     from backupctl.cli.output import writer
+    from backupctl.cli.progress import progress_for
     from backupctl.repo.repository import open_repository
     from backupctl.services.expire import expire as run
 
@@ -34,7 +35,7 @@ def expire(state: State, source: str, dry_run: bool, force: bool, output: str) -
     src = config.source(source)
     act_as(config, "repository", source)
     with open_repository(config) as repo:
-        outcome = run(repo, src, dry_run=dry_run, force=force)
+        outcome = run(repo, src, dry_run=dry_run, force=force, progress=progress_for(state))
     writer(output).expired(outcome.rows(), dry_run)
     if outcome.guard:
         click.echo(f"note: the real run refuses without --force: {outcome.guard}", err=True)
