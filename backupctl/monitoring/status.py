@@ -174,7 +174,8 @@ class DrillSummary:
 class RunningBackup:
     """The backup running now, as its lease tells (any host sees it): who runs it, since when, how far.
 
-    ``started_at`` is on the store's clock, like ``now``'s comparison with it; the byte counts are the
+    ``started_at`` is on the store's clock; whether the lease is live and ``running_seconds`` are judged by
+    this host's clock, like every age status gives (gathering never writes). The byte counts are the
     holder's at its latest lease renewal (every quarter of ``lease_ttl``), None until it wrote one.
     ``bytes_total`` is the engine's estimate (the databases' size), None when it has none.
     """
@@ -282,7 +283,7 @@ def source_status(repo: Repository, source: SourceConfig, now: datetime) -> Sour
     verify = _attempt(errors, "last verify", lambda: _newest_record(repo, layout.verifications_prefix(source.name)))
     drill = _attempt(errors, "last drill", lambda: _last_drill(repo, source.name))
     window = _attempt(errors, "window", lambda: recoverable_window(repo, source, manifests, wal_facts))
-    running = _attempt(errors, "running backup", lambda: _running_backup(repo, source.name))
+    running = _attempt(errors, "running backup", lambda: _running_backup(repo, source.name, now))
     return SourceStatus(
         source.name, source.kind, iso(now), source.schedule.drill is not None, repository=repository,
         backups=_newest_per_type(manifests, now), backup_count=len(manifests), damaged_manifests=tuple(sorted(damaged)),
@@ -292,10 +293,10 @@ def source_status(repo: Repository, source: SourceConfig, now: datetime) -> Sour
         running_backup=running)
 
 
-def _running_backup(repo: Repository, source: str) -> RunningBackup | None:
-    """The live holder of the source's backup lease, measured on the store's clock; None when none runs."""
-    holder = lease.live_exclusive(repo.storage, source, "backup")
-    return RunningBackup.from_lease(holder, lease.store_now(repo.storage, source)) if holder else None
+def _running_backup(repo: Repository, source: str, now: datetime) -> RunningBackup | None:
+    """The holder of the source's backup lease unless it expired; None when no backup runs."""
+    holder = lease.newest_holder(repo.storage, source, "backup")
+    return RunningBackup.from_lease(holder, now) if holder and holder.expires_at > now else None
 
 
 def _repository_usage(repo: Repository, source: str) -> RepositoryFacts:

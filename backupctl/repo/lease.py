@@ -312,13 +312,19 @@ def live_readers(storage: Storage, source: str) -> list[LeaseInfo]:
     return [lease for lease in leases if lease is not None and lease.expires_at > now]
 
 
-def live_exclusive(storage: Storage, source: str | None, name: str) -> LeaseInfo | None:
-    """The current holder of an exclusive lease, or None when it is free, released or expired."""
-    prefix = layout.lease_prefix(source, name)
-    generations = _generations(storage, prefix)
+def newest_holder(storage: Storage, source: str | None, name: str) -> LeaseInfo | None:
+    """The newest generation of an exclusive lease unless it was released, expired or not: reading only (a
+    monitoring host may not write), so the caller judges its expiry."""
+    generations = _generations(storage, layout.lease_prefix(source, name))
     if not generations:
         return None
     holder = _read(storage, generations[max(generations)])
-    if holder is None or holder.released or holder.expires_at <= store_now(storage, source):
+    return None if holder is None or holder.released else holder
+
+
+def live_exclusive(storage: Storage, source: str | None, name: str) -> LeaseInfo | None:
+    """The current holder of an exclusive lease, or None when it is free, released or expired."""
+    holder = newest_holder(storage, source, name)
+    if holder is None or holder.expires_at <= store_now(storage, source):
         return None
     return holder

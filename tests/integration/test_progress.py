@@ -23,6 +23,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from backupctl.core.config import load_config
+from backupctl.repo import lease
 from backupctl.repo.repository import open_repository
 from tests.support.cli import cli_env
 from tests.support.ops_helpers import SqliteSite, sqlite_site
@@ -175,3 +176,14 @@ def test_a_real_backup_reports_how_far_it_is_through_its_lease(tmp_path: Path) -
     assert counted["pid"] == backup.pid and counted["operation"] == "sqlite backup"
     assert counted["bytes_total"] == size and 0 < counted["bytes_done"] <= size
     assert _running(site) is None
+
+
+def test_the_lease_of_a_backup_that_died_is_no_running_backup_once_it_expires(tmp_path: Path) -> None:
+    site = sqlite_site(tmp_path)
+    storage = site.storage()
+    with lease.exclusive(storage, "devdb", "backup", operation="sqlite backup", ttl=2) as held:
+        assert _running(site) is not None
+        held.stop_renewing()  # as if the process was killed: nobody renews, nobody releases
+        time.sleep(3.5)
+        assert _running(site) is None
+        assert _metrics(site) == {"backupctl_backup_running": 0.0}
