@@ -1,4 +1,4 @@
-"""Progress while a backup, verify, restore or expire runs, and a running backup in status and the metrics.
+"""Progress while a backup, verify, restore, drill or expire runs, and a running backup in status and the metrics.
 
 The progress line is judged as a user sees it: the CLI runs with its stderr on a pseudo-terminal, and with
 stderr a pipe (cron, systemd) it must draw nothing at all. A running backup is seen from another process:
@@ -62,7 +62,7 @@ def on_terminal(site: SqliteSite, *args: str, env: dict[str, str] | None = None)
     return proc.returncode, stdout.decode(), ANSI.sub("", b"".join(chunks).decode(errors="replace"))
 
 
-def test_backup_verify_restore_and_expire_show_progress_on_a_terminal_only(tmp_path: Path) -> None:
+def test_backup_verify_restore_drill_and_expire_show_progress_on_a_terminal_only(tmp_path: Path) -> None:
     site = sqlite_site(tmp_path, {"sources": {"devdb": {"retention": {"keep_last": 1}}}}, blob_mib=8)
     size = site.db.stat().st_size
 
@@ -81,6 +81,10 @@ def test_backup_verify_restore_and_expire_show_progress_on_a_terminal_only(tmp_p
     code, _, terminal = on_terminal(site, "restore", first, "--to", str(tmp_path / "restored.sqlite3"))
     assert code == 0, terminal
     assert re.search(rf"restore {first} .*100%", terminal) and BYTES_LINE.search(terminal), terminal
+
+    code, _, terminal = on_terminal(site, "drill", "run", "devdb", "--backup", first)
+    assert code == 0, terminal
+    assert re.search(rf"drill {first} .*100%", terminal) and BYTES_LINE.search(terminal), terminal
 
     assert site.cli("backup", "devdb").code == 0  # a second one: keep_last = 1 expires the first
     code, _, terminal = on_terminal(site, "expire", "devdb")
