@@ -69,7 +69,7 @@ class PhysicalEngine(Engine):
         run = start(backup_type)
         with run.cleanup_on_failure(), tempfile.TemporaryDirectory(dir=tmp_root) as scratch:
             # The databases' sizes estimate a full copy; an incremental one stores an unknown part of them.
-            run.expect(sum(facts.databases.values()) if parent is None else None)
+            run.expect(facts.data_size if parent is None else None)
             parent_manifest = None
             if parent is not None:
                 parent_manifest = Path(scratch) / "parent_backup_manifest"

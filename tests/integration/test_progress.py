@@ -27,13 +27,14 @@ from backupctl.repo import lease
 from backupctl.repo.repository import open_repository
 from tests.support.cli import cli_env
 from tests.support.ops_helpers import SqliteSite, sqlite_site
+from tests.support.pg_site import Site
 
 # "8.1 MiB of 8.1 MiB, 40.2 MiB/s": bytes done of the total, and the rate.
 BYTES_LINE = re.compile(r"\d+(\.\d)? (B|KiB|MiB) of \d+(\.\d)? (B|KiB|MiB), \d+(\.\d)? (B|KiB|MiB|GiB)/s")
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
-def on_terminal(site: SqliteSite, *args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+def on_terminal(site: SqliteSite | Site, *args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     """Run the CLI with stderr on a pty (120 columns), stdout a pipe; its exit code, stdout and the terminal's
     text without colour codes."""
     master, slave = os.openpty()
@@ -191,3 +192,18 @@ def test_the_lease_of_a_backup_that_died_is_no_running_backup_once_it_expires(tm
         time.sleep(3.5)
         assert _running(site) is None
         assert _metrics(site) == {"backupctl_backup_running": 0.0}
+
+
+
+def test_a_physical_backup_and_its_verify_show_progress(site: Site) -> None:
+    assert site.cli("init").code == 0
+    sizes = site.sql("SELECT sum(pg_database_size(oid)) FROM pg_database")[0][0]
+    code, out, terminal = on_terminal(site, "backup", "main", "--type", "full", "-o", "json")
+    assert code == 0, terminal
+    lines = [line for line in re.split(r"[\r\n]", terminal) if line.startswith("backup main")]
+    assert lines and BYTES_LINE.search(lines[-1]), terminal
+    assert f"of {sizes / 1024**2:.1f} MiB" in lines[-1], "the total is the databases' size"
+    full = json.loads(out)["id"]
+    code, _, terminal = on_terminal(site, "verify", full)
+    assert code == 0, terminal
+    assert re.search(rf"verify {full} .*100%", terminal) and BYTES_LINE.search(terminal), terminal
