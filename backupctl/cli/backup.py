@@ -30,6 +30,7 @@ def backup(state: State, source: str, backup_type: str | None, databases: tuple[
            export_json: bool, labels: tuple[str, ...], output: str) -> None:
     """Back up a configured SOURCE into the repository."""
     from backupctl.cli.output import writer
+    from backupctl.cli.progress import progress_for
     from backupctl.core.log import get_logger
     from backupctl.engines.base import BackupOptions
     from backupctl.engines.registry import default_type
@@ -45,7 +46,7 @@ def backup(state: State, source: str, backup_type: str | None, databases: tuple[
             get_logger(__name__).info("no --type given", type=backup_type, reason=why)
     act_as(config, "backup", source)
     with open_repository(config) as repo:
-        manifest = backup_source(repo, src, backup_type, options)
+        manifest = backup_source(repo, src, backup_type, options, progress_for(state))
     writer(output).backup(manifest)
 
 
@@ -125,6 +126,7 @@ def verify(state: State, backup_id: str | None, all_: bool, source: str | None, 
     Each verified backup leaves a record in the repository (<source>/verifications/), which `status` and
     `check` report."""
     from backupctl.cli.output import writer
+    from backupctl.cli.progress import progress_for
     from backupctl.repo.repository import open_repository
     from backupctl.services.verify import latest_backup, source_bindir, verify_all, verify_backup
 
@@ -134,10 +136,10 @@ def verify(state: State, backup_id: str | None, all_: bool, source: str | None, 
     act_as(config, "repository", latest or source)  # its records must not be root's
     with open_repository(config) as repo:
         if all_:
-            results = verify_all(repo, source)
+            results = verify_all(repo, source, progress_for(state))
         else:
             manifest = latest_backup(repo, latest) if latest else repo.catalog.resolve(backup_id or "")
-            results = [verify_backup(repo, manifest, source_bindir(repo, manifest))]
+            results = [verify_backup(repo, manifest, source_bindir(repo, manifest), progress_for(state))]
     writer(output).verified(results)
     bad = [r for r in results if not r.ok]
     unrecorded = [r.record_error for r in results if r.record_error]

@@ -31,6 +31,7 @@ def drill_run(state: State, source: str, backup_id: str | None, target: TargetOp
     """Restore a backup of SOURCE into a scratch copy, start it, check it and record the result
     (exit 1 when a check fails)."""
     from backupctl.cli.output import writer
+    from backupctl.cli.progress import progress_for
     from backupctl.repo.repository import open_repository
     from backupctl.services import drill
 
@@ -39,7 +40,7 @@ def drill_run(state: State, source: str, backup_id: str | None, target: TargetOp
     src = config.source(source)
     act_as(config, "server", source)  # a SQLite drill's record must not be root's either
     with open_repository(config) as repo:
-        result = drill.run_drill(repo, src, drill.DrillRequest(backup_id, recovery_target, keep))
+        result = drill.run_drill(repo, src, drill.DrillRequest(backup_id, recovery_target, keep), progress_for(state))
     writer(output).drill(result.to_json())  # `drill show` renders the stored document the same way
     if result.status != "passed":
         failed = [c.name for c in result.checks if c.status == "failed"]

@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # types only: the writers take what the services return
     from pathlib import Path
 
     from backupctl.monitoring.check import Finding
-    from backupctl.monitoring.status import DrillSummary, SourceStatus, VerifySummary, Window
+    from backupctl.monitoring.status import DrillSummary, RunningBackup, SourceStatus, VerifySummary, Window
     from backupctl.repo.catalog import Manifest
     from backupctl.services.delete import DeleteOutcome
     from backupctl.services.forget_timeline import Forgotten
@@ -340,6 +340,8 @@ class TableWriter(Writer):
             _table(None, ["SOURCE", "TYPE", "NEWEST", "AGE", "SIZE", "STORED", "TOOK", "COUNT"], backups,
                    ids=("NEWEST",), drop=("TOOK", "SIZE"))
         for s in facts:
+            if s.running_backup is not None:
+                _console().print(f"{s.source}: {_running_line(s.running_backup)}", markup=False)
             if s.timelines and len(s.timelines["tips"]) > 1:
                 _console().print(f"{s.source}: timelines: {s.timelines['reason']}")
             for error in s.errors:
@@ -582,6 +584,18 @@ def _plan_view(plan: dict[str, Any]) -> None:
         out.print(f"archiving:    {plan['archiving']['state']} ({plan['archiving']['reason']})")
     for note in plan["notes"]:
         out.print(f"note:         {note}")
+
+
+def _running_line(running: RunningBackup) -> str:
+    """A running backup as `status` shows it: what, where, since when, and how far at its last lease renewal."""
+    what = f"backup {running.backup_id}" if running.backup_id else running.operation
+    line = (f"{what} running on {running.host} (pid {running.pid}) since {running.started_at} "
+            f"({human_duration(running.running_seconds)})")
+    if running.bytes_done is not None:
+        line += f", {human_size(running.bytes_done)} read"
+        if running.bytes_total:
+            line += f" of about {human_size(running.bytes_total)}"
+    return line
 
 
 def _wal_cell(status: SourceStatus) -> str:

@@ -23,6 +23,7 @@ from backupctl.core.errors import BackupctlError, ConfigError
 
 if TYPE_CHECKING:  # types only (start-up cost)
     from backupctl.core.config import Config
+    from backupctl.core.progress import ProgressObserver
     from backupctl.repo.catalog import Manifest
     from backupctl.repo.repository import Repository
 
@@ -145,13 +146,15 @@ class PhysicalRequest:
 def restore(state: State, backup_id: str, output: str, **options: Any) -> None:
     """Restore: SQLite to a file (--to), PostgreSQL logical into a database (--database), or a
     PostgreSQL source to a point in time (SOURCE --pgdata DIR)."""
+    from backupctl.cli.progress import progress_for
     from backupctl.repo.catalog import is_backup_id
     from backupctl.repo.repository import open_repository
     from backupctl.services import restore as service
 
     config = state.config()
+    progress = progress_for(state)
     if not is_backup_id(backup_id) and backup_id in config.sources:
-        _restore_physical(config, backup_id, _request(PhysicalRequest, options), output)
+        _restore_physical(config, backup_id, _request(PhysicalRequest, options), output, progress)
         return
     with open_repository(config) as repo:
         manifest = repo.catalog.resolve(backup_id)
@@ -160,19 +163,20 @@ def restore(state: State, backup_id: str, output: str, **options: Any) -> None:
             if sqlite.to is None:
                 raise ConfigError("restoring a SQLite backup needs --to PATH")
             with repo.reading("restore", [manifest]):
-                written = service.restore_sqlite(repo, manifest, sqlite.to, sqlite.force)
+                written = service.restore_sqlite(repo, manifest, sqlite.to, sqlite.force, progress)
             click.echo(f"restored {manifest.id} to {written}")
             return
         if manifest.type == "logical":
             with repo.reading("restore", [manifest]):
-                _restore_logical(repo, manifest, config, _request(LogicalRequest, options))
+                _restore_logical(repo, manifest, config, _request(LogicalRequest, options), progress)
             return
     # A physical backup by id: a point-in-time restore of its source, from that backup.
     physical = replace(_request(PhysicalRequest, options), backup_choice=manifest.id)
-    _restore_physical(config, manifest.source, physical, output)
+    _restore_physical(config, manifest.source, physical, output, progress)
 
 
-def _restore_physical(config: Config, source_name: str, request: PhysicalRequest, output: str) -> None:
+def _restore_physical(config: Config, source_name: str, request: PhysicalRequest, output: str,
+                      progress: ProgressObserver) -> None:
     from backupctl.cli.output import writer
     from backupctl.core.config import PostgresSource
     from backupctl.repo.repository import open_repository
@@ -205,7 +209,7 @@ def _restore_physical(config: Config, source_name: str, request: PhysicalRequest
         command = restore_command(config.file, source_name, plan.epoch)
         # The reader lease lasts through recovery with --start: expire must not remove the WAL it replays.
         with repo.reading("restore", restore_physical.backup_chain(repo, plan.backup)):
-            result = restore_physical.restore_physical(repo, plan, options, command, source.bindir)
+            result = restore_physical.restore_physical(repo, plan, options, command, source.bindir, progress)
             if request.start_server:
                 try:
                     result["recovery"] = restore_start.start_and_wait(
@@ -222,7 +226,8 @@ def _retry_command(backup_type: str) -> str:
     return shlex.join(["backupctl", *words, "--force" if backup_type == "incr" else "--delta"])
 
 
-def _restore_logical(repo: Repository, manifest: Manifest, config: Config, request: LogicalRequest) -> None:
+def _restore_logical(repo: Repository, manifest: Manifest, config: Config, request: LogicalRequest,
+                     progress: ProgressObserver) -> None:
     from backupctl.core.config import PostgresSource
     from backupctl.postgres.connection import ConnParams
     from backupctl.services import restore as service
@@ -250,6 +255,6 @@ def _restore_logical(repo: Repository, manifest: Manifest, config: Config, reque
         no_owner=request.no_owner, clean=request.clean, schemas=request.schemas, tables=request.tables,
     )
     tmp_dir = Path(source.tmp_dir) if isinstance(source, PostgresSource) and source.tmp_dir else None
-    service.restore_logical(repo, manifest, logical, target, binaries, tmp_dir)
+    service.restore_logical(repo, manifest, logical, target, binaries, tmp_dir, progress)
     where = target.describe(logical.to_database)
     click.echo(f"restored database {logical.database} of {manifest.id} into {where}")

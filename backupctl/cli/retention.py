@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # types only (start-up cost)
 def expire(state: State, source: str, dry_run: bool, force: bool, output: str) -> None:
     """Apply SOURCE's retention policy: remove the backups no rule keeps, then the WAL none needs."""
     from backupctl.cli.output import writer
+    from backupctl.cli.progress import progress_for
     from backupctl.repo.repository import open_repository
     from backupctl.services.expire import expire as run
 
@@ -35,7 +36,7 @@ def expire(state: State, source: str, dry_run: bool, force: bool, output: str) -
     src = config.source(source)
     act_as(config, "repository", source)
     with open_repository(config) as repo:
-        outcome = run(repo, src, dry_run=dry_run, force=force)
+        outcome = run(repo, src, dry_run=dry_run, force=force, progress=progress_for(state))
     writer(output).expired(outcome.rows(), dry_run)
     if outcome.guard:
         click.echo(f"note: the real run refuses without --force: {outcome.guard}", err=True)
@@ -51,11 +52,13 @@ def expire(state: State, source: str, dry_run: bool, force: bool, output: str) -
 def delete(state: State, backup_id: str, dry_run: bool, force: bool, output: str) -> None:
     """Remove BACKUP_ID now, unless retention protects it; the WAL it alone needed goes at the next expire."""
     from backupctl.cli.output import writer
+    from backupctl.cli.progress import progress_for
     from backupctl.services.delete import delete as run
 
     config = state.config()
     with _open_for(state, backup_id) as (repo, manifest):
-        outcome = run(repo, config.source(manifest.source), manifest.id, dry_run=dry_run, force=force)
+        outcome = run(repo, config.source(manifest.source), manifest.id, dry_run=dry_run, force=force,
+                      progress=progress_for(state))
     writer(output).deleted(outcome)
     if dry_run and outcome.protected and not force:
         click.echo(f"note: the real run refuses without --force: {outcome.protected}", err=True)

@@ -39,13 +39,17 @@ class BackupRun(Protocol):
     """One backup in progress, as the backup service runs it: an id, the objects stored so far, a lease.
 
     ``cleanup_on_failure`` holds the source's backup lease and removes the run's objects if the block fails;
-    ``publish`` writes the manifest (last), which makes the backup exist.
+    ``publish`` writes the manifest (last), which makes the backup exist; ``expect``, inside the block, gives
+    the run's progress its total.
     """
 
     id: str
     objects: list[StoredObject]
 
     def store(self, name: str, stream: Any, finalize: Any = None) -> StoredObject: ...
+
+    def expect(self, total_bytes: int | None) -> None:
+        """The bytes the engine expects to store (before compression), for progress: an estimate is fine."""
 
     def cleanup_on_failure(self) -> AbstractContextManager[None]: ...
 

@@ -385,6 +385,7 @@ class LogicalEngine(Engine):
         run = start(backup_type)
         databases: dict[str, Any] = {}
         with run.cleanup_on_failure():
+            run.expect(sum(info.size for info in selected))  # pg_database_size: a dump is usually smaller
             with globals_dump(binaries, params, source.role_passwords) as tool:
                 run.store(layout.PG_GLOBALS, tool.stdout, tool.wait)
             for index, info in enumerate(selected):

@@ -64,6 +64,7 @@ class ServerFacts:
     archive_mode: str
     summarize_wal: bool
     catalog_version: int  # names a tablespace's directory: PG_<major>_<catalog_version>
+    data_size: int | None = None  # every database's pg_database_size, templates too: a full copy's estimate
 
     @property
     def major(self) -> int:
@@ -102,6 +103,7 @@ def server_facts(params: ConnParams) -> ServerFacts:
             archive_mode=show("archive_mode"),
             summarize_wal=summarize,
             catalog_version=int(catalog_version),
+            data_size=int(conn.execute("SELECT sum(pg_database_size(oid)) FROM pg_database").fetchone()[0]),
         )
 
 

@@ -68,6 +68,8 @@ class PhysicalEngine(Engine):
         parent = _incremental_parent(repo, source, facts) if backup_type == "incr" else None
         run = start(backup_type)
         with run.cleanup_on_failure(), tempfile.TemporaryDirectory(dir=tmp_root) as scratch:
+            # The databases' sizes estimate a full copy; an incremental one stores an unknown part of them.
+            run.expect(facts.data_size if parent is None else None)
             parent_manifest = None
             if parent is not None:
                 parent_manifest = Path(scratch) / "parent_backup_manifest"

@@ -207,6 +207,7 @@ class SqliteEngine(Engine):
         run = start(backup_type)
         tmp_root = Path(source.tmp_dir) if source.tmp_dir else Path(tempfile.gettempdir())
         with run.cleanup_on_failure(), snapshot(source, tmp_root) as snap:
+            run.expect(snap.path.stat().st_size)
             with open(snap.path, "rb") as data:
                 run.store(layout.SQLITE_DATABASE, data)
             details = snap.details

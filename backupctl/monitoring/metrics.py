@@ -177,9 +177,30 @@ def status_families(statuses: Iterable[SourceStatus]) -> list[Metric]:
                     "run yet).", src, finished)
         out.set("backupctl_drill_last_rto_seconds", "Restore time measured by the last drill.", src,
                 status.last_drill.rto_seconds if status.last_drill else None)
+        _running_backup(out, status)
         out.set("backupctl_drill_scheduled", "1 when the source's schedule runs drills ([sources.NAME.schedule] "
                 "drill).", src, 1 if status.drills_scheduled else 0)
     return [*out.families.values(), archive_failures]
+
+
+def _running_backup(out: _Families, status: SourceStatus) -> None:
+    """The backup running now (its lease): 0 or 1 whenever the repository answered, and how long and how far."""
+    if status.repository is None or not status.repository.reachable:
+        return
+    src = {"source": status.source}
+    running = status.running_backup
+    out.set("backupctl_backup_running", "1 while a backup of the source runs (its lease is held).", src,
+            1 if running else 0)
+    if running is None:
+        return
+    out.set("backupctl_backup_running_seconds", "How long the running backup had run when gathered.", src,
+            running.running_seconds)
+    out.set("backupctl_backup_running_start_timestamp_seconds", "When the running backup started.", src,
+            _ts(running.started_at))
+    out.set("backupctl_backup_running_bytes", "Bytes the running backup had read at its last lease renewal.", src,
+            running.bytes_done)
+    out.set("backupctl_backup_running_total_bytes", "The running backup's estimate of the bytes it will read.", src,
+            running.bytes_total)
 
 
 def build_info() -> Metric:

@@ -24,7 +24,7 @@ from backupctl.core.errors import BackupctlError, ObjectNotFound
 from backupctl.core.log import get_logger
 from backupctl.engines.registry import BACKUP_TYPES, PHYSICAL_TYPES, source_kind
 from backupctl.postgres.connection import ConnParams
-from backupctl.repo import layout
+from backupctl.repo import layout, lease
 from backupctl.repo.catalog import Manifest, iso, parse_iso
 from backupctl.repo.repository import Repository, open_repository
 from backupctl.services import pitr
@@ -171,6 +171,36 @@ class DrillSummary:
 
 
 @dataclass(frozen=True)
+class RunningBackup:
+    """The backup running now, as its lease tells (any host sees it): who runs it, since when, how far.
+
+    ``started_at`` is on the store's clock; whether the lease is live and ``running_seconds`` are judged by
+    this host's clock, like every age status gives (gathering never writes). The byte counts are the
+    holder's at its latest lease renewal (every quarter of ``lease_ttl``), None until it wrote one.
+    ``bytes_total`` is the engine's estimate (the databases' size), None when it has none.
+    """
+
+    backup_id: str | None
+    operation: str
+    host: str
+    pid: int
+    started_at: str
+    running_seconds: float
+    bytes_done: int | None
+    bytes_total: int | None
+
+    @classmethod
+    def from_lease(cls, holder: lease.LeaseInfo, now: datetime) -> RunningBackup:
+        progress = holder.progress or {}
+        return cls(holder.details.get("backup_id"), holder.operation, holder.host, holder.pid,
+                   iso(holder.store_started_at), round(max(0.0, (now - holder.store_started_at).total_seconds()), 1),
+                   progress.get("done"), progress.get("total"))
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
 class SourceStatus:
     """Every fact about one source. ``server`` and ``timelines`` stay open objects: which facts the server
     gives depends on its reachability, privileges and host (see ``server_facts``), and ``timelines`` is the
@@ -191,6 +221,7 @@ class SourceStatus:
     last_verify: VerifySummary | None = None
     last_drill: DrillSummary | None = None
     errors: tuple[str, ...] = ()
+    running_backup: RunningBackup | None = None
 
     def failed(self, part: str) -> bool:
         """Whether gathering ``part`` (``"last verify"``, ...) failed: its None then means "not known"."""
@@ -206,7 +237,7 @@ class SourceStatus:
                 "wal": part(self.wal), "server": self.server, "window": part(self.window),
                 "timelines": self.timelines, "last_verify": part(self.last_verify),
                 "last_drill": part(self.last_drill), "drills_scheduled": self.drills_scheduled,
-                "errors": list(self.errors)}
+                "errors": list(self.errors), "running_backup": part(self.running_backup)}
 
 
 # --- gathering -----------------------------------------------------------------------------------------
@@ -256,12 +287,20 @@ def source_status(repo: Repository, source: SourceConfig, now: datetime) -> Sour
     verify = _attempt(errors, "last verify", lambda: _newest_record(repo, layout.verifications_prefix(source.name)))
     drill = _attempt(errors, "last drill", lambda: _last_drill(repo, source.name))
     window = _attempt(errors, "window", lambda: recoverable_window(repo, source, manifests, wal_facts))
+    running = _attempt(errors, "running backup", lambda: _running_backup(repo, source.name, now))
     return SourceStatus(
         source.name, source.kind, iso(now), source.schedule.drill is not None, repository=repository,
         backups=_newest_per_type(manifests, now), backup_count=len(manifests), damaged_manifests=tuple(sorted(damaged)),
         wal=wal_facts, server=server, window=window, timelines=judged,
         last_verify=VerifySummary.from_record(verify, now) if verify else None,
-        last_drill=DrillSummary.from_record(drill, now) if drill else None, errors=tuple(errors))
+        last_drill=DrillSummary.from_record(drill, now) if drill else None, errors=tuple(errors),
+        running_backup=running)
+
+
+def _running_backup(repo: Repository, source: str, now: datetime) -> RunningBackup | None:
+    """The holder of the source's backup lease unless it expired; None when no backup runs."""
+    holder = lease.newest_holder(repo.storage, source, "backup")
+    return RunningBackup.from_lease(holder, now) if holder and holder.expires_at > now else None
 
 
 def _repository_usage(repo: Repository, source: str) -> RepositoryFacts:

@@ -23,7 +23,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -69,6 +69,7 @@ class LeaseInfo:
     backups: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
     released: bool = False
+    progress: dict[str, Any] | None = None  # the holder's counts at its latest write (``Lease.progress``)
 
     def describe(self) -> str:
         return (f"{self.host} pid {self.pid} ({self.operation}) since {_iso(self.started_at)} "
@@ -105,7 +106,7 @@ def _read(storage: Storage, info: ObjectInfo) -> LeaseInfo | None:
             started_at=started_at, store_started_at=started_at + skew,
             expires_at=info.modified + timedelta(seconds=float(body["ttl"])),
             backups=list(body.get("backups", [])), details=dict(body.get("details", {})),
-            released=bool(body.get("released", False)),
+            released=bool(body.get("released", False)), progress=body.get("progress"),
         )
     except ObjectNotFound:
         return None
@@ -133,13 +134,17 @@ class Lease:
         self._renewed = time.monotonic()  # made just before its first write, so never later than it
         self._lapse: float | None = None  # the first gap between successful writes that others may see
         self._lock = threading.Lock()
+        # How far the holder is (``core.progress.Meter.snapshot``), written with each renewal: `status` on
+        # any host shows it, as fresh as the last renewal (every quarter of the ttl).
+        self.progress: Callable[[], dict[str, Any]] | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._renew_loop, name=f"lease {key}", daemon=True)
 
     def _write(self) -> None:
         started = time.monotonic()
         self.body["written_at"] = datetime.now(UTC).isoformat()
-        self.storage.put(self.key, json.dumps(self.body, sort_keys=True).encode())
+        body = {**self.body, "progress": self.progress()} if self.progress is not None else self.body
+        self.storage.put(self.key, json.dumps(body, sort_keys=True).encode())
         with self._lock:
             if self._lapse is None and started - self._renewed > self.ttl - STORE_CLOCK_STEP:
                 self._lapse = started - self._renewed
@@ -307,13 +312,19 @@ def live_readers(storage: Storage, source: str) -> list[LeaseInfo]:
     return [lease for lease in leases if lease is not None and lease.expires_at > now]
 
 
-def live_exclusive(storage: Storage, source: str | None, name: str) -> LeaseInfo | None:
-    """The current holder of an exclusive lease, or None when it is free, released or expired."""
-    prefix = layout.lease_prefix(source, name)
-    generations = _generations(storage, prefix)
+def newest_holder(storage: Storage, source: str | None, name: str) -> LeaseInfo | None:
+    """The newest generation of an exclusive lease unless it was released, expired or not: reading only (a
+    monitoring host may not write), so the caller judges its expiry."""
+    generations = _generations(storage, layout.lease_prefix(source, name))
     if not generations:
         return None
     holder = _read(storage, generations[max(generations)])
-    if holder is None or holder.released or holder.expires_at <= store_now(storage, source):
+    return None if holder is None or holder.released else holder
+
+
+def live_exclusive(storage: Storage, source: str | None, name: str) -> LeaseInfo | None:
+    """The current holder of an exclusive lease, or None when it is free, released or expired."""
+    holder = newest_holder(storage, source, name)
+    if holder is None or holder.expires_at <= store_now(storage, source):
         return None
     return holder

@@ -8,10 +8,11 @@ arrive and the decompressor checks its frame end, so corruption and truncation a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -21,6 +22,7 @@ import zstandard
 from backupctl.core import signals
 from backupctl.core.config import Config
 from backupctl.core.errors import BackupctlError, DecryptionError, IntegrityError, StorageError
+from backupctl.core.progress import Meter, ProgressObserver, metered
 from backupctl.repo import crypto
 from backupctl.repo.codecs import Codec, Decompressor, codec
 from backupctl.storage import Storage
@@ -98,12 +100,13 @@ class _CompressingReader(_Stage):
     them again). Fresh, not reused: a compressor may keep what it was given until ``flush``.
     """
 
-    def __init__(self, source: BinaryIO, codec_: Codec) -> None:
+    def __init__(self, source: BinaryIO, codec_: Codec, meter: Meter | None) -> None:
         self._source = source
         self._compressor = codec_.compressor()
         self._pending = memoryview(b"")
         self._done = False
         self._source_readinto = getattr(source, "readinto", None)
+        self._count = meter.add if meter is not None else None
         self.size = 0
 
     def readable(self) -> bool:
@@ -114,6 +117,8 @@ class _CompressingReader(_Stage):
             chunk = self._read()
             if chunk:
                 self.size += len(chunk)
+                if self._count is not None:
+                    self._count(len(chunk))
                 self._pending = memoryview(self._compressor.compress(chunk))
             else:
                 self._pending = memoryview(self._compressor.flush())
@@ -155,9 +160,10 @@ class _HashingReader(_Stage):
     A source with ``readinto`` (a local file, the S3 reader) fills the caller's buffer directly: no copy.
     """
 
-    def __init__(self, source: BinaryIO) -> None:
+    def __init__(self, source: BinaryIO, meter: Meter | None) -> None:
         self._source = source
         self._source_readinto = getattr(source, "readinto", None)
+        self._count = meter.add if meter is not None else None
         self.hash = hashlib.sha256()
         self.size = 0
 
@@ -173,6 +179,8 @@ class _HashingReader(_Stage):
             n = self._source_readinto(buffer) or 0
         self.hash.update(memoryview(buffer)[:n])
         self.size += n
+        if self._count is not None:
+            self._count(n)
         return n
 
     def finish(self) -> None:
@@ -180,6 +188,8 @@ class _HashingReader(_Stage):
         while chunk := self._source.read(CHUNK):
             self.hash.update(chunk)
             self.size += len(chunk)
+            if self._count is not None:
+                self._count(len(chunk))
 
 
 class _DecompressingWriter(_Stage):
@@ -271,6 +281,25 @@ class Pipeline:
         self.repository_recipients: list[str] | None = None
         self._identity_file = Path(enc.identity_file) if enc and enc.identity_file else None
         self._identity: Any = None
+        self._meter: Meter | None = None
+
+    @contextlib.contextmanager
+    def metering(self, meter: Meter) -> Iterator[Meter]:
+        """Count into ``meter``, for the ``with`` block, the source bytes every ``store`` reads and the stored
+        bytes every ``read`` reads (from any thread): a service's progress without a parameter on each call."""
+        previous, self._meter = self._meter, meter
+        try:
+            yield meter
+        finally:
+            self._meter = previous
+
+    @contextlib.contextmanager
+    def reading_progress(self, progress: ProgressObserver, task: str,
+                         objects: Iterable[StoredObject]) -> Iterator[Meter]:
+        """Report to ``progress`` the reading of ``objects`` in the ``with`` block: their stored sizes are the
+        exact total, the stored bytes ``read`` reads the count."""
+        with metered(progress, task, sum(o.stored_size for o in objects)) as meter, self.metering(meter):
+            yield meter
 
     @property
     def encrypted(self) -> bool:
@@ -319,7 +348,7 @@ class Pipeline:
         """
         self.require_repository_recipients()
         full_key = key + self.codec.extension + (".age" if self.encrypted else "")
-        reader = _CompressingReader(source, self.codec)
+        reader = _CompressingReader(source, self.codec, self._meter)
         with self.storage.open_write(full_key) as writer:
             hashing = _HashingWriter(writer)
             if self.encrypted:
@@ -350,7 +379,7 @@ class Pipeline:
         """
         identity = self.identity() if decode and obj.encryption else None
         with self.storage.get(obj.key) as raw:
-            reader = _HashingReader(raw)
+            reader = _HashingReader(raw, self._meter)
             try:
                 if decode:
                     self._decode(obj, reader, sink, identity)

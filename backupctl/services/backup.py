@@ -12,6 +12,7 @@ from backupctl.core import faultpoints
 from backupctl.core.config import SourceConfig
 from backupctl.core.errors import BackupctlError, StorageError
 from backupctl.core.log import get_logger
+from backupctl.core.progress import NO_PROGRESS, Meter, ProgressObserver, metered
 from backupctl.core.signals import shielded
 from backupctl.engines.base import BackupOptions
 from backupctl.engines.registry import engine_for
@@ -28,8 +29,10 @@ class _Run:
     """One backup in progress: its id, clock and stored objects, removed again if it fails (the
     ``engines.base.BackupRun`` an engine fills)."""
 
-    def __init__(self, repo: Repository, source: str, backup_type: str) -> None:
+    def __init__(self, repo: Repository, source: str, backup_type: str, progress: ProgressObserver) -> None:
         self.repo = repo
+        self.progress = progress
+        self.meter: Meter | None = None
         self.source = source
         self.type = backup_type
         self.started = datetime.now(UTC)
@@ -44,6 +47,10 @@ class _Run:
         self.objects.append(obj)
         return obj
 
+    def expect(self, total_bytes: int | None) -> None:
+        if self.meter is not None:
+            self.meter.expect(total_bytes)
+
     @contextlib.contextmanager
     def cleanup_on_failure(self) -> Iterator[None]:
         """Hold the source's backup lease; a failed backup takes its objects with it.
@@ -53,8 +60,11 @@ class _Run:
         Once a manifest for this id is stored (whatever the failure that followed it), or when that cannot
         be known, the objects stay: a published backup must never lose its data.
         """
-        with self.repo.exclusive_lease(self.source, "backup", f"{self.type} backup", {"backup_id": self.id}) as held:
+        with (self.repo.exclusive_lease(self.source, "backup", f"{self.type} backup", {"backup_id": self.id}) as held,
+              metered(self.progress, f"backup {self.source}") as meter, self.repo.pipeline.metering(meter)):
             self.lease = held
+            self.meter = meter
+            held.progress = meter.snapshot
             log.info("backup started", backup_id=self.id, source=self.source, type=self.type)
             try:
                 yield
@@ -111,9 +121,9 @@ class _Run:
 
 
 def backup_source(repo: Repository, source: SourceConfig, backup_type: str | None,
-                  options: BackupOptions) -> Manifest:
+                  options: BackupOptions, progress: ProgressObserver = NO_PROGRESS) -> Manifest:
     """Back ``source`` up with the engine of the requested type; a type or option the source cannot take is
-    a usage error."""
+    a usage error. ``progress`` sees the bytes read from the source, of the engine's estimate of the total."""
     engine, chosen = engine_for(source, backup_type, options.databases)
     engine.check_options(source, options)
-    return engine.backup(repo, source, chosen, options, lambda typ: _Run(repo, source.name, typ))
+    return engine.backup(repo, source, chosen, options, lambda typ: _Run(repo, source.name, typ, progress))

@@ -22,6 +22,7 @@ from typing import Any
 
 from backupctl.core.config import SourceConfig
 from backupctl.core.errors import BackupctlError, ConfigError
+from backupctl.core.progress import NO_PROGRESS, ProgressObserver, metered
 from backupctl.engines.registry import PHYSICAL_TYPES
 from backupctl.repo import pins
 from backupctl.repo.catalog import Manifest
@@ -109,8 +110,9 @@ def _protected(doomed: list[Doomed]) -> str | None:
 
 
 def delete(repo: Repository, source: SourceConfig, backup_id: str, *, dry_run: bool = False, force: bool = False,
-           now: datetime | None = None) -> DeleteOutcome:
-    """Plan and (unless ``dry_run``) remove ``backup_id`` of ``source`` and the incrementals built on it."""
+           now: datetime | None = None, progress: ProgressObserver = NO_PROGRESS) -> DeleteOutcome:
+    """Plan and (unless ``dry_run``) remove ``backup_id`` of ``source`` and the incrementals built on it;
+    ``progress`` counts the objects removed (manifests and data)."""
     if dry_run:
         return plan_delete(gather(repo, source, now, verb="delete"), backup_id, dry_run=True, force=force)
     with repo.exclusive_lease(source.name, "expire", f"delete {backup_id}") as held:
@@ -120,7 +122,9 @@ def delete(repo: Repository, source: SourceConfig, backup_id: str, *, dry_run: b
             assert outcome.refusal is not None
             raise ConfigError(outcome.refusal)
         manifests = [d.manifest for d in outcome.doomed]
-        remove_backups(repo, source.name, manifests, held, outcome.results, "delete")
+        total = sum(len(m.objects) + 1 for m in manifests)
+        with metered(progress, f"delete {backup_id}", total, "objects") as meter:
+            remove_backups(repo, source.name, manifests, held, outcome.results, "delete", meter)
         for m in manifests:  # the pin of a backup that is gone: last, once its data is gone too
             if m.id in inputs.pins:
                 pins.unpin(repo.storage, m)

@@ -44,6 +44,7 @@ from backupctl import __version__
 from backupctl.core.config import DrillConfig, PostgresSource, SourceConfig
 from backupctl.core.errors import BackupctlError, ConfigError
 from backupctl.core.log import get_logger
+from backupctl.core.progress import NO_PROGRESS, ProgressObserver
 from backupctl.core.signals import shielded
 from backupctl.core.units import human_size
 from backupctl.engines import pg_logical
@@ -139,8 +140,9 @@ class _Check:
 class _Drill:
     """One drill in progress: its id, clock, timed parts and checks, and what it restored."""
 
-    def __init__(self, source: SourceConfig, request: DrillRequest) -> None:
+    def __init__(self, source: SourceConfig, request: DrillRequest, progress: ProgressObserver) -> None:
         self.source = source
+        self.progress = progress  # of the restore, the part of a drill that moves the data
         self.config: DrillConfig = source.drill
         self.request = request
         self.started = datetime.now(UTC)
@@ -261,14 +263,16 @@ class _Drill:
 # --- running a drill -----------------------------------------------------------------------------------
 
 
-def run_drill(repo: Repository, source: SourceConfig, request: DrillRequest) -> DrillResult:
+def run_drill(repo: Repository, source: SourceConfig, request: DrillRequest,
+              progress: ProgressObserver = NO_PROGRESS) -> DrillResult:
     """Drill one backup of ``source``; the result is stored in the repository whether it passed or not.
+    ``progress`` sees its restore (the stored bytes read).
 
     Usage errors (an unknown backup, a target on a logical backup) raise ``ConfigError`` before anything
     starts. An interrupted drill (SIGTERM) cleans up and records nothing: it proved nothing either way.
     """
     manifest = _chosen_backup(repo, source, request)
-    drill = _Drill(source, request)
+    drill = _Drill(source, request, progress)
     log.info("drill started", drill_id=drill.id, source=source.name,
              backup_id=manifest.id if manifest else "newest that reaches the target", target=request.target.kind)
     engine = PHYSICAL if manifest is None else engine_of(manifest.type)
@@ -347,7 +351,8 @@ def _restore_physical(drill: _Drill, repo: Repository, source: PostgresSource, p
     clock = time.monotonic()
     restore_physical.prepare_pgdata(pgdata, force=False)
     jobs = restore_physical.default_jobs()
-    timings = restore_physical.restore_files(repo, plan, pgdata, jobs, tablespaces, source.bindir, work)
+    timings = restore_physical.restore_files(repo, plan, pgdata, jobs, tablespaces, source.bindir, work,
+                                             progress=drill.progress)
     # One pass fetches, unpacks and proves each file: that is the download; the flush to disk (and for a
     # chain, pg_verifybackup) counts as extraction.
     drill.parts["download"] += timings["download_extract_seconds"]
@@ -436,7 +441,7 @@ def _drill_logical(drill: _Drill, repo: Repository, source: PostgresSource, mani
                 with drill.part("download"):
                     for name in databases:
                         restore.restore_logical(repo, manifest, restore.LogicalRestore(name, name), server.params(),
-                                                tools, work)
+                                                tools, work, drill.progress)
                 check.detail = (f"{len(databases)} databases restored with pg_restore {tools.version} into "
                                 f"PostgreSQL {binaries.version}")
             counts = {name: d["tables"] for name, d in details["databases"].items()}
@@ -487,7 +492,8 @@ def _drill_sqlite(drill: _Drill, repo: Repository, source: SourceConfig, manifes
                 work = drill.workdir()
                 ensure_free_space(work, database.size + 1024**2, f"the drill's copy of {manifest.id}")
                 path = work / "restored.sqlite3"
-                with drill.part("download"), open(path, "xb") as out:
+                with (drill.part("download"), open(path, "xb") as out,
+                      repo.pipeline.reading_progress(drill.progress, f"drill {manifest.id}", [database])):
                     repo.pipeline.read(database, out)
                 check.detail = f"{human_size(database.size)} restored, every checksum verified"
             with drill.part("checks"):

@@ -22,6 +22,7 @@ from backupctl.core import faultpoints
 from backupctl.core.config import RetentionConfig, SourceConfig
 from backupctl.core.errors import BackupctlError, ConfigError, DecryptionError, IntegrityError, ObjectNotFound
 from backupctl.core.log import get_logger
+from backupctl.core.progress import NO_PROGRESS, Meter, ProgressObserver, metered
 from backupctl.engines.registry import PHYSICAL_TYPES, source_kind
 from backupctl.repo import layout, lease, pins
 from backupctl.repo.catalog import Manifest, iso
@@ -127,8 +128,9 @@ def guard_problem(plan: RetentionPlan) -> str | None:
 
 
 def expire(repo: Repository, source: SourceConfig, *, dry_run: bool = False, force: bool = False,
-           now: datetime | None = None) -> ExpireOutcome:
-    """Plan and (unless ``dry_run``) apply the source's retention policy."""
+           now: datetime | None = None, progress: ProgressObserver = NO_PROGRESS) -> ExpireOutcome:
+    """Plan and (unless ``dry_run``) apply the source's retention policy; ``progress`` counts the objects
+    removed."""
     if not has_rules(source.retention):
         raise ConfigError(f"source {source.name} has no retention policy, and expire would keep only the newest "
                           f"backups: add a [sources.{source.name}.retention] table (keep_last, keep_daily, ... "
@@ -145,10 +147,11 @@ def expire(repo: Repository, source: SourceConfig, *, dry_run: bool = False, for
         problem = guard_problem(plan)
         if problem and not force:
             raise ConfigError(problem)
-        return apply(repo, inputs, plan, held)
+        return apply(repo, inputs, plan, held, progress)
 
 
-def apply(repo: Repository, inputs: ExpireInputs, plan: RetentionPlan, held: lease.Lease) -> ExpireOutcome:
+def apply(repo: Repository, inputs: ExpireInputs, plan: RetentionPlan, held: lease.Lease,
+          progress: ProgressObserver = NO_PROGRESS) -> ExpireOutcome:
     """Execute ``plan`` (made from ``inputs``) while holding the source's expire lease ``held``.
 
     Only ever less than planned: a backup a reader started on stays whole until `repo gc`, with the WAL it
@@ -157,22 +160,25 @@ def apply(repo: Repository, inputs: ExpireInputs, plan: RetentionPlan, held: lea
     log.info("expire started", source=plan.source, backups=len(plan.decisions), remove=len(plan.removed),
              wal_ranges=len(plan.wal_removed))
     outcome = ExpireOutcome(plan, False)
-    deferred = _remove_backups(repo, plan, held, outcome)
-    effective = replace(inputs, held={**inputs.held, **deferred}).plan() if deferred else plan
-    _remove_wal(repo, plan, effective, held, outcome)
+    # Each backup's manifest and data objects, and the WAL files: what a reader keeps is left out of the count.
+    total = sum(len(m.objects) + 1 for m in plan.removed) + sum(len(r.keys) for r in plan.wal_removed)
+    with metered(progress, f"expire {plan.source}", total, "objects") as meter:
+        deferred = _remove_backups(repo, plan, held, outcome, meter)
+        effective = replace(inputs, held={**inputs.held, **deferred}).plan() if deferred else plan
+        _remove_wal(repo, plan, effective, held, outcome, meter)
     log.info("expire finished", source=plan.source, removed=len(plan.removed), data_left_for_gc=len(deferred),
              wal_segments=sum(r.segments for r in effective.wal_removed))
     return outcome
 
 
 def _remove_backups(repo: Repository, plan: RetentionPlan, held: lease.Lease,
-                    outcome: ExpireOutcome) -> dict[str, str]:
+                    outcome: ExpireOutcome, meter: Meter) -> dict[str, str]:
     """The planned backups (see ``remove_backups``); returns the ones live readers hold."""
-    return remove_backups(repo, plan.source, plan.removed, held, outcome.results, "expire")
+    return remove_backups(repo, plan.source, plan.removed, held, outcome.results, "expire", meter)
 
 
 def remove_backups(repo: Repository, source: str, doomed: list[Manifest], held: lease.Lease,
-                   results: dict[str, str], verb: str) -> dict[str, str]:
+                   results: dict[str, str], verb: str, meter: Meter) -> dict[str, str]:
     """Remove backups of ``source``: every manifest first, then the data of each backup no live reader holds.
 
     The one order of expire and delete (``verb``, which names the log events and the fault points
@@ -180,13 +186,14 @@ def remove_backups(repo: Repository, source: str, doomed: list[Manifest], held: 
     manifests never leaves an incremental listed whose parent is gone; data only once its manifest is, so that
     a listed backup always has all of its objects (a kill leaves data without a manifest: `repo gc` removes
     it). A reader's backup keeps its data, marked ``expired.json``, for `repo gc`; records the readers'
-    results in ``results`` and returns backup id -> reader.
+    results in ``results`` and returns backup id -> reader. ``meter`` counts the objects removed (progress).
     """
     storage = repo.storage
     gone: list[Manifest] = []
     for m in sorted(doomed, key=lambda m: (m.finished_at, m.id), reverse=True):
         held.ensure_held()
         storage.delete([m.key])
+        meter.add(1)
         faultpoints.hit(f"{verb}.manifest-removed")
         gone.append(m)
         log.info(f"backup {verb}d", source=m.source, backup_id=m.id, type=m.type, finished_at=m.finished_at,
@@ -202,12 +209,13 @@ def remove_backups(repo: Repository, source: str, doomed: list[Manifest], held: 
             log.info(f"{verb}d backup's data left for gc", backup_id=m.id, reader=readers[m.id])
             continue
         storage.delete([info.key for info in storage.list(layout.backup_prefix(m.source, m.id))])
+        meter.add(len(m.objects))
         faultpoints.hit(f"{verb}.data-removed")
     return deferred
 
 
 def _remove_wal(repo: Repository, plan: RetentionPlan, effective: RetentionPlan, held: lease.Lease,
-                outcome: ExpireOutcome) -> None:
+                outcome: ExpireOutcome, meter: Meter) -> None:
     """The planned WAL ranges, less what ``effective`` (the plan with late pins and readers) keeps."""
     allowed = {key for r in effective.wal_removed for key in r.keys}
     for wal_range in plan.wal_removed:
@@ -220,6 +228,7 @@ def _remove_wal(repo: Repository, plan: RetentionPlan, effective: RetentionPlan,
             continue
         held.ensure_held()
         repo.storage.delete(keys)
+        meter.add(len(keys))
         log.info("WAL expired", source=plan.source, stream=wal_range.stream, timeline=wal_range.timeline,
                  first=wal_range.first, last=wal_range.last, files=len(keys), stored_bytes=wal_range.stored_size,
                  reason=wal_range.reason)

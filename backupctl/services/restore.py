@@ -17,6 +17,7 @@ from pathlib import Path
 
 from backupctl.core.errors import BackupctlError, ConfigError, IntegrityError
 from backupctl.core.log import get_logger
+from backupctl.core.progress import NO_PROGRESS, ProgressObserver
 from backupctl.core.signals import shielded
 from backupctl.engines import pg_logical, sqlite
 from backupctl.postgres.binaries import PgBinaries, find_binaries
@@ -31,7 +32,8 @@ from backupctl.storage.local import create_private, fsync_dir
 log = get_logger(__name__)
 
 
-def restore_sqlite(repo: Repository, manifest: Manifest, target: Path, force: bool) -> Path:
+def restore_sqlite(repo: Repository, manifest: Manifest, target: Path, force: bool,
+                   progress: ProgressObserver = NO_PROGRESS) -> Path:
     """Restore a SQLite backup to ``target``; refuses to replace an existing file without ``force``."""
     if manifest.kind != "sqlite":
         raise ConfigError(f"backup {manifest.id} is a {manifest.kind} backup: --to takes SQLite backups")
@@ -49,7 +51,7 @@ def restore_sqlite(repo: Repository, manifest: Manifest, target: Path, force: bo
     clock = time.monotonic()
     temp = target.parent / f".{target.name}.backupctl-{secrets.token_hex(4)}"
     try:
-        with open(temp, "xb") as out:
+        with open(temp, "xb") as out, repo.pipeline.reading_progress(progress, f"restore {manifest.id}", [database]):
             repo.pipeline.read(database, out)
             out.flush()
             os.fsync(out.fileno())
@@ -107,7 +109,7 @@ def restore_binaries(manifest: Manifest, bindir: str | None) -> PgBinaries:
 
 
 def restore_logical(repo: Repository, manifest: Manifest, request: LogicalRestore, target: ConnParams,
-                    binaries: PgBinaries, tmp_dir: Path | None) -> None:
+                    binaries: PgBinaries, tmp_dir: Path | None, progress: ProgressObserver = NO_PROGRESS) -> None:
     """Restore one database of a logical backup into a new (or, with --clean, an existing) database."""
     details = _logical_details(repo, manifest)
     databases = details["databases"]
@@ -137,7 +139,8 @@ def restore_logical(repo: Repository, manifest: Manifest, request: LogicalRestor
             with target.connect(request.to_database) as conn:
                 for schema in request.schemas:
                     conn.execute(f"CREATE SCHEMA IF NOT EXISTS {pg_logical.quote_ident(schema)}")
-        _run_pg_restore(repo, dump, request, target, binaries, tmp_dir)
+        with repo.pipeline.reading_progress(progress, f"restore {request.database}", [dump]):
+            _run_pg_restore(repo, dump, request, target, binaries, tmp_dir)
     except BaseException:
         if created:
             with shielded(), contextlib.suppress(BackupctlError), target.connect() as conn:

@@ -20,6 +20,7 @@ from typing import Any
 
 from backupctl.core.errors import BackupctlError, ConfigError
 from backupctl.core.log import get_logger
+from backupctl.core.progress import NO_PROGRESS, ProgressObserver
 from backupctl.engines import pg_files
 from backupctl.engines.sqlite import ensure_free_space
 from backupctl.postgres.backup_manifest import RESTORE_MARKER
@@ -89,16 +90,27 @@ def prepare_pgdata(pgdata: Path, force: bool, delta: bool = False) -> None:
 
 
 def restore_files(repo: Repository, plan: Plan, pgdata: Path, jobs: int, tablespace_map: dict[str, str],
-                  bindir: str | None, tmp_dir: Path | None, delta: bool = False) -> dict[str, Any]:
+                  bindir: str | None, tmp_dir: Path | None, delta: bool = False,
+                  progress: ProgressObserver = NO_PROGRESS) -> dict[str, Any]:
     """The backup's files in ``pgdata``, proven against its backup_manifest: one backup extracted (each
     file checked as it is written, see ``engines.pg_files``), or an incremental chain combined and then
-    checked by pg_verifybackup."""
+    checked by pg_verifybackup. ``progress`` sees the stored bytes read of the chain's (its config files
+    are restored elsewhere)."""
+    chain = backup_chain(repo, plan.backup) if plan.backup.type == "incr" else [plan.backup]
+    read = [o for m in chain for o in m.objects
+            if not o.key.startswith(layout.backup_prefix(m.source, m.id) + layout.CONFIG_FILES)]
+    with repo.pipeline.reading_progress(progress, f"restore {plan.backup.id}", read):
+        return _restore_files(repo, plan, chain, pgdata, jobs, tablespace_map, bindir, tmp_dir, delta)
+
+
+def _restore_files(repo: Repository, plan: Plan, chain: list[Manifest], pgdata: Path, jobs: int,
+                   tablespace_map: dict[str, str], bindir: str | None, tmp_dir: Path | None,
+                   delta: bool) -> dict[str, Any]:
     if plan.backup.type != "incr":
         return pg_files.restore_backup_files(repo, plan.backup, pgdata, jobs, tablespace_map, delta)
     if delta:
         raise ConfigError("--delta restores a full backup's files; an incremental chain is combined by "
                           "pg_combinebackup into an empty directory: use --force")
-    chain = backup_chain(repo, plan.backup)
     final = pg_files.tablespace_locations(plan.backup, tablespace_map)
     for oid in (plan.backup.details or {}).get("tablespaces", {}):
         location = Path(final[oid])
@@ -210,7 +222,7 @@ class RestoreOptions:
 
 
 def restore_physical(repo: Repository, plan: Plan, options: RestoreOptions, restore_command: str,
-                     bindir: str | None) -> dict[str, Any]:
+                     bindir: str | None, progress: ProgressObserver = NO_PROGRESS) -> dict[str, Any]:
     """Carry out a plan: files, their check against backup_manifest, recovery settings, ownership."""
     pgdata = options.pgdata.absolute()
     if options.delta and options.force:
@@ -228,7 +240,7 @@ def restore_physical(repo: Repository, plan: Plan, options: RestoreOptions, rest
              delta=options.delta)
     clock = time.monotonic()
     timings = restore_files(repo, plan, pgdata, options.jobs, options.tablespace_map, bindir, options.tmp_dir,
-                            options.delta)
+                            options.delta, progress)
     write_recovery(plan, pgdata, restore_command, options.standby, archiving.enabled)
     if options.restore_config is not None:
         _restore_config_files(repo, plan, options.restore_config)

@@ -29,6 +29,7 @@ from typing import Any
 from backupctl.core.config import PostgresSource
 from backupctl.core.errors import BackupctlError, IntegrityError, ObjectNotFound, StorageError
 from backupctl.core.log import get_logger
+from backupctl.core.progress import NO_PROGRESS, ProgressObserver
 from backupctl.engines import pg_logical, pg_physical
 from backupctl.engines.registry import engine_of
 from backupctl.postgres.binaries import PgBinaries
@@ -94,8 +95,11 @@ def _list_archive(repo: Repository, obj: StoredObject, binaries: PgBinaries) -> 
         return sum(1 for line in listing if line.strip() and not line.startswith(b";"))
 
 
-def verify_backup(repo: Repository, manifest: Manifest, bindir: str | None = None) -> VerifyResult:
-    """Check every object; damage is collected, not raised, so one report covers the whole backup."""
+def verify_backup(repo: Repository, manifest: Manifest, bindir: str | None = None,
+                  progress: ProgressObserver = NO_PROGRESS) -> VerifyResult:
+    """Check every object; damage is collected, not raised, so one report covers the whole backup.
+
+    ``progress`` sees the stored bytes of the backup's objects read (not of its WAL range)."""
     decode = manifest.encryption is None or repo.pipeline.can_decrypt()
     mode = "full" if decode else "stored"
     problems: list[str] = []
@@ -111,17 +115,18 @@ def verify_backup(repo: Repository, manifest: Manifest, bindir: str | None = Non
         dumps = engine.dump_archives(details)
     lister = restore_binaries(manifest, bindir) if dumps else None
     with repo.reading("verify", [manifest]):
-        for obj in manifest.objects:
-            try:
-                if obj.key in dumps and lister is not None:
-                    entries = _list_archive(repo, obj, lister)
-                    checks.append(f"pg_restore --list of database {dumps[obj.key]}: {entries} entries")
-                else:
-                    repo.pipeline.check(obj, decode=decode)
-            except (IntegrityError, ObjectNotFound) as exc:
-                problems.append(str(exc))
-            objects += 1
-            size += obj.stored_size
+        with repo.pipeline.reading_progress(progress, f"verify {manifest.id}", manifest.objects):
+            for obj in manifest.objects:
+                try:
+                    if obj.key in dumps and lister is not None:
+                        entries = _list_archive(repo, obj, lister)
+                        checks.append(f"pg_restore --list of database {dumps[obj.key]}: {entries} entries")
+                    else:
+                        repo.pipeline.check(obj, decode=decode)
+                except (IntegrityError, ObjectNotFound) as exc:
+                    problems.append(str(exc))
+                objects += 1
+                size += obj.stored_size
         if manifest.encryption is not None:
             _check_recipients(repo, manifest, decode, problems, checks)
         if engine.uses_wal:
@@ -242,10 +247,11 @@ def record_verification(repo: Repository, result: VerifyResult, started: datetim
     return result
 
 
-def verify_all(repo: Repository, source: str | None = None) -> list[VerifyResult]:
+def verify_all(repo: Repository, source: str | None = None,
+               progress: ProgressObserver = NO_PROGRESS) -> list[VerifyResult]:
     """Every backup in the repository (or one source), damaged manifests included as failures."""
     manifests, damaged = repo.catalog.scan(source)
-    results = [verify_backup(repo, m, source_bindir(repo, m)) for m in manifests]
+    results = [verify_backup(repo, m, source_bindir(repo, m), progress) for m in manifests]
     for key, problem in damaged.items():
         backup_id = key.rsplit("/", 2)[-2]
         unreadable = VerifyResult(backup_id, key.split("/", 1)[0], "manifest", problems=(problem,))

@@ -14,6 +14,7 @@ from backupctl.monitoring.status import (
     DrillSummary,
     NewestBackup,
     RepositoryFacts,
+    RunningBackup,
     SourceStatus,
     VerifySummary,
     WalFacts,
@@ -78,15 +79,17 @@ def test_status_prints_the_documented_fields_in_every_shape() -> None:
                       from_backup="20261204T120000000Z-F-abc", timeline=1, wal_last="000000010000000000000005"),
                Window("pitr", None, None, None, "from B1: segment missing"),
                Window("snapshots", "2026-12-04T12:00:00Z", "2026-12-04T12:00:00Z", 0.0, None, points=1)]
+    running = RunningBackup("20261205T025900000Z-F-abc", "full backup", "db1", 4242, "2026-12-05T02:59:00Z", 60.0,
+                            1000, 5000)
     statuses = [SourceStatus("main", "postgres", "2026-12-05T03:00:00Z", True, repository=usage, backups=backups,
                              backup_count=3, wal=wal, window=window, last_verify=verify, last_drill=drill,
-                             errors=("timelines: unreadable",))
+                             errors=("timelines: unreadable",), running_backup=running)
                 for window in windows]
     statuses.append(SourceStatus("main", "postgres", "2026-12-05T03:00:00Z", False,
                                  repository=RepositoryFacts(reachable=False, error="refused"),
                                  errors=("repository: refused",)))
-    # 4 sources; 6 parts of each reachable one (server and timelines are null here); the unreachable repository
-    assert json_contract.check("status", [s.to_json() for s in statuses]) == 4 + 3 * 6 + 1
+    # 4 sources; 7 parts of each reachable one (server and timelines are null here); the unreachable repository
+    assert json_contract.check("status", [s.to_json() for s in statuses]) == 4 + 3 * 7 + 1
     assert statuses[0].to_json()["last_drill"]["failed_checks"] == ["amcheck"]
 
 
