@@ -18,7 +18,7 @@ from typing import NoReturn
 import click
 
 from backupctl import __version__
-from backupctl.cli import backup, drill, keys, ops, repo, restore, retention, scheduler, wal
+from backupctl.cli import backup, drill, keys, ops, repo, report, restore, retention, scheduler, wal
 from backupctl.cli.argv import command_word
 from backupctl.cli.common import State
 from backupctl.core import log, signals
@@ -52,7 +52,7 @@ for command in (
     restore.restore,
     wal.wal_push, wal.wal_fetch, wal.wal_group, wal.pg_settings,
     retention.expire, retention.pin, retention.unpin,
-    ops.status, ops.check, ops.metrics,
+    ops.status, ops.check, ops.metrics, report.report,
     scheduler.scheduler,
     drill.drill_group,
 ):
