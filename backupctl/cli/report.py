@@ -22,12 +22,15 @@ from backupctl.core.errors import BackupctlError, ConfigError
 @click.argument("sources", nargs=-1, metavar="[SOURCE]...")
 @click.option("--html", "html_file", metavar="FILE", required=True,
               help="Write the report to FILE: one HTML page, no script, nothing fetched from elsewhere.")
-@click.option("--days", type=click.IntRange(min=1), default=30, show_default=True,
+@click.option("--days", type=click.IntRange(min=1), default=30, show_default=True, metavar="DAYS",
               help="Show the last DAYS of backups, WAL, drills and verifications.")
 @pass_state
 def report(state: State, sources: tuple[str, ...], html_file: str, days: int) -> None:
-    """An HTML report: per source, a timeline of backups, WAL and its gaps, the recoverable window, drills
-    (with their RTO) and verifications, in UTC."""
+    """Each source's timeline as one HTML page (--html FILE).
+
+    Per source: backups (type, size, duration), archived WAL and its gaps, the recoverable window, drills
+    with their RTO, and verifications; times in UTC. The page is self-contained (inline CSS and SVG, no
+    script), so it can be mailed or served as it is."""
     target = Path(html_file).absolute()
     if not target.parent.is_dir():
         raise ConfigError(f"--html {html_file}: directory {target.parent} does not exist; create it or name a "

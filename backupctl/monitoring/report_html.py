@@ -27,6 +27,7 @@ LABEL_WIDTH = 120  # the lanes' names on the left
 PLOT_LEFT, PLOT_RIGHT = LABEL_WIDTH + 10, WIDTH - 20
 LANE = 34  # one row's height
 MIN_MARK = 3.0  # a backup of a second is still visible
+MIN_SPAN = 10.0  # seconds: a source whose whole history is one backup still has an axis
 
 TYPE_COLOURS = {"full": "#1f6feb", "incr": "#79b8ff", "logical": "#8957e5", "sqlite": "#0e8a8a"}
 OK_COLOUR, BAD_COLOUR, WAL_COLOUR, WINDOW_COLOUR = "#1a7f37", "#cf222e", "#2da44e", "#9be9a8"
@@ -176,8 +177,8 @@ class _Axis:
     """Times to x: from the start to the end of the source's picture."""
 
     def __init__(self, start: datetime, end: datetime) -> None:
-        if (end - start).total_seconds() < 60:
-            start = end - timedelta(seconds=60)
+        if (end - start).total_seconds() < MIN_SPAN:
+            start = end - timedelta(seconds=MIN_SPAN)
         pad = (end - start) * 0.02
         self.start, self.end = start - pad, end + pad
         self.span = (self.end - self.start).total_seconds()
