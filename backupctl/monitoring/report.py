@@ -13,7 +13,6 @@ A part that cannot be read becomes a line in the source's ``errors`` and never h
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -21,10 +20,10 @@ from typing import Any
 
 from backupctl import __version__
 from backupctl.core.config import Config
-from backupctl.core.errors import BackupctlError, ObjectNotFound
+from backupctl.core.errors import BackupctlError
 from backupctl.engines.registry import source_kind
 from backupctl.monitoring.check import Finding, evaluate
-from backupctl.monitoring.status import DrillSummary, SourceStatus, VerifySummary, source_status
+from backupctl.monitoring.status import DrillSummary, SourceStatus, VerifySummary, read_record, source_status
 from backupctl.repo import layout
 from backupctl.repo.catalog import Manifest, iso, parse_iso
 from backupctl.repo.repository import Repository, open_repository
@@ -124,8 +123,7 @@ def _source_report(repo: Repository, status: SourceStatus, since: datetime, now:
     if source_kind(source).archives_wal:
         runs, gaps = _attempt(errors, "wal", lambda: _wal_runs(repo, source.name), ((), ()))
     drills = _attempt(errors, "drills", lambda: list_drills(repo.storage, source.name), [])
-    verifications = _attempt(errors, "verifications", lambda: _records(repo, layout.verifications_prefix(source.name)),
-                             [])
+    verifications = _attempt(errors, "verifications", lambda: _verifications(repo, source.name, since), [])
     recent = [m for m in manifests if parse_iso(m.finished_at) >= since]
     return SourceReport(
         status,
@@ -134,8 +132,7 @@ def _source_report(repo: Repository, status: SourceStatus, since: datetime, now:
         wal_runs=tuple(r for r in runs if parse_iso(r.last_archived_at) >= since),
         wal_gaps=tuple(g for g in gaps if parse_iso(g.before) >= since),
         drills=tuple(DrillSummary.from_record(d, now) for d in reversed(drills) if _after(d.get("finished_at"), since)),
-        verifications=tuple(VerifySummary.from_record(v, now) for v in verifications
-                            if _after(v.get("finished_at"), since)),
+        verifications=tuple(VerifySummary.from_record(v, now) for v in verifications),
         errors=tuple(errors),
     )
 
@@ -177,16 +174,11 @@ def _gap(epoch: int, timeline: int, before: ArchivedWal, after: ArchivedWal, siz
                   last - first + 1, iso(before.modified), iso(after.modified))
 
 
-def _records(repo: Repository, prefix: str) -> list[dict[str, Any]]:
-    """Every JSON record under ``prefix``, oldest first (ids sort by time); a damaged one is an error."""
-    records = []
-    for key in sorted(info.key for info in repo.storage.list(prefix) if layout.is_record_key(info.key)):
-        try:
-            record = json.loads(repo.storage.get_bytes(key))
-        except ObjectNotFound:
-            continue  # removed meanwhile (expire)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise BackupctlError(f"{key} is not a JSON record") from exc
-        if isinstance(record, dict):
-            records.append(record)
-    return records
+def _verifications(repo: Repository, source: str, since: datetime) -> list[dict[str, Any]]:
+    """The verify records started since ``since``, oldest first: their ids begin with the time they started
+    (``new_record_id``), so older ones are left unread."""
+    oldest = since.strftime("%Y%m%dT%H%M%S")
+    prefix = layout.verifications_prefix(source)
+    keys = sorted(info.key for info in repo.storage.list(prefix)
+                  if layout.is_record_key(info.key) and info.key.removeprefix(prefix) >= oldest)
+    return [record for record in (read_record(repo, key) for key in keys) if record is not None]

@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from backupctl.core.units import human_duration, human_seconds, human_size
 from backupctl.monitoring.check import STATE_NAMES, worst
 from backupctl.monitoring.report import Report, SourceReport
+from backupctl.monitoring.status import DrillSummary, VerifySummary
 from backupctl.repo.catalog import Manifest, parse_iso
 
 WIDTH = 1160  # the SVG's user units; it scales to the page
@@ -115,7 +116,7 @@ def _facts(source: SourceReport) -> str:
     status = source.status
     rows: list[tuple[str, str]] = [("Recoverable window", _window_text(source))]
     for b in status.backups:
-        rows.append((f"Newest {b.type}", f'<span class="id">{esc(b.id)}</span>, {esc(human_duration(b.age_seconds))} '
+        rows.append((f"Newest {b.type}", f'{_id(b.id)}, {esc(human_duration(b.age_seconds))} '
                      f"ago, {esc(human_size(b.size))} ({b.count} {esc(b.type)} backups)"))
     if not status.backups:
         rows.append(("Backups", '<span class="bad">none</span>'))
@@ -124,12 +125,9 @@ def _facts(source: SourceReport) -> str:
         gaps = f'<span class="bad">{wal.gaps} gap(s)</span>' if wal.gaps else '<span class="ok">no gaps</span>'
         rows.append(("WAL archive", f"newest <code>{esc(wal.newest_segment)}</code>, "
                      f"{esc(human_duration(wal.age_seconds))} ago; {wal.segments} segments, {gaps}"))
-    rows.append(("Last verify", _record_text(status.last_verify.status if status.last_verify else None,
-                                             status.last_verify.age_seconds if status.last_verify else None,
-                                             status.last_verify.backup_id if status.last_verify else None)))
+    rows.append(("Last verify", _record_text(status.last_verify)))
     drill = status.last_drill
-    text = _record_text(drill.status if drill else None, drill.age_seconds if drill else None,
-                        drill.backup_id if drill else None)
+    text = _record_text(drill)
     if drill is not None and drill.rto_seconds is not None:
         text += f", RTO {esc(human_seconds(drill.rto_seconds))}"
     rows.append(("Last drill", text))
@@ -146,18 +144,17 @@ def _window_text(source: SourceReport) -> str:
     span = (f"{esc(utc(window.earliest))} → {esc(utc(window.latest))} ({esc(human_duration(window.seconds))})")
     if window.kind == "snapshots":
         return f"{span}: {window.points} restorable backup(s), no point in time between them"
-    text = f'point in time {span}, from <span class="id">{esc(window.from_backup)}</span> on timeline {window.timeline}'
+    text = f'point in time {span}, from {_id(window.from_backup)} on timeline {window.timeline}'
     if window.problem:
         text += f'; <span class="warn">{esc(window.problem)}</span>'
     return text
 
 
-def _record_text(state: str | None, age: float | None, backup_id: str | None) -> str:
-    if state is None:
+def _record_text(record: VerifySummary | DrillSummary | None) -> str:
+    """The newest verify or drill: its verdict, how long ago, of which backup."""
+    if record is None:
         return '<span class="warn">never</span>'
-    css = "ok" if state == "passed" else "bad"
-    return (f'<span class="{css}">{esc(state)}</span> {esc(human_duration(age))} ago, backup '
-            f'<span class="id">{esc(backup_id)}</span>')
+    return f"{_state(record.status)} {esc(human_duration(record.age_seconds))} ago, backup {_id(record.backup_id)}"
 
 
 def _findings(source: SourceReport) -> str:
@@ -339,17 +336,18 @@ def _verify_marks(source: SourceReport, axis: _Axis) -> list[str]:
 # --- the tables ----------------------------------------------------------------------------------------
 
 
-def _table(title: str, headers: list[str], rows: list[list[str]], empty: str) -> str:
+def _table(title: str, headers: list[str], rows: list[list[str]], empty: str, numeric: tuple[int, ...] = ()) -> str:
+    """A table of cells that are HTML already (each escaped where it was made); ``numeric`` columns align right."""
     if not rows:
-        return f"<h3>{esc(title)}</h3><p>{esc(empty)}</p>"
+        return f"<h3>{esc(title)}</h3><p>{esc(empty)}</p>" if empty else ""
     head = "".join(f"<th>{esc(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(rows_cell) + "</tr>" for rows_cell in (
-        [c if c.startswith("<td") else f"<td>{c}</td>" for c in row] for row in rows))
+    body = "".join("<tr>" + "".join(f'<td class="num">{c}</td>' if i in numeric else f"<td>{c}</td>"
+                                    for i, c in enumerate(row)) + "</tr>" for row in rows)
     return f"<h3>{esc(title)}</h3><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _num(text: str) -> str:
-    return f'<td class="num">{esc(text)}</td>'
+def _id(text: str | None) -> str:
+    return f'<span class="id">{esc(text)}</span>'
 
 
 def _state(state: str | None) -> str:
@@ -357,32 +355,28 @@ def _state(state: str | None) -> str:
 
 
 def _backup_table(source: SourceReport) -> str:
-    rows = [[f'<span class="id">{esc(b.id)}</span>', esc(b.type), esc(utc(b.started_at)),
-             _num(human_seconds(b.duration)), _num(human_size(b.size)), _num(human_size(b.stored_size)),
-             esc(", ".join(f"{k}={v}" for k, v in sorted(b.labels.items())))]
+    rows = [[_id(b.id), esc(b.type), esc(utc(b.started_at)), esc(human_seconds(b.duration)), esc(human_size(b.size)),
+             esc(human_size(b.stored_size)), esc(", ".join(f"{k}={v}" for k, v in sorted(b.labels.items())))]
             for b in reversed(source.backups)]
     return _table("Backups", ["id", "type", "started", "duration", "size", "stored", "labels"], rows,
-                  "No backup in this period.")
+                  "No backup in this period.", numeric=(3, 4, 5))
 
 
 def _gap_table(source: SourceReport) -> str:
-    if not source.wal_gaps:
-        return ""
-    rows = [[_num(str(g.timeline)), f"<code>{esc(g.first_missing)}</code> .. <code>{esc(g.last_missing)}</code>",
-             _num(str(g.missing)), esc(f"{utc(g.after)} → {utc(g.before)}")] for g in source.wal_gaps]
-    return _table("WAL gaps", ["timeline", "missing segments", "count", "between"], rows, "")
+    rows = [[esc(g.timeline), f"<code>{esc(g.first_missing)}</code> .. <code>{esc(g.last_missing)}</code>",
+             esc(g.missing), esc(f"{utc(g.after)} → {utc(g.before)}")] for g in source.wal_gaps]
+    return _table("WAL gaps", ["timeline", "missing segments", "count", "between"], rows, "", numeric=(0, 2))
 
 
 def _drill_table(source: SourceReport) -> str:
-    rows = [[f'<span class="id">{esc(d.id)}</span>', _state(d.status), esc(utc(d.finished_at)),
-             f'<span class="id">{esc(d.backup_id)}</span>', _num(human_seconds(d.rto_seconds)),
+    rows = [[_id(d.id), _state(d.status), esc(utc(d.finished_at)), _id(d.backup_id), esc(human_seconds(d.rto_seconds)),
              esc(d.error or ", ".join(d.failed_checks))] for d in reversed(source.drills)]
-    return _table("Drills", ["id", "result", "finished", "backup", "RTO", "problem"], rows, "No drill in this period.")
+    return _table("Drills", ["id", "result", "finished", "backup", "RTO", "problem"], rows, "No drill in this period.",
+                  numeric=(4,))
 
 
 def _verify_table(source: SourceReport) -> str:
-    rows = [[f'<span class="id">{esc(v.id)}</span>', _state(v.status), esc(utc(v.finished_at)),
-             f'<span class="id">{esc(v.backup_id)}</span>', esc(v.mode), _num(human_size(v.bytes or 0)),
-             esc(v.error)] for v in reversed(source.verifications)]
+    rows = [[_id(v.id), _state(v.status), esc(utc(v.finished_at)), _id(v.backup_id), esc(v.mode),
+             esc(human_size(v.bytes or 0)), esc(v.error)] for v in reversed(source.verifications)]
     return _table("Verifications", ["id", "result", "finished", "backup", "mode", "read", "problem"], rows,
-                  "No verification in this period.")
+                  "No verification in this period.", numeric=(5,))
