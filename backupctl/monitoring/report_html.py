@@ -285,7 +285,8 @@ def _wal_marks(source: SourceReport, timeline: int, axis: _Axis) -> list[str]:
             marks.append(_bar(x0, x1, 5, 24, BAD_COLOUR,
                               f"WAL gap: {g.missing} segment(s) missing, {g.first_missing} .. {g.last_missing} "
                               f"(between {utc(g.after)} and {utc(g.before)}): no restore replays across it"))
-            marks.append(f'<text x="{max(x1, x0 + MIN_MARK) + 3:.1f}" y="21" fill="{BAD_COLOUR}">gap</text>')
+            if x1 - x0 >= 40:  # named inside the mark when it has room; its title and the table always do
+                marks.append(f'<text x="{(x0 + x1) / 2:.1f}" y="21" text-anchor="middle" fill="#fff">gap</text>')
     return marks
 
 

@@ -116,6 +116,8 @@ def test_postgres_report_shows_the_pitr_window_a_wal_gap_and_a_drill(
         site.wait_archived(lost[-1])
         newer = json.loads(site.cli("backup", "main", "--type", "full", "-o", "json").stdout)
         site.wait_archived(site.switch())
+        verified = site.cli("verify", "--latest", "main")
+        assert verified.code == 0, verified.stderr
         drilled = site.cli("drill", "run", "main", "-o", "json")
         assert drilled.code == 0, drilled.stderr
         drill = json.loads(drilled.stdout)
@@ -135,6 +137,7 @@ def test_postgres_report_shows_the_pitr_window_a_wal_gap_and_a_drill(
     assert f"WAL gap: 2 segment(s) missing, {lost[0]} .. {lost[-1]}" in page, "the gap's mark"
     assert f">{drill['id']}<" in page and drill["rto_seconds"] > 0
     assert f"RTO {drill['rto_seconds']:.1f}s" in page
+    assert status["last_verify"]["backup_id"] == newer["id"] and f">{status['last_verify']['id']}<" in page
     _self_contained(page)
 
     png = screenshot(tmp_path / "report.html", tmp_path / "report-postgres.png")
