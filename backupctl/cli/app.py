@@ -19,7 +19,7 @@ import click
 from click.core import ParameterSource
 
 from backupctl import __version__
-from backupctl.cli import backup, drill, keys, ops, repo, restore, retention, scheduler, wal
+from backupctl.cli import backup, drill, keys, ops, repo, report, restore, retention, scheduler, wal
 from backupctl.cli.argv import command_word
 from backupctl.cli.common import State, chosen_log_level
 from backupctl.core import log, signals
@@ -59,7 +59,7 @@ for command in (
     restore.restore,
     wal.wal_push, wal.wal_fetch, wal.wal_group, wal.pg_settings,
     retention.expire, retention.delete, retention.pin, retention.unpin,
-    ops.status, ops.check, ops.metrics,
+    ops.status, ops.check, ops.metrics, report.report,
     scheduler.scheduler,
     drill.drill_group,
 ):

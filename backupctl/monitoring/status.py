@@ -371,16 +371,19 @@ def _wal(repo: Repository, source: SourceConfig, now: datetime, judged: dict[str
 def _newest_record(repo: Repository, prefix: str) -> dict[str, Any] | None:
     """The newest JSON record under ``prefix`` (ids sort by time); a damaged one is an error, not skipped."""
     keys = sorted(info.key for info in repo.storage.list(prefix) if layout.is_record_key(info.key))
-    if not keys:
-        return None
+    return read_record(repo, keys[-1]) if keys else None
+
+
+def read_record(repo: Repository, key: str) -> dict[str, Any] | None:
+    """A verify (or other JSON) record; None when it was removed meanwhile (expire), an error when damaged."""
     try:
-        record = json.loads(repo.storage.get_bytes(keys[-1]))
+        record = json.loads(repo.storage.get_bytes(key))
     except ObjectNotFound:
-        return None  # removed meanwhile (expire)
+        return None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BackupctlError(f"{keys[-1]} is not a JSON record") from exc
+        raise BackupctlError(f"{key} is not a JSON record") from exc
     if not isinstance(record, dict):
-        raise BackupctlError(f"{keys[-1]} is not a JSON object")
+        raise BackupctlError(f"{key} is not a JSON object")
     return record
 
 

@@ -38,7 +38,6 @@ from zoneinfo import ZoneInfo
 
 import structlog
 import tzlocal
-from prometheus_client import start_http_server
 
 from backupctl.core.config import Config, PostgresSource, SourceConfig
 from backupctl.core.cron import cron_trigger
@@ -49,6 +48,7 @@ from backupctl.monitoring import notify
 from backupctl.monitoring.metrics import Publisher
 from backupctl.monitoring.status import SourceStatus, gather
 from backupctl.repo.catalog import iso, parse_iso
+from backupctl.scheduler import endpoint
 from backupctl.scheduler.pusher import PusherSupervisor
 from backupctl.scheduler.systemd import sd_notify, watchdog_interval
 
@@ -435,7 +435,7 @@ class Scheduler:
             log.error("metrics refresh failed", error=f"{type(exc).__name__}: {exc}")
 
     def start(self) -> None:
-        """Schedule every job, catch up on missed runs, start the pushers and the /metrics endpoint."""
+        """Schedule every job, catch up on missed runs, start the pushers and the /metrics and /report endpoint."""
         specs = plan_jobs(self.config)
         for spec in specs:
             self.schedule(spec)
@@ -470,12 +470,7 @@ class Scheduler:
                  metrics=self.config.metrics.listen, textfile=self.config.metrics.textfile)
 
     def _serve_metrics(self, listen: str) -> None:
-        host, _, port = listen.rpartition(":")
-        try:
-            self._http = start_http_server(int(port), addr=host.strip("[]"),
-                                           registry=self.reporter.publisher.exposition.registry())
-        except OSError as exc:
-            raise ConfigError(f"metrics.listen {listen}: cannot listen there: {exc.strerror}") from exc
+        self._http = endpoint.serve(listen, self.reporter.publisher.exposition.registry(), self.config)
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """Stop firing, forward SIGTERM to running jobs, wait for them to unwind (then kill), stop pushers."""
