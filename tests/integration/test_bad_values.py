@@ -59,7 +59,8 @@ def test_show_of_something_that_is_not_a_backup_id_is_a_usage_error(tmp_path: Pa
     config = make_config(tmp_path, local_backend, cli=cli)
     assert cli(config, "init").code == 0
     assert _only_error(cli(config, "show", "foo")) == \
-        "'foo' is not a backup id (they look like 20261125T021500123Z-S-k3x; see `backupctl list`)"
+        ("'foo' is not a backup id (they look like 20261125T021500123Z-S-k3x; give one, a unique prefix of one, "
+         "latest, oldest or SOURCE:latest; see `backupctl list`)")
     assert _only_error(cli(config, "show", "20261125T021500123Z-S-k3x")) == \
         "no backup 20261125T021500123Z-S-k3x in the repository (see `backupctl list`)"
 
