@@ -126,7 +126,47 @@ def pg_settings(config: Config, source: PostgresSource, epoch: int = 1) -> str:
     if blocked is not None:
         lines.append(f"# WARNING: {blocked} is not traversable by other users: the server's OS user cannot run "
                      f"{sys.executable}; install backupctl in a world-readable venv (/usr/bin/python3 -m venv)")
+    else:
+        problem = server_user_problem(config, source)
+        if problem is not None:
+            lines.append(f"# WARNING: {problem}")
     return "\n".join(lines) + "\n"
+
+
+def server_user_problem(config: Config, source: PostgresSource) -> str | None:
+    """Run the printed command's program as pgdata's owner, from pgdata, as the server would: what fails.
+
+    Only where that can be tried: pgdata on this host, and this process root or its owner. The program
+    must start (interpreter and package within the user's reach) and the user must read the config file.
+    """
+    import pwd
+    import subprocess  # start-up cost: only pg-settings tries the command
+
+    if source.pgdata is None:
+        return None
+    try:
+        uid = Path(source.pgdata).stat().st_uid
+        user = pwd.getpwuid(uid)
+    except (OSError, KeyError):
+        return None
+    if os.geteuid() not in (0, uid):
+        return None
+    program = invocation()
+    trials = [([program[0], "--version"] if len(program) == 1 else [*program, "--help"], f"run {program[0]}"),
+              (["test", "-r", str(Path(config.file).absolute())], f"read {Path(config.file).absolute()}")]
+    for argv, what in trials:
+        try:
+            done = subprocess.run(argv, cwd=source.pgdata, capture_output=True, text=True, timeout=60, check=False,
+                                  user=uid, group=user.pw_gid, extra_groups=os.getgrouplist(user.pw_name, user.pw_gid)
+                                  if os.geteuid() == 0 else None, env={"PATH": "/usr/bin:/bin"})
+        except (OSError, subprocess.SubprocessError) as exc:
+            return f"the server's OS user {user.pw_name} cannot {what}: {exc}"
+        if done.returncode not in (0, 2) or (what.startswith("read") and done.returncode != 0):
+            last = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+            return (f"the server's OS user {user.pw_name} cannot {what} ({last}); install backupctl in a venv "
+                    f"made with /usr/bin/python3 in a place {user.pw_name} can reach (/opt/backupctl) and make "
+                    f"the config readable by it (chgrp {user.pw_name}, mode 0640)")
+    return None
 
 
 def _location(config: Config) -> str:

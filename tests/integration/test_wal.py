@@ -417,3 +417,15 @@ def test_wal_check_and_pg_settings(request: pytest.FixtureRequest) -> None:
         assert "archive_timeout" in lines
         command = shlex.split(archive_command(site.config, SOURCE))
         assert os.path.isabs(command[0]) and str(site.config) in command and "--source" in command
+        assert "WARNING" not in settings.stdout  # pg-settings ran the command as postgres: it works
+
+        # A config the server's user cannot read: pg-settings tries the command as that user and says so.
+        before = site.config.stat()
+        os.chown(site.config, 0, 0)
+        site.config.chmod(0o600)
+        try:
+            unreadable = site.cli("pg-settings")
+        finally:
+            os.chown(site.config, before.st_uid, before.st_gid)
+            site.config.chmod(before.st_mode)
+        assert f"# WARNING: the server's OS user postgres cannot read {site.config}" in unreadable.stdout
