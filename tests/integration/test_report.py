@@ -126,7 +126,7 @@ def test_postgres_report_shows_the_pitr_window_a_wal_gap_and_a_drill(
         site.storage().delete([keys[name] for name in lost])
 
         page = _report(site, tmp_path / "report.html", "main")
-        status = json.loads(site.cli("status", "main").stdout)[0]
+        status = json.loads(site.cli("status", "main", "-o", "json").stdout)[0]
     window = status["window"]
     assert window["kind"] == "pitr" and window["from_backup"] == newer["id"] and status["wal"]["gaps"] == 1
     for backup in (older, newer):
