@@ -16,11 +16,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from backupctl.wal.agent.client import bootstrap
-from backupctl.wal.agent.protocol import archived_dir
+from backupctl.wal.agent.protocol import archived_dir, pending_dir
 from backupctl.wal.agent.settings import default_spool_root, quick_settings, spool_for
 
 if TYPE_CHECKING:
     from backupctl.core.config import Config, PostgresSource
+
+# archive_command's shell waits at most this many 10 ms polls (plus a ``sleep`` start each, ~1 ms) for a
+# file the pusher is on, then asks it: a few segments' worth on a slow store, and the bound on what a
+# pusher that died mid-job costs the archiver (its next start clears the pending markers).
+PENDING_WAIT_POLLS = 300
 
 
 def invocation() -> list[str]:
@@ -52,13 +57,19 @@ def archive_command(config_path: str | Path, source_name: str, spool: str | None
 
     With ``spool`` (the resident pusher's directory of this source, as the server's user has it), the
     command first asks the shell whether the pusher has already archived this very file (a marker that is
-    a hard link to it: ``agent.protocol.archived_dir``); only the other files start an interpreter. During a
-    backlog the pusher reads ahead, so most calls cost the shell's ~1 ms.
+    a hard link to it: ``agent.protocol.archived_dir``); while the pusher is still on the file
+    (``agent.protocol.pending_dir``) the shell polls for that marker, for ``PENDING_WAIT_POLLS`` x 10 ms at
+    most; only the other files start an interpreter. During a backlog the pusher reads ahead, so most
+    calls cost the shell's ~1 ms.
     """
     push = _command(config_path, source_name, "wal-push", "%p")
     if spool is None:
         return push
-    return f"[ {shlex.quote(archived_dir(spool) + '/')}%f -ef %p ] || {push}"
+    archived = f"[ {shlex.quote(archived_dir(spool) + '/')}%f -ef %p ]"
+    pending = f"[ -e {shlex.quote(pending_dir(spool) + '/')}%f ]"
+    wait = (f"i=0; while {pending} && [ $i -lt {PENDING_WAIT_POLLS} ]; do sleep 0.01; i=$((i+1)); done; "
+            f"{archived}")
+    return f"{archived} || {{ {wait}; }} || {push}"
 
 
 def server_spool(config: Config, source: PostgresSource) -> str | None:

@@ -1,7 +1,8 @@
 """The pusher's markers: archive_command's shell test answers only for the very file the pusher archived.
 
-``pg-settings`` prints ``[ SPOOL/archived/%f -ef %p ] || backupctl ... wal-push %p``: a marker is a hard
-link the pusher makes to a file once it is durable in the repository (``agent.protocol.archived_dir``).
+``pg-settings`` prints ``[ SPOOL/archived/%f -ef %p ] || { wait while SPOOL/pending/%f exists; the same test }
+|| backupctl ... wal-push %p``: a marker is a hard link the pusher makes to a file once it is durable in the
+repository (``agent.protocol.archived_dir``); a pending file only makes the shell wait for it (``pending_dir``).
 These tests hold PostgreSQL's archiver, let the pusher read a backlog ahead, and check what the markers
 vouch for with the shell PostgreSQL uses, as the server's user.
 """
@@ -10,12 +11,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from backupctl.wal.conf import PENDING_WAIT_POLLS, archive_command
 from tests.support.pg_fixtures import require_binaries
 from tests.support.pg_site import Site, archiving_site, as_postgres, fast_path_archive_command
 
@@ -77,4 +80,50 @@ def test_markers_vouch_for_the_very_file_and_go_once_postgresql_is_done(request:
         _wait_for("markers dropped once PostgreSQL has marked the files done", lambda: not any(markers.iterdir()))
 
         site.stop_pusher()
-        _wait_for("markers gone with the pusher", lambda: not markers.exists())
+        pending = site.spool / "pending"
+        _wait_for("markers gone with the pusher", lambda: not markers.exists() and not pending.exists())
+
+
+def _run_archive_command(spool: Path, pg_wal: Path, name: str) -> subprocess.Popen[bytes]:
+    """The printed archive_command for ``name``, as PostgreSQL runs it; its push fails (no such config)."""
+    command = archive_command(spool / "missing.toml", "main", str(spool))
+    command = command.replace("%p", str(pg_wal / name)).replace("%f", name)
+    return subprocess.Popen(["sh", "-c", command], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+@pytest.fixture
+def spool_and_wal(tmp_path: Path) -> tuple[Path, Path, str]:
+    spool, pg_wal, name = tmp_path / "spool", tmp_path / "pg_wal", "000000010000000000000007"
+    for directory in (spool / "archived", spool / "pending", pg_wal):
+        directory.mkdir(parents=True)
+    (pg_wal / name).write_bytes(b"segment")
+    (spool / "pending" / name).touch()
+    return spool, pg_wal, name
+
+
+def test_the_shell_waits_for_a_pending_file_and_answers_only_from_its_marker(
+        spool_and_wal: tuple[Path, Path, str]) -> None:
+    spool, pg_wal, name = spool_and_wal
+    call = _run_archive_command(spool, pg_wal, name)
+    time.sleep(0.5)
+    assert call.poll() is None, "the shell did not wait while the pusher was on the file"
+    os.link(pg_wal / name, spool / "archived" / name)  # what the pusher does once the file is durable
+    (spool / "pending" / name).unlink()
+    assert call.wait(timeout=5) == 0
+
+    # A pending file that ends without a marker (the push failed) answers nothing: the call asks backupctl,
+    # here one with no config, which fails.
+    (spool / "archived" / name).unlink()
+    (spool / "pending" / name).touch()
+    call = _run_archive_command(spool, pg_wal, name)
+    time.sleep(0.3)
+    (spool / "pending" / name).unlink()
+    assert call.wait(timeout=30) != 0
+
+
+def test_a_pending_marker_left_behind_costs_a_bounded_wait(spool_and_wal: tuple[Path, Path, str]) -> None:
+    spool, pg_wal, name = spool_and_wal  # a pusher killed mid-job leaves its pending marker
+    started = time.monotonic()
+    call = _run_archive_command(spool, pg_wal, name)
+    assert call.wait(timeout=30) != 0
+    assert time.monotonic() - started > PENDING_WAIT_POLLS * 0.01

@@ -47,6 +47,7 @@ from backupctl.wal.agent.protocol import (
     WAIT,
     archived_dir,
     frame,
+    pending_dir,
     plausible_name,
     read_frames,
 )
@@ -107,6 +108,7 @@ class Pusher:
         self.socket_path = os.path.join(spool, SOCKET_NAME)
         self.prefetch_dir = os.path.join(spool, PREFETCH_DIR)
         self.archived_dir = archived_dir(spool)
+        self.pending_dir = pending_dir(spool)
         self.markers = True  # false once pg_wal turned out to be on another filesystem than the spool
         self.socket_ino = 0
         # No healthy push or fetch takes longer than a few store timeouts (each request is bounded).
@@ -125,8 +127,15 @@ class Pusher:
     # -- jobs --
 
     def _enqueue(self, job: Job) -> None:
+        if job.op == "push" and self.markers:
+            self._mark_pending(job.name)
         queue_ = self.push_queue if job.op == "push" else self.fetch_queue
         queue_.put((job.priority, next(self.seq), job))
+
+    def _mark_pending(self, name: str) -> None:
+        """Tell archive_command's shell to wait for this file's marker rather than start an interpreter."""
+        with contextlib.suppress(OSError):
+            os.close(os.open(os.path.join(self.pending_dir, name), os.O_WRONLY | os.O_CREAT, 0o600))
 
     def _bump(self, job: Job) -> None:
         if job.state == "queued" and job.priority > 0:
@@ -151,6 +160,8 @@ class Pusher:
                 result = self._failure(exc, job)
             finally:  # whatever happened, the job ends: a client waiting on it would otherwise wait for good
                 self._finish([job], "running", result)
+                if job.op == "push":
+                    _unlink(os.path.join(self.pending_dir, job.name))
 
     def _finish(self, jobs: list[Job], state: str, result: dict[str, Any]) -> None:
         """End those of ``jobs`` still in ``state`` with ``result``, and wake their clients."""
@@ -411,7 +422,7 @@ class Pusher:
     # -- the main loop --
 
     def run(self, pg_wal: str | None = None) -> None:
-        for private in (self.prefetch_dir, self.archived_dir):
+        for private in (self.prefetch_dir, self.archived_dir, self.pending_dir):
             shutil.rmtree(private, ignore_errors=True)
             os.mkdir(private, 0o700)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -459,6 +470,7 @@ class Pusher:
                 time.sleep(0.05)
             # Markers vouch for this pusher's config: a changed one may name another repository.
             shutil.rmtree(self.archived_dir, ignore_errors=True)
+            shutil.rmtree(self.pending_dir, ignore_errors=True)
             shutil.rmtree(self.prefetch_dir, ignore_errors=True)
             self.log.info("pusher stopped", pid=os.getpid())
 
