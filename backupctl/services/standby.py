@@ -74,14 +74,11 @@ class StandbyRequest:
 
     def to_json(self, recovery_target_timeline: str) -> dict[str, Any]:
         """The ``standby`` object of `restore --standby -o json`; a password in the conninfo is never shown."""
-        shown = None
-        if self.primary_conninfo is not None:
+        shown = self.primary_conninfo
+        if shown is not None and "password" in _parse(shown):
             from psycopg.conninfo import make_conninfo  # with psycopg, already imported by _parse
 
-            parts = _parse(self.primary_conninfo)
-            if "password" in parts:
-                parts["password"] = "********"
-            shown = make_conninfo("", **parts)
+            shown = make_conninfo("", **{**_parse(shown), "password": "********"})
         return {"mode": "streaming" if self.streaming else "archive-only", "primary": self.primary(),
                 "primary_conninfo": shown, "slot": self.slot,
                 "recovery_target_timeline": recovery_target_timeline}
@@ -95,7 +92,8 @@ def _parse(conninfo: str) -> dict[str, Any]:
     try:
         return conninfo_to_dict(conninfo)
     except psycopg.Error as exc:
-        raise ConfigError(f"--primary-conninfo is not a connection string libpq accepts: {exc}") from exc
+        raise ConfigError("--primary-conninfo is not a connection string libpq accepts: "
+                          f"{' '.join(str(exc).split())}") from exc
 
 
 def check_request(standby: bool, primary_conninfo: str | None, slot: str | None,
