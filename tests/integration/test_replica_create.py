@@ -14,6 +14,7 @@ from pathlib import Path
 
 from backupctl.postgres.cluster import ScratchCluster
 from backupctl.services.standby import STREAM_WAIT_SECONDS
+from tests.support import json_contract
 from tests.support.cli import CliRunner, backup_id
 from tests.support.config import write_toml
 from tests.support.pg_replication import create_slot, senders, wait_replayed
@@ -59,6 +60,7 @@ def test_a_replica_from_the_repository_catches_up_through_the_archive_and_stream
     replica = adopt_running(site.cluster.binaries, pgdata)
     try:
         assert restored["backup"] == backup
+        assert json_contract.check("restore", restored) == 2  # the restore and its standby object
         assert restored["standby"] == {"mode": "streaming", "primary": f"127.0.0.1:{site.cluster.port}",
                                        "primary_conninfo": _primary_conninfo(site, "replica1"),
                                        "slot": "replica1", "recovery_target_timeline": "latest"}
