@@ -121,8 +121,10 @@ class PhysicalRequest:
 @click.option("--standby", is_flag=True,
               help="Physical: a replica: standby.signal, no recovery target, following the latest timeline.")
 @click.option("--primary-conninfo", metavar="CONNINFO",
-              help="With --standby: stream from this primary (libpq connection string); without: archive-only.")
-@click.option("--slot", help="With --primary-conninfo: the primary's replication slot to stream through.")
+              help="With --standby: stream from this primary (a libpq connection string); leave it out for an "
+                   "archive-only standby.")
+@click.option("--slot", metavar="SLOT",
+              help="With --primary-conninfo: the primary's replication slot to stream through.")
 @click.option("--archive", "keep_archiving", is_flag=True,
               help="Physical: the restored copy keeps the backup's WAL archiving (default: archive_mode = off, "
                    "unless restoring into the source's own pgdata).")
