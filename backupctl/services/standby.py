@@ -35,7 +35,7 @@ _SLOT_RE = re.compile(r"[a-z0-9_]{1,63}")  # PostgreSQL's rule for replication s
 _TARGET_OPTIONS = {"time": "--target-time", "lsn": "--target-lsn", "xid": "--target-xid", "name": "--target-name",
                    "immediate": "--target immediate"}
 # The WAL receiver's complaints, as the standby's log has them (PostgreSQL 15 to 18).
-_RECEIVER_RE = re.compile(r"\b(?:FATAL|ERROR):\s+((?:could not (?:start WAL streaming|connect to the primary server|"
+_RECEIVER_RE = re.compile(r"\b((?:FATAL|ERROR):\s+(?:could not (?:start WAL streaming|connect to the primary server|"
                           r"receive data from WAL stream)|database system identifier differs|highest timeline)"
                           r".*)")
 # What no retry cures: waiting the full time for these would only hide the answer.
