@@ -47,6 +47,14 @@ def _wait_for(replica: ScratchCluster, batch: str, timeout: float = 60) -> None:
         time.sleep(0.2)
 
 
+def _wait_sender(primary: ScratchCluster, expected: list[tuple[str, str, str | None]], timeout: float = 30) -> None:
+    """Until the primary's senders are ``expected`` (a walsender is in catchup for a moment before streaming)."""
+    deadline = time.monotonic() + timeout
+    while senders(primary) != expected:
+        assert time.monotonic() < deadline, f"the primary's senders: {senders(primary)}, not {expected}"
+        time.sleep(0.2)
+
+
 def test_a_replica_from_the_repository_catches_up_through_the_archive_and_streams_through_its_slot(
         site: Site, cli: CliRunner) -> None:
     backup = _backup_then_more(site, cli)
@@ -71,7 +79,7 @@ def test_a_replica_from_the_repository_catches_up_through_the_archive_and_stream
             ("streaming", f"127.0.0.1:{site.cluster.port}", "replica1", 1), streaming
         assert (pgdata / "standby.signal").exists() and not (pgdata / "recovery.signal").exists()
         # The primary sees it, through the slot; what it wrote before and after the restore is on the replica.
-        assert senders(site.cluster) == [("replica1", "streaming", "replica1")]
+        _wait_sender(site.cluster, [("replica1", "streaming", "replica1")])
         _mark(site, 3, "after")
         wait_replayed(site.cluster, replica)
         assert query(replica, "SELECT pg_is_in_recovery()") == [(True,)]
