@@ -235,11 +235,8 @@ def _restore_physical(config: Config, source_name: str, request: PhysicalRequest
                 except BackupctlError as exc:
                     raise restore_start.RecoveryFailed(f"{exc}; once the cause is fixed, run the restore again: "
                                                        f"{_retry_command(plan.backup.type)}") from exc
-            if replica and replica.streaming:  # a failure leaves the server running: no retry, it says so
-                conninfo = restore_start.server_conninfo(Path(result["pgdata"]), source.user)
-                assert conninfo is not None  # the server is running: start_and_wait saw it recover
-                result["recovery"]["streaming"] = standby.wait_streaming(
-                    conninfo, Path(result["recovery"]["log"]), replica)
+            if replica:  # not streaming leaves the server running: no retry, and the error says so
+                standby.settle(Path(result["pgdata"]), source.user, result["recovery"], plan, replica)
     writer(output).restored(result, plan.backup.id)
 
 

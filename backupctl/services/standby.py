@@ -14,12 +14,14 @@ a target ends recovery, a standby has none.
 
 Success of ``--start`` is the outcome: with a conninfo, the WAL receiver reports ``streaming`` in
 ``pg_stat_wal_receiver`` (the primary accepted it, through the slot when one is named); archive-only, replay
-reached the end of the archive (``restore_start``). A standby that does not stream in time is still a valid
+reached the end of the archive (``restore_start`` waits until it is inside the newest archived segment,
+``wait_archive_end`` until that segment is replayed). A standby that does not stream in time is still a valid
 standby replaying the archive, so it is left running, and the error says so and quotes the WAL receiver.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from dataclasses import dataclass
@@ -27,10 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from backupctl.core.errors import BackupctlError, ConfigError
-from backupctl.services.pitr import Target
-from backupctl.services.restore_start import read_from
+from backupctl.services.pitr import Plan, Target
+from backupctl.services.restore_start import read_from, server_conninfo
+from backupctl.wal.names import parse_lsn, parse_wal_name
 
 STREAM_WAIT_SECONDS = 120.0  # after the archive is replayed: how long the WAL receiver has to start streaming
+_SETTLED = 2.0  # seconds without replay progress inside the newest archived segment: its end is reached
 _SLOT_RE = re.compile(r"[a-z0-9_]{1,63}")  # PostgreSQL's rule for replication slot names (NAMEDATALEN - 1)
 _TARGET_OPTIONS = {"time": "--target-time", "lsn": "--target-lsn", "xid": "--target-xid", "name": "--target-name",
                    "immediate": "--target immediate"}
@@ -125,6 +129,44 @@ def receiver_error(log_text: str) -> str | None:
     """The WAL receiver's newest complaint in a stretch of the server's log, as one line."""
     found = _RECEIVER_RE.findall(log_text)
     return " ".join(found[-1].split()) if found else None
+
+
+def settle(pgdata: Path, user: str | None, recovery: dict[str, Any], plan: Plan,
+           request: StandbyRequest) -> dict[str, Any]:
+    """After ``restore_start.start_and_wait`` saw the standby replay into the newest archived segment: with a
+    conninfo, wait until it streams (``recovery["streaming"]``); archive-only, until it replayed that segment
+    to its end (``recovery["lsn"]``). ``recovery`` is returned, completed."""
+    conninfo = server_conninfo(pgdata, user)
+    if conninfo is None:
+        raise BackupctlError(f"the standby on {pgdata} has no postmaster.pid any more: see {recovery['log']}")
+    if request.streaming:
+        recovery["streaming"] = wait_streaming(conninfo, Path(recovery["log"]), request)
+    else:
+        recovery["lsn"] = wait_archive_end(conninfo, plan)
+    return recovery
+
+
+def wait_archive_end(conninfo: dict[str, Any], plan: Plan, timeout: float = STREAM_WAIT_SECONDS) -> str:
+    """The replay LSN once the standby replayed the newest archived segment, already restored when this is
+    called: its end (a segment closed by a switch replays up to there), or where replay stopped for
+    ``_SETTLED`` seconds (its last record goes on in a segment not archived yet)."""
+    import psycopg  # loaded already by restore_start's polling
+
+    size = int(plan.backup.extra["wal_segment_size"])
+    end = parse_wal_name(plan.wal_last).start_lsn(size) + size
+    lsn, since, deadline = "", time.monotonic(), time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(psycopg.OperationalError), \
+                psycopg.connect(**conninfo, autocommit=True, connect_timeout=5) as conn:
+            now = str(conn.execute("SELECT pg_last_wal_replay_lsn()").fetchone()[0])
+            if parse_lsn(now) >= end:
+                return now
+            if now != lsn:
+                lsn, since = now, time.monotonic()
+        if lsn and time.monotonic() - since >= _SETTLED:
+            break
+        time.sleep(0.2)
+    return lsn
 
 
 def wait_streaming(conninfo: dict[str, Any], log_file: Path, request: StandbyRequest,
