@@ -140,7 +140,7 @@ def settle(pgdata: Path, user: str | None, recovery: dict[str, Any], plan: Plan,
     if conninfo is None:
         raise BackupctlError(f"the standby on {pgdata} has no postmaster.pid any more: see {recovery['log']}")
     if request.streaming:
-        recovery["streaming"] = wait_streaming(conninfo, Path(recovery["log"]), request)
+        recovery["streaming"] = wait_streaming(conninfo, Path(recovery["log"]), request, pgdata)
     else:
         recovery["lsn"] = wait_archive_end(conninfo, plan)
     return recovery
@@ -169,7 +169,7 @@ def wait_archive_end(conninfo: dict[str, Any], plan: Plan, timeout: float = STRE
     return lsn
 
 
-def wait_streaming(conninfo: dict[str, Any], log_file: Path, request: StandbyRequest,
+def wait_streaming(conninfo: dict[str, Any], log_file: Path, request: StandbyRequest, pgdata: Path,
                    timeout: float = STREAM_WAIT_SECONDS) -> dict[str, Any]:
     """Until the started standby (``conninfo`` reaches it) streams from its primary; what it reached.
 
@@ -199,6 +199,6 @@ def wait_streaming(conninfo: dict[str, Any], log_file: Path, request: StandbyReq
             said = f": PostgreSQL said {complaint}" if complaint else f" within {timeout:.0f}s"
             raise NotStreaming(f"the standby does not stream from {request.primary()}{said}; it is left running "
                                f"on port {conninfo['port']}, replaying the archive and retrying (see {log_file}): "
-                               "fix the cause and it streams by itself, or stop it with pg_ctl stop")
+                               f"fix the cause and it streams by itself, or stop it: pg_ctl stop -D {pgdata}")
         time.sleep(0.5)
 
