@@ -129,11 +129,16 @@ def conninfo(setup: Setup, name: str) -> str:
     return f"host=127.0.0.1 port={setup.cluster.port} user=postgres application_name={name}"
 
 
-def build_repository(setup: Setup, target: Path, slot: str) -> ScratchCluster:
+def build_repository(setup: Setup, target: Path, slot: str, phases: dict[str, float]) -> ScratchCluster:
+    """`restore --standby --start`; ``phases`` gets what its JSON says each part took."""
     measured = run_tree(setup.backupctl.argv("restore", SOURCE, "--pgdata", str(target), "--standby",
                                              "--primary-conninfo", conninfo(setup, slot), "--slot", slot, "--start",
                                              "--port", str(free_port()), "--output", "json"), env=clean_env())
-    streaming = json.loads(measured.stdout)["recovery"]["streaming"]
+    restored = json.loads(measured.stdout)
+    streaming = restored["recovery"]["streaming"]
+    phases.update({"files_seconds": restored["download_extract_seconds"] + restored.get("sync_seconds", 0),
+                   "start_to_archive_end_seconds": restored["recovery"]["start_seconds"],
+                   "archive_end_to_streaming_seconds": streaming["seconds"]})
     if streaming["slot"] != slot:
         raise RuntimeError(f"the repository replica streams through {streaming['slot']}, not {slot}")
     replica = ScratchCluster.adopt(setup.cluster.binaries, target, remove_datadir=True, base_dir=setup.workdir)
@@ -141,14 +146,17 @@ def build_repository(setup: Setup, target: Path, slot: str) -> ScratchCluster:
     return replica
 
 
-def build_basebackup(setup: Setup, target: Path, slot: str) -> ScratchCluster:
+def build_basebackup(setup: Setup, target: Path, slot: str, phases: dict[str, float]) -> ScratchCluster:
+    """`pg_basebackup -R` and a start; ``phases`` gets the copy's and the start's times."""
     cluster = setup.cluster
-    run_tree([str(cluster.binaries.path("pg_basebackup")), "-d", conninfo(setup, slot), "-D", str(target),
+    copied = run_tree([str(cluster.binaries.path("pg_basebackup")), "-d", conninfo(setup, slot), "-D", str(target),
               "-X", "stream", "-S", slot, "-R", "-c", "fast"], user=SERVER_USER, env=clean_env(SERVER_USER))
     replica = ScratchCluster.adopt(cluster.binaries, target, remove_datadir=True, base_dir=setup.workdir,
                                    settings={"archive_mode": "off"})
+    clock = time.monotonic()
     replica.start(timeout=STREAM_TIMEOUT)
     wait_streaming(replica, slot)
+    phases.update({"files_seconds": copied.seconds, "start_to_streaming_seconds": time.monotonic() - clock})
     return replica
 
 
@@ -159,7 +167,8 @@ def measure(setup: Setup, way: str, index: int) -> dict[str, Any]:
     make_dir(target.parent, mode=0o755)
     setup.server.conn.execute("SELECT pg_create_physical_replication_slot(%s, true)", (slot,))
     cpu, clock = primary_cpu(setup.cluster), time.monotonic()
-    replica = (build_repository if way == "repository" else build_basebackup)(setup, target, slot)
+    phases: dict[str, float] = {}
+    replica = (build_repository if way == "repository" else build_basebackup)(setup, target, slot, phases)
     seconds, cpu = time.monotonic() - clock, primary_cpu(setup.cluster) - cpu
     try:
         senders = setup.server.conn.execute(
@@ -184,7 +193,8 @@ def measure(setup: Setup, way: str, index: int) -> dict[str, Any]:
         replica.remove()
         setup.server.conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
         reap_strays(str(setup.backupctl.config))  # the restore_command's resident fetcher
-    return {"seconds": round(seconds, 2), "primary_cpu_seconds": round(cpu, 2)}
+    return {"seconds": round(seconds, 2), "primary_cpu_seconds": round(cpu, 2),
+            **{key: round(value, 2) for key, value in phases.items()}}
 
 
 def run_bench(args: argparse.Namespace, stack: ExitStack) -> dict[str, Any]:
@@ -225,6 +235,10 @@ def report(document: dict[str, Any]) -> str:
     for key, label in (("seconds", "command to streaming"), ("primary_cpu_seconds", "primary's CPU during it")):
         ratio = f"{ours[key] / theirs[key]:.2f}x" if theirs[key] else "n/a"
         lines.append(f"| {label} | {ours[key]:.2f} s | {theirs[key]:.2f} s | {ratio} |")
+    for way, figures in summary.items():
+        parts = ", ".join(f"{key.removesuffix('_seconds').replace('_', ' ')} {value:.2f} s"
+                          for key, value in figures.items() if key not in ("seconds", "primary_cpu_seconds"))
+        lines.append(f"\n{way}: {parts}.")
     lines += ["", "Each replica streamed through its slot (pg_stat_replication on the primary) and read a row "
               "written on the primary afterwards.", ""]
     return "\n".join(lines)
