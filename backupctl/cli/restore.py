@@ -235,7 +235,7 @@ def _restore_physical(config: Config, source_name: str, request: PhysicalRequest
                 except BackupctlError as exc:
                     raise restore_start.RecoveryFailed(f"{exc}; once the cause is fixed, run the restore again: "
                                                        f"{_retry_command(plan.backup.type)}") from exc
-            if replica:  # not streaming leaves the server running: no retry, and the error says so
+            if replica and request.start_server:  # not streaming leaves it running: no retry, the error says so
                 standby.settle(Path(result["pgdata"]), source.user, result["recovery"], plan, replica)
     writer(output).restored(result, plan.backup.id)
 

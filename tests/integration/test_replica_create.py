@@ -18,7 +18,7 @@ from tests.support import json_contract
 from tests.support.cli import CliRunner, backup_id
 from tests.support.config import write_toml
 from tests.support.pg_replication import create_slot, senders, wait_replayed
-from tests.support.pg_site import Site, adopt_running, batches, init_and_backup, query
+from tests.support.pg_site import Site, adopt_running, batches, effective_setting, init_and_backup, query
 from tests.support.s3_servers import free_port
 
 
@@ -135,6 +135,35 @@ def test_a_standby_whose_slot_is_missing_on_the_primary_fails_at_once_and_is_lef
         assert senders(site.cluster) == []
     finally:
         replica.stop()
+
+
+def test_without_start_the_standby_settings_are_written_and_win_over_the_backups_own(site: Site,
+                                                                                     cli: CliRunner) -> None:
+    # A backup of a server that had a primary_conninfo of its own (taken from a standby, or an ALTER SYSTEM).
+    site.sql("ALTER SYSTEM SET primary_conninfo = 'host=elsewhere.invalid'")
+    site.sql("ALTER SYSTEM SET primary_slot_name = 'old_slot'")
+    _backup_then_more(site, cli)
+    effective = {}
+    for name, conninfo in (("archive-only", None), ("streaming", _primary_conninfo(site, "r2"))):
+        pgdata = site.restore_dir(name)
+        args = ["--primary-conninfo", conninfo] if conninfo else []
+        result = cli(site.config, "restore", "main", "--pgdata", str(pgdata), "--standby", *args)
+        assert result.code == 0, result.stderr
+        assert (pgdata / "standby.signal").exists() and not (pgdata / "postmaster.pid").exists()
+        effective[name] = {setting: effective_setting(site.cluster.binaries, pgdata, setting) for setting in
+                           ("primary_conninfo", "primary_slot_name", "recovery_target_timeline", "restore_command",
+                            "recovery_target_time", "archive_mode")}
+        line = ("standby:      archive-only standby" if conninfo is None else
+                f"standby:      streaming from 127.0.0.1:{site.cluster.port} (no slot) once started")
+        assert line in result.stdout, result.stdout
+    assert effective["archive-only"]["primary_conninfo"] == ""
+    assert effective["archive-only"]["primary_slot_name"] == "old_slot"  # unused without a conninfo
+    assert effective["streaming"]["primary_conninfo"] == _primary_conninfo(site, "r2")
+    assert effective["streaming"]["primary_slot_name"] == ""
+    for values in effective.values():
+        assert values["recovery_target_timeline"] == "latest"
+        assert "wal-fetch" in values["restore_command"] and values["recovery_target_time"] == ""
+        assert values["archive_mode"] == "off"
 
 
 def test_bad_standby_combinations_exit_2_with_one_line(site: Site, cli: CliRunner, tmp_path: Path) -> None:

@@ -88,6 +88,12 @@ def adopt_running(binaries: PgBinaries, pgdata: Path) -> ScratchCluster:
     return cluster
 
 
+def effective_setting(binaries: PgBinaries, pgdata: Path, name: str) -> str:
+    """What a server started on ``pgdata`` would use for ``name`` (postgres -C reads every config file)."""
+    return subprocess.run(["runuser", "-u", "postgres", "--", str(binaries.path("postgres")), "-C", name,
+                           "-D", str(pgdata)], capture_output=True, text=True, check=True).stdout.strip()
+
+
 def fast_path_archive_command(config: Path) -> str:
     """The archive_command ``backupctl pg-settings`` prints (the site's spool is ``spool`` beside its config)."""
     return archive_command(config, SOURCE, str(config.parent / "spool" / SOURCE))
