@@ -1,6 +1,6 @@
-"""Everything issue 14 measures, in one command, as one Markdown report.
+"""Everything issues 14 and 16 measure, in one command, as one Markdown report.
 
-    .venv/bin/python -m bench [--only physical,replay,incremental] [--scale 50] [--runs 3]
+    .venv/bin/python -m bench [--only physical,replay,incremental,replica] [--scale 50] [--runs 3]
                               [--store both] [--text-mib 256] [--physical-steps files,drain]
                               [--replay-runs 1] [--wal-mib 2048] [--rounds 6] [--round-seconds 5]
                               [--lock FILE] [--output FILE]
@@ -12,7 +12,9 @@ The parts, in this order (each builds its own clusters and stops everything it s
   - replay: bench.replay, a point-in-time restore that replays --wal-mib of archived WAL, against
     pgBackRest with async archive-get;
   - incremental: bench.incremental, a chain of --rounds incrementals on PostgreSQL 18 against a fresh full
-    (backupctl alone: pgBackRest 2.45 cannot back up 17+).
+    (backupctl alone: pgBackRest 2.45 cannot back up 17+);
+  - replica: bench.replica, a replica built from the repository (restore --standby --start) against
+    pg_basebackup -R and a start, each until it streams (issue 16; --runs runs each).
 The report starts with the date, the machine and its load average at the start and the end of the whole
 run (on a shared machine other work shows in every figure), then each part's tables and wall time. A part
 that fails is reported as such and the others still run; the exit status is then 1. Progress goes to
@@ -38,10 +40,10 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from bench import incremental, replay
+from bench import incremental, replay, replica
 from bench.physical import say
 
-PARTS = ("physical", "replay", "incremental")
+PARTS = ("physical", "replay", "incremental", "replica")
 
 
 def physical(args: argparse.Namespace) -> str:
@@ -125,6 +127,7 @@ def main() -> None:
         "physical": lambda: physical(args),
         "replay": lambda: run_in_process(replay, part_args(args, runs=args.replay_runs, major=15)),
         "incremental": lambda: run_in_process(incremental, part_args(args, major=18)),
+        "replica": lambda: run_in_process(replica, part_args(args, major=15)),
     }
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     load_start = _load()

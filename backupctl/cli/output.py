@@ -304,6 +304,8 @@ class TableWriter(Writer):
     def restored(self, result: dict[str, Any], backup_id: str) -> None:
         _plan_view(result)
         recovery = result.get("recovery")
+        if "standby" in result:
+            click.echo(_standby_line(result["standby"], (recovery or {}).get("streaming")))
         if not recovery:
             click.echo(f"restored {backup_id} into {result['pgdata']}: start the server to recover")
             return
@@ -584,6 +586,18 @@ def _plan_view(plan: dict[str, Any]) -> None:
         out.print(f"archiving:    {plan['archiving']['state']} ({plan['archiving']['reason']})")
     for note in plan["notes"]:
         out.print(f"note:         {note}")
+
+
+def _standby_line(standby: dict[str, Any], streaming: dict[str, Any] | None) -> str:
+    """`restore --standby`: what the replica follows, and with --start what it reached."""
+    timeline = f"recovery_target_timeline = '{standby['recovery_target_timeline']}'"
+    if standby["mode"] == "archive-only":
+        return f"standby:      archive-only standby (restore_command from the repository, {timeline})"
+    slot = f" through slot {standby['slot']}" if standby["slot"] else " (no slot)"
+    if streaming:
+        return (f"standby:      streaming from {streaming['sender']}{slot} on timeline {streaming['timeline']}, "
+                f"flushed up to {streaming['flushed_lsn']} ({streaming['seconds']}s after the archive was replayed)")
+    return f"standby:      streaming from {standby['primary']}{slot} once started ({timeline})"
 
 
 def _running_line(running: RunningBackup) -> str:

@@ -79,6 +79,8 @@ class PhysicalRequest:
     dry_run: bool
     start_server: bool
     standby: bool
+    primary_conninfo: str | None
+    slot: str | None
     keep_archiving: bool
     tablespaces: tuple[str, ...]
     restore_config: Path | None
@@ -116,7 +118,13 @@ class PhysicalRequest:
 @click.option("--dry-run", is_flag=True, help="Physical: print the plan and stop.")
 @click.option("--start", "start_server", is_flag=True,
               help="Physical: start the restored server and wait until it reaches the target.")
-@click.option("--standby", is_flag=True, help="Physical: write standby.signal instead of recovery.signal.")
+@click.option("--standby", is_flag=True,
+              help="Physical: a replica: standby.signal, no recovery target, following the latest timeline.")
+@click.option("--primary-conninfo", metavar="CONNINFO",
+              help="With --standby: stream from this primary (a libpq connection string); leave it out for an "
+                   "archive-only standby.")
+@click.option("--slot", metavar="SLOT",
+              help="With --primary-conninfo: the primary's replication slot to stream through.")
 @click.option("--archive", "keep_archiving", is_flag=True,
               help="Physical: the restored copy keeps the backup's WAL archiving (default: archive_mode = off, "
                    "unless restoring into the source's own pgdata).")
@@ -154,10 +162,16 @@ def restore(state: State, backup_id: str, output: str, **options: Any) -> None:
     config = state.config()
     progress = progress_for(state)
     if not is_backup_id(backup_id) and backup_id in config.sources:
+        kind = config.sources[backup_id].kind
+        if options["standby"] and kind != "postgres":
+            raise ConfigError(f"--standby builds a PostgreSQL replica: {backup_id} is a {kind} source")
         _restore_physical(config, backup_id, _request(PhysicalRequest, options), output, progress)
         return
     with open_repository(config) as repo:
         manifest = repo.catalog.resolve(backup_id)
+        if options["standby"] and manifest.type in ("sqlite", "logical"):
+            raise ConfigError(f"--standby builds a replica from a physical backup: {manifest.id} is a "
+                              f"{manifest.type} backup")
         if manifest.type == "sqlite":
             sqlite = _request(SqliteRequest, options)
             if sqlite.to is None:
@@ -180,13 +194,14 @@ def _restore_physical(config: Config, source_name: str, request: PhysicalRequest
     from backupctl.cli.output import writer
     from backupctl.core.config import PostgresSource
     from backupctl.repo.repository import open_repository
-    from backupctl.services import pitr, restore_physical, restore_start
+    from backupctl.services import pitr, restore_physical, restore_start, standby
     from backupctl.wal.conf import restore_command
 
     source = config.source(source_name)
     if not isinstance(source, PostgresSource):
         raise ConfigError(f"source {source_name} is not a PostgreSQL source: restore its backups by id")
     target = request.target.target(request.target_timeline, request.target_action, not request.exclusive)
+    replica = standby.check_request(request.standby, request.primary_conninfo, request.slot, target)
     mapping = request.tablespace_map()
     if not request.dry_run and request.pgdata is None:
         raise ConfigError("a physical restore needs --pgdata DIR (or --dry-run to see the plan)")
@@ -205,11 +220,14 @@ def _restore_physical(config: Config, source_name: str, request: PhysicalRequest
             standby=request.standby, tablespace_map=mapping, restore_config=request.restore_config,
             tmp_dir=Path(source.tmp_dir) if source.tmp_dir else None, delta=request.delta,
             archive=request.keep_archiving, source_pgdata=source.pgdata,
+            standby_settings=replica.settings() if replica else {},
         )
         command = restore_command(config.file, source_name, plan.epoch)
         # The reader lease lasts through recovery with --start: expire must not remove the WAL it replays.
         with repo.reading("restore", restore_physical.backup_chain(repo, plan.backup)):
             result = restore_physical.restore_physical(repo, plan, options, command, source.bindir, progress)
+            if replica:
+                result["standby"] = replica.to_json(plan.timeline_setting(standby=True))
             if request.start_server:
                 try:
                     result["recovery"] = restore_start.start_and_wait(
@@ -217,6 +235,8 @@ def _restore_physical(config: Config, source_name: str, request: PhysicalRequest
                 except BackupctlError as exc:
                     raise restore_start.RecoveryFailed(f"{exc}; once the cause is fixed, run the restore again: "
                                                        f"{_retry_command(plan.backup.type)}") from exc
+            if replica and request.start_server:  # not streaming leaves it running: no retry, the error says so
+                standby.settle(Path(result["pgdata"]), source.user, result["recovery"], plan, replica)
     writer(output).restored(result, plan.backup.id)
 
 

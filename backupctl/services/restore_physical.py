@@ -174,10 +174,12 @@ def verify_files(binaries: PgBinaries, pgdata: Path) -> None:
         raise BackupctlError(f"the restored files do not match the backup's manifest: {exc}") from exc
 
 
-def write_recovery(plan: Plan, pgdata: Path, restore_command: str, standby: bool, archive: bool = False) -> None:
+def write_recovery(plan: Plan, pgdata: Path, restore_command: str, standby: bool, archive: bool = False,
+                   extra: dict[str, str] | None = None) -> None:
     """Recovery settings appended to postgresql.auto.conf, after the backup's own ALTER SYSTEM lines so they
-    win; without ``archive`` also ``archive_mode = off`` (a copy must not archive into the source)."""
-    settings = plan.recovery_settings(restore_command, standby)
+    win; without ``archive`` also ``archive_mode = off`` (a copy must not archive into the source); ``extra``
+    are a standby's own (``standby.StandbyRequest.settings``)."""
+    settings = {**plan.recovery_settings(restore_command, standby), **(extra or {})}
     if not archive:
         settings["archive_mode"] = "off"
     lines = [f"# backupctl restore of {plan.backup.id} at {datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}"]
@@ -219,6 +221,7 @@ class RestoreOptions:
     delta: bool = False  # reuse files in pgdata that match the backup's manifest
     archive: bool = False  # --archive: a copy keeps the backup's archive settings
     source_pgdata: str | None = None  # the source's own data directory: a restore there keeps archiving
+    standby_settings: dict[str, str] = field(default_factory=dict)  # primary_conninfo etc. (services.standby)
 
 
 def restore_physical(repo: Repository, plan: Plan, options: RestoreOptions, restore_command: str,
@@ -241,7 +244,8 @@ def restore_physical(repo: Repository, plan: Plan, options: RestoreOptions, rest
     clock = time.monotonic()
     timings = restore_files(repo, plan, pgdata, options.jobs, options.tablespace_map, bindir, options.tmp_dir,
                             options.delta, progress)
-    write_recovery(plan, pgdata, restore_command, options.standby, archiving.enabled)
+    write_recovery(plan, pgdata, restore_command, options.standby, archiving.enabled,
+                   options.standby_settings)
     if options.restore_config is not None:
         _restore_config_files(repo, plan, options.restore_config)
     locations = pg_files.tablespace_locations(plan.backup, options.tablespace_map)

@@ -112,7 +112,8 @@ class _Seen:
     host: str | None = None
 
 
-def _conninfo(pgdata: Path, user: str | None) -> dict[str, Any] | None:
+def server_conninfo(pgdata: Path, user: str | None) -> dict[str, Any] | None:
+    """How to reach the server running on ``pgdata`` (from its postmaster.pid); None before it wrote one."""
     try:
         lines = (pgdata / "postmaster.pid").read_text().splitlines()
         conninfo: dict[str, Any] = {"host": lines[4] or "127.0.0.1", "port": int(lines[3]), "dbname": "postgres"}
@@ -129,7 +130,7 @@ def _observe(pgdata: Path, plan: pitr.Plan, standby: bool, user: str | None) -> 
 
     if restore_physical.live_postmaster(pgdata) is None:
         return _Seen("stopped")
-    conninfo = _conninfo(pgdata, user)
+    conninfo = server_conninfo(pgdata, user)
     if conninfo is None:
         return None
     try:
@@ -163,7 +164,8 @@ def _fatal_line(log_text: str) -> str | None:
     return None
 
 
-def _read_from(path: Path, offset: int) -> str:
+def read_from(path: Path, offset: int) -> str:
+    """The text of ``path`` from ``offset`` on (a log written by this run of the server); empty when absent."""
     try:
         with open(path, encoding="utf-8", errors="replace") as handle:
             handle.seek(offset)
@@ -219,7 +221,7 @@ def start_and_wait(pgdata: Path, plan: pitr.Plan, bindir: str | None, user: str 
                                  f"(see {log_file})")
         time.sleep(0.5)
         seen = _observe(pgdata, plan, standby, user)
-    log_text = _read_from(log_file, offset)
+    log_text = read_from(log_file, offset)
     fatal = _fatal_line(log_text)
 
     def fail(problem: str) -> RecoveryFailed:

@@ -71,3 +71,10 @@ def wait_replayed(primary: ScratchCluster, standby: ScratchCluster, timeout: flo
             return target
         time.sleep(0.1)
     raise AssertionError(f"the standby did not replay up to {target} in {timeout:.0f}s")
+
+
+def senders(primary: ScratchCluster) -> list[tuple[str, str, str | None]]:
+    """The primary's WAL senders as (application_name, state, slot name or None), from pg_stat_replication."""
+    rows = query(primary, "SELECT r.application_name, r.state, s.slot_name FROM pg_stat_replication r "
+                          "LEFT JOIN pg_replication_slots s ON s.active_pid = r.pid ORDER BY 1")
+    return [(str(name), str(state), slot) for name, state, slot in rows]

@@ -80,6 +80,20 @@ def start_promoted(binaries: PgBinaries, pgdata: Path, settings: Mapping[str, st
     raise AssertionError(f"the restored server did not promote:\n{log}")
 
 
+def adopt_running(binaries: PgBinaries, pgdata: Path) -> ScratchCluster:
+    """A server that ``restore --start`` left running on ``pgdata``, as a ScratchCluster to query and stop
+    (its port from postmaster.pid; ``remove()`` leaves the data directory, which the site removes)."""
+    cluster = ScratchCluster.adopt(binaries, pgdata)
+    cluster.port = int((pgdata / "postmaster.pid").read_text().splitlines()[3])
+    return cluster
+
+
+def effective_setting(binaries: PgBinaries, pgdata: Path, name: str) -> str:
+    """What a server started on ``pgdata`` would use for ``name`` (postgres -C reads every config file)."""
+    return subprocess.run(["runuser", "-u", "postgres", "--", str(binaries.path("postgres")), "-C", name,
+                           "-D", str(pgdata)], capture_output=True, text=True, check=True).stdout.strip()
+
+
 def fast_path_archive_command(config: Path) -> str:
     """The archive_command ``backupctl pg-settings`` prints (the site's spool is ``spool`` beside its config)."""
     return archive_command(config, SOURCE, str(config.parent / "spool" / SOURCE))
