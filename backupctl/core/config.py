@@ -486,7 +486,8 @@ def _check_standbys(source: PostgresSource, loader: Loader, key: str) -> None:
     """A standby needs an address, and backups from a standby need a standby to come from."""
     for name, standby in source.standbys.items():
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
-            raise loader.error(f"{key}.standbys.{name}", "standby names use letters, digits, '_', '.', '-' (at most 64)")
+            raise loader.error(f"{key}.standbys.{name}",
+                               "standby names use letters, digits, '_', '.', '-' (at most 64)")
         if standby.host is None and standby.port is None:
             raise loader.error(f"{key}.standbys.{name}.host", "is required (with port, or port alone for the "
                                "source's host): the standby needs an address of its own")
