@@ -86,10 +86,14 @@ SELECT pg_is_in_recovery(),
 def probe_server(params: ConnParams) -> Probe:
     """Connect once and read the server's recovery state; a server that does not answer is ``up=False``."""
     try:
-        with params.connect() as conn:
-            in_recovery, streaming, lag, delay = conn.execute(_PROBE_SQL).fetchone()
+        conn = params.connect()
     except BackupctlError as exc:
         return Probe(up=False, error=str(exc))
+    try:
+        with conn:
+            in_recovery, streaming, lag, delay = conn.execute(_PROBE_SQL).fetchone()
+    except Exception as exc:  # psycopg's errors: it answered, but refused the query
+        return Probe(up=True, error=" ".join(str(exc).split()))
     if not in_recovery:
         return Probe(up=True)
     return Probe(up=True, in_recovery=True, streaming=bool(streaming), lag_bytes=None if lag is None else int(lag),
