@@ -71,7 +71,7 @@ def test_a_backup_from_the_standby_under_pgbench_load_restores_read_write_at_a_k
     try:
         time.sleep(1.0)
         result = cli(site.config, "backup", "main", "--type", "full", "-o", "json")
-        assert load.poll() is None, f"pgbench stopped before the backup ended: {load.stderr.read() if load.stderr else ''}"
+        assert load.poll() is None, "pgbench stopped before the backup ended"
     finally:
         load.terminate()
         load.wait(timeout=60)
