@@ -21,7 +21,7 @@ import pytest
 from backupctl.postgres.binaries import PgBinaries
 from backupctl.postgres.cluster import ScratchCluster
 from tests.support.cli import CliRunner, backup_id
-from tests.support.pg_replication import start_standby, wait_replayed
+from tests.support.pg_replication import start_standby, wait_replayed, wait_streaming
 from tests.support.pg_site import Site, archiving_site, query, restore_and_start
 
 # What the load changes, read the same way on the primary and on the restored copy.
@@ -83,7 +83,12 @@ def test_a_backup_from_the_standby_under_pgbench_load_restores_read_write_at_a_k
     assert shown["extra"]["server"]["role"] == "standby"
     assert "server:       replica1 (standby, 127.0.0.1:" in cli(site.config, "show", bid).stdout
 
-    # The known point: the load has stopped; what the primary holds now is what a restore to here must hold.
+    # The known point: the load has stopped (its sessions too, so no commit lands after the reading); what the
+    # primary holds now is what a restore to here must hold.
+    deadline = time.monotonic() + 30
+    while site.sql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgbench'")[0][0]:
+        assert time.monotonic() < deadline, "pgbench's sessions did not end"
+        time.sleep(0.1)
     expected = site.sql(PGBENCH_STATE)[0]
     assert expected[0] > 0, "pgbench committed transactions"
     target = site.sql("SELECT pg_current_wal_insert_lsn()")[0][0]
@@ -134,8 +139,12 @@ def test_a_standby_backup_whose_wal_nobody_archives_fails_after_wal_wait_timeout
         ha: tuple[Site, ScratchCluster], cli: CliRunner) -> None:
     site, standby = ha
     from_standby(site, standby, "standby", local=False, wal_wait_timeout="4s")
-    site.sql("ALTER SYSTEM SET archive_command = ''")  # archive_mode stays on: segments pile up, nobody stores them
-    site.sql("SELECT pg_reload_conf()")
+    # archive_mode stays on with no archive_command: segments pile up and nobody stores them (the site's
+    # settings are on the server's command line, so a restart is how they change).
+    site.cluster.settings["archive_command"] = ""
+    site.cluster.stop()
+    site.cluster.start()
+    wait_streaming(site.cluster, "replica1")
     site.sql("CREATE TABLE t AS SELECT generate_series(1, 10000) AS i")
     wait_replayed(site.cluster, standby)
     started = time.monotonic()
