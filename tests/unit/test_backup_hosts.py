@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from backupctl.core.config import PostgresSource, parse_config
 from backupctl.core.errors import BackupctlError, ConfigError
+from backupctl.engines.pg_physical import wait_until_stored
 from backupctl.postgres import hosts
 from backupctl.postgres.connection import ConnParams
 
@@ -97,3 +100,17 @@ def test_backup_from_a_standby_needs_a_standby_and_a_standby_needs_an_address() 
     with pytest.raises(ConfigError, match=r"standby_delay_warning must not exceed"):
         source(check={"standby_delay_warning": "2h", "standby_delay_critical": "1h"})
     assert source(wal_wait_timeout="5s").wal_wait_timeout == 5.0
+
+
+def test_a_standby_backups_wal_wait_gives_up_after_its_timeout_saying_nobody_archives() -> None:
+    """``wait_until_stored`` with a timeout (backups from a standby): a segment that never arrives fails the
+    backup with the question an operator must answer, instead of waiting forever."""
+    segments = ["000000010000000000000003", "000000010000000000000004"]
+    watch: Any = SimpleNamespace(problem=None)
+    started = time.monotonic()
+    with pytest.raises(BackupctlError) as failed:
+        wait_until_stored(segments, lambda wanted: {segments[0]}, lambda: None, watch, timeout=0.5)
+    assert 0.5 <= time.monotonic() - started < 5
+    assert str(failed.value).startswith("WAL segment 000000010000000000000004 of this backup not archived after ")
+    assert "is archive_command set on the primary, or archive_mode=always on the standby?" in str(failed.value)
+    assert wait_until_stored(segments, lambda wanted: set(wanted), lambda: None, watch, timeout=0.5) < 0.5
