@@ -108,7 +108,14 @@ def test_a_backup_from_the_standby_under_pgbench_load_restores_read_write_at_a_k
     assert query(restored, "SELECT batch FROM marks ORDER BY id") == [("before",)]
     assert query(restored, "SELECT pg_is_in_recovery()") == [(False,)]
     query(restored, "INSERT INTO marks VALUES (3, 'written on the restored copy')")  # read-write
-    assert not (restored.datadir / "standby.signal").exists()
+    restored.remove()
+    # To the end of the archive: the standby.signal the standby's files carried would keep the copy waiting for
+    # more WAL forever; the restore drops it, so recovery ends and the copy opens read-write.
+    latest, _ = restore_and_start(site, cli, "latest")
+    site.extra.append(latest)
+    assert query(latest, "SELECT batch FROM marks ORDER BY id") == [("before",), ("after the target",)]
+    assert query(latest, PGBENCH_STATE)[0] == expected
+    assert not (latest.datadir / "standby.signal").exists()
 
 
 def test_prefer_standby_falls_back_to_the_primary_when_the_standby_is_stopped_and_records_why(
