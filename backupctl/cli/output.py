@@ -371,8 +371,8 @@ class TableWriter(Writer):
         for s in facts:
             if s.running_backup is not None:
                 _console().print(f"{s.source}: {_running_line(s.running_backup)}", markup=False)
-            for b in s.backups:
-                if b.server:
+            for b in s.backups:  # where backups may come from a standby: which server took the newest
+                if b.server and (s.standbys or b.server["role"] != "primary" or b.server.get("fallback")):
                     _console().print(f"{s.source}: newest {b.type} backup taken on {_server_line(b.server)}",
                                      markup=False)
             for standby in s.standbys:
