@@ -215,6 +215,30 @@ _EMPTY = ("", "-")
 _FOLD_MIN = 10  # a free-text column is given at least this many characters before others are dropped
 
 
+def _server_line(server: dict[str, Any]) -> str:
+    """"replica1 (standby, 10.0.0.2:5432)", with why the primary was taken when no standby could be."""
+    fallback = f"; fell back: {server['fallback']}" if server.get("fallback") else ""
+    return f"{server['name']} ({server['role']}, {server['address']}){fallback}"
+
+
+def _standby_line(name: str, address: str, probe: Any) -> str:
+    """A standby as status saw it: "replica1 (127.0.0.1:5433): streaming, lag 0 B, replay delay 0s"."""
+    if not probe.up:
+        return f"{name} ({address}): DOWN: {probe.error}"
+    if not probe.in_recovery:
+        return f"{name} ({address}): NOT IN RECOVERY (promoted?)"
+    lag = human_size(probe.lag_bytes) if probe.lag_bytes is not None else "unknown"
+    delay = human_duration(probe.replay_delay) if probe.replay_delay is not None else "unknown"
+    return f"{name} ({address}): {'streaming' if probe.streaming else 'NOT STREAMING'}, lag {lag}, replay delay {delay}"
+
+
+def _server_cell(server: dict[str, Any] | None) -> str:
+    """``list``'s SERVER: the server a physical backup was copied from, "primary*" when no standby could be."""
+    if not server:
+        return ""
+    return f"{server['name']}{'*' if server.get('fallback') else ''}"
+
+
 def _table(title: str | None, columns: list[str], rows: list[list[str]], ids: tuple[str, ...] = (),
            fold: tuple[str, ...] = (), drop: tuple[str, ...] = ()) -> None:
     """A table without box art (columns two spaces apart, as ``kubectl`` and ``docker`` print them).
@@ -261,13 +285,15 @@ class TableWriter(Writer):
         if not summaries:
             _console().print("no backups")
             return
-        _table(None, ["ID", "SOURCE", "TYPE", "FINISHED", "TOOK", "SIZE", "STORED", "ENCRYPTED", "PINNED", "LABELS"], [
-            [s["id"], s["source"], s["type"], short_time(s["finished_at"]), human_seconds(s["duration_seconds"]),
+        _table(None, ["ID", "SOURCE", "TYPE", "SERVER", "FINISHED", "TOOK", "SIZE", "STORED", "ENCRYPTED", "PINNED",
+                      "LABELS"], [
+            [s["id"], s["source"], s["type"], _server_cell(s.get("server")), short_time(s["finished_at"]),
+             human_seconds(s["duration_seconds"]),
              human_size(s["size"]), human_size(s["stored_size"]), "yes" if s["encrypted"] else "",
              s["pinned"]["reason"] if s.get("pinned") else "",
              ", ".join(f"{k}={v}" for k, v in (s.get("labels") or {}).items())]
             for s in summaries
-        ], ids=("ID",), fold=("PINNED", "LABELS"), drop=("TOOK", "SIZE", "STORED", "SOURCE"))
+        ], ids=("ID",), fold=("PINNED", "LABELS"), drop=("TOOK", "SIZE", "STORED", "SOURCE", "SERVER"))
 
     def manifest(self, doc: dict[str, Any]) -> None:
         """``show`` for people: the facts, the objects and, when readable, what the data holds."""
@@ -275,6 +301,9 @@ class TableWriter(Writer):
         for key in ("id", "source", "kind", "type", "parent", "started_at", "finished_at", "host",
                     "tool_version"):
             out.print(f"{key + ':':<14}{doc.get(key)}")
+        server = doc.get("extra", {}).get("server")
+        if server:
+            out.print(f"{'server:':<14}{_server_line(server)}", markup=False)
         totals = doc["totals"]
         out.print(f"{'size:':<14}{human_size(totals['size'])} ({human_size(totals['stored_size'])} stored)")
         enc = doc.get("encryption")
@@ -344,6 +373,13 @@ class TableWriter(Writer):
         for s in facts:
             if s.running_backup is not None:
                 _console().print(f"{s.source}: {_running_line(s.running_backup)}", markup=False)
+            for b in s.backups:  # where backups may come from a standby: which server took the newest
+                if b.server and (s.standbys or b.server["role"] != "primary" or b.server.get("fallback")):
+                    _console().print(f"{s.source}: newest {b.type} backup taken on {_server_line(b.server)}",
+                                     markup=False)
+            for standby in s.standbys:
+                _console().print(f"{s.source}: standby {_standby_line(standby.name, standby.address, standby.probe)}",
+                                 markup=False)
             if s.timelines and len(s.timelines["tips"]) > 1:
                 _console().print(f"{s.source}: timelines: {s.timelines['reason']}")
             for error in s.errors:

@@ -159,6 +159,9 @@ class CheckConfig:
     drill_age_warning: Duration | None = option(
         None, doc="age of the newest drill; unset: one period and a day of a drill schedule, else unchecked")
     drill_age_critical: Duration | None = option(None, doc="unset: two periods and a day of a drill schedule")
+    standby_delay_warning: Duration = option(
+        5 * 60.0, doc="replay delay of the standby backups come from (backup_from standby or prefer-standby)")
+    standby_delay_critical: Duration = option(3600.0, doc="as standby_delay_warning")
 
 
 @dataclass(frozen=True)
@@ -193,6 +196,21 @@ class DrillConfig:
     timeout: Duration = option(3600.0, positive=True, why="e.g. 1h",
                                doc="server start and recovery, and each assertion, must end within this")
     amcheck: bool = option(True, doc="pg_amcheck every database (heap and btree)")
+
+
+@dataclass(frozen=True)
+class StandbyConfig:
+    """[sources.NAME.standbys.HOSTNAME]: a streaming standby of the source that backups may come from.
+
+    The source's own connection settings stay the primary's; a key left out here is the source's.
+    """
+
+    host: str | None = option(None, doc="the standby's hostname, or the directory of its Unix socket")
+    port: int | None = option(None, doc="the standby's port (default: the source's)")
+    user: str | None = option(None, doc="the role backupctl connects as (default: the source's)")
+    dbname: str | None = option(None, doc="the database for server-wide queries (default: the source's)")
+    pgdata: ConfigPath | None = option(
+        None, doc="the standby's data directory, only where backupctl runs on the standby's host (direct copy)")
 
 
 @dataclass(frozen=True)
@@ -237,6 +255,12 @@ class PostgresSource:
     # restore fetches, decompresses and writes in parallel.
     split_size: Size = option(256 * 1024**2, min=1024**2,
                               doc="physical backups: a stored tar part about every this many bytes (whole files)")
+    backup_from: Literal["primary", "standby", "prefer-standby"] = option(
+        "primary", doc="physical backups: the server they are taken on (standbys: [sources.NAME.standbys.HOSTNAME])")
+    wal_wait_timeout: Duration = option(
+        300.0, positive=True, why="e.g. 5m",
+        doc="a backup from a standby fails when its last WAL segment is not archived within this")
+    standbys: dict[str, StandbyConfig] = field(default_factory=dict)
     retention: RetentionConfig = RetentionConfig()
     check: CheckConfig = CheckConfig()
     schedule: ScheduleConfig = ScheduleConfig()
@@ -437,6 +461,8 @@ def _check_source(source: SourceConfig, loader: Loader, key: str) -> None:
         if getattr(source.schedule, job) is not None:
             raise loader.error(f"{key}.schedule.{job}", f"does not apply to a {source.kind} source")
     _check_thresholds(source.check, loader, f"{key}.check")
+    if isinstance(source, PostgresSource):
+        _check_standbys(source, loader, key)
     _check_drill(source, loader, f"{key}.drill")
 
 
@@ -447,12 +473,27 @@ def _check_thresholds(check: CheckConfig, loader: Loader, key: str) -> None:
              ("ready", check.ready_warning, check.ready_critical),
              ("ready_age", check.ready_age_warning, check.ready_age_critical),
              ("pg_wal", check.pg_wal_warning, check.pg_wal_critical),
-             ("drill_age", check.drill_age_warning, check.drill_age_critical)]
+             ("drill_age", check.drill_age_warning, check.drill_age_critical),
+             ("standby_delay", check.standby_delay_warning, check.standby_delay_critical)]
     for name, warning, critical in pairs:
         if warning is not None and critical is not None and warning > critical:
             raise loader.error(f"{key}.{name}_warning", f"must not exceed {name}_critical")
     if check.disk_free_warning < check.disk_free_critical:
         raise loader.error(f"{key}.disk_free_warning", "must be at least disk_free_critical (percent free)")
+
+
+def _check_standbys(source: PostgresSource, loader: Loader, key: str) -> None:
+    """A standby needs an address, and backups from a standby need a standby to come from."""
+    for name, standby in source.standbys.items():
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
+            raise loader.error(f"{key}.standbys.{name}",
+                               "standby names use letters, digits, '_', '.', '-' (at most 64)")
+        if standby.host is None and standby.port is None:
+            raise loader.error(f"{key}.standbys.{name}.host", "is required (with port, or port alone for the "
+                               "source's host): the standby needs an address of its own")
+    if source.backup_from != "primary" and not source.standbys:
+        raise loader.error(f"{key}.backup_from", f"is {source.backup_from!r} but the source has no standbys: add a "
+                           f"[{key}.standbys.HOSTNAME] table with the standby's host and port")
 
 
 def _check_drill(source: SourceConfig, loader: Loader, key: str) -> None:

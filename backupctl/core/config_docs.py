@@ -46,6 +46,7 @@ EXAMPLE = ROOT / "config" / "backupctl.example.toml"
 BEGIN = "<!-- config-reference: generated from backupctl/core/config.py by `make config-docs`; edit the schema -->"
 END = "<!-- /config-reference -->"
 SOURCE_TABLE = "sources.NAME"
+STANDBY_TABLE = "standbys.HOSTNAME"  # a source's named sub-tables: [sources.NAME.standbys.HOSTNAME]
 
 _TYPE_WORDS = {str: "string", int: "integer", float: "number", bool: "true/false", Size: "size",
                Duration: "duration", ConfigPath: "path"}
@@ -56,6 +57,8 @@ def _table_hint(hint: Any) -> tuple[type, bool] | None:
     hint = without_none(hint)
     if typing.get_origin(hint) is list and dataclasses.is_dataclass(typing.get_args(hint)[0]):
         return typing.get_args(hint)[0], True
+    if typing.get_origin(hint) is dict and dataclasses.is_dataclass(typing.get_args(hint)[1]):
+        return typing.get_args(hint)[1], False
     if dataclasses.is_dataclass(hint):
         return hint, False
     return None
@@ -67,10 +70,12 @@ def tables(cls: type = Config, where: str = "") -> list[tuple[str, type]]:
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         key = f"{where}.{toml_name(f)}" if where else toml_name(f)
-        if typing.get_origin(hints[f.name]) is dict:  # [sources.NAME], one class per kind
+        if cls is Config and typing.get_origin(hints[f.name]) is dict:  # [sources.NAME], one class per kind
             for kind_cls in SOURCE_KINDS.values():
                 found.append((f"[{SOURCE_TABLE}]", kind_cls))
                 found.extend(tables(kind_cls, SOURCE_TABLE))
+        elif typing.get_origin(hints[f.name]) is dict and (table := _table_hint(hints[f.name])) is not None:
+            found.append((f"[{where}.{STANDBY_TABLE}]", table[0]))
         elif (table := _table_hint(hints[f.name])) is not None:
             found.append((f"[[{key}]]" if table[1] else f"[{key}]", table[0]))
             found.extend(tables(table[0], key))
@@ -133,6 +138,7 @@ def _header_of(line: str) -> str | None:
     if match is None:
         return None
     name = re.sub(r"^sources\.[^.]+", SOURCE_TABLE, match.group(2))
+    name = re.sub(r"\.standbys\.[^.]+$", f".{STANDBY_TABLE}", name)
     return f"{match.group(1)}{name}{match.group(3)}"
 
 

@@ -232,6 +232,10 @@ class Loader:
             if value not in args:
                 raise self.error(key, f"must be one of {', '.join(repr(a) for a in args)}, not {value!r}")
             return value
+        if origin is dict:  # named tables: [sources.NAME.standbys.HOSTNAME]
+            if not isinstance(value, dict):
+                raise self.error(key, f"must be a table of named tables, not {_kind(value)}")
+            return {name: self.convert(args[1], item, f"{key}.{name}") for name, item in value.items()}
         if origin is list:
             if not isinstance(value, list):
                 raise self.error(key, f"must be a list, not {_kind(value)}")

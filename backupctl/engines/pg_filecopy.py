@@ -37,11 +37,13 @@ from backupctl.core.log import get_logger
 from backupctl.engines.pg_physical import (
     ArchiverWatch,
     ServerFacts,
+    StandbyWal,
     Store,
     StreamedBackup,
     WalRange,
     store_archive,
     wait_for_backup_wal,
+    wait_for_standby_wal,
 )
 from backupctl.postgres.backup_manifest import Crc32c, ManifestWriter
 from backupctl.postgres.connection import ConnParams
@@ -207,14 +209,15 @@ def _read_control(path: bytes) -> bytes:
 
 def copy_data_directory(params: ConnParams, facts: ServerFacts, pgdata: str, label: str, fast_checkpoint: bool,
                         store: Store, wal_present: Callable[[list[str]], set[str]],
-                        part_bytes: int) -> StreamedBackup:
+                        part_bytes: int, standby: StandbyWal | None = None) -> StreamedBackup:
     """The backup: tablespaces first, then the data directory, pg_control last, then pg_backup_stop.
 
-    Returns when every WAL segment from the backup's start to its stop is in the repository.
+    Returns when every WAL segment from the backup's start to its stop is in the repository (on a standby,
+    ``standby`` says how: ``pg_physical.wait_for_standby_wal``).
     """
     result = StreamedBackup(tablespaces=dict(facts.tablespaces))
     manifest = ManifestWriter(facts.major, facts.system_identifier)
-    watch = ArchiverWatch(params)
+    watch = ArchiverWatch(standby.archiver if standby else params)
     with params.connect() as session:
         session.execute("SELECT pg_backup_start(%s, %s)", (label, fast_checkpoint))
         watch.start()
@@ -245,7 +248,12 @@ def copy_data_directory(params: ConnParams, facts: ServerFacts, pgdata: str, lab
                                      f"{stopped['label'][:200]!r}")
             result.wal = WalRange(int(found.group(2)), found.group(1), stopped["lsn"])
             result.manifest = manifest.finish(result.wal.timeline, result.wal.start_lsn, result.wal.end_lsn)
-            result.wal_wait_seconds = wait_for_backup_wal(session, result.wal, facts.segment_size, wal_present, watch)
+            if standby is not None:
+                result.wal_wait_seconds = wait_for_standby_wal(standby, result.wal, facts.segment_size, wal_present,
+                                                               watch)
+            else:
+                result.wal_wait_seconds = wait_for_backup_wal(session, result.wal, facts.segment_size, wal_present,
+                                                              watch)
         finally:
             watch.stop.set()
     log.debug("data directory copied", pgdata=pgdata, wal_wait_seconds=result.wal_wait_seconds)

@@ -10,6 +10,12 @@ the archiver, and backupctl waits itself until every segment from the backup's s
 the repository (with ``-X none``, when no slot can be had, the server waits for the archiver first; the
 repository is checked all the same); meanwhile it watches pg_stat_archiver and stops with the failing
 segment and its error instead of hanging.
+
+A backup taken on a standby (``postgres.hosts``) cannot wait for the server it copies: a standby cannot
+switch WAL segments, and unless it runs ``archive_mode = always`` it archives nothing. So the backup asks
+the primary for ``pg_switch_wal()`` once it has stopped (which completes the segment holding its stop
+point), watches the archiver that stores the segments (``StandbyWal``) and gives up after
+``wal_wait_timeout`` with an error that says nobody archives, rather than waiting forever.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from typing import Any, BinaryIO
 
 from backupctl.core.errors import BackupctlError
 from backupctl.core.log import get_logger
+from backupctl.core.units import format_duration
 from backupctl.postgres.binaries import PgBinaries
 from backupctl.postgres.connection import ConnParams
 from backupctl.postgres.tarstream import FILE, Member, TarPart, TarSplitter
@@ -141,6 +148,29 @@ class StreamedBackup:
     wal: WalRange | None = None
     manifest: bytes = b""
     wal_wait_seconds: float | None = None  # waited for the range's WAL to be in the repository (None: no check)
+
+
+@dataclass(frozen=True)
+class StandbyWal:
+    """How the WAL of a backup taken on a standby reaches the repository (see the module docstring).
+
+    ``archiver`` is the server whose archiver stores the segments: the primary, or the standby itself when
+    it runs ``archive_mode = always``; ``timeout`` is the source's ``wal_wait_timeout``.
+    """
+
+    primary: ConnParams
+    archiver: ConnParams
+    timeout: float
+
+    def switch(self) -> None:
+        """``pg_switch_wal()`` on the primary, so that the segment holding the backup's stop is completed and
+        archived now rather than when it fills; a primary that cannot be reached leaves the wait to time out."""
+        try:
+            with self.primary.connect() as conn:
+                conn.execute("SELECT pg_switch_wal()")
+        except Exception as exc:  # psycopg's errors too: not a superuser, the primary in recovery
+            log.warning("cannot switch WAL on the primary: the backup's last segment is archived only when it fills",
+                        primary=self.primary.address(), error=" ".join(str(exc).split()))
 
 
 class ArchiverWatch(threading.Thread):
@@ -267,7 +297,8 @@ def _reserve_wal(params: ConnParams) -> _WalReservation | None:
 
 
 def wait_until_stored(segments: list[str], present: Callable[[list[str]], set[str]],
-                      last_archived: Callable[[], str | None], watch: ArchiverWatch) -> float:
+                      last_archived: Callable[[], str | None], watch: ArchiverWatch,
+                      timeout: float | None = None) -> float:
     """Wait until every WAL segment of ``segments`` (a backup's range, in order) is in the repository;
     returns the seconds waited.
 
@@ -277,7 +308,8 @@ def wait_until_stored(segments: list[str], present: Callable[[list[str]], set[st
     (``watch``); when the server reports it archived (``last_archived`` at or past it) and the repository
     still lacks it ``STORED_ELSEWHERE_SECONDS`` later (archive_command stores WAL somewhere else, or the
     object was removed): this repository could never restore the backup; or when later segments of the
-    range are stored and it stays missing for ``GAP_GRACE_SECONDS`` (its upload failed or hangs).
+    range are stored and it stays missing for ``GAP_GRACE_SECONDS`` (its upload failed or hangs); and, with
+    ``timeout`` (a backup from a standby), when it is still missing after that many seconds.
     """
     clock = time.monotonic()
     pause, told = 0.02, clock
@@ -306,6 +338,12 @@ def wait_until_stored(segments: list[str], present: Callable[[list[str]], set[st
                 "later segments were stored: its upload failed or hangs (see pusher.log in the WAL spool "
                 "directory and `backupctl wal check`); the backup is not published"
             )
+        if timeout is not None and now - clock > timeout:
+            raise BackupctlError(
+                f"WAL segment {first} of this backup not archived after {format_duration(timeout)}: is archive_command "
+                "set on the primary, or archive_mode=always on the standby? (wal_wait_timeout; `backupctl wal check`); "
+                "the backup is not published"
+            )
         if now - told > 60:
             told = now
             log.info("waiting for the backup's WAL to be archived", segment=first, missing=len(missing),
@@ -323,10 +361,31 @@ def wait_for_backup_wal(conn: Any, wal: WalRange, segment_size: int, present: Ca
     return round(wait_until_stored(wal.segments(segment_size), present, last_archived, watch), 3)
 
 
+def wait_for_standby_wal(standby: StandbyWal, wal: WalRange, segment_size: int,
+                         present: Callable[[list[str]], set[str]], watch: ArchiverWatch) -> float:
+    """A standby backup's ``wait_for_backup_wal``: switch WAL on the primary, then wait at most the timeout,
+    reading the archiver's progress where the segments are archived; the seconds waited."""
+    standby.switch()
+    with contextlib.ExitStack() as stack:
+        try:
+            conn = stack.enter_context(standby.archiver.connect())
+        except BackupctlError as exc:
+            log.warning("cannot read the archiver's progress", server=standby.archiver.address(), error=str(exc))
+            conn = None
+
+        def last_archived() -> str | None:
+            if conn is None:
+                return None
+            return conn.execute("SELECT last_archived_wal FROM pg_stat_archiver").fetchone()[0]
+
+        return round(wait_until_stored(wal.segments(segment_size), present, last_archived, watch,
+                                       timeout=standby.timeout), 3)
+
+
 def stream_basebackup(binaries: PgBinaries, params: ConnParams, facts: ServerFacts, label: str,
                       fast_checkpoint: bool, store: Store, tmp_root: Path, parent_manifest: Path | None = None,
                       wal_present: Callable[[list[str]], set[str]] | None = None,
-                      part_bytes: int = PART_BYTES) -> StreamedBackup:
+                      part_bytes: int = PART_BYTES, standby: StandbyWal | None = None) -> StreamedBackup:
     """Run pg_basebackup, storing each tar archive as it streams by; see the module docstring.
 
     Without extra tablespaces (the common case) base.tar comes on pg_basebackup's stdout. With them,
@@ -338,6 +397,7 @@ def stream_basebackup(binaries: PgBinaries, params: ConnParams, facts: ServerFac
     ``wal_present(segments)`` says which of some WAL segments the repository holds; with it, the backup
     returns only once every segment of its range is there (``wait_until_stored``), and with a
     replication slot to spare the server does not wait for the archiver (see ``_WalReservation``).
+    ``standby``: the backup is taken on a standby, whose WAL is waited for as ``wait_for_standby_wal`` says.
     """
     reservation = _reserve_wal(params) if wal_present is not None else None
     argv = [binaries.path("pg_basebackup"), "--format=tar", f"--wal-method={'fetch' if reservation else 'none'}",
@@ -347,7 +407,7 @@ def stream_basebackup(binaries: PgBinaries, params: ConnParams, facts: ServerFac
         argv.append(f"--incremental={parent_manifest}")
     env = params.env() | {"LC_MESSAGES": "C"}
     result = StreamedBackup(tablespaces=dict(facts.tablespaces))
-    watch = ArchiverWatch(params)
+    watch = ArchiverWatch(standby.archiver if standby else params)
     watch.start()
     try:
         if not facts.tablespaces:
@@ -360,7 +420,10 @@ def stream_basebackup(binaries: PgBinaries, params: ConnParams, facts: ServerFac
             manifest = _stream_to_fifos(argv, env, facts, store, tmp_root, watch, result, part_bytes)
         result.manifest = manifest
         result.wal = manifest_wal_range(manifest)
-        if wal_present is not None:
+        if wal_present is not None and standby is not None:
+            result.wal_wait_seconds = wait_for_standby_wal(standby, result.wal, facts.segment_size, wal_present,
+                                                           watch)
+        elif wal_present is not None:
             with contextlib.ExitStack() as stack:
                 conn = reservation.conn if reservation else stack.enter_context(params.connect())
                 result.wal_wait_seconds = wait_for_backup_wal(conn, result.wal, facts.segment_size, wal_present,

@@ -5,7 +5,9 @@ A full backup on the database host reads the data directory itself (``pg_filecop
 backups from elsewhere stream pg_basebackup's archives (``pg_physical``). This module runs one backup with
 either: the checks before the lease (archive_mode, an incremental's parent), the choice between the two,
 the parent's manifest, the contents a drill judges the copy by, the config files Debian keeps outside
-pgdata, and the manifest's facts.
+pgdata, and the manifest's facts. The server it copies is the one ``backup_from`` picks
+(``postgres.hosts``): the primary, or a standby, whose WAL the primary's archiver (or the standby's own,
+with ``archive_mode = always``) must store within ``wal_wait_timeout``; ``extra.server`` records which.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from backupctl.core.log import get_logger
 from backupctl.engines import pg_contents, pg_filecopy, pg_physical
 from backupctl.engines.base import BackupOptions, Engine, StartRun
 from backupctl.engines.pg_clocks import stop_clocks
+from backupctl.postgres import hosts
 from backupctl.postgres.binaries import find_binaries
 from backupctl.postgres.connection import ConnParams
 from backupctl.repo import layout
@@ -54,9 +57,13 @@ class PhysicalEngine(Engine):
                start: StartRun) -> Manifest:
         """The data directory (copied, or streamed by pg_basebackup) into the repository, with the config files
         Debian keeps outside pgdata."""
-        params = ConnParams.from_source(source)
+        host = hosts.backup_host(source)
+        if host.fallback:
+            log.warning("backup from the primary: no standby to take it from", reason=host.fallback)
+        params = host.params
         facts = pg_physical.server_facts(params)
-        if facts.archive_mode == "off":
+        standby = _standby_wal(source, host, facts) if host.role == "standby" else None
+        if standby is None and facts.archive_mode == "off":
             raise BackupctlError(
                 f"archive_mode is off on source {source.name}: physical backups take their WAL from the archive; "
                 f"run `backupctl pg-settings {source.name}` for the settings, then restart the server"
@@ -84,16 +91,16 @@ class PhysicalEngine(Engine):
             elif source.copy == "pg_basebackup":
                 why_not = f"sources.{source.name}.copy = pg_basebackup"
             else:
-                why_not = pg_filecopy.unusable_reason(params, facts, source.pgdata)
+                why_not = pg_filecopy.unusable_reason(params, facts, host.pgdata)
             if why_not is None:
-                assert source.pgdata is not None
-                streamed = pg_filecopy.copy_data_directory(params, facts, source.pgdata, label, fast, run.store,
-                                                           wal_present, source.split_size)
+                assert host.pgdata is not None
+                streamed = pg_filecopy.copy_data_directory(params, facts, host.pgdata, label, fast, run.store,
+                                                           wal_present, source.split_size, standby)
             else:
                 log.debug("backup by pg_basebackup", reason=why_not)
                 streamed = pg_physical.stream_basebackup(
                     binaries, params, facts, label, fast, run.store, tmp_root, parent_manifest,
-                    wal_present=wal_present, part_bytes=source.split_size,
+                    wal_present=wal_present, part_bytes=source.split_size, standby=standby,
                 )
             run.store(layout.PG_BACKUP_MANIFEST, io.BytesIO(streamed.manifest))
             for name, path in facts.config_files.items():
@@ -106,6 +113,7 @@ class PhysicalEngine(Engine):
             assert wal is not None
             extra = _extra(facts, wal, streamed.tablespaces, binaries.version)
             extra["copied_by"] = "backupctl" if why_not is None else "pg_basebackup"
+            extra["server"] = host.to_json()
             extra.update(stop_clocks(repo, source.name, params))
             details = {
                 "data_directory": facts.data_directory,
@@ -115,6 +123,27 @@ class PhysicalEngine(Engine):
                 **contents,
             }
             return run.publish("postgres", details, extra, options, parent.id if parent else None)
+
+
+def _standby_wal(source: PostgresSource, host: hosts.Host, facts: pg_physical.ServerFacts) -> pg_physical.StandbyWal:
+    """Who archives a standby backup's WAL: the standby itself with ``archive_mode = always``, else the primary,
+    which must then archive (checked when it answers; when it does not, the wait's timeout says so)."""
+    primary = ConnParams.from_source(source)
+    if facts.archive_mode == "always":
+        return pg_physical.StandbyWal(primary, host.params, source.wal_wait_timeout)
+    try:
+        with primary.connect() as conn:
+            mode = str(conn.execute("SHOW archive_mode").fetchone()[0])
+    except BackupctlError as exc:
+        log.warning("the primary does not answer: the backup's WAL must be archived without pg_switch_wal()",
+                    error=str(exc))
+    else:
+        if mode == "off":
+            raise BackupctlError(
+                f"archive_mode is off on the primary of source {source.name} and not 'always' on standby {host.name}: "
+                "a backup from the standby takes its WAL from the archive; run `backupctl pg-settings "
+                f"{source.name}` on the primary (or set archive_mode = always on the standby), then restart it")
+    return pg_physical.StandbyWal(primary, primary, source.wal_wait_timeout)
 
 
 def _extra(facts: pg_physical.ServerFacts, wal: pg_physical.WalRange, tablespaces: dict[str, str],

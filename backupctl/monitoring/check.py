@@ -120,8 +120,36 @@ def evaluate(status: SourceStatus, source: SourceConfig, config: Config, now: da
         findings += _wal_findings(status, source.check, now)
     if kind.server:
         findings += _server_findings(status, source.check)
+        findings += _standby_findings(status, source)
     findings += _verify_findings(status)
     findings += _drill_findings(status, source, config.scheduler.timezone, now)
+    return findings
+
+
+def _standby_findings(status: SourceStatus, source: SourceConfig) -> list[Finding]:
+    """The standbys backups come from (``backup_from`` standby or prefer-standby): each one down, not in
+    recovery, or replaying too late. With ``standby`` and none usable, backups fail: CRITICAL; with
+    ``prefer-standby`` they fall back to the primary: WARNING."""
+    mode = getattr(source, "backup_from", "primary")
+    if mode == "primary" or not status.standbys:
+        return []
+    usable = [s for s in status.standbys if s.probe.up and s.probe.in_recovery]
+    findings = []
+    for standby in status.standbys:
+        probe, check = standby.probe, f"standby_{standby.name}"
+        if not (probe.up and probe.in_recovery):
+            state = CRITICAL if mode == "standby" and not usable else WARNING
+            why = "is down" if not probe.up else "is not in recovery (promoted?)"
+            fate = "backups from a standby fail" if state == CRITICAL else "backups come from elsewhere"
+            findings.append(Finding(source.name, check, state, f"standby {standby.name} ({standby.address}) {why}: "
+                                    f"{fate} (backup_from = {mode})"))
+            continue
+        delay = probe.replay_delay or 0.0
+        warning, critical = source.check.standby_delay_warning, source.check.standby_delay_critical
+        state = _above(delay, warning, critical)
+        findings.append(Finding(source.name, check, state, f"standby {standby.name} replays "
+                                f"{human_duration(delay)} behind{_limit(state, warning, critical, human_duration)}",
+                                delay, "s", warning, critical))
     return findings
 
 

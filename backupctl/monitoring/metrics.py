@@ -135,6 +135,10 @@ def status_families(statuses: Iterable[SourceStatus]) -> list[Metric]:
             out.set("backupctl_backup_last_size_bytes", "Bytes read by the newest backup.", typ, backup.size)
             out.set("backupctl_backup_last_stored_bytes", "Bytes the newest backup stored (compressed).", typ,
                     backup.stored_size)
+            if backup.server:
+                out.set("backupctl_backup_last_server_info", "The server the newest backup of a type was copied "
+                        "from (1).", {**typ, "server": backup.server["name"], "role": backup.server["role"]}, 1)
+        _standbys(out, status)
         wal = status.wal
         out.set("backupctl_wal_last_archived_timestamp_seconds", "When the newest WAL segment was archived.", src,
                 _ts(wal.newest_archived_at if wal else None))
@@ -181,6 +185,19 @@ def status_families(statuses: Iterable[SourceStatus]) -> list[Metric]:
         out.set("backupctl_drill_scheduled", "1 when the source's schedule runs drills ([sources.NAME.schedule] "
                 "drill).", src, 1 if status.drills_scheduled else 0)
     return [*out.families.values(), archive_failures]
+
+
+def _standbys(out: _Families, status: SourceStatus) -> None:
+    """Each configured standby: up, and how far behind it is (absent when down or not in recovery)."""
+    for standby in status.standbys:
+        labels = {"source": status.source, "standby": standby.name}
+        probe = standby.probe
+        out.set("backupctl_standby_up", "1 when the standby answered and is in recovery.", labels,
+                1 if probe.up and probe.in_recovery else 0)
+        out.set("backupctl_standby_lag_bytes", "WAL the standby received but has not replayed.", labels,
+                probe.lag_bytes)
+        out.set("backupctl_standby_replay_delay_seconds", "Age of the standby's last replayed commit (0 when it "
+                "replayed all it received).", labels, probe.replay_delay)
 
 
 def _running_backup(out: _Families, status: SourceStatus) -> None:

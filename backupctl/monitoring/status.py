@@ -23,6 +23,7 @@ from backupctl.core.config import Config, PostgresSource, SourceConfig
 from backupctl.core.errors import BackupctlError, ObjectNotFound
 from backupctl.core.log import get_logger
 from backupctl.engines.registry import BACKUP_TYPES, PHYSICAL_TYPES, source_kind
+from backupctl.postgres import hosts
 from backupctl.postgres.connection import ConnParams
 from backupctl.repo import layout, lease
 from backupctl.repo.catalog import Manifest, iso, parse_iso
@@ -76,9 +77,22 @@ class NewestBackup:
     stored_size: int
     duration_seconds: float
     count: int
+    server: dict[str, Any] | None = None  # physical: the server it was copied from (the manifest's extra.server)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class StandbyFacts:
+    """One configured standby of a PostgreSQL source as it answered now (``postgres.hosts.probe_server``)."""
+
+    name: str
+    address: str
+    probe: hosts.Probe
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "address": self.address, **self.probe.to_json()}
 
 
 @dataclass(frozen=True)
@@ -222,6 +236,7 @@ class SourceStatus:
     last_drill: DrillSummary | None = None
     errors: tuple[str, ...] = ()
     running_backup: RunningBackup | None = None
+    standbys: tuple[StandbyFacts, ...] = ()
 
     def failed(self, part: str) -> bool:
         """Whether gathering ``part`` (``"last verify"``, ...) failed: its None then means "not known"."""
@@ -237,7 +252,8 @@ class SourceStatus:
                 "wal": part(self.wal), "server": self.server, "window": part(self.window),
                 "timelines": self.timelines, "last_verify": part(self.last_verify),
                 "last_drill": part(self.last_drill), "drills_scheduled": self.drills_scheduled,
-                "errors": list(self.errors), "running_backup": part(self.running_backup)}
+                "errors": list(self.errors), "running_backup": part(self.running_backup),
+                "standbys": [standby.to_json() for standby in self.standbys]}
 
 
 # --- gathering -----------------------------------------------------------------------------------------
@@ -260,7 +276,7 @@ def _unreachable(source: SourceConfig, now: datetime, error: str) -> SourceStatu
     """The store does not answer: nothing in it can be read, but the server can still be asked."""
     return SourceStatus(source.name, source.kind, iso(now), source.schedule.drill is not None,
                         repository=RepositoryFacts(reachable=False, error=error), server=server_facts(source),
-                        errors=(f"repository: {error}",))
+                        errors=(f"repository: {error}",), standbys=standby_facts(source))
 
 
 def _attempt(errors: list[str], part: str, gather_part: Callable[[], Any]) -> Any:
@@ -294,7 +310,7 @@ def source_status(repo: Repository, source: SourceConfig, now: datetime) -> Sour
         wal=wal_facts, server=server, window=window, timelines=judged,
         last_verify=VerifySummary.from_record(verify, now) if verify else None,
         last_drill=DrillSummary.from_record(drill, now) if drill else None, errors=tuple(errors),
-        running_backup=running)
+        running_backup=running, standbys=standby_facts(source))
 
 
 def _running_backup(repo: Repository, source: str, now: datetime) -> RunningBackup | None:
@@ -325,7 +341,7 @@ def _newest_per_type(manifests: list[Manifest], now: datetime) -> tuple[NewestBa
             newest = of_type[0]
             age = round((now - parse_iso(newest.finished_at)).total_seconds(), 1)
             rows.append(NewestBackup(backup_type, newest.id, newest.finished_at, age, newest.size, newest.stored_size,
-                                     round(newest.duration, 3), len(of_type)))
+                                     round(newest.duration, 3), len(of_type), newest.extra.get("server")))
     return tuple(rows)
 
 
@@ -436,6 +452,14 @@ def server_facts(source: SourceConfig) -> dict[str, Any] | None:
     if source.pgdata and Path(source.pgdata).is_dir():
         facts.update(_local_facts(Path(source.pgdata)))
     return facts
+
+
+def standby_facts(source: SourceConfig) -> tuple[StandbyFacts, ...]:
+    """Each configured standby: up, in recovery, streaming, its replay lag and delay (a down one is a fact)."""
+    if not isinstance(source, PostgresSource):
+        return ()
+    return tuple(StandbyFacts(host.name, host.params.address(), hosts.probe_server(host.params))
+                 for host in hosts.standbys(source))
 
 
 _BACKLOG_SQL = """

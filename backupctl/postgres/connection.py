@@ -56,6 +56,11 @@ class ConnParams:
         user = self.user or os.environ.get("PGUSER") or "the OS user's role"
         return f"database {dbname or self.dbname} on {where}:{port} as {user}"
 
+    def address(self) -> str:
+        """Where the server is, for manifests and listings: "db1.example.com:5432", "/var/run/postgresql:5433"."""
+        where = self.host or os.environ.get("PGHOST") or "localhost"
+        return f"{where}:{self.port or os.environ.get('PGPORT') or 5432}"
+
     def _password(self) -> str | None:
         if self.password_file is None:
             return None

@@ -139,6 +139,7 @@ class Manifest:
             "objects": len(self.objects),
             "encrypted": self.encryption is not None,
             "host": self.host,
+            "server": self.extra.get("server"),  # physical backups: the server copied ({name, role, address})
             "labels": self.labels,
         }
 

@@ -178,7 +178,12 @@ def write_recovery(plan: Plan, pgdata: Path, restore_command: str, standby: bool
                    extra: dict[str, str] | None = None) -> None:
     """Recovery settings appended to postgresql.auto.conf, after the backup's own ALTER SYSTEM lines so they
     win; without ``archive`` also ``archive_mode = off`` (a copy must not archive into the source); ``extra``
-    are a standby's own (``standby.StandbyRequest.settings``)."""
+    are a standby's own (``standby.StandbyRequest.settings``).
+
+    A backup taken on a standby carries the standby's ``standby.signal`` (and perhaps ``recovery.signal``):
+    they are removed first, so that the restore is what was asked (a cluster that ends recovery and opens
+    read-write, or a standby), never the source's standby waiting for more WAL.
+    """
     settings = {**plan.recovery_settings(restore_command, standby), **(extra or {})}
     if not archive:
         settings["archive_mode"] = "off"
@@ -186,6 +191,8 @@ def write_recovery(plan: Plan, pgdata: Path, restore_command: str, standby: bool
     lines += [f"{name} = '{value.replace(chr(39), chr(39) * 2)}'" for name, value in settings.items()]
     with open(pgdata / "postgresql.auto.conf", "a") as conf:
         conf.write("\n" + "\n".join(lines) + "\n")
+    for carried in ("standby.signal", "recovery.signal"):
+        (pgdata / carried).unlink(missing_ok=True)
     (pgdata / ("standby.signal" if standby else "recovery.signal")).touch()
 
 

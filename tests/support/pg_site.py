@@ -116,6 +116,7 @@ class Site:
     wal: dict[str, Any]  # the [wal] table
     encryption: dict[str, Any] = field(default_factory=dict)
     extra: list[ScratchCluster] = field(default_factory=list)  # more clusters, removed with the site
+    source_options: dict[str, Any] = field(default_factory=dict)  # more keys of [sources.main] (backup_from, standbys)
 
     def write_config(self, cluster: ScratchCluster | None = None) -> None:
         """(Re)write the config, its source naming ``cluster`` (default: the site's own), and give the tree to
@@ -127,7 +128,7 @@ class Site:
             "wal": self.wal,
             "sources": {SOURCE: {"kind": "postgres", "host": "127.0.0.1", "port": cluster.port or 1,
                                  "user": "postgres", "pgdata": str(cluster.datadir),
-                                 "bindir": str(cluster.binaries.bindir)}},
+                                 "bindir": str(cluster.binaries.bindir), **self.source_options}},
         })
         chown_to_postgres(self.root)
 
