@@ -221,7 +221,7 @@ def _server_line(server: dict[str, Any]) -> str:
     return f"{server['name']} ({server['role']}, {server['address']}){fallback}"
 
 
-def _standby_line(name: str, address: str, probe: Any) -> str:
+def _standby_status_line(name: str, address: str, probe: Any) -> str:
     """A standby as status saw it: "replica1 (127.0.0.1:5433): streaming, lag 0 B, replay delay 0s"."""
     if not probe.up:
         return f"{name} ({address}): DOWN: {probe.error}"
@@ -334,7 +334,7 @@ class TableWriter(Writer):
         _plan_view(result)
         recovery = result.get("recovery")
         if "standby" in result:
-            click.echo(_standby_line(result["standby"], (recovery or {}).get("streaming")))
+            click.echo(_replica_line(result["standby"], (recovery or {}).get("streaming")))
         if not recovery:
             click.echo(f"restored {backup_id} into {result['pgdata']}: start the server to recover")
             return
@@ -378,8 +378,8 @@ class TableWriter(Writer):
                     _console().print(f"{s.source}: newest {b.type} backup taken on {_server_line(b.server)}",
                                      markup=False)
             for standby in s.standbys:
-                _console().print(f"{s.source}: standby {_standby_line(standby.name, standby.address, standby.probe)}",
-                                 markup=False)
+                line = _standby_status_line(standby.name, standby.address, standby.probe)
+                _console().print(f"{s.source}: standby {line}", markup=False)
             if s.timelines and len(s.timelines["tips"]) > 1:
                 _console().print(f"{s.source}: timelines: {s.timelines['reason']}")
             for error in s.errors:
@@ -624,7 +624,7 @@ def _plan_view(plan: dict[str, Any]) -> None:
         out.print(f"note:         {note}")
 
 
-def _standby_line(standby: dict[str, Any], streaming: dict[str, Any] | None) -> str:
+def _replica_line(standby: dict[str, Any], streaming: dict[str, Any] | None) -> str:
     """`restore --standby`: what the replica follows, and with --start what it reached."""
     timeline = f"recovery_target_timeline = '{standby['recovery_target_timeline']}'"
     if standby["mode"] == "archive-only":
