@@ -34,7 +34,7 @@ from backupctl.wal.identity import (
     pg_control_sysid,
     read_header,
 )
-from backupctl.wal.listing import find_archived, object_prefix, parse_key
+from backupctl.wal.listing import ArchivedWal, find_archived, object_prefix, parse_key
 from backupctl.wal.names import WalName, parse_wal_name
 from backupctl.wal.opening import IN_MEMORY_LIMIT, SerialCodec
 
@@ -143,27 +143,43 @@ def push_file(repo: Repository, source: str, path: str | Path, guard: IdentityGu
             digest = hashlib.file_digest(handle, "sha256").hexdigest()
         prefix = object_prefix(stream, name)
         existing = [] if view is not None and view.absent(repo, stream, name) else find_archived(repo, stream, name)
-        for obj in existing:
-            if obj.sha256 == digest:
-                return PushResult(name.name, obj.key, "already archived", st.st_size,
-                                  time.monotonic() - started, _stat_key(st))
-        if existing:
-            raise WalConflict(
-                f"{name.name} is already archived with sha256 {existing[0].sha256}, but this file has sha256 "
-                f"{digest}: a different file under the same name (another cluster archiving into source "
-                f"{source!r}?); the archived one is kept"
-            )
+        found = _archived_copy(existing, digest, name, source)
+        if found is not None:
+            return PushResult(name.name, found.key, "already archived", st.st_size,
+                              time.monotonic() - started, _stat_key(st))
         if in_memory:
             zero_copy = isinstance(repo.pipeline.codec, SerialCodec)
             reader: Any = _ViewReader(data) if zero_copy else io.BytesIO(data)
-            stored = repo.pipeline.store(prefix + digest, reader)
+            created = repo.pipeline.store_if_absent(prefix + digest, reader)
+            if created is None:  # another writer (a standby with archive_mode = always) stored this key meanwhile
+                found = _archived_copy(find_archived(repo, stream, name), digest, name, source)
+                if view is not None:
+                    view.stored(stream, name)
+                return PushResult(name.name, found.key if found else prefix + digest, "already archived",
+                                  st.st_size, time.monotonic() - started, _stat_key(st))
+            key = created.key
         else:
             handle.seek(0)
             check = _DigestCheck(handle, digest, path.name)
-            stored = repo.pipeline.store(prefix + digest, check, finalize=check.verify)  # type: ignore[arg-type]
+            key = repo.pipeline.store(prefix + digest, check, finalize=check.verify).key  # type: ignore[arg-type]
     if view is not None:
         view.stored(stream, name)
-    return PushResult(name.name, stored.key, "stored", st.st_size, time.monotonic() - started, _stat_key(st))
+    return PushResult(name.name, key, "stored", st.st_size, time.monotonic() - started, _stat_key(st))
+
+
+def _archived_copy(existing: list[ArchivedWal], digest: str, name: WalName, source: str) -> ArchivedWal | None:
+    """The archived object of ``name`` with this file's ``digest`` (the push is then done), None when nothing
+    is archived under the name; ``WalConflict`` when only different bytes are."""
+    for obj in existing:
+        if obj.sha256 == digest:
+            return obj
+    if existing:
+        raise WalConflict(
+            f"{name.name} is already archived with sha256 {existing[0].sha256}, but this file has sha256 "
+            f"{digest}: a different file under the same name (another cluster archiving into source "
+            f"{source!r}?); the archived one is kept"
+        )
+    return None
 
 
 class _ViewReader:
