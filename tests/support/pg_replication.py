@@ -132,3 +132,19 @@ def rewind_as_standby(old_primary: ScratchCluster, new_primary: ScratchCluster, 
     old_primary.settings.update({**(settings or {}), "primary_conninfo": source, "primary_slot_name": slot})
     old_primary.start(timeout=timeout)
     wait_streaming(new_primary, slot, timeout)
+
+
+def stop_host_pusher(site: Site, host: str) -> None:
+    """Stop ``host``'s resident pusher (the site stops only its own)."""
+    site.stop_pusher(host_spool(site, host) / SOURCE)
+
+
+def pgbench_load(cluster: ScratchCluster, scale: int = 2, seconds: int = 4, clients: int = 2) -> None:
+    """Write load: ``pgbench -i`` at ``scale`` (about 16 MB of WAL per unit), then ``seconds`` of TPC-B."""
+    pgbench = cluster.binaries.path("pgbench")
+    where = ["-h", "127.0.0.1", "-p", str(cluster.port), "-U", cluster.superuser]
+    for argv in ([pgbench, *where, "-i", "-q", "-s", str(scale), "postgres"],
+                 [pgbench, *where, "-T", str(seconds), "-c", str(clients), "-n", "postgres"]):
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False, cwd="/")
+        if result.returncode != 0:
+            raise AssertionError(f"{' '.join(argv)} failed: {result.stderr}")

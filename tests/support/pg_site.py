@@ -176,9 +176,10 @@ class Site:
     def start_restored(self, pgdata: Path, remove_datadir: bool = True, **extra: str) -> ScratchCluster:
         return start_promoted(self.cluster.binaries, pgdata, {**self.settings, **extra}, remove_datadir)
 
-    def pusher_pid(self) -> int | None:
+    def pusher_pid(self, spool: Path | None = None) -> int | None:
+        """The resident pusher's pid: the site's, or the one of another host's ``spool`` (its source's folder)."""
         try:
-            return int((self.spool / "pusher.pid").read_text())
+            return int(((spool or self.spool) / "pusher.pid").read_text())
         except (OSError, ValueError):
             return None
 
@@ -196,8 +197,8 @@ class Site:
                 found[parsed.name.name] = info.key
         return found
 
-    def stop_pusher(self) -> None:
-        pid = self.pusher_pid()
+    def stop_pusher(self, spool: Path | None = None) -> None:
+        pid = self.pusher_pid(spool)
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
