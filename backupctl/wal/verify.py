@@ -193,8 +193,13 @@ def _by_name(objects: list[ArchivedWal], result: WalVerifyResult) -> dict[str, l
 def _walk_chain(repo: Repository, source: str, identity: SourceIdentity | None, segments: list[ArchivedWal],
                 by_name: dict[str, list[ArchivedWal]], size: int, result: WalVerifyResult) -> list[ArchivedWal]:
     """Name every segment the chain needs (a missing one is a problem); the objects to decode."""
-    # The most recently archived segment: the live timeline, not an abandoned branch with a higher number.
-    newest = max(segments, key=lambda o: (o.modified, o.name.timeline, o.name.segno(size)))
+    # Production's timeline (the judgement restores follow: after a failover the old primary may have archived
+    # past the fork last); while nobody can tell, or before production archived a segment, the most recently
+    # archived segment's: the live timeline, not an abandoned branch with a higher number.
+    production = timeline_judgement.read(repo, result.stream, list(itertools.chain(*by_name.values())),
+                                         size).production
+    newest = max(segments, key=lambda o: (o.name.timeline == production, o.modified, o.name.timeline,
+                                          o.name.segno(size)))
     target = newest.name.timeline
     newest = max((o for o in segments if o.name.timeline == target), key=lambda o: o.name.segno(size))
     try:

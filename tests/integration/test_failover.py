@@ -18,6 +18,7 @@ import pytest
 
 from backupctl.postgres.binaries import PgBinaries
 from backupctl.postgres.cluster import ScratchCluster
+from tests.support import json_contract
 from tests.support.cli import CliRunner, backup_id
 from tests.support.pg_replication import (
     host_archive_command,
@@ -119,7 +120,9 @@ def _run_failover(site: Site, cli: CliRunner, new: ScratchCluster, mode: str) ->
     last = _switch(new, 7, "after backup")
     wait_archived(new, last)
 
-    rows = {r["timeline"]: r for r in _json(cli(site.config, "wal", "status", SOURCE, "-o", "json"))}
+    printed = _json(cli(site.config, "wal", "status", SOURCE, "-o", "json"))
+    assert json_contract.check("wal status", printed) == 3  # two rows and one fork, as docs/json-output.md says
+    rows = {r["timeline"]: r for r in printed}
     assert rows[2]["production"] is True and rows[1]["production"] is False
     fork = rows[2]["fork"]
     assert (fork["kind"], fork["from_timeline"], fork["to_timeline"]) == ("failover", 1, 2), fork
