@@ -71,18 +71,18 @@ def test_a_failover_with_pg_rewind_keeps_one_archive_that_backs_up_and_restores_
         pg_binaries: PgBinaries, cli: CliRunner, mode: str) -> None:
     settings = {"archive_mode": mode, "max_wal_senders": "4", "wal_log_hints": "on"}
     with archiving_site(pg_binaries, wal=QUICK_WAL, settings=settings, init=False) as site:
+        first_backup = init_and_backup(site, cli)  # before the standby: its base backup closes a segment
         new = start_standby(site.cluster, "standby1",
                             {**site.settings, "archive_command": host_archive_command(site, "standby")})
         site.extra.append(new)
         try:
-            _run_failover(site, cli, new, mode)
+            _run_failover(site, cli, new, mode, first_backup)
         finally:
             stop_host_pusher(site, "standby")
 
 
-def _run_failover(site: Site, cli: CliRunner, new: ScratchCluster, mode: str) -> None:
+def _run_failover(site: Site, cli: CliRunner, new: ScratchCluster, mode: str, first_backup: str) -> None:
     old = site.cluster
-    init_and_backup(site, cli)
     pgbench_load(old, scale=1, seconds=2)
     query(old, "INSERT INTO marks (id, batch) VALUES (1, 'before')")
     time.sleep(1.1)
@@ -147,6 +147,7 @@ def _run_failover(site: Site, cli: CliRunner, new: ScratchCluster, mode: str) ->
 
     restored, plan = restore_and_start(site, cli, "before_failover", "--target-time", before)
     try:
+        assert plan["backup"] == first_backup
         assert _rows(restored) == [(1, "before")]
     finally:
         restored.remove()
