@@ -110,19 +110,30 @@ def promote(standby: ScratchCluster, timeout: float = 120) -> int:
 
 
 def rewind_as_standby(old_primary: ScratchCluster, new_primary: ScratchCluster, slot: str,
-                      settings: Mapping[str, str] | None = None, timeout: float = 120) -> None:
+                      settings: Mapping[str, str] | None = None, restore_command: str | None = None,
+                      timeout: float = 120) -> None:
     """Bring a failed-over primary back as a standby of ``new_primary``, the way DBAs do: stop it cleanly,
-    ``pg_rewind`` it (as its OS user) from the new primary, then ``standby.signal`` and ``primary_conninfo``
-    through ``slot`` (created here) and start it.
+    checkpoint the new primary, ``pg_rewind`` it (as its OS user) from the new primary, then ``standby.signal``
+    and ``primary_conninfo`` through ``slot`` (created here), and start it.
 
     pg_rewind needs data checksums or ``wal_log_hints = on`` on the old primary from its start (the caller's
     settings). ``settings`` are the server settings it restarts with (e.g. its archive_command as a standby).
+    ``restore_command`` (backupctl's wal-fetch) goes into its postgresql.auto.conf for ``pg_rewind
+    --restore-target-wal``: the old primary's WAL back to the last common checkpoint is usually archived and
+    recycled by then, and pg_rewind cannot find the fork without it.
     """
     old_primary.stop()
     create_slot(new_primary, slot)
+    # pg_rewind reads the source's timeline from its pg_control, which a promotion updates only at the next
+    # checkpoint: without one it finds both on timeline 1 and says "no rewind required".
+    query(new_primary, "CHECKPOINT")
     source = f"host=127.0.0.1 port={new_primary.port} user={new_primary.superuser} dbname=postgres"
     argv = [old_primary.binaries.path("pg_rewind"), "-D", str(old_primary.datadir), "--source-server", source,
             "--no-sync"]
+    if restore_command is not None:
+        with open(old_primary.datadir / "postgresql.auto.conf", "a") as conf:
+            conf.write(f"restore_command = '{restore_command.replace(chr(39), chr(39) * 2)}'\n")
+        argv.append("--restore-target-wal")
     result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False, cwd="/",
                             user=old_primary.os_user, group=old_primary.os_user, extra_groups=[])
     if result.returncode != 0:
@@ -131,7 +142,10 @@ def rewind_as_standby(old_primary: ScratchCluster, new_primary: ScratchCluster, 
     chown_to_postgres(old_primary.datadir / "standby.signal")
     old_primary.settings.update({**(settings or {}), "primary_conninfo": source, "primary_slot_name": slot})
     old_primary.start(timeout=timeout)
-    wait_streaming(new_primary, slot, timeout)
+    try:
+        wait_streaming(new_primary, slot, timeout)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; the rewound server's log:\n{old_primary._read_log()[-3000:]}") from None
 
 
 def stop_host_pusher(site: Site, host: str) -> None:
