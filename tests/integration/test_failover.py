@@ -4,8 +4,9 @@ standby through pg_rewind, and backups, restores, `wal status`, status and check
 Real parts: a primary archiving with backupctl's archive_command and a ``pg_basebackup -R`` standby with the
 one ``pg-settings`` prints on its own host (its own config and pusher spool). The old primary, not fenced yet,
 writes and archives past the fork before it is stopped (a failover's usual mess); pg_rewind then makes it a
-standby of the new primary. Run with archive_mode = on on both (the rewound standby archives nothing) and
-always (it archives the new timeline's segments, identical to what the new primary stored).
+standby of the new primary. A drill and check then pass on timeline 2. Run with archive_mode = on on both
+(the rewound standby archives nothing) and always (it archives the new timeline's segments, identical to what
+the new primary stored).
 """
 
 from __future__ import annotations
@@ -145,9 +146,12 @@ def _run_failover(site: Site, cli: CliRunner, new: ScratchCluster, mode: str, fi
     assert [v["problems"] for v in verified] == [[]], verified
     status = _json(cli(site.config, "status", SOURCE, "-o", "json"))[0]
     assert status["timelines"]["production"] == 2
-    (check,) = json.loads(cli(site.config, "check", SOURCE, "-o", "json").stdout)
-    bad = [f for f in check["findings"] if f["state"] != "OK" and f["check"] != "drill_age"]  # no drill ran yet
-    assert bad == [], bad
+    drill = _json(cli(site.config, "drill", "run", SOURCE, "-o", "json"))
+    assert drill["status"] == "passed" and drill["reached"]["timeline"] == 2, drill
+    checked = cli(site.config, "check", SOURCE, "-o", "json")
+    (check,) = json.loads(checked.stdout)
+    bad = [f for f in check["findings"] if f["state"] != "OK"]
+    assert checked.code == 0 and bad == [], bad
     assert {f["check"] for f in check["findings"]} >= {"timelines", "wal_age", "backup_age"}
 
     restored, plan = restore_and_start(site, cli, "before_failover", "--target-time", before)
