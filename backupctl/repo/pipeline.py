@@ -340,6 +340,10 @@ class Pipeline:
             crypto.check_recipients(self.recipient_names, self.repository_recipients, self.storage.location,
                                     self._recipients_setting)
 
+    def object_key(self, key: str) -> str:
+        """The key ``store`` writes for ``key``: with the codec's extension and ``.age`` when encrypted."""
+        return key + self.codec.extension + (".age" if self.encrypted else "")
+
     def store(self, key: str, source: BinaryIO, finalize: Callable[[], None] | None = None) -> StoredObject:
         """Stream ``source`` into the repository under ``key`` plus the codec's extensions.
 
@@ -347,7 +351,7 @@ class Pipeline:
         pg_dump child) that ends with an error then leaves no object behind.
         """
         self.require_repository_recipients()
-        full_key = key + self.codec.extension + (".age" if self.encrypted else "")
+        full_key = self.object_key(key)
         reader = _CompressingReader(source, self.codec, self._meter)
         with self.storage.open_write(full_key) as writer:
             hashing = _HashingWriter(writer)
@@ -379,7 +383,7 @@ class Pipeline:
         once, whichever wins; the loser learns it from the store's refusal, not from a listing.
         """
         self.require_repository_recipients()
-        full_key = key + self.codec.extension + (".age" if self.encrypted else "")
+        full_key = self.object_key(key)
         reader = _CompressingReader(source, self.codec, self._meter)
         buffer = io.BytesIO()
         hashing = _HashingWriter(buffer)

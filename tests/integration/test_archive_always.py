@@ -4,7 +4,8 @@ Real parts: a primary and a ``pg_basebackup -R`` standby, both with archive_mode
 archive_command ``pg-settings`` prints on its host (its own config and pusher spool), pushing into one
 repository (a local directory, and moto's S3) under pgbench load. Identical segments are stored once and
 neither archiver ever fails; different bytes under an archived name are still refused, naming it; two pushes
-of one segment at the very same moment store it once (the conditional create, not a listing, decides).
+of one segment at the very same moment store it once (the conditional create, not a listing, decides), and the
+host that lost uploads no later segment the other one stored first.
 """
 
 from __future__ import annotations
@@ -131,5 +132,16 @@ def test_two_pushes_of_one_segment_at_the_same_moment_store_it_once(
         assert _archived_names(site)[name] == 1
         if store == "local":
             assert list((site.root / "repo").rglob(".tmp-*")) == []
+
+        # The host that lost now asks for the exact key before uploading into that folder: the next segment,
+        # stored first by the other host, costs it a HEAD and no second upload.
+        loser = results.index("already archived")
+        following = site.segment_copy(site.switch())
+        assert push_file(hosts[1 - loser], SOURCE, following, view=views[1 - loser]).status == "stored"
+        uploads: list[str] = []
+        create = hosts[loser].storage.put_if_absent
+        hosts[loser].storage.put_if_absent = lambda key, data: uploads.append(key) or create(key, data)
+        assert push_file(hosts[loser], SOURCE, following, view=views[loser]).status == "already archived"
+        assert uploads == []
         for repo in hosts:
             repo.storage.close()
