@@ -420,6 +420,12 @@ class TableWriter(Writer):
         if newest is not None:
             _console().print(f"newest segment {newest['newest_segment']} archived "
                              f"{human_duration(newest['newest_age_seconds'])} ago")
+        for r in rows:
+            if fork := r.get("fork"):
+                epoch = f"epoch {r['epoch']} " if len(streams) > 1 else ""
+                _console().print(f"{epoch}{fork['kind']}: timeline {fork['from_timeline']} -> {fork['to_timeline']} at "
+                                 f"{fork['lsn']}, history archived {short_time(fork['at'])}"
+                                 f"{'; production on timeline ' + str(r['timeline']) if r['production'] else ''}")
 
     def wal_verified(self, results: list[WalVerifyResult]) -> None:
         out = _console()

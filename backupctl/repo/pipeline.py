@@ -340,6 +340,10 @@ class Pipeline:
             crypto.check_recipients(self.recipient_names, self.repository_recipients, self.storage.location,
                                     self._recipients_setting)
 
+    def object_key(self, key: str) -> str:
+        """The key ``store`` writes for ``key``: with the codec's extension and ``.age`` when encrypted."""
+        return key + self.codec.extension + (".age" if self.encrypted else "")
+
     def store(self, key: str, source: BinaryIO, finalize: Callable[[], None] | None = None) -> StoredObject:
         """Stream ``source`` into the repository under ``key`` plus the codec's extensions.
 
@@ -347,7 +351,7 @@ class Pipeline:
         pg_dump child) that ends with an error then leaves no object behind.
         """
         self.require_repository_recipients()
-        full_key = key + self.codec.extension + (".age" if self.encrypted else "")
+        full_key = self.object_key(key)
         reader = _CompressingReader(source, self.codec, self._meter)
         with self.storage.open_write(full_key) as writer:
             hashing = _HashingWriter(writer)
@@ -369,6 +373,34 @@ class Pipeline:
             compression=self.codec.name,
             encryption="age" if self.encrypted else None,
         )
+
+    def store_if_absent(self, key: str, source: BinaryIO) -> StoredObject | None:
+        """``store`` for a small object (a WAL segment, at most ``opening.IN_MEMORY_LIMIT``) that is created
+        only when nothing is stored under its key yet: None when another writer got there first.
+
+        The object is encoded into memory and handed to ``Storage.put_if_absent`` (S3: one PutObject with
+        If-None-Match; local: link(2)), so two writers that race with the same content-addressed key store it
+        once, whichever wins; the loser learns it from the store's refusal, not from a listing.
+        """
+        self.require_repository_recipients()
+        full_key = self.object_key(key)
+        reader = _CompressingReader(source, self.codec, self._meter)
+        buffer = io.BytesIO()
+        hashing = _HashingWriter(buffer)
+        if self.encrypted:
+            try:
+                crypto.encrypt_stream(reader, hashing, self.recipients)
+            except Exception:
+                _raise_captured(reader, hashing)
+                raise
+        else:
+            shutil.copyfileobj(reader, hashing, CHUNK)
+        with buffer.getbuffer() as encoded:  # no copy: a segment's bytes are held once
+            if not self.storage.put_if_absent(full_key, encoded):  # type: ignore[arg-type]
+                return None
+        return StoredObject(key=full_key, size=reader.size, stored_size=hashing.size,
+                            sha256=hashing.hash.hexdigest(), compression=self.codec.name,
+                            encryption="age" if self.encrypted else None)
 
     def read(self, obj: StoredObject, sink: BinaryIO, decode: bool = True) -> None:
         """Stream one object back into ``sink``, proving it whole on the way.

@@ -181,8 +181,13 @@ class LocalStorage(Storage):
         return _LocalWriter(self, key)
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
+        """A failed write (a full disk) drops its temp file: nothing is left for ``repo gc`` to find."""
         writer = _LocalWriter(self, key)
-        writer.write(data)
+        try:
+            writer.write(data)
+        except BaseException:
+            writer.abort()
+            raise
         return writer.commit_if_absent()
 
     def get(self, key: str) -> BinaryIO:

@@ -264,7 +264,8 @@ class S3Storage(Storage):
         with self._translated("PutObject", key):
             try:
                 self._client.put_object(
-                    Bucket=self.bucket, Key=full_key, Body=data, IfNoneMatch="*", **self._write_args
+                    Bucket=self.bucket, Key=full_key, Body=RequestBody([memoryview(data)]), IfNoneMatch="*",
+                    **self._write_args,
                 )
             except ClientError as exc:
                 # 412: the key exists. 409: AWS's answer while another conditional write to the key is

@@ -7,6 +7,11 @@ segment's long page header is checked against its name and the source's system (
 is read once into a per-thread buffer and compressed from it without a copy; larger ones are read twice,
 the second read proven against the first one's digest.
 
+A segment is stored with a conditional create (``Pipeline.store_if_absent``: S3 If-None-Match, local link(2)):
+with archive_mode = always a primary and its standbys push the same segments, and two pushes of one segment
+at the same moment store it once; the one that loses finds the identical object and succeeds. Its key holds
+the plaintext digest, so a lost create means identical bytes; different bytes are refused as above.
+
 The resident pusher passes an ``ArchiveView``: one listing of a 16-hex folder (256 segments) then answers
 "nothing is archived under this name yet" for every push into that folder for ``LISTING_TTL`` seconds,
 so that a busy archive costs one PUT per segment on S3 instead of a LIST and a PUT. Only that answer is
@@ -34,7 +39,7 @@ from backupctl.wal.identity import (
     pg_control_sysid,
     read_header,
 )
-from backupctl.wal.listing import find_archived, object_prefix, parse_key
+from backupctl.wal.listing import ArchivedWal, find_archived, object_prefix, parse_key
 from backupctl.wal.names import WalName, parse_wal_name
 from backupctl.wal.opening import IN_MEMORY_LIMIT, SerialCodec
 
@@ -78,6 +83,7 @@ class ArchiveView:
         self._clock = clock
         self._lock = threading.Lock()  # one listing at a time: parallel pushes wait for it, not list again
         self._folders: dict[tuple[str, str], tuple[float, set[str]]] = {}
+        self._contended: set[tuple[str, str]] = set()  # folders where another writer's create won (``lost``)
 
     def absent(self, repo: Repository, stream: str, name: WalName) -> bool:
         """True when a listing younger than ``ttl`` holds no object for ``name``."""
@@ -95,6 +101,18 @@ class ArchiveView:
                         names.add(obj.name.name)
                 seen = self._folders[folder] = (taken, names)
             return name.name not in seen[1]
+
+    def contended(self, stream: str, name: WalName) -> bool:
+        """Whether a create in ``name``'s folder has lost to another writer (``lost``)."""
+        with self._lock:
+            return (stream, name.directory) in self._contended
+
+    def lost(self, stream: str, name: WalName) -> None:
+        """Note that another writer stored ``name`` first: a second host pushes the same segments
+        (archive_mode = always). From then on a push into the folder asks the store for its exact key (one
+        HEAD, no body) before it uploads, so the host that comes second sends no segment twice."""
+        with self._lock:
+            self._contended.add((stream, name.directory))
 
     def stored(self, stream: str, name: WalName) -> None:
         """Note a name this process has just archived (a later push of it is then looked up afresh)."""
@@ -142,28 +160,50 @@ def push_file(repo: Repository, source: str, path: str | Path, guard: IdentityGu
             handle.seek(0)
             digest = hashlib.file_digest(handle, "sha256").hexdigest()
         prefix = object_prefix(stream, name)
-        existing = [] if view is not None and view.absent(repo, stream, name) else find_archived(repo, stream, name)
-        for obj in existing:
-            if obj.sha256 == digest:
-                return PushResult(name.name, obj.key, "already archived", st.st_size,
-                                  time.monotonic() - started, _stat_key(st))
-        if existing:
-            raise WalConflict(
-                f"{name.name} is already archived with sha256 {existing[0].sha256}, but this file has sha256 "
-                f"{digest}: a different file under the same name (another cluster archiving into source "
-                f"{source!r}?); the archived one is kept"
-            )
+        viewed = view is not None and view.absent(repo, stream, name)
+        existing = [] if viewed else find_archived(repo, stream, name)
+        found = _archived_copy(existing, digest, name, source)
+        if found is not None:
+            return PushResult(name.name, found.key, "already archived", st.st_size,
+                              time.monotonic() - started, _stat_key(st))
         if in_memory:
+            key = repo.pipeline.object_key(prefix + digest)
+            if view is not None and viewed and view.contended(stream, name) and repo.storage.head(key) is not None:
+                view.stored(stream, name)
+                return PushResult(name.name, key, "already archived", st.st_size, time.monotonic() - started,
+                                  _stat_key(st))
             zero_copy = isinstance(repo.pipeline.codec, SerialCodec)
             reader: Any = _ViewReader(data) if zero_copy else io.BytesIO(data)
-            stored = repo.pipeline.store(prefix + digest, reader)
+            if repo.pipeline.store_if_absent(prefix + digest, reader) is None:
+                # Another writer (a standby with archive_mode = always) stored this very content meanwhile.
+                found = _archived_copy(find_archived(repo, stream, name), digest, name, source)
+                if view is not None:
+                    view.lost(stream, name)
+                    view.stored(stream, name)
+                return PushResult(name.name, found.key if found else key, "already archived",
+                                  st.st_size, time.monotonic() - started, _stat_key(st))
         else:
             handle.seek(0)
             check = _DigestCheck(handle, digest, path.name)
-            stored = repo.pipeline.store(prefix + digest, check, finalize=check.verify)  # type: ignore[arg-type]
+            key = repo.pipeline.store(prefix + digest, check, finalize=check.verify).key  # type: ignore[arg-type]
     if view is not None:
         view.stored(stream, name)
-    return PushResult(name.name, stored.key, "stored", st.st_size, time.monotonic() - started, _stat_key(st))
+    return PushResult(name.name, key, "stored", st.st_size, time.monotonic() - started, _stat_key(st))
+
+
+def _archived_copy(existing: list[ArchivedWal], digest: str, name: WalName, source: str) -> ArchivedWal | None:
+    """The archived object of ``name`` with this file's ``digest`` (the push is then done), None when nothing
+    is archived under the name; ``WalConflict`` when only different bytes are."""
+    for obj in existing:
+        if obj.sha256 == digest:
+            return obj
+    if existing:
+        raise WalConflict(
+            f"{name.name} is already archived with sha256 {existing[0].sha256}, but this file has sha256 "
+            f"{digest}: a different file under the same name (another cluster archiving into source "
+            f"{source!r}?); the archived one is kept"
+        )
+    return None
 
 
 class _ViewReader:

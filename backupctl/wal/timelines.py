@@ -170,6 +170,22 @@ class Judgement:
                          f"{highest}")
         return notes
 
+    def fork(self, timeline: int, at: datetime | None) -> dict[str, Any] | None:
+        """How ``timeline`` began, for `wal status`: its parent, the fork LSN, when its history file was archived
+        (``at``, the promotion as the archive saw it) and the kind of fork: ``failover`` when production went on
+        along it, ``branch`` when production left it behind, ``undecided`` while nobody can tell which timeline
+        production is on. None for a root (timeline 1) or a timeline whose history file is unreadable."""
+        history = self.histories.get(timeline) if timeline > 1 else None
+        if not history:
+            return None
+        parent, lsn = history[-1]
+        if self.production is None:
+            kind = "undecided"
+        else:
+            kind = "failover" if timeline in self.ancestry(self.production) else "branch"
+        return {"from_timeline": parent, "to_timeline": timeline, "lsn": format_lsn(lsn),
+                "at": at.astimezone(UTC).isoformat() if at else None, "kind": kind}
+
     def to_json(self) -> dict[str, Any]:
         return {
             "production": self.production,

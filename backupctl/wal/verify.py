@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from backupctl.core.errors import BackupctlError, IntegrityError, ObjectNotFound
+from backupctl.wal import timelines as timeline_judgement
 from backupctl.wal.fetch import CountingSink, decode_object, read_history
 from backupctl.wal.identity import check_segment, read_header
 from backupctl.wal.listing import ArchivedWal, list_wal_objects
@@ -61,9 +62,11 @@ def _stream_status(repo: Repository, source: str, identity: SourceIdentity, now:
     size = identity.segment_size or DEFAULT_SEGMENT_SIZE
     objects = list_wal_objects(repo, stream)
     timelines = sorted({o.name.timeline for o in objects})
+    judgement = timeline_judgement.read(repo, stream, objects, size)  # the one judgement restores follow
     result = []
     for tli in timelines:
         mine = [o for o in objects if o.name.timeline == tli]
+        history = next((o for o in mine if o.name.kind == "history"), None)
         segments = sorted((o for o in mine if o.name.kind == "segment"), key=lambda o: o.name.name)
         segnos = sorted({o.name.segno(size) for o in segments})
         newest = max(segments, key=lambda o: o.modified, default=None)
@@ -90,6 +93,8 @@ def _stream_status(repo: Repository, source: str, identity: SourceIdentity, now:
             "newest_archived_at": newest.modified.astimezone(UTC).isoformat() if newest else None,
             "newest_age_seconds": round((now - newest.modified).total_seconds(), 1) if newest else None,
             "segment_size": size,
+            "production": None if judgement.production is None else judgement.production == tli,
+            "fork": judgement.fork(tli, history.modified if history else None),
         })
     return result
 
@@ -188,8 +193,13 @@ def _by_name(objects: list[ArchivedWal], result: WalVerifyResult) -> dict[str, l
 def _walk_chain(repo: Repository, source: str, identity: SourceIdentity | None, segments: list[ArchivedWal],
                 by_name: dict[str, list[ArchivedWal]], size: int, result: WalVerifyResult) -> list[ArchivedWal]:
     """Name every segment the chain needs (a missing one is a problem); the objects to decode."""
-    # The most recently archived segment: the live timeline, not an abandoned branch with a higher number.
-    newest = max(segments, key=lambda o: (o.modified, o.name.timeline, o.name.segno(size)))
+    # Production's timeline (the judgement restores follow: after a failover the old primary may have archived
+    # past the fork last); while nobody can tell, or before production archived a segment, the most recently
+    # archived segment's: the live timeline, not an abandoned branch with a higher number.
+    production = timeline_judgement.read(repo, result.stream, list(itertools.chain(*by_name.values())),
+                                         size).production
+    newest = max(segments, key=lambda o: (o.name.timeline == production, o.modified, o.name.timeline,
+                                          o.name.segno(size)))
     target = newest.name.timeline
     newest = max((o for o in segments if o.name.timeline == target), key=lambda o: o.name.segno(size))
     try:

@@ -291,3 +291,15 @@ def test_physical_restore_onto_a_full_disk_is_marked_unfinished(request: pytest.
             again = site.cli("restore", "main", "--pgdata", str(pgdata), "--force")
             assert again.code == 0, again.stderr
             assert not (pgdata / RESTORE_MARKER).exists() and (pgdata / "recovery.signal").exists()
+
+
+def test_a_conditional_create_the_full_disk_refuses_leaves_no_temp_file(tmp_path: Path) -> None:
+    """A WAL segment is stored with ``put_if_absent`` (archive_mode = always: the first host's create wins); on a
+    full disk its write fails before the commit, and the temp file must go with it, not wait for `repo gc`."""
+    with small_disk(tmp_path / "repo", "1m") as root:
+        storage = LocalStorage(root)
+        storage.open_write("wal/first").commit()
+        fill(root)
+        with pytest.raises(StorageError, match="no space left"):
+            storage.put_if_absent("wal/segment", b"x" * 2_000_000)
+        assert files(root) == {"wal/first"}, sorted(files(root))

@@ -118,14 +118,17 @@ class Site:
     extra: list[ScratchCluster] = field(default_factory=list)  # more clusters, removed with the site
     source_options: dict[str, Any] = field(default_factory=dict)  # more keys of [sources.main] (backup_from, standbys)
 
-    def write_config(self, cluster: ScratchCluster | None = None) -> None:
+    def write_config(self, cluster: ScratchCluster | None = None, *, path: Path | None = None,
+                     spool: Path | None = None) -> None:
         """(Re)write the config, its source naming ``cluster`` (default: the site's own), and give the tree to
-        postgres. A repository moved elsewhere by a test is ``site.repository = ...`` and this."""
+        postgres. A repository moved elsewhere by a test is ``site.repository = ...`` and this. ``path`` and
+        ``spool``: another host's config (default: the site's own file and spool root), e.g. a standby's, whose
+        resident pusher must not share the primary's spool (``pg_replication.host_archive_command``)."""
         cluster = cluster or self.cluster
-        write_toml(self.config, {
+        write_toml(path or self.config, {
             "repository": self.repository,
             **({"encryption": self.encryption} if self.encryption else {}),
-            "wal": self.wal,
+            "wal": {**self.wal, **({"spool_dir": str(spool)} if spool else {})},
             "sources": {SOURCE: {"kind": "postgres", "host": "127.0.0.1", "port": cluster.port or 1,
                                  "user": "postgres", "pgdata": str(cluster.datadir),
                                  "bindir": str(cluster.binaries.bindir), **self.source_options}},
@@ -171,16 +174,7 @@ class Site:
         assert result.code == 0, result.stderr
 
     def wait_archived(self, name: str, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            last = self.sql("SELECT last_archived_wal FROM pg_stat_archiver")[0][0]
-            if last is not None and last[:24] >= name[:24] and len(last) == 24:
-                return
-            if time.monotonic() > deadline:
-                stats = self.sql("SELECT * FROM pg_stat_archiver")
-                pytest.fail(f"{name} not archived in {timeout}s: {stats}\n{self.cluster._read_log()[-3000:]}\n"
-                            f"{self.pusher_log()[-3000:]}")
-            time.sleep(0.05)
+        wait_archived(self.cluster, name, timeout, self.pusher_log)
 
     def segment_copy(self, name: str) -> Path:
         """A postgres-owned copy of a segment in pg_wal, to push by hand."""
@@ -197,9 +191,10 @@ class Site:
     def start_restored(self, pgdata: Path, remove_datadir: bool = True, **extra: str) -> ScratchCluster:
         return start_promoted(self.cluster.binaries, pgdata, {**self.settings, **extra}, remove_datadir)
 
-    def pusher_pid(self) -> int | None:
+    def pusher_pid(self, spool: Path | None = None) -> int | None:
+        """The resident pusher's pid: the site's, or the one of another host's ``spool`` (its source's folder)."""
         try:
-            return int((self.spool / "pusher.pid").read_text())
+            return int(((spool or self.spool) / "pusher.pid").read_text())
         except (OSError, ValueError):
             return None
 
@@ -217,12 +212,29 @@ class Site:
                 found[parsed.name.name] = info.key
         return found
 
-    def stop_pusher(self) -> None:
-        pid = self.pusher_pid()
+    def stop_pusher(self, spool: Path | None = None) -> None:
+        pid = self.pusher_pid(spool)
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
                 os.kill(pid, signal.SIGTERM)
+
+
+def wait_archived(cluster: ScratchCluster, name: str, timeout: float = 60,
+                  more_logs: Callable[[], str] | None = None) -> None:
+    """Until ``cluster``'s archiver reports segment ``name`` (or a later one) archived: any host, a standby with
+    archive_mode = always included. On timeout the failure quotes the archiver's stats and the server log
+    (and ``more_logs()``, e.g. the pusher's)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        last = query(cluster, "SELECT last_archived_wal FROM pg_stat_archiver")[0][0]
+        if last is not None and last[:24] >= name[:24] and len(last) == 24:
+            return
+        if time.monotonic() > deadline:
+            stats = query(cluster, "SELECT * FROM pg_stat_archiver")
+            extra = more_logs()[-3000:] if more_logs else ""
+            pytest.fail(f"{name} not archived in {timeout}s: {stats}\n{cluster._read_log()[-3000:]}\n{extra}")
+        time.sleep(0.05)
 
 
 def store_repository(kind: str, root: Path, request: pytest.FixtureRequest | None, endpoint_url: str | None = None,

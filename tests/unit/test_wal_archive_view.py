@@ -76,3 +76,13 @@ def test_each_folder_and_stream_has_its_own_listing_and_history_files_none() -> 
     assert view.absent(repo, "main.2", parse_wal_name("000000010000000100000000"))
     assert not view.absent(repo, STREAM, parse_wal_name("00000002.history"))
     assert len(storage.lists) == 3
+
+
+def test_a_folder_where_another_writers_create_won_is_contended_from_then_on() -> None:
+    _storage, _repo, view, _now = _setup()
+    name = parse_wal_name("000000010000000000000011")
+    assert not view.contended(STREAM, name)
+    view.lost(STREAM, name)
+    assert view.contended(STREAM, parse_wal_name("000000010000000000000012"))  # the same folder
+    assert not view.contended(STREAM, parse_wal_name("000000010000000100000000"))
+    assert not view.contended("main.2", name)
