@@ -1,7 +1,7 @@
 """A repository in an S3 bucket (AWS or any S3-compatible store), below an optional prefix.
 
-Small objects (up to twice ``part_size``, so a 16 MiB WAL segment with the default settings) go up in
-one PutObject. Larger streams become a multipart upload whose parts are sent by the storage's
+Small objects (up to twice ``part_size``) go up in one PutObject; WAL segments always do, through
+``put_if_absent``. Larger streams become a multipart upload whose parts are sent by the storage's
 ``upload_jobs`` threads while the caller keeps writing. Threads and part buffers (``s3_parts``) are shared by every
 writer of the storage: at most ``upload_jobs + 1`` buffers are in use at once (parts in flight and the
 ones being filled), and a writer waits for one, so however large the objects and however many are
