@@ -21,7 +21,7 @@ from backupctl.engines.registry import ENGINES, PHYSICAL_TYPES, source_kind
 from backupctl.repo.catalog import parse_iso
 
 if TYPE_CHECKING:  # types only: judging facts needs none of what gathering them needs
-    from backupctl.monitoring.status import SourceStatus
+    from backupctl.monitoring.status import SourceStatus, StandbyFacts
 
 # A finding's state is the plugin's exit code: the states are the exit codes core.errors lists for check.
 OK, WARNING, CRITICAL, UNKNOWN = CHECK_OK, CHECK_WARNING, CHECK_CRITICAL, CHECK_UNKNOWN
@@ -130,11 +130,11 @@ def _standby_findings(status: SourceStatus, source: SourceConfig) -> list[Findin
     """The standbys backups come from (``backup_from`` standby or prefer-standby): each one down, not in
     recovery, or replaying too late. With ``standby`` and none usable, backups fail: CRITICAL; with
     ``prefer-standby`` they fall back to the primary: WARNING."""
+    findings = [_standby_archiver_finding(source.name, s) for s in status.standbys if s.probe.archiver]
     mode = getattr(source, "backup_from", "primary")
     if mode == "primary" or not status.standbys:
-        return []
+        return findings
     usable = [s for s in status.standbys if s.probe.up and s.probe.in_recovery]
-    findings = []
     for standby in status.standbys:
         probe, check = standby.probe, f"standby_{standby.name}"
         if not (probe.up and probe.in_recovery):
@@ -151,6 +151,20 @@ def _standby_findings(status: SourceStatus, source: SourceConfig) -> list[Findin
                                 f"{human_duration(delay)} behind{_limit(state, warning, critical, human_duration)}",
                                 delay, "s", warning, critical))
     return findings
+
+
+def _standby_archiver_finding(name: str, standby: StandbyFacts) -> Finding:
+    """A standby that archives (archive_mode = always), whatever backups come from: its archive_command must
+    work, or the archive has a hole the day the primary's archiver is the one that stops."""
+    archiver = standby.probe.archiver or {}
+    check = f"standby_{standby.name}_archiver"
+    if archiver.get("failing"):
+        return Finding(name, check, WARNING, f"standby {standby.name} ({standby.address}): archive_command failing: "
+                       f"{archiver['last_failed_wal']} at {archiver['last_failed_time']} ({archiver['failed_count']} "
+                       "failures)", archiver["failed_count"], "")
+    last = archiver.get("last_archived_wal") or "nothing yet"
+    return Finding(name, check, OK, f"standby {standby.name} archives (archive_mode = always; last: {last})",
+                   archiver.get("failed_count"), "")
 
 
 DEFAULT_BACKUP_AGE = (26 * 3600.0, 50 * 3600.0)  # backup_age_* for a source whose backups run from cron or timers

@@ -198,6 +198,9 @@ def _standbys(out: _Families, status: SourceStatus) -> None:
                 probe.lag_bytes)
         out.set("backupctl_standby_replay_delay_seconds", "Age of the standby's last replayed commit (0 when it "
                 "replayed all it received).", labels, probe.replay_delay)
+        if probe.archiver is not None:
+            out.set("backupctl_standby_archive_failing", "1 when the standby's own archive_command (archive_mode = "
+                    "always) is failing now.", labels, 1 if probe.archiver["failing"] else 0)
 
 
 def _running_backup(out: _Families, status: SourceStatus) -> None:

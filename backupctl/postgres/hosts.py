@@ -54,11 +54,13 @@ class Probe:
     streaming: bool = False
     lag_bytes: int | None = None  # received but not yet replayed (a standby), from its own LSNs
     replay_delay: float | None = None  # seconds since the last replayed transaction's commit (0 when caught up)
+    archiver: dict[str, Any] | None = None  # its own pg_stat_archiver, when it archives (archive_mode = always)
     error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"up": self.up, "in_recovery": self.in_recovery, "streaming": self.streaming,
-                "lag_bytes": self.lag_bytes, "replay_delay_seconds": self.replay_delay, "error": self.error}
+                "lag_bytes": self.lag_bytes, "replay_delay_seconds": self.replay_delay, "archiver": self.archiver,
+                "error": self.error}
 
 
 def primary(source: PostgresSource) -> Host:
@@ -79,8 +81,21 @@ SELECT pg_is_in_recovery(),
        EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming'),
        pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::bigint,
        CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
-            ELSE extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp()) END
+            ELSE extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp()) END,
+       current_setting('archive_mode'), a.archived_count, a.last_archived_wal, a.last_archived_time,
+       a.failed_count, a.last_failed_wal, a.last_failed_time
+FROM pg_stat_archiver a
 """
+
+
+def _archiver(row: tuple[Any, ...]) -> dict[str, Any]:
+    """A standby's own archiving (archive_mode = always): counts, the newest success and failure, and whether
+    it is failing now (its newest failure is newer than its newest success)."""
+    archived, last_wal, last_time, failed, failed_wal, failed_time = row
+    return {"archived_count": archived, "last_archived_wal": last_wal,
+            "last_archived_time": last_time.isoformat() if last_time else None, "failed_count": failed,
+            "last_failed_wal": failed_wal, "last_failed_time": failed_time.isoformat() if failed_time else None,
+            "failing": bool(failed_time and (last_time is None or failed_time > last_time))}
 
 
 def probe_server(params: ConnParams) -> Probe:
@@ -91,13 +106,14 @@ def probe_server(params: ConnParams) -> Probe:
         return Probe(up=False, error=str(exc))
     try:
         with conn:
-            in_recovery, streaming, lag, delay = conn.execute(_PROBE_SQL).fetchone()
+            in_recovery, streaming, lag, delay, archive_mode, *archiver = conn.execute(_PROBE_SQL).fetchone()
     except Exception as exc:  # psycopg's errors: it answered, but refused the query
         return Probe(up=True, error=" ".join(str(exc).split()))
     if not in_recovery:
         return Probe(up=True)
     return Probe(up=True, in_recovery=True, streaming=bool(streaming), lag_bytes=None if lag is None else int(lag),
-                 replay_delay=None if delay is None else round(float(delay), 3))
+                 replay_delay=None if delay is None else round(float(delay), 3),
+                 archiver=_archiver(tuple(archiver)) if archive_mode == "always" else None)
 
 
 def _why_not(probe: Probe, want_streaming: bool) -> str | None:

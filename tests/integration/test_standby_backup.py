@@ -209,3 +209,46 @@ def test_status_check_and_metrics_show_the_standby_and_the_server_of_the_last_ba
     assert "standby replica1" in findings["standby_replica1"]["message"] and "down" in \
         findings["standby_replica1"]["message"]
     assert samples(cli(site.config, "metrics").stdout)[("backupctl_standby_up", standby_labels)] == 0
+
+
+def test_a_standby_that_archives_has_its_archiver_judged_whatever_backups_come_from(
+        pg_binaries: PgBinaries, cli: CliRunner) -> None:
+    with archiving_site(pg_binaries) as site:
+        # archive_mode = always with an archive_command that fails: the hole nobody sees until the day the
+        # primary's archiver is the one that stops.
+        healthy = site.root / "standby-archives"  # its archive_command fails until this file exists
+        standby = start_standby(site.cluster, "replica1",
+                                {"archive_mode": "always", "archive_command": f"test -e {healthy}"})
+        site.extra.append(standby)
+        site.source_options = {"standbys": {"replica1": {"host": "127.0.0.1", "port": standby.port}}}
+        site.write_config()
+        site.wait_archived(site.switch())
+        wait_replayed(site.cluster, standby)
+
+        def failing_now() -> bool:
+            (status,) = json.loads(cli(site.config, "status", "-o", "json").stdout)
+            archiver = status["standbys"][0]["archiver"]
+            assert archiver is not None, "a standby with archive_mode = always reports its archiver"
+            return bool(archiver["failing"])
+
+        deadline = time.monotonic() + 60
+        while not failing_now():
+            assert time.monotonic() < deadline, "the standby's archiver never failed"
+            time.sleep(0.5)
+        checked = cli(site.config, "check", "main", "-o", "json")
+        finding = {f["check"]: f for f in json.loads(checked.stdout)[0]["findings"]}["standby_replica1_archiver"]
+        assert finding["state"] == "WARNING" and "archive_command failing" in finding["message"]
+        assert "standby_replica1" not in {f["check"] for f in json.loads(checked.stdout)[0]["findings"]}
+        labels = (("source", "main"), ("standby", "replica1"))
+        assert samples(cli(site.config, "metrics").stdout)[("backupctl_standby_archive_failing", labels)] == 1
+
+        healthy.touch()
+        site.switch()
+        deadline = time.monotonic() + 60
+        while failing_now():
+            assert time.monotonic() < deadline, "the standby's archiver did not recover"
+            time.sleep(0.5)
+        checked = cli(site.config, "check", "main", "-o", "json")
+        finding = {f["check"]: f for f in json.loads(checked.stdout)[0]["findings"]}["standby_replica1_archiver"]
+        assert finding["state"] == "OK", finding
+        assert samples(cli(site.config, "metrics").stdout)[("backupctl_standby_archive_failing", labels)] == 0
