@@ -352,27 +352,11 @@ class Pipeline:
         """
         self.require_repository_recipients()
         full_key = self.object_key(key)
-        reader = _CompressingReader(source, self.codec, self._meter)
         with self.storage.open_write(full_key) as writer:
-            hashing = _HashingWriter(writer)
-            if self.encrypted:
-                try:
-                    crypto.encrypt_stream(reader, hashing, self.recipients)
-                except Exception:
-                    _raise_captured(reader, hashing)
-                    raise
-            else:
-                shutil.copyfileobj(reader, hashing, CHUNK)
+            stored = self._encode(full_key, source, writer)
             if finalize is not None:
                 finalize()
-        return StoredObject(
-            key=full_key,
-            size=reader.size,
-            stored_size=hashing.size,
-            sha256=hashing.hash.hexdigest(),
-            compression=self.codec.name,
-            encryption="age" if self.encrypted else None,
-        )
+        return stored
 
     def store_if_absent(self, key: str, source: BinaryIO) -> StoredObject | None:
         """``store`` for a small object (a WAL segment, at most ``opening.IN_MEMORY_LIMIT``) that is created
@@ -384,9 +368,17 @@ class Pipeline:
         """
         self.require_repository_recipients()
         full_key = self.object_key(key)
-        reader = _CompressingReader(source, self.codec, self._meter)
         buffer = io.BytesIO()
-        hashing = _HashingWriter(buffer)
+        stored = self._encode(full_key, source, buffer)
+        with buffer.getbuffer() as encoded:  # no copy: a segment's bytes are held once
+            if not self.storage.put_if_absent(full_key, encoded):  # type: ignore[arg-type]
+                return None
+        return stored
+
+    def _encode(self, full_key: str, source: BinaryIO, sink: BinaryIO) -> StoredObject:
+        """Compress (and encrypt) ``source`` into ``sink``: what is stored under ``full_key``, and its digest."""
+        reader = _CompressingReader(source, self.codec, self._meter)
+        hashing = _HashingWriter(sink)
         if self.encrypted:
             try:
                 crypto.encrypt_stream(reader, hashing, self.recipients)
@@ -395,9 +387,6 @@ class Pipeline:
                 raise
         else:
             shutil.copyfileobj(reader, hashing, CHUNK)
-        with buffer.getbuffer() as encoded:  # no copy: a segment's bytes are held once
-            if not self.storage.put_if_absent(full_key, encoded):  # type: ignore[arg-type]
-                return None
         return StoredObject(key=full_key, size=reader.size, stored_size=hashing.size,
                             sha256=hashing.hash.hexdigest(), compression=self.codec.name,
                             encryption="age" if self.encrypted else None)
