@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import incremental, replay, replica
-from bench.physical import say
+from bench.peers import say
 
 PARTS = ("physical", "replay", "incremental", "replica")
 

@@ -32,7 +32,6 @@ import os
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -40,9 +39,20 @@ from typing import Any
 
 from backupctl.postgres.binaries import PgBinaries, find_binaries
 from backupctl.postgres.cluster import ScratchCluster
-from bench.peers import MIB, clean_env, make_dir, reap_strays, run, run_and_print, run_tree
+from bench.peers import (
+    MIB,
+    clean_env,
+    load_text,
+    make_dir,
+    reap_strays,
+    run,
+    run_and_print,
+    run_tree,
+    say,
+    work_directory,
+)
 from bench.pg_logical import make_database
-from bench.physical import SOURCE, Backupctl, Server, say
+from bench.physical import SOURCE, Backupctl, Server
 from bench.replay import children_cpu
 
 KINDS = ("chain_end", "fresh_full")
@@ -111,11 +121,7 @@ def restore(workdir: Path, bctl: Backupctl, binaries: PgBinaries, backup_id: str
 def run_bench(args: argparse.Namespace, stack: ExitStack) -> dict[str, Any]:
     """Build the chain and the fresh full, then restore both, interleaved; a JSON-ready document."""
     load_start = os.getloadavg()
-    workdir = Path(tempfile.mkdtemp(prefix="backupctl-bench-incremental-", dir="/tmp"))
-    stack.callback(shutil.rmtree, workdir, ignore_errors=True)
-    make_dir(workdir, mode=0o755)
-    say(f"work directory {workdir}")
-    stack.callback(reap_strays, str(workdir))
+    workdir = work_directory(stack, "incremental")
     binaries = find_binaries(args.major, need="postgres")
     cluster = ScratchCluster(binaries, base_dir=workdir, settings={
         "archive_mode": "on", "wal_level": "replica", "summarize_wal": "on", "max_wal_size": "1GB",
@@ -161,10 +167,6 @@ def run_bench(args: argparse.Namespace, stack: ExitStack) -> dict[str, Any]:
             "chain": backups, "fresh_full": fresh, "summary": summary, "runs": runs}
 
 
-def _load(values: Any) -> str:
-    return "/".join(f"{v:.1f}" for v in values)
-
-
 def report(document: dict[str, Any]) -> str:
     """Two Markdown tables: the backups (bytes stored), the restores (chain end against fresh full)."""
     setup, chain, fresh, summary = document["setup"], document["chain"], document["fresh_full"], document["summary"]
@@ -174,8 +176,8 @@ def report(document: dict[str, Any]) -> str:
              f"change (pgbench -c 4 -T {setup['round_seconds']} plus an UPDATE of a contiguous 5% of "
              "pgbench_accounts) each followed by an incremental backup, then a fresh full of the same state. "
              f"Restores: medians of {setup['runs']} run(s), interleaved, --target immediate. Load average "
-             f"(1, 5, 15 min) at start {_load(setup['load_average_at_start'])}, at end "
-             f"{_load(setup['load_average_at_end'])}; {setup['cpus']} CPUs.", "",
+             f"(1, 5, 15 min) at start {load_text(setup['load_average_at_start'])}, at end "
+             f"{load_text(setup['load_average_at_end'])}; {setup['cpus']} CPUs.", "",
              "| backup | type | wall time | read | stored | stored / fresh full |", "|---|---|--:|--:|--:|--:|"]
     for index, item in enumerate([*chain, fresh]):
         name = "fresh full" if item is fresh else ("full" if index == 0 else f"hour {index}")

@@ -56,6 +56,30 @@ class CommandFailed(RuntimeError):
 _NOISE = re.compile(r"Warning:|warnings\.warn\(")
 
 
+def say(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def load_text(values: Any) -> str:
+    """A load average triple as the reports print it: "1.9/2.6/2.5"."""
+    return "/".join(f"{v:.1f}" for v in values)
+
+
+def work_directory(stack: ExitStack, name: str, reap: bool = True) -> Path:
+    """A fresh /tmp/backupctl-bench-NAME-* the server's user can enter, removed when ``stack`` unwinds.
+
+    With ``reap``, whatever still runs from it (a pusher an archive_command started) is stopped first; a
+    bench that must stop other things in between (SeaweedFS) registers ``reap_strays`` itself.
+    """
+    workdir = Path(tempfile.mkdtemp(prefix=f"backupctl-bench-{name}-", dir="/tmp"))
+    stack.callback(shutil.rmtree, workdir, ignore_errors=True)
+    make_dir(workdir, mode=0o755)
+    say(f"work directory {workdir}")
+    if reap:
+        stack.callback(reap_strays, str(workdir))
+    return workdir
+
+
 def short_command(argv: list[str]) -> str:
     """The command as a reader wants it: program name and arguments, without config paths."""
     words, skip = [Path(argv[0]).name], False

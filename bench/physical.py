@@ -69,12 +69,15 @@ from bench.peers import (
     PgBackRest,
     SeaweedFS,
     clean_env,
+    load_text,
     make_dir,
     reap_strays,
     run,
     run_and_print,
     run_tree,
+    say,
     seaweedfs,
+    work_directory,
     write_file,
 )
 from bench.pg_logical import make_database
@@ -97,10 +100,6 @@ WAL_LABELS = {
     "pgbackrest_sync": "pgBackRest archive-push, sync",
     "pgbackrest_async": "pgBackRest archive-push, archive-async=y, process-max=2",
 }
-
-
-def say(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 class StepFailed(RuntimeError):
@@ -741,10 +740,6 @@ def store_table(name: str, description: str, summary: dict[str, Any], errors: di
     return lines
 
 
-def _load(values: Any) -> str:
-    return "/".join(f"{v:.1f}" for v in values)
-
-
 def report(document: dict[str, Any], args: argparse.Namespace) -> str:
     setup = document["setup"]
     lines = ["## backupctl vs pgBackRest and the floor: physical backups", "",
@@ -754,8 +749,8 @@ def report(document: dict[str, Any], args: argparse.Namespace) -> str:
              f"Medians of {args.runs} run(s), the tools and the floor interleaved on the same cluster and store "
              "(each run reverses the order of the last), so that load from other work falls on all; peak RSS is "
              "the maximum. Load average (1, 5, 15 min) at start "
-             f"{_load(setup['load_average_at_start'])}, at end {_load(setup['load_average_at_end'])}: on a 2-core "
-             "machine other work shows in every figure.", "",
+             f"{load_text(setup['load_average_at_start'])}, at end {load_text(setup['load_average_at_end'])}: on a "
+             "2-core machine other work shows in every figure.", "",
              "Floors: backup = `pg_basebackup -D - -Ft -X none -c fast > /dev/null` of the same cluster, with "
              f"archive_command = `{FLOOR_ARCHIVE_COMMAND}` (with -X none the server waits until the backup's last "
              "segment is archived, and it checks once a second: up to 1 s of this floor is that wait; on an empty "
@@ -873,10 +868,7 @@ def run_bench(args: argparse.Namespace, stack: ExitStack) -> dict[str, Any]:
     started, load_at_start = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), os.getloadavg()
     # Callbacks unwind in reverse: the server stops, then what its archive_command left running, then
     # SeaweedFS, and the work directory goes last.
-    workdir = Path(tempfile.mkdtemp(prefix="backupctl-bench-physical-", dir="/tmp"))
-    stack.callback(shutil.rmtree, workdir, ignore_errors=True)
-    make_dir(workdir, mode=0o755)
-    say(f"work directory {workdir}")
+    workdir = work_directory(stack, "physical", reap=False)
     pgbackrest_version = run(["pgbackrest", "version"]).strip()
     binaries = find_binaries(args.major, need="postgres")
     weed: SeaweedFS | None = None

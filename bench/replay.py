@@ -39,7 +39,6 @@ import resource
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -49,9 +48,22 @@ from typing import Any
 
 from backupctl.postgres.binaries import find_binaries
 from backupctl.postgres.cluster import ScratchCluster
-from bench.peers import MIB, PgBackRest, chown, clean_env, make_dir, reap_strays, run, run_and_print, run_tree
+from bench.peers import (
+    MIB,
+    PgBackRest,
+    chown,
+    clean_env,
+    load_text,
+    make_dir,
+    reap_strays,
+    run,
+    run_and_print,
+    run_tree,
+    say,
+    work_directory,
+)
 from bench.pg_logical import make_database
-from bench.physical import SOURCE, STANZA, Backupctl, Server, say
+from bench.physical import SOURCE, STANZA, Backupctl, Server
 
 BATCH_ROWS = 50_000
 TOOLS = ("backupctl", "pgbackrest")
@@ -121,11 +133,7 @@ def write_wal(server: Server, wal_bytes: int) -> Source:
 
 def build(args: argparse.Namespace, stack: ExitStack) -> Setup:
     """The cluster, both repositories, a full backup with each tool, then the WAL to replay, all archived."""
-    workdir = Path(tempfile.mkdtemp(prefix="backupctl-bench-replay-", dir="/tmp"))
-    stack.callback(shutil.rmtree, workdir, ignore_errors=True)
-    make_dir(workdir, mode=0o755)
-    say(f"work directory {workdir}")
-    stack.callback(reap_strays, str(workdir))
+    workdir = work_directory(stack, "replay")
     binaries = find_binaries(args.major, need="postgres")
     cluster = ScratchCluster(binaries, base_dir=workdir, settings={
         "archive_mode": "on", "wal_level": "replica", "max_wal_size": "1GB", "autovacuum": "off",
@@ -271,10 +279,6 @@ def run_bench(args: argparse.Namespace, stack: ExitStack) -> dict[str, Any]:
             "summary": summary, "runs": runs}
 
 
-def _load(values: Any) -> str:
-    return "/".join(f"{v:.1f}" for v in values)
-
-
 def report(document: dict[str, Any]) -> str:
     """The Markdown table: each phase for both tools and the ratio backupctl / pgBackRest."""
     setup, summary = document["setup"], document["summary"]
@@ -284,7 +288,7 @@ def report(document: dict[str, Any]) -> str:
              f"{setup['target_lsn']}, promote. {setup['pgbackrest']} with archive-async=y, process-max=2; "
              "backupctl's restore_command (wal-fetch, prefetch 8 through its resident process). Medians of "
              f"{setup['runs']} run(s), tools interleaved. Load average (1, 5, 15 min) at start "
-             f"{_load(setup['load_average_at_start'])}, at end {_load(setup['load_average_at_end'])}; "
+             f"{load_text(setup['load_average_at_start'])}, at end {load_text(setup['load_average_at_end'])}; "
              f"{setup['cpus']} CPUs.", "",
              "| | backupctl | pgBackRest | backupctl / pgBackRest |", "|---|--:|--:|--:|"]
     labels = {"total_seconds": "restore start to promoted (time to consistency at the target)",

@@ -30,10 +30,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -44,9 +42,21 @@ import psycopg
 
 from backupctl.postgres.binaries import find_binaries
 from backupctl.postgres.cluster import ScratchCluster, free_port
-from bench.peers import SERVER_USER, clean_env, make_dir, reap_strays, run, run_and_print, run_tree, tree_pids
+from bench.peers import (
+    SERVER_USER,
+    clean_env,
+    load_text,
+    make_dir,
+    reap_strays,
+    run,
+    run_and_print,
+    run_tree,
+    say,
+    tree_pids,
+    work_directory,
+)
 from bench.pg_logical import make_database
-from bench.physical import SOURCE, Backupctl, Server, say
+from bench.physical import SOURCE, Backupctl, Server
 
 WAYS = ("repository", "pg_basebackup")
 STREAM_TIMEOUT = 300.0
@@ -63,11 +73,7 @@ class Setup:
 
 def build(args: argparse.Namespace, stack: ExitStack) -> Setup:
     """The primary archiving into backupctl's repository, a full backup, and WAL written after it."""
-    workdir = Path(tempfile.mkdtemp(prefix="backupctl-bench-replica-", dir="/tmp"))
-    stack.callback(shutil.rmtree, workdir, ignore_errors=True)
-    make_dir(workdir, mode=0o755)
-    say(f"work directory {workdir}")
-    stack.callback(reap_strays, str(workdir))
+    workdir = work_directory(stack, "replica")
     binaries = find_binaries(args.major, need="postgres")
     cluster = ScratchCluster(binaries, base_dir=workdir, settings={
         "archive_mode": "on", "wal_level": "replica", "max_wal_size": "4GB", "autovacuum": "off",
@@ -216,10 +222,6 @@ def run_bench(args: argparse.Namespace, stack: ExitStack) -> dict[str, Any]:
             "summary": summary, "runs": runs}
 
 
-def _load(values: Any) -> str:
-    return "/".join(f"{v:.1f}" for v in values)
-
-
 def report(document: dict[str, Any]) -> str:
     setup, summary = document["setup"], document["summary"]
     ours, theirs = summary["repository"], summary["pg_basebackup"]
@@ -228,7 +230,7 @@ def report(document: dict[str, Any]) -> str:
              f"text (database {setup['database_mib']} MiB); a full backup in backupctl's local repository, then "
              "archived WAL after it. Medians of "
              f"{setup['runs']} run(s), interleaved. Load average (1, 5, 15 min) at start "
-             f"{_load(setup['load_average_at_start'])}, at end {_load(setup['load_average_at_end'])}; "
+             f"{load_text(setup['load_average_at_start'])}, at end {load_text(setup['load_average_at_end'])}; "
              f"{setup['cpus']} CPUs.", "",
              "| | from the repository (`restore --standby --start`) | `pg_basebackup -R` + start | ratio |",
              "|---|--:|--:|--:|"]
