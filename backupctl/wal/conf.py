@@ -16,15 +16,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from backupctl.wal.agent.client import bootstrap
-from backupctl.wal.agent.protocol import archived_dir, pending_dir
+from backupctl.wal.agent.protocol import archived_dir, pending_dir, pid_file
 from backupctl.wal.agent.settings import default_spool_root, quick_settings, spool_for
 
 if TYPE_CHECKING:
     from backupctl.core.config import Config, PostgresSource
 
 # archive_command's shell waits at most this many 10 ms polls (plus a ``sleep`` start each, ~1 ms) for a
-# file the pusher is on, then asks it: a few segments' worth on a slow store, and the bound on what a
-# pusher that died mid-job costs the archiver (its next start clears the pending markers).
+# file the pusher is on, then asks it: a few segments' worth on a slow store. A pusher that died mid-job
+# ends the wait at once (the shell checks its pid at every poll); this bounds what a stuck one costs.
 PENDING_WAIT_POLLS = 300
 
 
@@ -59,15 +59,19 @@ def archive_command(config_path: str | Path, source_name: str, spool: str | None
     command first asks the shell whether the pusher has already archived this very file (a marker that is
     a hard link to it: ``agent.protocol.archived_dir``); while the pusher is still on the file
     (``agent.protocol.pending_dir``) the shell polls for that marker, for ``PENDING_WAIT_POLLS`` x 10 ms at
-    most; only the other files start an interpreter. During a backlog the pusher reads ahead, so most
-    calls cost the shell's ~1 ms.
+    most, and only while the pid in the pusher's pid file is alive (``kill -0``, a builtin like ``read``:
+    no process started), so that a pusher killed with -9 and its left-behind markers cost nothing; only
+    the other files start an interpreter. During a backlog the pusher reads ahead, so most calls cost the
+    shell's ~1 ms.
     """
     push = _command(config_path, source_name, "wal-push", "%p")
     if spool is None:
         return push
     archived = f"[ {shlex.quote(archived_dir(spool) + '/')}%f -ef %p ]"
     pending = f"[ -e {shlex.quote(pending_dir(spool) + '/')}%f ]"
-    wait = (f"i=0; while {pending} && [ $i -lt {PENDING_WAIT_POLLS} ]; do sleep 0.01; i=$((i+1)); done; "
+    alive = 'kill -0 "$p" 2>/dev/null'
+    wait = (f"i=0; read p 2>/dev/null <{shlex.quote(pid_file(spool))}; "
+            f"while {pending} && [ $i -lt {PENDING_WAIT_POLLS} ] && {alive}; do sleep 0.01; i=$((i+1)); done; "
             f"{archived}")
     return f"{archived} || {{ {wait}; }} || {push}"
 

@@ -37,10 +37,10 @@ import time
 from backupctl.wal.agent.protocol import (
     LOCK_NAME,
     LOG_NAME,
-    PID_NAME,
     PROTOCOL,
     SOCKET_NAME,
     frame,
+    pid_file,
     plausible_name,
     read_frames,
 )
@@ -139,7 +139,7 @@ def _kill_unresponsive(settings: Settings) -> int | None:
     import signal  # fast path: only to kill a stuck pusher (enum costs ms)
 
     try:
-        with open(os.path.join(settings.spool, PID_NAME)) as handle:
+        with open(pid_file(settings.spool)) as handle:
             pid = int(handle.read())
         lock = os.stat(os.path.join(settings.spool, LOCK_NAME))
         with open(f"/proc/{pid}/cmdline", "rb") as handle:

@@ -40,7 +40,6 @@ from backupctl.wal.agent.protocol import (
     HEARTBEAT,
     LOCK_NAME,
     LOG_NAME,
-    PID_NAME,
     PREFETCH_DIR,
     PROTOCOL,
     SOCKET_NAME,
@@ -48,6 +47,7 @@ from backupctl.wal.agent.protocol import (
     archived_dir,
     frame,
     pending_dir,
+    pid_file,
     plausible_name,
     read_frames,
 )
@@ -543,7 +543,7 @@ def daemon_command(config_file: str | None, source: str | None, debug: bool = Fa
     log_file.redirect_output()
     log.configure(debug=debug, stream=log_file)
     try:  # recorded with the lock: a client that finds this pusher silent kills it by this pid
-        with open(os.path.join(spool, PID_NAME), "w") as handle:
+        with open(pid_file(spool), "w") as handle:
             handle.write(f"{os.getpid()}\n")
     except OSError as exc:
         log.get_logger("backupctl.walpusher").warning("cannot record the pusher's pid: if it gets stuck, clients "
@@ -554,5 +554,5 @@ def daemon_command(config_file: str | None, source: str | None, debug: bool = Fa
         pusher.log_file = log_file
         pusher.run(pg_wal)
     finally:
-        _unlink(os.path.join(spool, PID_NAME))
+        _unlink(pid_file(spool))
     return EXIT_OK

@@ -63,6 +63,12 @@ def archived_dir(spool: str) -> str:
     return spool.rstrip("/") + "/" + ARCHIVED_DIR
 
 
+def pid_file(spool: str) -> str:
+    """The file that names the running pusher's pid: clients kill a silent pusher by it, and
+    archive_command's shell stops waiting on pending markers once that pid is gone."""
+    return spool.rstrip("/") + "/" + PID_NAME
+
+
 def pending_dir(spool: str) -> str:
     """Where the pusher keeps an empty file named like each ready file it has queued or is pushing.
 
